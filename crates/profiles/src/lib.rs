@@ -181,6 +181,11 @@ impl AgentProfile {
         ContentAddress::of_bytes(self.canonical_json().as_bytes())
     }
 
+    /// The direct subagent called `name`, if any.
+    pub fn subagent(&self, name: &str) -> Option<&AgentProfile> {
+        self.subagents.iter().find(|s| s.name == name)
+    }
+
     /// The allowed-models guard; see [`ensure_model_allowed`].
     ///
     /// # Errors

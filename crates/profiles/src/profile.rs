@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 ///
 /// Obtain one with [`AgentProfile::from_toml_str`], [`AgentProfile::from_json_str`],
 /// [`AgentProfile::from_slice`] or [`AgentProfile::load`]; all of them validate. A profile built
-/// in code should be checked with [`AgentProfile::validate`] before it is used.
+/// in code should be checked with [`AgentProfile::validate`] before it is used. (Deserializing
+/// with serde directly checks only the shape, not the rules, and stops at the first problem:
+/// prefer the loaders.)
 ///
 /// Optional sections that are absent and sections equal to their default are not serialized,
 /// so a file that spells out a default and one that omits it have the same

@@ -80,7 +80,8 @@ fn supervisor_has_budget_defaults_and_complete_subagent_profiles() {
     assert_eq!(p.budget.wall_secs, Some(3600));
     let names: Vec<&str> = p.subagents.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["researcher", "implementer"]);
-    let implementer = &p.subagents[1];
+    let implementer = p.subagent("implementer").unwrap();
+    assert!(p.subagent("nobody").is_none());
     assert_eq!(implementer.harness, Harness::Codex);
     assert_eq!(implementer.resources.cpus, Some(2.0));
     assert!(implementer.ensure_model_allowed("gpt-5-codex").is_ok());
