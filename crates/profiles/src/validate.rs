@@ -460,7 +460,7 @@ impl Checker<'_> {
             (None, Some(p)) => {
                 let p_path = child_path(path, "path");
                 if let Some(s) = self.non_empty(&p_path, p, "a file path (a non-empty string)") {
-                    self.relative_safe_path(&p_path, p, s);
+                    self.safe_path(&p_path, p, s);
                 }
             }
             (None, None) => self.push(
@@ -478,7 +478,7 @@ impl Checker<'_> {
         name
     }
 
-    fn relative_safe_path(&mut self, path: &str, value: &Value, s: &str) {
+    fn safe_path(&mut self, path: &str, value: &Value, s: &str) {
         if s.contains('\0') || s.split(['/', '\\']).any(|part| part == "..") {
             self.invalid(
                 path,
@@ -596,7 +596,7 @@ impl Checker<'_> {
                     for (i, root) in roots {
                         let ip = index_path(&p, i);
                         let root_value = Value::String(root.to_owned());
-                        self.relative_safe_path(&ip, &root_value, root);
+                        self.safe_path(&ip, &root_value, root);
                         if let Some(first) = seen.insert(root, i) {
                             self.push(
                                 &ip,

@@ -577,3 +577,28 @@ fn with_an_empty_allowed_list_only_the_default_model_is_allowed() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn format_follows_the_extension_in_any_case() {
+    use std::path::Path;
+    assert_eq!(
+        Format::from_path(Path::new("a/b.TOML")).unwrap(),
+        Format::Toml
+    );
+    assert_eq!(
+        Format::from_path(Path::new("b.json")).unwrap(),
+        Format::Json
+    );
+    let err = Format::from_path(Path::new("profile")).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ProfileError::UnsupportedExtension {
+                extension: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("extension none"), "{err}");
+}
