@@ -1,0 +1,196 @@
+//! `cargo xtask ci`: every gate, in order, failing fast.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::workspace::cargo;
+
+/// One step of the CI run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A cargo subcommand run as a child process with its output streamed.
+    Cargo {
+        /// Short name shown in banners and the summary.
+        name: &'static str,
+        /// Arguments after `cargo`.
+        args: Vec<&'static str>,
+    },
+    /// The exports gate, run in-process.
+    Exports,
+    /// The docs gate, run in-process.
+    Docs,
+}
+
+impl Step {
+    /// The step's short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Cargo { name, .. } => name,
+            Step::Exports => "exports",
+            Step::Docs => "docs",
+        }
+    }
+
+    /// The command line a developer would type to run the step alone.
+    pub fn command_line(&self) -> String {
+        match self {
+            Step::Cargo { args, .. } => format!("cargo {}", args.join(" ")),
+            Step::Exports => "cargo xtask exports".to_owned(),
+            Step::Docs => "cargo xtask docs".to_owned(),
+        }
+    }
+}
+
+/// The CI steps, in the order they run.
+pub fn steps() -> Vec<Step> {
+    vec![
+        Step::Cargo {
+            name: "fmt",
+            args: vec!["fmt", "--all", "--check"],
+        },
+        Step::Cargo {
+            name: "clippy",
+            args: vec![
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        },
+        Step::Cargo {
+            name: "test",
+            args: vec!["test", "--workspace"],
+        },
+        Step::Exports,
+        Step::Docs,
+        Step::Cargo {
+            name: "deny",
+            args: vec!["deny", "check", "bans", "licenses", "sources"],
+        },
+    ]
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step passed.
+    Passed,
+    /// The step failed.
+    Failed,
+    /// The step did not run because an earlier one failed.
+    Skipped,
+}
+
+/// Runs every step in the workspace at `root`, stopping at the first failure, then prints a
+/// summary. Returns true when all steps passed.
+pub fn run_ci(root: &Path) -> Result<bool> {
+    let steps = steps();
+    let total = steps.len();
+    let mut results: Vec<(Step, Outcome, f64)> = Vec::new();
+    let mut failed = false;
+    let started = Instant::now();
+    for (i, step) in steps.into_iter().enumerate() {
+        if failed {
+            results.push((step, Outcome::Skipped, 0.0));
+            continue;
+        }
+        println!();
+        println!(
+            "==> [{}/{total}] {}: {}",
+            i + 1,
+            step.name(),
+            step.command_line()
+        );
+        let t = Instant::now();
+        let passed = run_step(root, &step)?;
+        let secs = t.elapsed().as_secs_f64();
+        let verdict = if passed { "ok" } else { "FAILED" };
+        println!(
+            "<== [{}/{total}] {}: {verdict} in {secs:.1}s",
+            i + 1,
+            step.name()
+        );
+        if !passed {
+            println!("    re-run this step alone with: {}", step.command_line());
+            failed = true;
+        }
+        let outcome = if passed {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        };
+        results.push((step, outcome, secs));
+    }
+    println!();
+    println!("ci summary:");
+    for (step, outcome, secs) in &results {
+        let label = match outcome {
+            Outcome::Passed => "ok",
+            Outcome::Failed => "FAILED",
+            Outcome::Skipped => "skipped",
+        };
+        println!("  {label:<8} {:<8} {secs:>7.1}s", step.name());
+    }
+    let all_passed = !failed;
+    println!(
+        "ci: {} in {:.1}s",
+        if all_passed { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(all_passed)
+}
+
+fn run_step(root: &Path, step: &Step) -> Result<bool> {
+    match step {
+        Step::Exports => crate::run_exports(root, &crate::ExportsArgs::default()),
+        Step::Docs => crate::run_docs(root, &crate::DocsArgs::default()),
+        Step::Cargo { name, args } => {
+            if *name == "deny" && !cargo_deny_installed() {
+                println!(
+                    "cargo-deny is not installed. Install it with:\n    \
+                     cargo install --locked cargo-deny\n(.ci/run does this on a fresh machine)"
+                );
+                return Ok(false);
+            }
+            let status = Command::new(cargo())
+                .args(args)
+                .current_dir(root)
+                .status()
+                .with_context(|| format!("cannot start `cargo {}`", args.join(" ")))?;
+            Ok(status.success())
+        }
+    }
+}
+
+fn cargo_deny_installed() -> bool {
+    Command::new(cargo())
+        .args(["deny", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_run_fmt_clippy_test_exports_docs_deny_in_that_order() {
+        let lines: Vec<String> = steps().iter().map(Step::command_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "cargo fmt --all --check",
+                "cargo clippy --workspace --all-targets -- -D warnings",
+                "cargo test --workspace",
+                "cargo xtask exports",
+                "cargo xtask docs",
+                "cargo deny check bans licenses sources",
+            ]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! `cargo xtask`: the agentrt project gates. See the library docs of `xtask` for each command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use xtask::{DocsArgs, ExportsArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "agentrt project gates")]
+struct Cli {
+    /// Workspace root (default: the nearest ancestor of the current directory with a
+    /// `[workspace]` Cargo.toml).
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that each library crate's public surface equals docs/exports/<crate>.txt.
+    Exports {
+        /// Rewrite the manifests from the current public surface.
+        #[arg(long)]
+        bless: bool,
+        /// Manifest directory (default: <root>/docs/exports).
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+        /// Crate directories to check, each with src/lib.rs (default: every library crate in
+        /// crates/).
+        crate_dirs: Vec<PathBuf>,
+    },
+    /// Check that every backticked API symbol in README.md and docs/*.md resolves.
+    Docs {
+        /// Manifest directory (default: <root>/docs/exports).
+        #[arg(long)]
+        manifests: Option<PathBuf>,
+        /// Allowlist file (default: <root>/docs/symbol-allowlist.txt).
+        #[arg(long)]
+        allowlist: Option<PathBuf>,
+        /// Markdown files to check (default: README.md and docs/*.md).
+        files: Vec<PathBuf>,
+    },
+    /// Run every gate: fmt, clippy, tests, exports, docs, cargo-deny.
+    Ci,
+    /// Run benchmark suites (bench targets named suite_<name>) and summarize their BENCH lines.
+    Bench {
+        /// The suite to run (default: all).
+        suite: Option<String>,
+        /// Ask each suite for its quick mode (about a minute).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cli.root.clone().unwrap_or_else(|| {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        xtask::workspace::find_root(&cwd)
+    });
+    let result = match cli.command {
+        Command::Exports {
+            bless,
+            manifests,
+            crate_dirs,
+        } => xtask::run_exports(
+            &root,
+            &ExportsArgs {
+                bless,
+                manifests,
+                crate_dirs,
+            },
+        ),
+        Command::Docs {
+            manifests,
+            allowlist,
+            files,
+        } => xtask::run_docs(
+            &root,
+            &DocsArgs {
+                manifests,
+                allowlist,
+                files,
+            },
+        ),
+        Command::Ci => xtask::ci::run_ci(&root),
+        Command::Bench { suite, quick } => xtask::bench::run_bench(&root, suite.as_deref(), quick),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
