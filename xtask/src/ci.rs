@@ -86,17 +86,38 @@ pub enum Outcome {
     Skipped,
 }
 
-/// Runs every step in the workspace at `root`, stopping at the first failure, then prints a
+/// The result of one step: the step, how it ended and how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepResult {
+    /// The step.
+    pub step: Step,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Wall-clock seconds it took (0 when skipped).
+    pub seconds: f64,
+}
+
+/// Runs every CI step in the workspace at `root`, stopping at the first failure, then prints a
 /// summary. Returns true when all steps passed.
 pub fn run_ci(root: &Path) -> Result<bool> {
-    let steps = steps();
+    let results = run_steps(root, steps())?;
+    Ok(results.iter().all(|r| r.outcome == Outcome::Passed))
+}
+
+/// Runs `steps` in order in `root` with a banner each and child output streamed; after the first
+/// failure the remaining steps are skipped. Prints elapsed seconds per step and a summary.
+pub fn run_steps(root: &Path, steps: Vec<Step>) -> Result<Vec<StepResult>> {
     let total = steps.len();
-    let mut results: Vec<(Step, Outcome, f64)> = Vec::new();
+    let mut results: Vec<StepResult> = Vec::new();
     let mut failed = false;
     let started = Instant::now();
     for (i, step) in steps.into_iter().enumerate() {
         if failed {
-            results.push((step, Outcome::Skipped, 0.0));
+            results.push(StepResult {
+                step,
+                outcome: Outcome::Skipped,
+                seconds: 0.0,
+            });
             continue;
         }
         println!();
@@ -108,10 +129,10 @@ pub fn run_ci(root: &Path) -> Result<bool> {
         );
         let t = Instant::now();
         let passed = run_step(root, &step)?;
-        let secs = t.elapsed().as_secs_f64();
+        let seconds = t.elapsed().as_secs_f64();
         let verdict = if passed { "ok" } else { "FAILED" };
         println!(
-            "<== [{}/{total}] {}: {verdict} in {secs:.1}s",
+            "<== [{}/{total}] {}: {verdict} in {seconds:.1}s",
             i + 1,
             step.name()
         );
@@ -124,25 +145,28 @@ pub fn run_ci(root: &Path) -> Result<bool> {
         } else {
             Outcome::Failed
         };
-        results.push((step, outcome, secs));
+        results.push(StepResult {
+            step,
+            outcome,
+            seconds,
+        });
     }
     println!();
     println!("ci summary:");
-    for (step, outcome, secs) in &results {
-        let label = match outcome {
+    for r in &results {
+        let label = match r.outcome {
             Outcome::Passed => "ok",
             Outcome::Failed => "FAILED",
             Outcome::Skipped => "skipped",
         };
-        println!("  {label:<8} {:<8} {secs:>7.1}s", step.name());
+        println!("  {label:<8} {:<8} {:>7.1}s", r.step.name(), r.seconds);
     }
-    let all_passed = !failed;
     println!(
         "ci: {} in {:.1}s",
-        if all_passed { "passed" } else { "FAILED" },
+        if failed { "FAILED" } else { "passed" },
         started.elapsed().as_secs_f64()
     );
-    Ok(all_passed)
+    Ok(results)
 }
 
 fn run_step(root: &Path, step: &Step) -> Result<bool> {
@@ -177,6 +201,39 @@ fn cargo_deny_installed() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_step_fails_the_run_and_skips_the_rest() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let results = run_steps(
+            root,
+            vec![
+                Step::Cargo {
+                    name: "version",
+                    args: vec!["--version"],
+                },
+                Step::Cargo {
+                    name: "bogus",
+                    args: vec!["no-such-subcommand-for-xtask-tests"],
+                },
+                Step::Cargo {
+                    name: "never",
+                    args: vec!["--version"],
+                },
+            ],
+        )
+        .unwrap();
+        let outcomes: Vec<(&str, Outcome)> =
+            results.iter().map(|r| (r.step.name(), r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("version", Outcome::Passed),
+                ("bogus", Outcome::Failed),
+                ("never", Outcome::Skipped),
+            ]
+        );
+    }
 
     #[test]
     fn steps_run_fmt_clippy_test_exports_docs_deny_in_that_order() {

@@ -331,7 +331,13 @@ impl SymbolIndex {
     pub fn load(manifests_dir: &Path, allowlist: &Path) -> Result<Self> {
         let mut manifest_lines = Vec::new();
         let mut files: Vec<PathBuf> = std::fs::read_dir(manifests_dir)
-            .with_context(|| format!("cannot list manifests in {}", manifests_dir.display()))?
+            .with_context(|| {
+                format!(
+                    "cannot list the export manifests in {} (create them with `cargo xtask \
+                     exports --bless`)",
+                    manifests_dir.display()
+                )
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "txt"))
             .collect();
