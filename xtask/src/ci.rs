@@ -11,6 +11,9 @@ use crate::workspace::cargo;
 /// One step of the CI run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// `bash .ci/prepare`: make the machine ready (services, system packages, the MCP SDK, the real
+    /// model server). Its stdout is `KEY=VALUE` lines, exported to every later step.
+    Prepare,
     /// A cargo subcommand run as a child process with its output streamed.
     Cargo {
         /// Short name shown in banners and the summary.
@@ -28,6 +31,7 @@ impl Step {
     /// The step's short name.
     pub fn name(&self) -> &'static str {
         match self {
+            Step::Prepare => "prepare",
             Step::Cargo { name, .. } => name,
             Step::Exports => "exports",
             Step::Docs => "docs",
@@ -37,6 +41,7 @@ impl Step {
     /// The command line a developer would type to run the step alone.
     pub fn command_line(&self) -> String {
         match self {
+            Step::Prepare => "bash .ci/prepare".to_owned(),
             Step::Cargo { args, .. } => format!("cargo {}", args.join(" ")),
             Step::Exports => "cargo xtask exports".to_owned(),
             Step::Docs => "cargo xtask docs".to_owned(),
@@ -47,6 +52,7 @@ impl Step {
 /// The CI steps, in the order they run.
 pub fn steps() -> Vec<Step> {
     vec![
+        Step::Prepare,
         Step::Cargo {
             name: "fmt",
             args: vec!["fmt", "--all", "--check"],
@@ -110,6 +116,7 @@ pub fn run_steps(root: &Path, steps: Vec<Step>) -> Result<Vec<StepResult>> {
     let total = steps.len();
     let mut results: Vec<StepResult> = Vec::new();
     let mut failed = false;
+    let mut env: Vec<(String, String)> = Vec::new();
     let started = Instant::now();
     for (i, step) in steps.into_iter().enumerate() {
         if failed {
@@ -128,7 +135,7 @@ pub fn run_steps(root: &Path, steps: Vec<Step>) -> Result<Vec<StepResult>> {
             step.command_line()
         );
         let t = Instant::now();
-        let passed = run_step(root, &step)?;
+        let passed = run_step(root, &step, &mut env)?;
         let seconds = t.elapsed().as_secs_f64();
         let verdict = if passed { "ok" } else { "FAILED" };
         println!(
@@ -169,8 +176,25 @@ pub fn run_steps(root: &Path, steps: Vec<Step>) -> Result<Vec<StepResult>> {
     Ok(results)
 }
 
-fn run_step(root: &Path, step: &Step) -> Result<bool> {
+fn run_step(root: &Path, step: &Step, env: &mut Vec<(String, String)>) -> Result<bool> {
     match step {
+        Step::Prepare => {
+            let output = Command::new("bash")
+                .arg(".ci/prepare")
+                .current_dir(root)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("cannot start `bash .ci/prepare`")?;
+            if !output.status.success() {
+                return Ok(false);
+            }
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            *env = parse_env_lines(&stdout);
+            for (key, value) in env.iter() {
+                println!("    {key}={value}");
+            }
+            Ok(true)
+        }
         Step::Exports => crate::run_exports(root, &crate::ExportsArgs::default()),
         Step::Docs => crate::run_docs(root, &crate::DocsArgs::default()),
         Step::Cargo { name, args } => {
@@ -183,12 +207,27 @@ fn run_step(root: &Path, step: &Step) -> Result<bool> {
             }
             let status = Command::new(cargo())
                 .args(args)
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .current_dir(root)
                 .status()
                 .with_context(|| format!("cannot start `cargo {}`", args.join(" ")))?;
             Ok(status.success())
         }
     }
+}
+
+/// The `KEY=VALUE` lines of `.ci/prepare`'s output (other lines are ignored).
+pub fn parse_env_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| {
+            !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+        .collect()
 }
 
 fn cargo_deny_installed() -> bool {
@@ -236,11 +275,29 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_fmt_clippy_test_exports_docs_deny_in_that_order() {
+    fn prepare_output_becomes_the_environment_of_later_steps() {
+        let env = parse_env_lines(
+            "AGENTRT_LLM_BASE_URL=http://127.0.0.1:8089/v1\nnoise line\nlower=case\nA_B=x=y\n",
+        );
+        assert_eq!(
+            env,
+            [
+                (
+                    "AGENTRT_LLM_BASE_URL".to_owned(),
+                    "http://127.0.0.1:8089/v1".to_owned()
+                ),
+                ("A_B".to_owned(), "x=y".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_run_prepare_fmt_clippy_test_exports_docs_deny_in_that_order() {
         let lines: Vec<String> = steps().iter().map(Step::command_line).collect();
         assert_eq!(
             lines,
             [
+                "bash .ci/prepare",
                 "cargo fmt --all --check",
                 "cargo clippy --workspace --all-targets -- -D warnings",
                 "cargo test --workspace",
