@@ -1,0 +1,178 @@
+//! Configuration shared by every backend, and the input checks every backend applies.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::error::StoreError;
+use crate::redact::Redactor;
+use crate::types::{Finish, NewEvent, SessionStatus};
+
+/// Settings every backend honours: redaction and size limits.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Applied to event payloads and kinds, session metadata and error values before writing.
+    pub redactor: Redactor,
+    /// Largest accepted serialized JSON size of one event payload (also applies to session
+    /// metadata and to each error value). Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Largest accepted blob. Default 64 MiB.
+    pub max_blob_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            redactor: Redactor::default(),
+            max_payload_bytes: 1024 * 1024,
+            max_blob_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Replaces the redactor.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
+    /// Sets the payload size limit (bytes of serialized JSON).
+    pub fn with_max_payload_bytes(mut self, limit: usize) -> Self {
+        self.max_payload_bytes = limit;
+        self
+    }
+
+    /// Sets the blob size limit.
+    pub fn with_max_blob_bytes(mut self, limit: usize) -> Self {
+        self.max_blob_bytes = limit;
+        self
+    }
+
+    /// Redacts and serializes an event, checking kind and size.
+    pub(crate) fn prepare_event(
+        &self,
+        index: usize,
+        event: NewEvent,
+    ) -> Result<PreparedEvent, StoreError> {
+        if event.kind.is_empty() {
+            return Err(StoreError::InvalidInput(format!(
+                "event {index}: kind must not be empty"
+            )));
+        }
+        let kind = self.redactor.redact_str(&event.kind).into_owned();
+        let mut payload = event.payload;
+        self.redactor.redact_in_place(&mut payload);
+        let json = self.encode(&payload, || format!("event {index} payload"))?;
+        Ok(PreparedEvent {
+            kind,
+            payload,
+            json,
+        })
+    }
+
+    pub(crate) fn prepare_events(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PreparedEvent>, StoreError> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| self.prepare_event(i, e))
+            .collect()
+    }
+
+    /// Redacts and serializes a JSON value, checking its size.
+    pub(crate) fn prepare_value(
+        &self,
+        value: Value,
+        what: &str,
+    ) -> Result<(Value, String), StoreError> {
+        let mut value = value;
+        self.redactor.redact_in_place(&mut value);
+        let json = self.encode(&value, || what.to_owned())?;
+        Ok((value, json))
+    }
+
+    pub(crate) fn prepare_finish(&self, finish: Finish) -> Result<PreparedFinish, StoreError> {
+        if finish.status == SessionStatus::Running {
+            return Err(StoreError::InvalidInput(
+                "finish status must be completed, failed or cancelled, not running".into(),
+            ));
+        }
+        let event = self.prepare_event(0, finish.final_event)?;
+        let error = finish
+            .error
+            .map(|e| self.prepare_value(e, "error"))
+            .transpose()?;
+        let cleanup_error = finish
+            .cleanup_error
+            .map(|e| self.prepare_value(e, "cleanup error"))
+            .transpose()?;
+        Ok(PreparedFinish {
+            status: finish.status,
+            event,
+            error,
+            cleanup_error,
+        })
+    }
+
+    pub(crate) fn check_blob(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        if bytes.len() > self.max_blob_bytes {
+            return Err(StoreError::PayloadTooLarge {
+                what: "blob".into(),
+                size: bytes.len(),
+                limit: self.max_blob_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn encode(&self, value: &Value, what: impl Fn() -> String) -> Result<String, StoreError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| StoreError::InvalidInput(format!("{}: {e}", what())))?;
+        if json.len() > self.max_payload_bytes {
+            return Err(StoreError::PayloadTooLarge {
+                what: what(),
+                size: json.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        Ok(json)
+    }
+}
+
+/// An event after redaction and checks: ready to write.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedEvent {
+    pub kind: String,
+    pub payload: Value,
+    pub json: String,
+}
+
+/// A finish after redaction and checks.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedFinish {
+    pub status: SessionStatus,
+    pub event: PreparedEvent,
+    pub error: Option<(Value, String)>,
+    pub cleanup_error: Option<(Value, String)>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Converts a stored (non-negative) integer to a seq.
+pub(crate) fn to_seq(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative seq {v} in store")))
+}
+
+/// Converts a seq to a stored integer.
+pub(crate) fn from_seq(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::InvalidInput(format!("seq {v} is out of range")))
+}

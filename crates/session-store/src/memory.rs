@@ -1,0 +1,361 @@
+//! The in-memory backend: for unit tests and offline examples. Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::config::{PreparedEvent, StoreConfig, now_ms};
+use crate::error::StoreError;
+use crate::store::{EventStream, SessionStore};
+use crate::types::{
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
+    SessionId, SessionStatus,
+};
+
+/// A [`SessionStore`] held in process memory, with the same semantics as the durable backends.
+///
+/// Cloning gives another handle to the same store.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    config: Arc<StoreConfig>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: BTreeMap<SessionId, Entry>,
+    blobs: HashMap<BlobAddress, Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    session: Session,
+    events: Vec<Event>,
+}
+
+impl MemoryStore {
+    /// An empty store with the default [`StoreConfig`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with `config`.
+    pub fn with_config(config: StoreConfig) -> Self {
+        MemoryStore {
+            inner: Arc::default(),
+            config: Arc::new(config),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied write: every write checks
+        // everything first and then mutates, so the data is consistent even if poisoned.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Entry {
+    fn check_writable(&self, id: &SessionId, expected_seq: u64) -> Result<(), StoreError> {
+        if self.session.status.is_final() {
+            return Err(StoreError::Finished {
+                session: *id,
+                status: self.session.status,
+            });
+        }
+        if self.session.next_seq != expected_seq {
+            return Err(StoreError::Conflict {
+                session: *id,
+                expected: expected_seq,
+                actual: self.session.next_seq,
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, at_ms: i64, e: PreparedEvent) -> Event {
+        let event = Event {
+            session_id: self.session.id,
+            seq: self.session.next_seq,
+            at_ms,
+            kind: e.kind,
+            payload: e.payload,
+        };
+        self.events.push(event.clone());
+        self.session.next_seq += 1;
+        self.session.updated_at_ms = at_ms;
+        event
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        let (metadata, _) = self
+            .config
+            .prepare_value(new.metadata, "session metadata")?;
+        let id = new.id.unwrap_or_default();
+        let mut inner = self.lock();
+        if inner.sessions.contains_key(&id) {
+            return Err(StoreError::InvalidInput(format!(
+                "session {id} already exists"
+            )));
+        }
+        let now = now_ms();
+        let session = Session {
+            id,
+            parent: None,
+            fork_seq: None,
+            profile: new.profile,
+            status: SessionStatus::Running,
+            created_at_ms: now,
+            updated_at_ms: now,
+            metadata,
+            error: None,
+            cleanup_error: None,
+            next_seq: 0,
+        };
+        inner.sessions.insert(
+            id,
+            Entry {
+                session: session.clone(),
+                events: Vec::new(),
+            },
+        );
+        Ok(session)
+    }
+
+    async fn append(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
+        let prepared = self.config.prepare_events(events)?;
+        let mut inner = self.lock();
+        let entry = inner
+            .sessions
+            .get_mut(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        entry.check_writable(session, expected_seq)?;
+        let now = now_ms();
+        for e in prepared {
+            entry.push(now, e);
+        }
+        Ok(entry.session.next_seq)
+    }
+
+    async fn finish(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        finish: Finish,
+    ) -> Result<Event, StoreError> {
+        let f = self.config.prepare_finish(finish)?;
+        let mut inner = self.lock();
+        let entry = inner
+            .sessions
+            .get_mut(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        entry.check_writable(session, expected_seq)?;
+        let event = entry.push(now_ms(), f.event);
+        entry.session.status = f.status;
+        entry.session.error = f.error.map(|(v, _)| v);
+        entry.session.cleanup_error = f.cleanup_error.map(|(v, _)| v);
+        Ok(event)
+    }
+
+    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
+        let mut inner = self.lock();
+        let entry = inner
+            .sessions
+            .get_mut(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        let event = reopen_event(&entry.session)?;
+        let prepared = self.config.prepare_event(0, event)?;
+        entry.push(now_ms(), prepared);
+        entry.session.status = SessionStatus::Running;
+        entry.session.error = None;
+        entry.session.cleanup_error = None;
+        Ok(entry.session.clone())
+    }
+
+    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
+        let inner = self.lock();
+        let result = match inner.sessions.get(session) {
+            None => Err(StoreError::NotFound(*session)),
+            Some(entry) => {
+                let start = usize::try_from(from_seq)
+                    .unwrap_or(usize::MAX)
+                    .min(entry.events.len());
+                Ok(entry.events[start..].to_vec())
+            }
+        };
+        drop(inner);
+        match result {
+            Ok(events) => futures::stream::iter(events.into_iter().map(Ok)).boxed(),
+            Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        }
+    }
+
+    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
+        self.lock()
+            .sessions
+            .get(session)
+            .map(|e| e.session.clone())
+            .ok_or(StoreError::NotFound(*session))
+    }
+
+    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
+        let (limit, cursor) = filter.resolved()?;
+        let inner = self.lock();
+        let limit = limit as usize;
+        let mut items: Vec<Session> = inner
+            .sessions
+            .values()
+            .rev()
+            .map(|e| &e.session)
+            .filter(|s| cursor.is_none_or(|c| s.id < c))
+            .filter(|s| filter.matches(s))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(page(&mut items, limit))
+    }
+
+    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
+        self.lock()
+            .sessions
+            .get(session)
+            .map(|e| ResumePoint {
+                next_seq: e.session.next_seq,
+                status: e.session.status,
+            })
+            .ok_or(StoreError::NotFound(*session))
+    }
+
+    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
+        let mut inner = self.lock();
+        let parent = inner
+            .sessions
+            .get(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        check_fork_point(session, at_seq, parent.session.next_seq)?;
+        let id = SessionId::new();
+        let now = now_ms();
+        let n = usize::try_from(at_seq).unwrap_or(usize::MAX);
+        let events: Vec<Event> = parent.events[..n]
+            .iter()
+            .map(|e| Event {
+                session_id: id,
+                ..e.clone()
+            })
+            .collect();
+        let child = Session {
+            id,
+            parent: Some(*session),
+            fork_seq: Some(at_seq),
+            profile: parent.session.profile.clone(),
+            status: SessionStatus::Running,
+            created_at_ms: now,
+            updated_at_ms: now,
+            metadata: parent.session.metadata.clone(),
+            error: None,
+            cleanup_error: None,
+            next_seq: at_seq,
+        };
+        inner.sessions.insert(
+            id,
+            Entry {
+                session: child.clone(),
+                events,
+            },
+        );
+        Ok(child)
+    }
+
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
+        self.config.check_blob(bytes)?;
+        let address = BlobAddress::of(bytes);
+        self.lock()
+            .blobs
+            .entry(address.clone())
+            .or_insert_with(|| bytes.to_vec());
+        Ok(address)
+    }
+
+    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
+        let bytes = self
+            .lock()
+            .blobs
+            .get(address)
+            .cloned()
+            .ok_or_else(|| StoreError::BlobNotFound(address.clone()))?;
+        verify_blob(address, bytes)
+    }
+}
+
+/// Checks bytes against their address.
+pub(crate) fn verify_blob(address: &BlobAddress, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let actual = BlobAddress::of(&bytes);
+    if &actual != address {
+        return Err(StoreError::CorruptBlob {
+            address: address.clone(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Cuts a `limit + 1` probe down to a page.
+pub(crate) fn page(items: &mut Vec<Session>, limit: usize) -> Page<Session> {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = if more {
+        items.last().map(|s| s.id.to_string())
+    } else {
+        None
+    };
+    Page {
+        items: std::mem::take(items),
+        next_cursor,
+    }
+}
+
+pub(crate) fn check_fork_point(
+    session: &SessionId,
+    at_seq: u64,
+    next_seq: u64,
+) -> Result<(), StoreError> {
+    if at_seq > next_seq {
+        return Err(StoreError::InvalidInput(format!(
+            "cannot fork session {session} at seq {at_seq}: it has only {next_seq} events"
+        )));
+    }
+    Ok(())
+}
+
+/// The kind of the event [`SessionStore::reopen`] appends.
+pub const REOPENED_KIND: &str = "session.reopened";
+
+/// The event recording a reopen, or the error if the session cannot be reopened.
+pub(crate) fn reopen_event(s: &Session) -> Result<NewEvent, StoreError> {
+    match s.status {
+        SessionStatus::Failed | SessionStatus::Cancelled => Ok(NewEvent::new(
+            REOPENED_KIND,
+            json!({
+                "previous_status": s.status.as_str(),
+                "previous_error": s.error.clone().unwrap_or(Value::Null),
+                "previous_cleanup_error": s.cleanup_error.clone().unwrap_or(Value::Null),
+            }),
+        )),
+        SessionStatus::Running | SessionStatus::Completed => {
+            Err(StoreError::InvalidInput(format!(
+                "session {} is {}: only failed or cancelled sessions can be reopened",
+                s.id, s.status
+            )))
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Redaction of secrets from everything the store writes.
+
+use std::borrow::Cow;
+
+use regex::Regex;
+use serde_json::Value;
+
+/// The text that replaces a redacted secret.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Replaces secrets in JSON values before they are written.
+///
+/// Applied by every backend to event payloads and kinds, session metadata and error values.
+/// It replaces, inside every JSON string (object keys included):
+/// - API-key shaped strings: `sk-...` (OpenAI style), `sk-ant-...` (Anthropic), `AKIA...`
+///   (AWS access key ids), `ghp_...`/`github_pat_...` (GitHub tokens), when long enough to be keys;
+/// - bearer tokens: `Bearer <token>` keeps the word and redacts the token;
+/// - every configured secret value ([`Redactor::with_secret`]), wherever it occurs;
+///
+/// and it replaces the whole value of any object member whose key is configured with
+/// [`Redactor::with_sensitive_key`] (case-insensitive, e.g. `authorization`).
+///
+/// ```
+/// use agentrt_session_store::Redactor;
+/// use serde_json::json;
+///
+/// let r = Redactor::default().with_secret("hunter2");
+/// let out = r.redact(&json!({"msg": "key sk-abcdefghijklmnopqrstuvwx and pw hunter2"}));
+/// assert_eq!(out, json!({"msg": "key [REDACTED] and pw [REDACTED]"}));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    patterns: Vec<Regex>,
+    bearer: Option<Regex>,
+    secrets: Vec<String>,
+    sensitive_keys: Vec<String>,
+}
+
+impl Default for Redactor {
+    /// The built-in key and bearer-token patterns, with no configured secrets or keys.
+    fn default() -> Self {
+        Redactor {
+            patterns: default_patterns(),
+            bearer: Regex::new(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*").ok(),
+            secrets: Vec::new(),
+            sensitive_keys: Vec::new(),
+        }
+    }
+}
+
+fn default_patterns() -> Vec<Regex> {
+    [
+        // Anthropic keys first (they also match the generic sk- pattern).
+        r"sk-ant-[A-Za-z0-9_\-]{8,}",
+        r"sk-[A-Za-z0-9_\-]{16,}",
+        r"\bAKIA[0-9A-Z]{16}\b",
+        r"\bghp_[A-Za-z0-9]{20,}",
+        r"\bgithub_pat_[A-Za-z0-9_]{20,}",
+    ]
+    .iter()
+    .filter_map(|p| Regex::new(p).ok())
+    .collect()
+}
+
+impl Redactor {
+    /// A redactor that changes nothing (no patterns, no secrets). For tests and for stores
+    /// whose input is redacted upstream.
+    pub fn disabled() -> Self {
+        Redactor {
+            patterns: Vec::new(),
+            bearer: None,
+            secrets: Vec::new(),
+            sensitive_keys: Vec::new(),
+        }
+    }
+
+    /// Also redacts every occurrence of this exact value (ignored if empty).
+    pub fn with_secret(mut self, secret: impl Into<String>) -> Self {
+        let s = secret.into();
+        if !s.is_empty() {
+            self.secrets.push(s);
+            // Longest first, so a secret containing another is replaced whole.
+            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+        self
+    }
+
+    /// Also redacts every string matching this regular expression.
+    pub fn with_pattern(mut self, pattern: Regex) -> Self {
+        self.patterns.push(pattern);
+        self
+    }
+
+    /// Replaces the whole value of object members with this key (compared case-insensitively).
+    pub fn with_sensitive_key(mut self, key: impl Into<String>) -> Self {
+        self.sensitive_keys.push(key.into().to_lowercase());
+        self
+    }
+
+    /// Whether this redactor can change anything.
+    pub fn is_enabled(&self) -> bool {
+        !(self.patterns.is_empty()
+            && self.bearer.is_none()
+            && self.secrets.is_empty()
+            && self.sensitive_keys.is_empty())
+    }
+
+    /// Redacts one string.
+    pub fn redact_str<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        let mut out: Cow<'a, str> = Cow::Borrowed(s);
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
+            }
+        }
+        for re in &self.patterns {
+            if re.is_match(&out) {
+                out = Cow::Owned(re.replace_all(&out, REDACTED).into_owned());
+            }
+        }
+        if let Some(re) = &self.bearer
+            && re.is_match(&out)
+        {
+            out = Cow::Owned(
+                re.replace_all(&out, format!("${{1}} {REDACTED}").as_str())
+                    .into_owned(),
+            );
+        }
+        out
+    }
+
+    /// A redacted copy of `value`.
+    pub fn redact(&self, value: &Value) -> Value {
+        let mut v = value.clone();
+        self.redact_in_place(&mut v);
+        v
+    }
+
+    /// Redacts `value` in place.
+    pub fn redact_in_place(&self, value: &mut Value) {
+        if !self.is_enabled() {
+            return;
+        }
+        match value {
+            Value::String(s) => {
+                if let Cow::Owned(new) = self.redact_str(s) {
+                    *s = new;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in_place(v)),
+            Value::Object(map) => {
+                let needs_key_rewrite = map
+                    .keys()
+                    .any(|k| matches!(self.redact_str(k), Cow::Owned(_)));
+                if needs_key_rewrite {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(self.redact_str(&k).into_owned(), v);
+                    }
+                }
+                for (k, v) in map.iter_mut() {
+                    if self
+                        .sensitive_keys
+                        .iter()
+                        .any(|s| s.eq_ignore_ascii_case(k))
+                    {
+                        *v = Value::String(REDACTED.to_owned());
+                    } else {
+                        self.redact_in_place(v);
+                    }
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn api_keys_of_known_shapes_are_replaced() {
+        let r = Redactor::default();
+        let v = json!({
+            "openai": "sk-proj-AbCdEfGhIjKlMnOpQrStUv1234",
+            "anthropic": "use sk-ant-api03-abcdefghijklmnop_QRS please",
+            "aws": "AKIAABCDEFGHIJKLMNOP",
+            "gh": "ghp_abcdefghijklmnopqrstuvwxyz0123",
+        });
+        let out = r.redact(&v);
+        let text = out.to_string();
+        assert!(!text.contains("sk-proj"), "{text}");
+        assert!(!text.contains("sk-ant"), "{text}");
+        assert!(!text.contains("AKIA"), "{text}");
+        assert!(!text.contains("ghp_"), "{text}");
+        assert_eq!(out["anthropic"], json!("use [REDACTED] please"));
+    }
+
+    #[test]
+    fn bearer_tokens_keep_the_scheme_word() {
+        let r = Redactor::default();
+        let out = r.redact_str("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def");
+        assert_eq!(out, "Authorization: Bearer [REDACTED]");
+    }
+
+    #[test]
+    fn configured_secrets_and_keys_are_replaced_everywhere() {
+        let r = Redactor::default()
+            .with_secret("hunter2")
+            .with_sensitive_key("Authorization");
+        let v = json!({"a": ["x hunter2 y", {"hunter2": 1}], "authorization": {"nested": 1}});
+        let out = r.redact(&v);
+        assert_eq!(
+            out,
+            json!({"a": ["x [REDACTED] y", {"[REDACTED]": 1}], "authorization": "[REDACTED]"})
+        );
+    }
+
+    #[test]
+    fn ordinary_text_is_untouched() {
+        let r = Redactor::default();
+        let v = json!({"msg": "task-1234 is a skeleton", "n": 3, "ok": true});
+        assert_eq!(r.redact(&v), v);
+    }
+
+    #[test]
+    fn disabled_redactor_changes_nothing() {
+        let r = Redactor::disabled();
+        let v = json!("sk-abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(r.redact(&v), v);
+    }
+}

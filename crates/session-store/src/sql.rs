@@ -1,0 +1,531 @@
+//! What the SQL backends share: the group-commit writer task, the write logic (expressed over a
+//! small set of per-backend primitive statements) and row decoding.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{PreparedEvent, PreparedFinish, StoreConfig, now_ms, to_seq};
+use crate::error::StoreError;
+use crate::memory::{check_fork_point, reopen_event};
+use crate::types::{BlobAddress, Event, Session, SessionId, SessionStatus};
+
+/// Counters of the group-commit writer of a SQL backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions committed (or attempted) by the writer.
+    pub batches: u64,
+    /// Write requests (create, append, finish, ...) carried by those transactions.
+    pub requests: u64,
+    /// Events written by those transactions.
+    pub events: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct StatsCell {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    events: AtomicU64,
+}
+
+impl StatsCell {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A write request sent to the writer task.
+pub(crate) enum Cmd {
+    Create {
+        session: Session,
+        metadata_json: String,
+        reply: oneshot::Sender<Result<Session, StoreError>>,
+    },
+    Append {
+        id: SessionId,
+        expected: u64,
+        events: Vec<PreparedEvent>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Finish {
+        id: SessionId,
+        expected: u64,
+        finish: Box<PreparedFinish>,
+        reply: oneshot::Sender<Result<Event, StoreError>>,
+    },
+    Reopen {
+        id: SessionId,
+        reply: oneshot::Sender<Result<Session, StoreError>>,
+    },
+    Fork {
+        id: SessionId,
+        at_seq: u64,
+        reply: oneshot::Sender<Result<Session, StoreError>>,
+    },
+    PutBlob {
+        address: BlobAddress,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<BlobAddress, StoreError>>,
+    },
+}
+
+impl Cmd {
+    fn event_count(&self) -> usize {
+        match self {
+            Cmd::Append { events, .. } => events.len(),
+            Cmd::Finish { .. } | Cmd::Reopen { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// A request whose outcome is decided but not yet sent (it is sent after commit).
+enum Pending {
+    Session(
+        oneshot::Sender<Result<Session, StoreError>>,
+        Result<Session, StoreError>,
+    ),
+    Seq(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Event(
+        oneshot::Sender<Result<Event, StoreError>>,
+        Result<Event, StoreError>,
+    ),
+    Blob(
+        oneshot::Sender<Result<BlobAddress, StoreError>>,
+        Result<BlobAddress, StoreError>,
+    ),
+}
+
+impl Pending {
+    /// Whether the outcome is a database failure that poisons the whole transaction.
+    fn fatal(&self) -> Option<StoreError> {
+        let err = match self {
+            Pending::Session(_, Err(e))
+            | Pending::Seq(_, Err(e))
+            | Pending::Event(_, Err(e))
+            | Pending::Blob(_, Err(e)) => e,
+            _ => return None,
+        };
+        match err {
+            StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Closed => {
+                Some(err.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn send(self) {
+        // A caller that stopped waiting (dropped its future) is not an error.
+        match self {
+            Pending::Session(tx, r) => drop(tx.send(r)),
+            Pending::Seq(tx, r) => drop(tx.send(r)),
+            Pending::Event(tx, r) => drop(tx.send(r)),
+            Pending::Blob(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Pending::Session(tx, _) => drop(tx.send(Err(e))),
+            Pending::Seq(tx, _) => drop(tx.send(Err(e))),
+            Pending::Event(tx, _) => drop(tx.send(Err(e))),
+            Pending::Blob(tx, _) => drop(tx.send(Err(e))),
+        }
+    }
+}
+
+/// The primitive statements a SQL backend provides to the writer. All run inside the
+/// transaction opened by `begin`.
+#[async_trait]
+pub(crate) trait WriteConn: Send + 'static {
+    /// Opens a write transaction (taking the database write lock where that is how it works).
+    async fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits durably.
+    async fn commit(&mut self) -> Result<(), StoreError>;
+    /// Abandons the transaction.
+    async fn rollback(&mut self);
+    /// Status and next seq of a session, locking its row until commit.
+    async fn session_state(
+        &mut self,
+        id: &SessionId,
+    ) -> Result<Option<(SessionStatus, u64)>, StoreError>;
+    /// The full session record (locking its row).
+    async fn load_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError>;
+    /// Inserts a session (all fields, including `next_seq`); `false` if the id is taken.
+    async fn insert_session(
+        &mut self,
+        s: &Session,
+        metadata_json: &str,
+    ) -> Result<bool, StoreError>;
+    /// Inserts events at `first_seq..`.
+    async fn insert_events(
+        &mut self,
+        id: &SessionId,
+        first_seq: u64,
+        at_ms: i64,
+        events: &[PreparedEvent],
+    ) -> Result<(), StoreError>;
+    /// Sets next seq, updated time, and (when `status` is given) status and both error fields.
+    async fn update_session(
+        &mut self,
+        id: &SessionId,
+        next_seq: u64,
+        at_ms: i64,
+        status: Option<(SessionStatus, Option<&str>, Option<&str>)>,
+    ) -> Result<(), StoreError>;
+    /// Copies `from`'s events with `seq < below` into `to`.
+    async fn copy_events(
+        &mut self,
+        from: &SessionId,
+        to: &SessionId,
+        below: u64,
+    ) -> Result<(), StoreError>;
+    /// Stores a blob unless present.
+    async fn insert_blob(&mut self, address: &BlobAddress, bytes: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Runs the writer: takes requests from `rx`, batches whatever is queued (up to `max_batch`
+/// requests) into one transaction, commits, then answers every request of the batch.
+pub(crate) async fn run_writer<W: WriteConn>(
+    mut conn: W,
+    mut rx: mpsc::Receiver<Cmd>,
+    config: Arc<StoreConfig>,
+    max_batch: usize,
+    stats: Arc<StatsCell>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(cmd) => batch.push(cmd),
+                Err(_) => break,
+            }
+        }
+        let events: usize = batch.iter().map(Cmd::event_count).sum();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.events.fetch_add(events as u64, Ordering::Relaxed);
+        apply_batch(&mut conn, &config, batch.drain(..)).await;
+    }
+    tracing::debug!("session-store writer stopped: all store handles dropped");
+}
+
+async fn apply_batch<W: WriteConn>(
+    conn: &mut W,
+    config: &StoreConfig,
+    batch: impl Iterator<Item = Cmd>,
+) {
+    let cmds: Vec<Cmd> = batch.collect();
+    if let Err(e) = conn.begin().await {
+        for cmd in cmds {
+            pending_of(cmd).fail(e.clone());
+        }
+        return;
+    }
+    let mut done: Vec<Pending> = Vec::with_capacity(cmds.len());
+    let mut fatal: Option<StoreError> = None;
+    let mut rest = cmds.into_iter();
+    for cmd in rest.by_ref() {
+        let p = apply_one(conn, config, cmd).await;
+        let f = p.fatal();
+        done.push(p);
+        if let Some(e) = f {
+            fatal = Some(e);
+            break;
+        }
+    }
+    if fatal.is_none()
+        && let Err(e) = conn.commit().await
+    {
+        fatal = Some(e);
+    }
+    match fatal {
+        None => done.into_iter().for_each(Pending::send),
+        Some(e) => {
+            conn.rollback().await;
+            tracing::warn!(error = %e, "session-store write batch rolled back");
+            for p in done {
+                p.fail(e.clone());
+            }
+            for cmd in rest {
+                pending_of(cmd).fail(e.clone());
+            }
+        }
+    }
+}
+
+/// A pending of the right shape for a command that will not be applied.
+fn pending_of(cmd: Cmd) -> Pending {
+    match cmd {
+        Cmd::Create { reply, .. } | Cmd::Reopen { reply, .. } | Cmd::Fork { reply, .. } => {
+            Pending::Session(reply, Err(StoreError::Closed))
+        }
+        Cmd::Append { reply, .. } => Pending::Seq(reply, Err(StoreError::Closed)),
+        Cmd::Finish { reply, .. } => Pending::Event(reply, Err(StoreError::Closed)),
+        Cmd::PutBlob { reply, .. } => Pending::Blob(reply, Err(StoreError::Closed)),
+    }
+}
+
+async fn apply_one<W: WriteConn>(conn: &mut W, config: &StoreConfig, cmd: Cmd) -> Pending {
+    match cmd {
+        Cmd::Create {
+            session,
+            metadata_json,
+            reply,
+        } => {
+            let r = match conn.insert_session(&session, &metadata_json).await {
+                Ok(true) => Ok(session),
+                Ok(false) => Err(StoreError::InvalidInput(format!(
+                    "session {} already exists",
+                    session.id
+                ))),
+                Err(e) => Err(e),
+            };
+            Pending::Session(reply, r)
+        }
+        Cmd::Append {
+            id,
+            expected,
+            events,
+            reply,
+        } => Pending::Seq(reply, append(conn, &id, expected, &events).await),
+        Cmd::Finish {
+            id,
+            expected,
+            finish,
+            reply,
+        } => Pending::Event(reply, finish_one(conn, &id, expected, &finish).await),
+        Cmd::Reopen { id, reply } => Pending::Session(reply, reopen(conn, config, &id).await),
+        Cmd::Fork { id, at_seq, reply } => Pending::Session(reply, fork(conn, &id, at_seq).await),
+        Cmd::PutBlob {
+            address,
+            bytes,
+            reply,
+        } => {
+            let r = conn.insert_blob(&address, &bytes).await.map(|()| address);
+            Pending::Blob(reply, r)
+        }
+    }
+}
+
+async fn check_writable<W: WriteConn>(
+    conn: &mut W,
+    id: &SessionId,
+    expected: u64,
+) -> Result<(), StoreError> {
+    match conn.session_state(id).await? {
+        None => Err(StoreError::NotFound(*id)),
+        Some((status, _)) if status.is_final() => Err(StoreError::Finished {
+            session: *id,
+            status,
+        }),
+        Some((_, actual)) if actual != expected => Err(StoreError::Conflict {
+            session: *id,
+            expected,
+            actual,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+async fn append<W: WriteConn>(
+    conn: &mut W,
+    id: &SessionId,
+    expected: u64,
+    events: &[PreparedEvent],
+) -> Result<u64, StoreError> {
+    check_writable(conn, id, expected).await?;
+    if events.is_empty() {
+        return Ok(expected);
+    }
+    let now = now_ms();
+    conn.insert_events(id, expected, now, events).await?;
+    let next = expected + events.len() as u64;
+    conn.update_session(id, next, now, None).await?;
+    Ok(next)
+}
+
+async fn finish_one<W: WriteConn>(
+    conn: &mut W,
+    id: &SessionId,
+    expected: u64,
+    f: &PreparedFinish,
+) -> Result<Event, StoreError> {
+    check_writable(conn, id, expected).await?;
+    let now = now_ms();
+    conn.insert_events(id, expected, now, std::slice::from_ref(&f.event))
+        .await?;
+    conn.update_session(
+        id,
+        expected + 1,
+        now,
+        Some((
+            f.status,
+            f.error.as_ref().map(|(_, j)| j.as_str()),
+            f.cleanup_error.as_ref().map(|(_, j)| j.as_str()),
+        )),
+    )
+    .await?;
+    Ok(Event {
+        session_id: *id,
+        seq: expected,
+        at_ms: now,
+        kind: f.event.kind.clone(),
+        payload: f.event.payload.clone(),
+    })
+}
+
+async fn reopen<W: WriteConn>(
+    conn: &mut W,
+    config: &StoreConfig,
+    id: &SessionId,
+) -> Result<Session, StoreError> {
+    let mut s = conn
+        .load_session(id)
+        .await?
+        .ok_or(StoreError::NotFound(*id))?;
+    let event = config.prepare_event(0, reopen_event(&s)?)?;
+    let now = now_ms();
+    conn.insert_events(id, s.next_seq, now, std::slice::from_ref(&event))
+        .await?;
+    s.next_seq += 1;
+    conn.update_session(
+        id,
+        s.next_seq,
+        now,
+        Some((SessionStatus::Running, None, None)),
+    )
+    .await?;
+    s.status = SessionStatus::Running;
+    s.error = None;
+    s.cleanup_error = None;
+    s.updated_at_ms = now;
+    Ok(s)
+}
+
+async fn fork<W: WriteConn>(
+    conn: &mut W,
+    id: &SessionId,
+    at_seq: u64,
+) -> Result<Session, StoreError> {
+    let parent = conn
+        .load_session(id)
+        .await?
+        .ok_or(StoreError::NotFound(*id))?;
+    check_fork_point(id, at_seq, parent.next_seq)?;
+    let now = now_ms();
+    let child = Session {
+        id: SessionId::new(),
+        parent: Some(*id),
+        fork_seq: Some(at_seq),
+        profile: parent.profile.clone(),
+        status: SessionStatus::Running,
+        created_at_ms: now,
+        updated_at_ms: now,
+        metadata: parent.metadata.clone(),
+        error: None,
+        cleanup_error: None,
+        next_seq: at_seq,
+    };
+    let metadata_json = parent.metadata.to_string();
+    if !conn.insert_session(&child, &metadata_json).await? {
+        return Err(StoreError::Database(format!(
+            "fresh session id {} already taken",
+            child.id
+        )));
+    }
+    conn.copy_events(id, &child.id, at_seq).await?;
+    Ok(child)
+}
+
+/// A session row: id, parent_id, fork_seq, profile, status, created_at_ms, updated_at_ms,
+/// metadata, error, cleanup_error, next_seq.
+pub(crate) type SessionRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+);
+
+pub(crate) fn parse_id(s: &str) -> Result<SessionId, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("stored session id {s:?} is not a UUID")))
+}
+
+pub(crate) fn parse_json(s: &str, what: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Corrupt(format!("stored {what} is not JSON: {e}")))
+}
+
+pub(crate) fn session_from_row(row: SessionRow) -> Result<Session, StoreError> {
+    let (id, parent, fork_seq, profile, status, created, updated, metadata, error, cleanup, next) =
+        row;
+    Ok(Session {
+        id: parse_id(&id)?,
+        parent: parent.as_deref().map(parse_id).transpose()?,
+        fork_seq: fork_seq.map(to_seq).transpose()?,
+        profile,
+        status: status
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("stored status {status:?} is unknown")))?,
+        created_at_ms: created,
+        updated_at_ms: updated,
+        metadata: parse_json(&metadata, "metadata")?,
+        error: error
+            .as_deref()
+            .map(|e| parse_json(e, "error"))
+            .transpose()?,
+        cleanup_error: cleanup
+            .as_deref()
+            .map(|e| parse_json(e, "cleanup error"))
+            .transpose()?,
+        next_seq: to_seq(next)?,
+    })
+}
+
+/// An event row: seq, at_ms, kind, payload.
+pub(crate) type EventRow = (i64, i64, String, String);
+
+pub(crate) fn event_from_row(session_id: SessionId, row: EventRow) -> Result<Event, StoreError> {
+    let (seq, at_ms, kind, payload) = row;
+    Ok(Event {
+        session_id,
+        seq: to_seq(seq)?,
+        at_ms,
+        kind,
+        payload: parse_json(&payload, "event payload")?,
+    })
+}
+
+/// Sends a request to the writer and waits for its durable outcome.
+pub(crate) async fn send<T>(
+    tx: &mpsc::Sender<Cmd>,
+    make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Cmd,
+) -> Result<T, StoreError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| StoreError::Closed)?;
+    rx.await.map_err(|_| StoreError::Closed)?
+}
+
+/// Rows per chunk when replaying.
+pub(crate) const REPLAY_CHUNK: i64 = 8192;

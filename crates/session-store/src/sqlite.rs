@@ -1,0 +1,594 @@
+//! The SQLite backend: one database file in WAL mode, written by one group-commit writer task.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream;
+use sqlx::Sqlite;
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::mpsc;
+
+use crate::config::{PreparedEvent, StoreConfig, from_seq, now_ms, to_seq};
+use crate::error::StoreError;
+use crate::memory::{page, verify_blob};
+use crate::migrations;
+use crate::sql::{
+    Cmd, EventRow, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, event_from_row,
+    run_writer, send, session_from_row,
+};
+use crate::store::{EventStream, SessionStore};
+use crate::types::{
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
+    SessionId, SessionStatus,
+};
+
+/// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL` (the default): the WAL is fsynced at every commit, so an
+    /// acknowledged write survives a process kill *and* an operating-system crash or power loss.
+    /// Group commit amortises the fsync over every writer in a batch.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: the WAL is fsynced only at checkpoints. An acknowledged write
+    /// survives the process being killed (SIGKILL: the data is in the OS page cache), but the
+    /// last commits may be lost on power loss or an OS crash.
+    Normal,
+}
+
+/// Settings of a [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// Redaction and limits.
+    pub store: StoreConfig,
+    /// Commit durability.
+    pub durability: Durability,
+    /// Most write requests the writer puts in one transaction. Default 512.
+    pub max_batch: usize,
+    /// Connections used for reads (replay, get, list). Default 4.
+    pub read_connections: u32,
+    /// How long a write waits for another process holding the database lock. Default 10 s.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            store: StoreConfig::default(),
+            durability: Durability::Full,
+            max_batch: 512,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A [`SessionStore`] in one SQLite file (WAL mode).
+///
+/// Reads use a small connection pool; every write goes through one writer task that batches
+/// whatever requests are queued into one transaction (group commit) and answers each request
+/// only after that transaction committed durably (see [`Durability`]). A request that fails its
+/// own checks (conflict, unknown session, finished session) fails alone; the others in its batch
+/// still commit.
+///
+/// Cloning gives another handle to the same store; the writer stops when the last handle is
+/// dropped. Several processes may open the same file: the database lock serialises their writers
+/// and optimistic seq checks keep their appends consistent.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    read: SqlitePool,
+    writer: mpsc::Sender<Cmd>,
+    config: Arc<StoreConfig>,
+    stats: Arc<StatsCell>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the store at `path` with the default [`SqliteConfig`].
+    ///
+    /// Errors: [`StoreError::Corrupt`] if the file is not a readable SQLite database,
+    /// [`StoreError::SchemaTooNew`] if a newer version of this crate wrote it,
+    /// [`StoreError::Database`] for I/O errors.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, SqliteConfig::default()).await
+    }
+
+    /// Opens (creating if missing) the store at `path` with `config`.
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        config: SqliteConfig,
+    ) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let options = connect_options(&path, &config);
+        let write_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_with(options.clone())
+            .await?;
+        let mut conn = write_pool.acquire().await?;
+        migrations::check_sqlite_version(&mut conn).await?;
+        migrations::sqlite().run(&mut *conn).await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(config.read_connections.max(1))
+            .connect_with(options)
+            .await?;
+        let store_config = Arc::new(config.store.clone());
+        let stats = Arc::new(StatsCell::default());
+        let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
+        let writer = SqliteWriter {
+            pool: write_pool,
+            conn: Some(conn),
+            in_tx: false,
+        };
+        tokio::spawn(run_writer(
+            writer,
+            rx,
+            store_config.clone(),
+            config.max_batch.max(1),
+            stats.clone(),
+        ));
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                read,
+                writer: tx,
+                config: store_config,
+                stats,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Counters of the group-commit writer (how many requests shared each transaction).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.stats.snapshot()
+    }
+}
+
+pub(crate) fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match config.durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout)
+}
+
+struct SqliteWriter {
+    pool: SqlitePool,
+    conn: Option<PoolConnection<Sqlite>>,
+    in_tx: bool,
+}
+
+impl SqliteWriter {
+    fn conn(&mut self) -> Result<&mut PoolConnection<Sqlite>, StoreError> {
+        self.conn.as_mut().ok_or(StoreError::Closed)
+    }
+}
+
+#[async_trait]
+impl WriteConn for SqliteWriter {
+    async fn begin(&mut self) -> Result<(), StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.pool.acquire().await?);
+        }
+        // IMMEDIATE takes the write lock now, so the seq checks below see the latest commit of
+        // any other process and nobody can commit in between.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut **self.conn()?)
+            .await?;
+        self.in_tx = true;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut **self.conn()?).await?;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if !self.in_tx {
+            return;
+        }
+        self.in_tx = false;
+        let ok = match self.conn.as_mut() {
+            Some(c) => sqlx::query("ROLLBACK").execute(&mut **c).await.is_ok(),
+            None => true,
+        };
+        if !ok {
+            // A connection in an unknown state is not reused.
+            if let Some(c) = self.conn.take() {
+                let _closed = c.close().await;
+            }
+        }
+    }
+
+    async fn session_state(
+        &mut self,
+        id: &SessionId,
+    ) -> Result<Option<(SessionStatus, u64)>, StoreError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, next_seq FROM sessions WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut **self.conn()?)
+                .await?;
+        row.map(|(status, next)| {
+            Ok((
+                SessionStatus::from_str(&status).map_err(|_| {
+                    StoreError::Corrupt(format!("stored status {status:?} is unknown"))
+                })?,
+                to_seq(next)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn load_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION)
+            .bind(id.to_string())
+            .fetch_optional(&mut **self.conn()?)
+            .await?;
+        row.map(session_from_row).transpose()
+    }
+
+    async fn insert_session(
+        &mut self,
+        s: &Session,
+        metadata_json: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO sessions (id, parent_id, fork_seq, profile, status, created_at_ms, \
+             updated_at_ms, metadata, error, cleanup_error, next_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(s.id.to_string())
+        .bind(s.parent.map(|p| p.to_string()))
+        .bind(s.fork_seq.map(from_seq).transpose()?)
+        .bind(s.profile.as_deref())
+        .bind(s.status.as_str())
+        .bind(s.created_at_ms)
+        .bind(s.updated_at_ms)
+        .bind(metadata_json)
+        .bind(from_seq(s.next_seq)?)
+        .execute(&mut **self.conn()?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_events(
+        &mut self,
+        id: &SessionId,
+        first_seq: u64,
+        at_ms: i64,
+        events: &[PreparedEvent],
+    ) -> Result<(), StoreError> {
+        let sid = id.to_string();
+        let conn = self.conn()?;
+        for (i, e) in events.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(sid.as_str())
+            .bind(from_seq(first_seq + i as u64)?)
+            .bind(at_ms)
+            .bind(e.kind.as_str())
+            .bind(e.json.as_str())
+            .execute(&mut **conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn update_session(
+        &mut self,
+        id: &SessionId,
+        next_seq: u64,
+        at_ms: i64,
+        status: Option<(SessionStatus, Option<&str>, Option<&str>)>,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        match status {
+            None => {
+                sqlx::query("UPDATE sessions SET next_seq = $1, updated_at_ms = $2 WHERE id = $3")
+                    .bind(from_seq(next_seq)?)
+                    .bind(at_ms)
+                    .bind(id.to_string())
+                    .execute(&mut **conn)
+                    .await?;
+            }
+            Some((st, error, cleanup)) => {
+                sqlx::query(
+                    "UPDATE sessions SET next_seq = $1, updated_at_ms = $2, status = $3, \
+                     error = $4, cleanup_error = $5 WHERE id = $6",
+                )
+                .bind(from_seq(next_seq)?)
+                .bind(at_ms)
+                .bind(st.as_str())
+                .bind(error)
+                .bind(cleanup)
+                .bind(id.to_string())
+                .execute(&mut **conn)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_events(
+        &mut self,
+        from: &SessionId,
+        to: &SessionId,
+        below: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
+             SELECT $1, seq, at_ms, kind, payload FROM events WHERE session_id = $2 AND seq < $3",
+        )
+        .bind(to.to_string())
+        .bind(from.to_string())
+        .bind(from_seq(below)?)
+        .execute(&mut **self.conn()?)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_blob(&mut self, address: &BlobAddress, bytes: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO blobs (address, size, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (address) DO NOTHING",
+        )
+        .bind(address.as_str())
+        .bind(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
+        .bind(bytes)
+        .execute(&mut **self.conn()?)
+        .await?;
+        Ok(())
+    }
+}
+
+const SELECT_SESSION: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
+     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions WHERE id = $1";
+
+const LIST_SESSIONS: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
+     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions \
+     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR profile = $2) \
+     AND ($3 IS NULL OR created_at_ms >= $3) AND ($4 IS NULL OR created_at_ms < $4) \
+     AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6";
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        let (metadata, metadata_json) = self
+            .inner
+            .config
+            .prepare_value(new.metadata, "session metadata")?;
+        let now = now_ms();
+        let session = Session {
+            id: new.id.unwrap_or_default(),
+            parent: None,
+            fork_seq: None,
+            profile: new.profile,
+            status: SessionStatus::Running,
+            created_at_ms: now,
+            updated_at_ms: now,
+            metadata,
+            error: None,
+            cleanup_error: None,
+            next_seq: 0,
+        };
+        send(&self.inner.writer, |reply| Cmd::Create {
+            session,
+            metadata_json,
+            reply,
+        })
+        .await
+    }
+
+    async fn append(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
+        let events = self.inner.config.prepare_events(events)?;
+        send(&self.inner.writer, |reply| Cmd::Append {
+            id: *session,
+            expected: expected_seq,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        finish: Finish,
+    ) -> Result<Event, StoreError> {
+        let finish = Box::new(self.inner.config.prepare_finish(finish)?);
+        send(&self.inner.writer, |reply| Cmd::Finish {
+            id: *session,
+            expected: expected_seq,
+            finish,
+            reply,
+        })
+        .await
+    }
+
+    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
+        send(&self.inner.writer, |reply| Cmd::Reopen {
+            id: *session,
+            reply,
+        })
+        .await
+    }
+
+    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
+        replay_stream(self.inner.read.clone(), *session, from_seq)
+    }
+
+    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
+        let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION)
+            .bind(session.to_string())
+            .fetch_optional(&self.inner.read)
+            .await?;
+        row.map(session_from_row)
+            .transpose()?
+            .ok_or(StoreError::NotFound(*session))
+    }
+
+    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
+        let (limit, cursor) = filter.resolved()?;
+        let rows: Vec<SessionRow> = sqlx::query_as(LIST_SESSIONS)
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(filter.profile.as_deref())
+            .bind(filter.created_from_ms)
+            .bind(filter.created_before_ms)
+            .bind(cursor.map(|c| c.to_string()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.inner.read)
+            .await?;
+        let mut items = rows
+            .into_iter()
+            .map(session_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(&mut items, limit as usize))
+    }
+
+    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, next_seq FROM sessions WHERE id = $1")
+                .bind(session.to_string())
+                .fetch_optional(&self.inner.read)
+                .await?;
+        let (status, next) = row.ok_or(StoreError::NotFound(*session))?;
+        Ok(ResumePoint {
+            next_seq: to_seq(next)?,
+            status: status
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("stored status {status:?} is unknown")))?,
+        })
+    }
+
+    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
+        send(&self.inner.writer, |reply| Cmd::Fork {
+            id: *session,
+            at_seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
+        self.inner.config.check_blob(bytes)?;
+        let address = BlobAddress::of(bytes);
+        let bytes = bytes.to_vec();
+        send(&self.inner.writer, |reply| Cmd::PutBlob {
+            address,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT data FROM blobs WHERE address = $1")
+            .bind(address.as_str())
+            .fetch_optional(&self.inner.read)
+            .await?;
+        let (bytes,) = row.ok_or_else(|| StoreError::BlobNotFound(address.clone()))?;
+        verify_blob(address, bytes)
+    }
+}
+
+enum ReplayState {
+    Start,
+    From(i64),
+    Done,
+}
+
+fn replay_stream(pool: SqlitePool, session: SessionId, from_seq: u64) -> EventStream {
+    let sid = session.to_string();
+    stream::unfold(ReplayState::Start, move |state| {
+        let pool = pool.clone();
+        let sid = sid.clone();
+        async move {
+            let from = match state {
+                ReplayState::Done => return None,
+                ReplayState::Start => {
+                    let exists: Result<Option<(i64,)>, sqlx::Error> =
+                        sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
+                            .bind(sid.as_str())
+                            .fetch_optional(&pool)
+                            .await;
+                    match exists {
+                        Err(e) => return Some((vec![Err(e.into())], ReplayState::Done)),
+                        Ok(None) => {
+                            return Some((
+                                vec![Err(StoreError::NotFound(session))],
+                                ReplayState::Done,
+                            ));
+                        }
+                        Ok(Some(_)) => match from_seq.try_into() {
+                            Ok(f) => f,
+                            Err(_) => return None,
+                        },
+                    }
+                }
+                ReplayState::From(f) => f,
+            };
+            let rows: Result<Vec<EventRow>, sqlx::Error> = sqlx::query_as(
+                "SELECT seq, at_ms, kind, payload FROM events \
+                 WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(sid.as_str())
+            .bind(from)
+            .bind(REPLAY_CHUNK)
+            .fetch_all(&pool)
+            .await;
+            match rows {
+                Err(e) => Some((vec![Err(e.into())], ReplayState::Done)),
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let full = rows.len() as i64 == REPLAY_CHUNK;
+                    let next = rows.last().map(|r| r.0 + 1).unwrap_or(from);
+                    let events: Vec<Result<Event, StoreError>> = rows
+                        .into_iter()
+                        .map(|r| event_from_row(session, r))
+                        .collect();
+                    let state = if full {
+                        ReplayState::From(next)
+                    } else {
+                        ReplayState::Done
+                    };
+                    Some((events, state))
+                }
+            }
+        }
+    })
+    .flat_map(stream::iter)
+    .boxed()
+}

@@ -1,0 +1,440 @@
+//! The records the store keeps: sessions, events, blobs, and the query types around them.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+
+/// The identity of a session: a UUID version 7, so ids sort by creation time.
+///
+/// Displays and parses as the hyphenated lowercase UUID form
+/// (`0192f1c4-7c2e-7a1b-9d3e-5f6a7b8c9d0e`) and serializes the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(Uuid);
+
+impl SessionId {
+    /// A fresh, time-ordered id (UUID v7).
+    pub fn new() -> Self {
+        SessionId(Uuid::now_v7())
+    }
+
+    /// Wraps an existing UUID (of any version) as a session id.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        SessionId(uuid)
+    }
+
+    /// The underlying UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s)
+            .map(SessionId)
+            .map_err(|e| StoreError::InvalidInput(format!("session id {s:?} is not a UUID: {e}")))
+    }
+}
+
+/// The lifecycle state of a session.
+///
+/// A session starts `Running`; [`SessionStore::finish`](crate::SessionStore::finish) moves it to
+/// one of the three final states; [`SessionStore::reopen`](crate::SessionStore::reopen) moves a
+/// failed or cancelled session back to `Running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// Events may be appended.
+    Running,
+    /// Finished successfully.
+    Completed,
+    /// Finished with an error (see [`Session::error`]).
+    Failed,
+    /// Stopped before it finished.
+    Cancelled,
+}
+
+impl SessionStatus {
+    /// The stable lowercase name used in storage and on the wire (`"running"`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionStatus::Running => "running",
+            SessionStatus::Completed => "completed",
+            SessionStatus::Failed => "failed",
+            SessionStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether this is one of the final states (everything but `Running`).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, SessionStatus::Running)
+    }
+}
+
+impl fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SessionStatus {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "running" => Ok(SessionStatus::Running),
+            "completed" => Ok(SessionStatus::Completed),
+            "failed" => Ok(SessionStatus::Failed),
+            "cancelled" => Ok(SessionStatus::Cancelled),
+            other => Err(StoreError::InvalidInput(format!(
+                "session status {other:?} is not one of running, completed, failed, cancelled"
+            ))),
+        }
+    }
+}
+
+/// A session record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    /// The session's id.
+    pub id: SessionId,
+    /// The session this one was forked from, if any.
+    pub parent: Option<SessionId>,
+    /// For a fork: the parent's seq at which the fork was taken (the child holds the parent's
+    /// events with `seq < fork_seq`).
+    pub fork_seq: Option<u64>,
+    /// Content address of the profile that runs in this session (see `agentrt-profiles`).
+    pub profile: Option<String>,
+    /// Lifecycle state.
+    pub status: SessionStatus,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// Time of the last change (append, finish, reopen), milliseconds since the Unix epoch.
+    pub updated_at_ms: i64,
+    /// Free-form caller metadata.
+    pub metadata: Value,
+    /// The primary error of a failed session. Never overwritten by a cleanup error.
+    pub error: Option<Value>,
+    /// An error raised while cleaning up after the run, stored beside [`Session::error`].
+    pub cleanup_error: Option<Value>,
+    /// The seq the next appended event will get (= number of events in the session).
+    pub next_seq: u64,
+}
+
+/// What a caller provides to create a session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewSession {
+    /// The id to use; `None` lets the store pick a fresh [`SessionId::new`].
+    pub id: Option<SessionId>,
+    /// Content address of the profile that runs in the session.
+    pub profile: Option<String>,
+    /// Free-form metadata (defaults to `null`); redacted before it is written.
+    pub metadata: Value,
+}
+
+impl NewSession {
+    /// A session with no profile and `null` metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the profile content address.
+    pub fn with_profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// Sets the metadata.
+    pub fn with_metadata(mut self, metadata: Value) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// Uses a caller-chosen id.
+    pub fn with_id(mut self, id: SessionId) -> Self {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// An event to append: a kind and a JSON payload. The store adds the session, seq and time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// What happened, e.g. `"model.request"` (non-empty).
+    pub kind: String,
+    /// The event body.
+    pub payload: Value,
+}
+
+impl NewEvent {
+    /// Builds an event.
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        NewEvent {
+            kind: kind.into(),
+            payload,
+        }
+    }
+}
+
+/// A committed event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The session it belongs to.
+    pub session_id: SessionId,
+    /// Its position: contiguous from 0 within the session.
+    pub seq: u64,
+    /// When it was committed, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// What happened.
+    pub kind: String,
+    /// The (redacted) event body.
+    pub payload: Value,
+}
+
+/// How a session ends: see [`SessionStore::finish`](crate::SessionStore::finish).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finish {
+    /// The final status; must not be [`SessionStatus::Running`].
+    pub status: SessionStatus,
+    /// The last event of the session, committed together with the status change.
+    pub final_event: NewEvent,
+    /// The primary error (for a failed session).
+    pub error: Option<Value>,
+    /// An error from cleanup, stored beside the primary one (never replacing it).
+    pub cleanup_error: Option<Value>,
+}
+
+impl Finish {
+    /// A successful end.
+    pub fn completed(final_event: NewEvent) -> Self {
+        Finish {
+            status: SessionStatus::Completed,
+            final_event,
+            error: None,
+            cleanup_error: None,
+        }
+    }
+
+    /// A failed end with its primary error.
+    pub fn failed(final_event: NewEvent, error: Value) -> Self {
+        Finish {
+            status: SessionStatus::Failed,
+            final_event,
+            error: Some(error),
+            cleanup_error: None,
+        }
+    }
+
+    /// A cancelled end.
+    pub fn cancelled(final_event: NewEvent) -> Self {
+        Finish {
+            status: SessionStatus::Cancelled,
+            final_event,
+            error: None,
+            cleanup_error: None,
+        }
+    }
+
+    /// Attaches a cleanup error (kept beside the primary error).
+    pub fn with_cleanup_error(mut self, cleanup_error: Value) -> Self {
+        self.cleanup_error = Some(cleanup_error);
+        self
+    }
+}
+
+/// Where a loop continues after a crash: see
+/// [`SessionStore::resume_point`](crate::SessionStore::resume_point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The seq the next append must pass as `expected_seq` (= number of committed events).
+    pub next_seq: u64,
+    /// The session's status.
+    pub status: SessionStatus,
+}
+
+impl ResumePoint {
+    /// The seq of the last committed event, or `None` for an empty session.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.next_seq.checked_sub(1)
+    }
+}
+
+/// Which sessions [`SessionStore::list`](crate::SessionStore::list) returns.
+///
+/// Results are ordered newest first (by id, which is time-ordered). Every field narrows the
+/// result; the default matches every session and returns the first page of
+/// [`SessionFilter::DEFAULT_LIMIT`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionFilter {
+    /// Only sessions in this status.
+    pub status: Option<SessionStatus>,
+    /// Only sessions running this profile content address.
+    pub profile: Option<String>,
+    /// Only sessions created at or after this time (ms since epoch).
+    pub created_from_ms: Option<i64>,
+    /// Only sessions created strictly before this time (ms since epoch).
+    pub created_before_ms: Option<i64>,
+    /// Continue after this cursor (from [`Page::next_cursor`]).
+    pub cursor: Option<String>,
+    /// Page size; `None` means [`SessionFilter::DEFAULT_LIMIT`], capped at
+    /// [`SessionFilter::MAX_LIMIT`]; `0` is invalid.
+    pub limit: Option<u32>,
+}
+
+impl SessionFilter {
+    /// Page size when none is given.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// Largest accepted page size.
+    pub const MAX_LIMIT: u32 = 10_000;
+
+    /// Matches every session.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only this status.
+    pub fn status(mut self, status: SessionStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only this profile content address.
+    pub fn profile(mut self, profile: impl Into<String>) -> Self {
+        self.profile = Some(profile.into());
+        self
+    }
+
+    /// Only sessions created in `[from_ms, before_ms)`.
+    pub fn created_between(mut self, from_ms: i64, before_ms: i64) -> Self {
+        self.created_from_ms = Some(from_ms);
+        self.created_before_ms = Some(before_ms);
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Continue after a previous page.
+    pub fn after(mut self, cursor: impl Into<String>) -> Self {
+        self.cursor = Some(cursor.into());
+        self
+    }
+
+    /// The validated page size and cursor.
+    pub(crate) fn resolved(&self) -> Result<(u32, Option<SessionId>), StoreError> {
+        let limit = match self.limit {
+            None => Self::DEFAULT_LIMIT,
+            Some(0) => {
+                return Err(StoreError::InvalidInput(
+                    "list limit must be at least 1".into(),
+                ));
+            }
+            Some(n) => n.min(Self::MAX_LIMIT),
+        };
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(c.parse::<SessionId>().map_err(|_| {
+                StoreError::InvalidInput(format!("list cursor {c:?} is not a cursor from a Page"))
+            })?),
+        };
+        Ok((limit, cursor))
+    }
+
+    /// Whether a session matches the filter's predicates (not the cursor).
+    pub(crate) fn matches(&self, s: &Session) -> bool {
+        self.status.is_none_or(|st| st == s.status)
+            && self
+                .profile
+                .as_ref()
+                .is_none_or(|p| s.profile.as_deref() == Some(p.as_str()))
+            && self.created_from_ms.is_none_or(|t| s.created_at_ms >= t)
+            && self.created_before_ms.is_none_or(|t| s.created_at_ms < t)
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass to [`SessionFilter::after`] for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The content address of a blob: the lowercase hex sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BlobAddress(String);
+
+impl BlobAddress {
+    /// The address of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        BlobAddress(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The 64 lowercase hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BlobAddress {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(BlobAddress(s.to_owned()))
+        } else {
+            Err(StoreError::InvalidInput(format!(
+                "blob address {s:?} is not 64 lowercase hex digits (a sha256)"
+            )))
+        }
+    }
+}
+
+impl TryFrom<String> for BlobAddress {
+    type Error = StoreError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<BlobAddress> for String {
+    fn from(a: BlobAddress) -> String {
+        a.0
+    }
+}
