@@ -56,9 +56,13 @@ impl Backend {
 }
 
 pub async fn memory() -> Backend {
+    memory_with(test_config()).await
+}
+
+pub async fn memory_with(config: StoreConfig) -> Backend {
     Backend {
         name: "memory",
-        store: Arc::new(MemoryStore::with_config(test_config())),
+        store: Arc::new(MemoryStore::with_config(config)),
         tamper_blob: None,
         cleanup: None,
         _dir: None,
@@ -66,12 +70,16 @@ pub async fn memory() -> Backend {
 }
 
 pub async fn sqlite() -> Backend {
+    sqlite_with(test_config()).await
+}
+
+pub async fn sqlite_with(config: StoreConfig) -> Backend {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     let store = SqliteStore::open_with(
         &path,
         SqliteConfig {
-            store: test_config(),
+            store: config,
             ..SqliteConfig::default()
         },
     )
@@ -121,12 +129,16 @@ pub async fn drop_schema(url: &str, schema: &str) {
 /// A Postgres store in a fresh schema. Panics (fails the test) if the server is unreachable:
 /// the Postgres suite is part of CI, never silently skipped.
 pub async fn postgres() -> Backend {
+    postgres_with(test_config()).await
+}
+
+pub async fn postgres_with(config: StoreConfig) -> Backend {
     let url = pg_url();
     let schema = fresh_schema();
     let store = PostgresStore::connect_with(
         PostgresConfig::new(url.clone())
             .with_schema(schema.clone())
-            .with_store_config(test_config()),
+            .with_store_config(config),
     )
     .await
     .unwrap_or_else(|e| {
