@@ -1,0 +1,325 @@
+//! `cargo bench -p agentrt-core-loop --bench suite_loop [-- --quick]` (or `cargo xtask bench loop`).
+//!
+//! Prints one line per figure, `BENCH loop.<figure> <value> <unit>`:
+//!
+//! - `turns_per_s`: scripted model with zero latency, one tool call per turn, every event
+//!   persisted to a SQLite store (default durability: fsync per group commit).
+//! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
+//!   `--quick`), scripted latency 10 ms, 3 turns each (two tool turns and an answer), every event
+//!   persisted to one SQLite store. Peak RSS is the process's VmHWM after that phase.
+//! - `ideal_wall_s`: the larger of the latency-bound ideal (3 × 10 ms) and the time the same
+//!   store takes to append the same events in the same batches from the same number of
+//!   concurrent writers (measured right after, in this run); `sessions_10k_vs_ideal` is the
+//!   ratio.
+//! - `overhead_real_model_pct`: time outside the model call as a share of wall time, against
+//!   the OpenAI-compatible server at `AGENTRT_LLM_BASE_URL` (skipped with a note if none
+//!   answers).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agentrt_core_loop::model::{
+    ChatModel, ChatRequest, ChatStream, Message, OpenAiCompatible, ScriptedModel, ScriptedTurn,
+    StreamItem,
+};
+use agentrt_core_loop::{
+    Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
+};
+use agentrt_session_store::{Finish, NewEvent, NewSession, SessionStore, SqliteStore};
+use futures::{StreamExt, TryStreamExt};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+#[derive(Deserialize, JsonSchema)]
+struct EchoArgs {
+    text: String,
+}
+
+struct Echo;
+
+#[async_trait::async_trait]
+impl TypedTool for Echo {
+    type Args = EchoArgs;
+    fn name(&self) -> &str {
+        "echo"
+    }
+    fn description(&self) -> &str {
+        "Echoes its text."
+    }
+    async fn call(&self, args: EchoArgs) -> Result<String, ToolError> {
+        Ok(args.text)
+    }
+}
+
+/// Calls `echo` on turns 1..tool_turns, then answers.
+fn scripted(tool_turns: usize, latency: Duration) -> ScriptedModel {
+    ScriptedModel::from_fn(move |req| {
+        let results = req
+            .messages
+            .iter()
+            .filter(|m| matches!(m, Message::Tool { .. }))
+            .count();
+        let turn = if results < tool_turns {
+            ScriptedTurn::tool_call(format!("call-{results}"), "echo", r#"{"text": "ping"}"#)
+                .with_usage(120, 12)
+        } else {
+            ScriptedTurn::text("All done, the echo answered.").with_usage(150, 8)
+        };
+        turn.with_latency(latency)
+    })
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn turns_per_s(dir: &std::path::Path, total_turns: usize) -> f64 {
+    let store: Arc<dyn SessionStore> =
+        Arc::new(SqliteStore::open(dir.join("turns.db")).await.unwrap());
+    const TURNS_PER_SESSION: usize = 10;
+    let sessions = total_turns.div_ceil(TURNS_PER_SESSION);
+    let started = Instant::now();
+    let mut turns = 0u64;
+    for _ in 0..sessions {
+        let outcome = run_tool_loop(
+            ToolLoop::new(
+                Arc::new(scripted(usize::MAX, Duration::ZERO)),
+                "bench",
+                store.clone(),
+            )
+            .user("echo forever")
+            .tools(ToolRegistry::new().with_typed(Echo))
+            .max_turns(TURNS_PER_SESSION as u32),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            outcome.stop,
+            StopReason::MaxTurns {
+                max_turns: TURNS_PER_SESSION as u32
+            }
+        );
+        turns += u64::from(outcome.turns);
+    }
+    turns as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Runs `n` concurrent 3-turn sessions; returns wall time and the events written.
+async fn many_sessions(
+    store: Arc<dyn SessionStore>,
+    n: usize,
+) -> (f64, Vec<agentrt_session_store::SessionId>) {
+    let model: Arc<dyn ChatModel> = Arc::new(scripted(2, Duration::from_millis(10)));
+    let tools = ToolRegistry::new().with_typed(Echo);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let config = ToolLoop::new(model.clone(), "bench", store.clone())
+                .user("echo twice then answer")
+                .tools(tools.clone())
+                .max_turns(3);
+            tokio::spawn(run_tool_loop(config))
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for h in handles {
+        let outcome = h.await.unwrap().unwrap();
+        assert_eq!(outcome.stop, StopReason::Answered);
+        assert_eq!(outcome.turns, 3);
+        ids.push(outcome.session_id);
+    }
+    (started.elapsed().as_secs_f64(), ids)
+}
+
+/// The loop's append batches for one session, read back from the store: a batch ends after each
+/// model request and each tool call (the loop's flush points); the last event is the final.
+async fn batches_of(
+    store: &Arc<dyn SessionStore>,
+    id: &agentrt_session_store::SessionId,
+) -> (Vec<Vec<NewEvent>>, NewEvent) {
+    let events: Vec<_> = store.replay(id, 0).try_collect().await.unwrap();
+    let mut batches = Vec::new();
+    let mut current = Vec::new();
+    let (last, body) = events.split_last().unwrap();
+    for e in body {
+        current.push(NewEvent::new(e.kind.clone(), e.payload.clone()));
+        if e.kind == "model.request" || e.kind == "tool.call" {
+            batches.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    (
+        batches,
+        NewEvent::new(last.kind.clone(), last.payload.clone()),
+    )
+}
+
+/// The store alone: `n` concurrent writers, each creating a session and appending the same
+/// batches, then finishing. Returns wall time.
+async fn store_only(
+    store: Arc<dyn SessionStore>,
+    n: usize,
+    batches: Vec<Vec<NewEvent>>,
+    last: NewEvent,
+) -> f64 {
+    let batches = Arc::new(batches);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let store = store.clone();
+            let batches = batches.clone();
+            let last = last.clone();
+            tokio::spawn(async move {
+                let session = store.create(NewSession::new()).await.unwrap();
+                let mut seq = 0;
+                for b in batches.iter() {
+                    seq = store.append(&session.id, seq, b.clone()).await.unwrap();
+                }
+                store
+                    .finish(&session.id, seq, Finish::completed(last))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Wraps a model and adds up the time spent inside its calls (request to final response).
+struct Timed {
+    inner: Arc<dyn ChatModel>,
+    nanos: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl ChatModel for Timed {
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+        let started = Instant::now();
+        let stream = self.inner.stream(request).await?;
+        let nanos = self.nanos.clone();
+        let mut done = false;
+        Ok(stream
+            .inspect(move |item| {
+                if !done && matches!(item, Ok(StreamItem::Done(_)) | Err(_)) {
+                    done = true;
+                    nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            })
+            .boxed())
+    }
+}
+
+async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
+    let base = std::env::var("AGENTRT_LLM_BASE_URL")
+        .map_err(|_| "AGENTRT_LLM_BASE_URL is not set".to_owned())?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let models_url = format!("{}/models", base.trim_end_matches('/'));
+    let listing: serde_json::Value = client
+        .get(&models_url)
+        .send()
+        .await
+        .map_err(|e| format!("no server answers at {base}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{models_url} did not return JSON: {e}"))?;
+    let model_id = std::env::var("AGENTRT_LLM_MODEL")
+        .ok()
+        .or_else(|| listing["data"][0]["id"].as_str().map(str::to_owned))
+        .ok_or("the server lists no model")?;
+    let inner: Arc<dyn ChatModel> = Arc::new(
+        OpenAiCompatible::builder(base.clone())
+            .api_key(std::env::var("OPENAI_API_KEY").unwrap_or_else(|_| "none".into()))
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
+    let nanos = Arc::new(AtomicU64::new(0));
+    let model: Arc<dyn ChatModel> = Arc::new(Timed {
+        inner,
+        nanos: nanos.clone(),
+    });
+    let store: Arc<dyn SessionStore> = Arc::new(
+        SqliteStore::open(dir.join("real.db"))
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    let started = Instant::now();
+    for i in 0..5 {
+        let outcome = run_tool_loop(
+            ToolLoop::new(model.clone(), model_id.clone(), store.clone())
+                .system("You are a helpful assistant.")
+                .user(format!("Write one sentence about the number {i}."))
+                .max_tokens(48)
+                .max_turns(1),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = outcome.error {
+            return Err(format!("the real model failed: {e}"));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let in_model = nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    Ok(100.0 * (wall - in_model).max(0.0) / wall)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = if quick { 1_000 } else { 10_000 };
+        let turns = if quick { 300 } else { 2_000 };
+        if quick {
+            println!("# quick mode: {sessions} sessions instead of 10,000, {turns} turns for turns_per_s");
+        }
+
+        // Concurrent sessions first, so that the peak RSS reflects them (and not a later phase).
+        let store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(dir.path().join("sessions.db")).await.unwrap());
+        let (wall, ids) = many_sessions(store.clone(), sessions).await;
+        let rss = peak_rss_mb();
+        let (batches, last) = batches_of(&store, &ids[0]).await;
+        let events_per_session = batches.iter().map(Vec::len).sum::<usize>() + 1;
+        drop(ids);
+        println!("# {sessions} sessions × {events_per_session} events in {} appends + 1 finish each", batches.len());
+        println!("BENCH loop.sessions_10k_wall_s {wall:.3} s");
+        match rss {
+            Some(mb) => println!("BENCH loop.sessions_10k_peak_rss_mb {mb:.1} MB"),
+            None => println!("# sessions_10k_peak_rss_mb not measured: /proc/self/status has no VmHWM"),
+        }
+
+        let baseline_store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(dir.path().join("baseline.db")).await.unwrap());
+        let store_wall = store_only(baseline_store, sessions, batches, last).await;
+        let latency_bound = 3.0 * 0.010;
+        let ideal = store_wall.max(latency_bound);
+        println!("# store-only group-commit append of the same events: {store_wall:.3} s; latency bound {latency_bound:.3} s");
+        println!("BENCH loop.ideal_wall_s {ideal:.3} s");
+        println!("BENCH loop.sessions_10k_vs_ideal {:.2} ratio", wall / ideal);
+
+        let tps = turns_per_s(dir.path(), turns).await;
+        println!("BENCH loop.turns_per_s {tps:.1} turns/s");
+
+        match real_model_overhead(dir.path()).await {
+            Ok(pct) => println!("BENCH loop.overhead_real_model_pct {pct:.2} %"),
+            Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
+        }
+    });
+}

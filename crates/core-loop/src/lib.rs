@@ -1,0 +1,28 @@
+//! Models and loops: the `ChatModel` trait and its providers, tools and the tool loop, the
+//! normalized runtime event stream, conserved budgets, and the round combinators.
+#![warn(missing_docs)]
+
+mod budget;
+mod error;
+mod event;
+pub mod model;
+pub mod rounds;
+mod tool;
+mod tool_loop;
+pub mod worker;
+
+pub use budget::{
+    Amounts, Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetSnapshot,
+    ExhaustionCause, Reservation, Spend, UnknownUsagePolicy,
+};
+pub use error::Error;
+pub use event::{FailureInfo, RecordedEvent, RuntimeEvent, SessionUsage, StopReason};
+pub use rounds::{
+    Decision, LineageOptions, RoundDriver, RoundsConfig, RoundsOutcome, RoundsStop, WorkItem,
+    Workers, fanout, loop_until, map_with_concurrency, panel, pipeline, run_agent_rounds,
+};
+pub use tool::{Tool, ToolCallError, ToolError, ToolRegistry, ToolResult, ToolStatus, TypedTool};
+pub use tool_loop::{
+    CostFn, LoopOutcome, LoopStream, SteeringHandle, TextDeltaMode, ToolLoop, resume_tool_loop,
+    run_tool_loop, stream_tool_loop,
+};

@@ -1,0 +1,268 @@
+//! Helpers shared by the loop tests: tools with observable behaviour and a store wrapper that
+//! fails on demand.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentrt_core_loop::{RecordedEvent, RuntimeEvent, ToolError, TypedTool};
+use agentrt_session_store::{
+    BlobAddress, Event, EventStream, Finish, MemoryStore, NewEvent, NewSession, Page, ResumePoint,
+    Session, SessionFilter, SessionId, SessionStore, StoreError,
+};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Arguments of [`Add`].
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct AddArgs {
+    /// First operand.
+    pub a: f64,
+    /// Second operand.
+    pub b: f64,
+}
+
+/// Adds two numbers; counts its calls.
+#[derive(Default, Clone)]
+pub struct Add {
+    pub calls: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl TypedTool for Add {
+    type Args = AddArgs;
+    fn name(&self) -> &str {
+        "add"
+    }
+    fn description(&self) -> &str {
+        "Adds two numbers."
+    }
+    async fn call(&self, args: AddArgs) -> Result<String, ToolError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(format!("{}", args.a + args.b))
+    }
+}
+
+/// Arguments of the misbehaving tools.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct NoArgs {}
+
+/// Always fails.
+pub struct Fails;
+
+#[async_trait]
+impl TypedTool for Fails {
+    type Args = NoArgs;
+    fn name(&self) -> &str {
+        "fails"
+    }
+    fn description(&self) -> &str {
+        "Always fails."
+    }
+    async fn call(&self, _: NoArgs) -> Result<String, ToolError> {
+        Err(ToolError::new("disk on fire"))
+    }
+}
+
+/// Always panics.
+pub struct Panics;
+
+#[async_trait]
+impl TypedTool for Panics {
+    type Args = NoArgs;
+    fn name(&self) -> &str {
+        "panics"
+    }
+    fn description(&self) -> &str {
+        "Always panics."
+    }
+    async fn call(&self, _: NoArgs) -> Result<String, ToolError> {
+        panic!("tool exploded")
+    }
+}
+
+/// Sleeps for a long time (for timeouts, cancellation and crashes mid-tool); counts calls.
+#[derive(Clone)]
+pub struct Sleeps {
+    pub calls: Arc<AtomicUsize>,
+    pub duration: Duration,
+    pub idempotent: bool,
+}
+
+impl Sleeps {
+    pub fn new(duration: Duration, idempotent: bool) -> Self {
+        Sleeps {
+            calls: Arc::new(AtomicUsize::new(0)),
+            duration,
+            idempotent,
+        }
+    }
+}
+
+#[async_trait]
+impl TypedTool for Sleeps {
+    type Args = NoArgs;
+    fn name(&self) -> &str {
+        "sleeps"
+    }
+    fn description(&self) -> &str {
+        "Sleeps, then says done."
+    }
+    fn idempotent(&self) -> bool {
+        self.idempotent
+    }
+    async fn call(&self, _: NoArgs) -> Result<String, ToolError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.duration).await;
+        Ok("slept".into())
+    }
+}
+
+type AppendRule = Box<dyn FnMut(&[NewEvent]) -> bool + Send>;
+
+/// A store that delegates to a real one, failing appends (chosen by a rule) or finishes on
+/// demand with a `Database` error — nothing is written when it fails.
+pub struct FlakyStore {
+    pub inner: Arc<dyn SessionStore>,
+    fail_append: Mutex<Option<AppendRule>>,
+    pub fail_finish: AtomicBool,
+    pub appends_failed: AtomicUsize,
+}
+
+impl FlakyStore {
+    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
+        Arc::new(FlakyStore {
+            inner,
+            fail_append: Mutex::new(None),
+            fail_finish: AtomicBool::new(false),
+            appends_failed: AtomicUsize::new(0),
+        })
+    }
+
+    /// Fails every append whose batch contains an event of `kind` (while set).
+    pub fn fail_appends_with_kind(&self, kind: &'static str) {
+        *self.fail_append.lock().unwrap() = Some(Box::new(move |events| {
+            events.iter().any(|e| e.kind == kind)
+        }));
+    }
+
+    /// Fails every append for which `rule` says so (while set).
+    pub fn fail_appends_where(&self, rule: impl FnMut(&[NewEvent]) -> bool + Send + 'static) {
+        *self.fail_append.lock().unwrap() = Some(Box::new(rule));
+    }
+
+    /// Fails every append.
+    pub fn fail_all_appends(&self) {
+        *self.fail_append.lock().unwrap() = Some(Box::new(|_| true));
+    }
+
+    /// Back to healthy.
+    pub fn heal(&self) {
+        *self.fail_append.lock().unwrap() = None;
+        self.fail_finish.store(false, Ordering::SeqCst);
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::Database("injected failure: disk unavailable".into())
+}
+
+#[async_trait]
+impl SessionStore for FlakyStore {
+    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        self.inner.create(new).await
+    }
+    async fn append(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
+        let fail = match self.fail_append.lock().unwrap().as_mut() {
+            Some(rule) => rule(&events),
+            None => false,
+        };
+        if fail {
+            self.appends_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(injected());
+        }
+        self.inner.append(session, expected_seq, events).await
+    }
+    async fn finish(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        finish: Finish,
+    ) -> Result<Event, StoreError> {
+        if self.fail_finish.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.finish(session, expected_seq, finish).await
+    }
+    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
+        self.inner.reopen(session).await
+    }
+    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
+        self.inner.replay(session, from_seq)
+    }
+    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
+        self.inner.get(session).await
+    }
+    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
+        self.inner.list(filter).await
+    }
+    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
+        self.inner.resume_point(session).await
+    }
+    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
+        self.inner.fork(session, at_seq).await
+    }
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
+        self.inner.put_blob(bytes).await
+    }
+    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_blob(address).await
+    }
+}
+
+pub fn memory() -> Arc<dyn SessionStore> {
+    Arc::new(MemoryStore::new())
+}
+
+/// Every runtime event of a session, replayed from the store.
+pub async fn replay(store: &Arc<dyn SessionStore>, session: &SessionId) -> Vec<RecordedEvent> {
+    let events: Vec<Event> = store.replay(session, 0).try_collect().await.unwrap();
+    events
+        .iter()
+        .filter_map(RecordedEvent::from_store)
+        .collect()
+}
+
+/// The kinds of the runtime events of a session, in order.
+pub async fn kinds(store: &Arc<dyn SessionStore>, session: &SessionId) -> Vec<&'static str> {
+    replay(store, session)
+        .await
+        .iter()
+        .map(|e| e.event.kind())
+        .collect()
+}
+
+/// The tool results recorded in a session.
+pub async fn tool_results(
+    store: &Arc<dyn SessionStore>,
+    session: &SessionId,
+) -> Vec<(agentrt_core_loop::ToolResult, Option<String>)> {
+    replay(store, session)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.event {
+            RuntimeEvent::ToolResult {
+                result, reconciled, ..
+            } => Some((result, reconciled)),
+            _ => None,
+        })
+        .collect()
+}
