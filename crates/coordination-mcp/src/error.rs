@@ -1,0 +1,113 @@
+//! The one error type of this crate.
+
+use crate::verbs::AgentId;
+
+/// Everything that can go wrong in supervision, in the coordination MCP server and in the MCP client.
+///
+/// Each variant names what was wrong (which field, which id, which server) so a caller — or an LLM
+/// supervisor reading the error through MCP — can correct its request. [`Error::code`] gives a stable
+/// machine-readable code for each variant.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A request field had a value the verb cannot accept.
+    #[error("invalid request: field `{field}`: {message}")]
+    InvalidRequest {
+        /// The offending field, e.g. `"task"` or `"completion_check.pattern"`.
+        field: &'static str,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// No agent with this id is known to the supervisor.
+    #[error("unknown agent id `{0}`")]
+    UnknownAgent(AgentId),
+    /// An idempotency key was reused for a spawn request that differs from the first one.
+    #[error(
+        "idempotency key `{key}` was already used for a different spawn request (agent `{existing}`)"
+    )]
+    IdempotencyConflict {
+        /// The reused key.
+        key: String,
+        /// The agent the key already names.
+        existing: AgentId,
+    },
+    /// An operation id was reused for a steer request that differs from the first one.
+    #[error("operation id `{operation_id}` was already used for a different steer request")]
+    OperationConflict {
+        /// The reused operation id.
+        operation_id: String,
+    },
+    /// The agent has settled, failed or stopped, so it cannot be steered any more.
+    #[error("agent `{id}` is not running (it is {state})")]
+    NotRunning {
+        /// The agent.
+        id: AgentId,
+        /// Its current state, e.g. `"settled"`.
+        state: String,
+    },
+    /// A reservation or a charge does not fit in the budget that is left.
+    #[error("budget exhausted: {dimension}: requested {requested}, available {available}")]
+    BudgetExhausted {
+        /// `"tokens"` or `"turns"`.
+        dimension: &'static str,
+        /// What was asked for.
+        requested: u64,
+        /// What was left.
+        available: u64,
+    },
+    /// The worker factory refused the spawn target or a worker failed while running.
+    #[error("worker: {0}")]
+    Worker(String),
+    /// A completion check could not be evaluated (the command could not start, it timed out, ...).
+    #[error("completion check: {0}")]
+    Check(String),
+    /// An MCP server could not be started, connected to, or served.
+    #[error("MCP server `{server}`: {message}")]
+    Mcp {
+        /// The server's configured name (or the listen address when serving).
+        server: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A tool call on an external MCP server failed at the protocol level.
+    #[error("MCP tool `{tool}` on server `{server}`: {message}")]
+    ToolCall {
+        /// The server's configured name.
+        server: String,
+        /// The tool name.
+        tool: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An I/O error (binding a socket, spawning a process).
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// A stable, machine-readable code for this error (`"invalid_request"`, `"unknown_agent"`, ...).
+    ///
+    /// The MCP server returns it as `error.code` in the structured content of a failed tool call.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::UnknownAgent(_) => "unknown_agent",
+            Error::IdempotencyConflict { .. } => "idempotency_conflict",
+            Error::OperationConflict { .. } => "operation_conflict",
+            Error::NotRunning { .. } => "not_running",
+            Error::BudgetExhausted { .. } => "budget_exhausted",
+            Error::Worker(_) => "worker",
+            Error::Check(_) => "check",
+            Error::Mcp { .. } => "mcp",
+            Error::ToolCall { .. } => "tool_call",
+            Error::Io(_) => "io",
+        }
+    }
+
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            field,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! Supervision: a supervisor spawns, observes, steers, awaits and stops workers under one
+//! conserved budget; the same verbs served as an MCP server, and an MCP client for external tools.
+//!
+//! # Layers
+//!
+//! - [`verbs`](crate::Coordinator): the five verbs as plain request/response types with JSON
+//!   schemas ([`SpawnAgent`], [`ObserveAgent`], [`SteerAgent`], [`AwaitAgent`], [`StopAgent`])
+//!   and the async [`Coordinator`] trait every front end calls.
+//! - [`Supervisor`]: the in-process coordinator — an agent registry, workers from a
+//!   [`WorkerFactory`], idempotent spawns and steers, a conserved budget pool, and delivery
+//!   decided by an independent [`CompletionChecker`], never by the worker.
+//! - [`ScriptedWorkerFactory`]: deterministic offline workers for tests, examples, benchmarks.
+//! - [`CoordinationServer`], [`serve_stdio`], [`serve_http`]: the verbs as MCP tools (rmcp), over
+//!   stdio or streamable HTTP (loopback by default, bearer token, Origin check).
+//! - [`McpToolset`] / [`RemoteTool`]: the MCP client for the external servers a profile uses.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use agentrt_coordination_mcp::{
+//!     AwaitAgent, BudgetAmount, CompletionCheck, Coordinator, ScriptedWorkerFactory, SpawnAgent,
+//!     Supervisor, SupervisorOptions,
+//! };
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), agentrt_coordination_mcp::Error> {
+//! let supervisor = Supervisor::new(
+//!     Arc::new(ScriptedWorkerFactory::new().turns(2)),
+//!     SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+//! );
+//! let spawned = supervisor
+//!     .spawn_agent(SpawnAgent {
+//!         profile: Some("coder".into()),
+//!         task: "write the report".into(),
+//!         completion_check: Some(CompletionCheck::OutputContains { text: "done:".into() }),
+//!         ..SpawnAgent::default()
+//!     })
+//!     .await?;
+//! let awaited = supervisor
+//!     .await_agent(AwaitAgent { ids: vec![spawned.id], timeout_ms: 10_000, mode: Default::default() })
+//!     .await?;
+//! assert!(awaited.settled[0].status.is_delivered());
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod budget;
+mod check;
+mod client;
+mod error;
+mod scripted;
+mod server;
+mod supervisor;
+mod verbs;
+mod worker;
+
+pub use budget::PoolSnapshot;
+pub use check::{
+    CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, OutputPredicate,
+};
+pub use client::{
+    McpConnection, McpServerConfig, McpToolset, McpTransportConfig, RemoteTool, RemoteToolInfo,
+    RemoteToolOutput,
+};
+pub use error::Error;
+pub use scripted::ScriptedWorkerFactory;
+pub use server::{
+    CoordinationServer, HttpServerHandle, HttpServerOptions, SERVER_INSTRUCTIONS, serve_http,
+    serve_stdio,
+};
+pub use supervisor::{Supervisor, SupervisorOptions};
+pub use verbs::{
+    AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent,
+    AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,
+    SpawnAgentResult, SpawnBudget, SteerAck, SteerAgent, StopAgent, StopAgentResult,
+};
+pub use worker::{WorkerContext, WorkerFactory, WorkerSpec};

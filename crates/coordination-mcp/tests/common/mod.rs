@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests: locating the Python SDK's interpreter, the test
+//! scripts and the example server binary.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_coordination_mcp::{
+    BudgetAmount, DefaultChecker, ScriptedWorkerFactory, Supervisor, SupervisorOptions,
+};
+
+/// The Python interpreter of the venv that has the official MCP SDK (`pip install mcp`).
+///
+/// `AGENTRT_MCP_PYTHON`, or `<workspace>/.venv-mcp/bin/python`. Missing is a test failure, with
+/// the command that fixes it: these tests use the real SDK, not a stand-in.
+pub fn python() -> PathBuf {
+    let path = std::env::var_os("AGENTRT_MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-mcp/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "the MCP Python SDK interpreter was not found at {}. Create it with \
+         `python3 -m venv .venv-mcp && .venv-mcp/bin/pip install mcp` in the workspace root \
+         (.ci/run does this), or point AGENTRT_MCP_PYTHON at a python that has `mcp` installed.",
+        path.display()
+    );
+    path
+}
+
+/// A script under `tests/py/`.
+pub fn py_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// The `mcp_server` example binary, which `cargo test` builds before running tests.
+pub fn example_server() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // <target>/<profile>/deps/<test-binary> -> <target>/<profile>/examples/mcp_server
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("mcp_server"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "the mcp_server example was not found at {}; run the tests with `cargo test -p \
+         agentrt-coordination-mcp`, which builds examples first",
+        path.display()
+    );
+    path
+}
+
+/// A supervisor over quick scripted workers, with a `non_empty` predicate.
+pub fn scripted_supervisor() -> Supervisor {
+    Supervisor::with_checker(
+        Arc::new(
+            ScriptedWorkerFactory::new()
+                .turns(3)
+                .delay(Duration::from_millis(10)),
+        ),
+        Arc::new(DefaultChecker::new().with_predicate("non_empty", |o| !o.trim().is_empty())),
+        SupervisorOptions::with_root_budget(BudgetAmount::new(100_000, 1_000)),
+    )
+}
+
+/// A free loopback TCP port (bound and released; good enough for a test's child server).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,243 @@
+//! Real counterparts: the official MCP Python SDK as a client of our coordination server (over
+//! stdio and over streamable HTTP), and a server written with that SDK as the external MCP
+//! server our client uses.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use agentrt_coordination_mcp::{McpServerConfig, McpToolset, McpTransportConfig};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Run `sdk_client.py` with `args`; it asserts the whole scenario itself and prints a summary.
+async fn run_sdk_client(args: &[&str]) -> Value {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(common::python())
+            .arg(common::py_script("sdk_client.py"))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the Python SDK client finished within 120 s")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the Python SDK client failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("summary is not JSON ({e}): {stdout}"))
+}
+
+fn check_summary(summary: &Value) {
+    let tools: Vec<&str> = summary["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tools,
+        [
+            "await_agent",
+            "observe_agent",
+            "spawn_agent",
+            "steer_agent",
+            "stop_agent"
+        ]
+    );
+    assert!(summary["agent"].as_str().unwrap().starts_with("agt-"));
+    // 8 turns + the steer echo + the final line.
+    assert_eq!(summary["output_lines"], 10, "{summary}");
+    assert_eq!(summary["spent"]["turns"], 8, "{summary}");
+}
+
+#[tokio::test]
+async fn python_sdk_client_drives_our_server_over_stdio() {
+    let server = common::example_server();
+    let summary = run_sdk_client(&["stdio", server.to_str().unwrap(), "--stdio"]).await;
+    check_summary(&summary);
+}
+
+#[tokio::test]
+async fn python_sdk_client_drives_our_server_over_http() {
+    let mut child = tokio::process::Command::new(common::example_server())
+        .args(["--http", "127.0.0.1:0", "--token", "py-token"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the example printed its URL")
+        .unwrap()
+        .expect("the example printed a line");
+    let url = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+        .to_owned();
+    let summary = run_sdk_client(&["http", &url, "py-token"]).await;
+    check_summary(&summary);
+    child.kill().await.unwrap();
+}
+
+fn sdk_server_stdio(name: &str) -> McpServerConfig {
+    McpServerConfig {
+        name: name.into(),
+        transport: McpTransportConfig::Stdio {
+            command: common::python().to_string_lossy().into_owned(),
+            args: vec![
+                common::py_script("sdk_tool_server.py")
+                    .to_string_lossy()
+                    .into_owned(),
+                "stdio".into(),
+            ],
+            env: BTreeMap::from([("AGENTRT_PROBE".to_owned(), "from-profile".to_owned())]),
+        },
+    }
+}
+
+#[tokio::test]
+async fn our_client_uses_a_python_sdk_server_over_stdio() {
+    let toolset = McpToolset::connect(&[sdk_server_stdio("pytools")])
+        .await
+        .unwrap();
+    let mut names: Vec<String> = toolset.tools().iter().map(|t| t.qualified_name()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "pytools__add",
+            "pytools__env_value",
+            "pytools__fail",
+            "pytools__shout"
+        ]
+    );
+    let add = toolset.tool("pytools__add").unwrap();
+    assert_eq!(add.info().description.as_deref(), Some("Add two integers."));
+    assert_eq!(
+        add.info().input_schema["properties"]["a"]["type"],
+        "integer"
+    );
+    let sum = add.call(json!({"a": 2, "b": 40})).await.unwrap();
+    assert!(!sum.is_error);
+    assert_eq!(sum.text, "42");
+
+    let env = toolset
+        .tool("pytools__env_value")
+        .unwrap()
+        .call(json!({"name": "AGENTRT_PROBE"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.text, "from-profile",
+        "the profile's env reaches the server process"
+    );
+
+    let failed = toolset
+        .tool("pytools__fail")
+        .unwrap()
+        .call(json!({"message": "boom"}))
+        .await
+        .unwrap();
+    assert!(failed.is_error);
+    assert!(failed.text.contains("boom"), "{}", failed.text);
+
+    let not_object = add.call(json!([1, 2])).await.unwrap_err();
+    assert!(matches!(
+        not_object,
+        agentrt_coordination_mcp::Error::ToolCall { .. }
+    ));
+
+    toolset.shutdown().await;
+    let after = add.call(json!({"a": 1, "b": 1})).await;
+    assert!(
+        after.is_err(),
+        "calls fail once the run has shut the server down"
+    );
+}
+
+#[tokio::test]
+async fn our_client_uses_a_python_sdk_server_over_http() {
+    let port = common::free_port();
+    let mut child = tokio::process::Command::new(common::python())
+        .arg(common::py_script("sdk_tool_server.py"))
+        .args(["http", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let config = McpServerConfig {
+        name: "pyhttp".into(),
+        transport: McpTransportConfig::Http {
+            url: url.clone(),
+            headers: BTreeMap::from([("x-agentrt-run".to_owned(), "test".to_owned())]),
+        },
+    };
+    // Wait (bounded) for uvicorn to accept connections.
+    let mut toolset = None;
+    for _ in 0..150 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            toolset = Some(
+                McpToolset::connect(std::slice::from_ref(&config))
+                    .await
+                    .unwrap(),
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let toolset = toolset.expect("the Python SDK HTTP server came up within 30 s");
+    let shout = toolset.tool("pyhttp__shout").unwrap();
+    let out = shout.call(json!({"text": "quiet please"})).await.unwrap();
+    assert_eq!(out.text, "QUIET PLEASE");
+    toolset.shutdown().await;
+    child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_that_cannot_start_fails_connect_and_names_the_server() {
+    let broken = McpServerConfig {
+        name: "ghost".into(),
+        transport: McpTransportConfig::Stdio {
+            command: "/nonexistent/mcp-server".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+        },
+    };
+    let err = McpToolset::connect(&[sdk_server_stdio("ok"), broken])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, agentrt_coordination_mcp::Error::Mcp { ref server, .. } if server == "ghost"),
+        "{err}"
+    );
+    let duplicate = McpToolset::connect(&[sdk_server_stdio("same"), sdk_server_stdio("same")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            duplicate,
+            agentrt_coordination_mcp::Error::InvalidRequest {
+                field: "mcp_servers.name",
+                ..
+            }
+        ),
+        "{duplicate}"
+    );
+}
