@@ -4,8 +4,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::stream;
+use futures::FutureExt;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
@@ -16,7 +15,7 @@ use crate::error::StoreError;
 use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
-    Cmd, EventRow, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, event_from_row,
+    Cmd, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, replay_stream,
     run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
@@ -451,7 +450,7 @@ impl SessionStore for PostgresStore {
     }
 
     fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-        replay_stream(self.inner.read.clone(), *session, from_seq)
+        replay_events(self.inner.read.clone(), *session, from_seq)
     }
 
     async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
@@ -528,71 +527,36 @@ impl SessionStore for PostgresStore {
     }
 }
 
-enum ReplayState {
-    Start,
-    From(i64),
-    Done,
-}
+/// One replay chunk as a JSON array of `[seq, at_ms, kind, payload]`, built by the database.
+const REPLAY_CHUNK_SQL: &str = "SELECT '[' || string_agg('[' || seq || ',' || at_ms || ',' || to_json(kind)::text || ',' \
+     || payload || ']', ',' ORDER BY seq) || ']' FROM (SELECT seq, at_ms, kind, payload \
+     FROM events WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3) AS chunk";
 
-fn replay_stream(pool: PgPool, session: SessionId, from_seq: u64) -> EventStream {
+fn replay_events(pool: PgPool, session: SessionId, from_seq: u64) -> EventStream {
     let sid = session.to_string();
-    stream::unfold(ReplayState::Start, move |state| {
-        let pool = pool.clone();
-        let sid = sid.clone();
+    let exists = {
+        let (pool, sid) = (pool.clone(), sid.clone());
         async move {
-            let from = match state {
-                ReplayState::Done => return None,
-                ReplayState::Start => {
-                    let exists: Result<Option<(i64,)>, sqlx::Error> =
-                        sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
-                            .bind(sid.as_str())
-                            .fetch_optional(&pool)
-                            .await;
-                    match exists {
-                        Err(e) => return Some((vec![Err(e.into())], ReplayState::Done)),
-                        Ok(None) => {
-                            return Some((
-                                vec![Err(StoreError::NotFound(session))],
-                                ReplayState::Done,
-                            ));
-                        }
-                        Ok(Some(_)) => match i64::try_from(from_seq) {
-                            Ok(f) => f,
-                            Err(_) => return None,
-                        },
-                    }
-                }
-                ReplayState::From(f) => f,
-            };
-            let rows: Result<Vec<EventRow>, sqlx::Error> = sqlx::query_as(
-                "SELECT seq, at_ms, kind, payload FROM events \
-                 WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(sid.as_str())
-            .bind(from)
-            .bind(REPLAY_CHUNK)
-            .fetch_all(&pool)
-            .await;
-            match rows {
-                Err(e) => Some((vec![Err(e.into())], ReplayState::Done)),
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let full = rows.len() as i64 == REPLAY_CHUNK;
-                    let next = rows.last().map(|r| r.0 + 1).unwrap_or(from);
-                    let events: Vec<Result<Event, StoreError>> = rows
-                        .into_iter()
-                        .map(|r| event_from_row(session, r))
-                        .collect();
-                    let state = if full {
-                        ReplayState::From(next)
-                    } else {
-                        ReplayState::Done
-                    };
-                    Some((events, state))
-                }
-            }
+            let row: Option<(i64,)> = sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
+                .bind(sid)
+                .fetch_optional(&pool)
+                .await?;
+            Ok(row.is_some())
         }
-    })
-    .flat_map(stream::iter)
-    .boxed()
+        .boxed()
+    };
+    let fetch: FetchChunk = Box::new(move |from: i64| {
+        let (pool, sid) = (pool.clone(), sid.clone());
+        async move {
+            let row: Option<(Option<String>,)> = sqlx::query_as(REPLAY_CHUNK_SQL)
+                .bind(sid)
+                .bind(from)
+                .bind(REPLAY_CHUNK)
+                .fetch_optional(&pool)
+                .await?;
+            Ok(row.and_then(|(text,)| text))
+        }
+        .boxed()
+    });
+    replay_stream(session, from_seq, exists, fetch)
 }

@@ -1,0 +1,294 @@
+//! The `store` benchmark suite: prints one line per figure, `BENCH store.<figure> <value> <unit>`.
+//!
+//! Every baseline is measured in the same run beside the figure it anchors:
+//! - `append_single_per_s`: one writer, one event per append (one commit each);
+//! - `append_group_per_s`: 64 concurrent writers (one session each), one event per append,
+//!   group-committed by the store's writer task;
+//! - `raw_batched_insert_per_s`: plain sqlx `INSERT`s of the same events into the same table,
+//!   with the same durability settings, committed in transactions of the batch size the group
+//!   writer achieved (the baseline); `group_vs_raw` is the ratio;
+//! - `replay_per_s`: reading a 1,000,000-event session back (100,000 with `--quick`).
+//!
+//! The same figures for Postgres are prefixed `store.pg_`. `--quick` runs reduced sizes.
+//! Postgres: `AGENTRT_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`); the suite uses
+//! a fresh schema and drops it at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentrt_session_store::{
+    NewEvent, NewSession, PostgresConfig, PostgresStore, SessionId, SessionStore, SqliteConfig,
+    SqliteStore, WriterStats,
+};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+struct Sizes {
+    single: usize,
+    group_writers: usize,
+    group_per_writer: usize,
+    replay: usize,
+}
+
+fn payload(i: u64) -> Value {
+    json!({
+        "role": "assistant",
+        "text": "The quick brown fox jumps over the lazy dog; the session store keeps every word.",
+        "tokens": {"input": 120, "output": 42},
+        "i": i,
+    })
+}
+
+fn bench(name: &str, value: f64, unit: &str) {
+    println!("BENCH store.{name} {value:.1} {unit}");
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+async fn append_single(store: &dyn SessionStore, n: usize) -> f64 {
+    let id = store.create(NewSession::new()).await.unwrap().id;
+    let start = Instant::now();
+    let mut next = 0;
+    for i in 0..n {
+        next = store
+            .append(&id, next, vec![NewEvent::new("e", payload(i as u64))])
+            .await
+            .unwrap();
+    }
+    rate(n, start.elapsed())
+}
+
+async fn append_group(store: Arc<dyn SessionStore>, writers: usize, per_writer: usize) -> f64 {
+    let mut ids = Vec::new();
+    for _ in 0..writers {
+        ids.push(store.create(NewSession::new()).await.unwrap().id);
+    }
+    let barrier = Arc::new(tokio::sync::Barrier::new(writers + 1));
+    let mut tasks = Vec::new();
+    for id in ids {
+        let store = store.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let mut next = 0;
+            for i in 0..per_writer {
+                next = store
+                    .append(&id, next, vec![NewEvent::new("e", payload(i as u64))])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    rate(writers * per_writer, start.elapsed())
+}
+
+/// Average events per commit during the group run.
+fn batch_size(before: WriterStats, after: WriterStats) -> usize {
+    let batches = after.batches - before.batches;
+    let events = after.events - before.events;
+    ((events as f64 / batches.max(1) as f64).round() as usize).max(1)
+}
+
+async fn fill(store: &dyn SessionStore, n: usize) -> SessionId {
+    let id = store.create(NewSession::new()).await.unwrap().id;
+    let mut next = 0u64;
+    while (next as usize) < n {
+        let k = 5000.min(n - next as usize) as u64;
+        let events = (next..next + k)
+            .map(|i| NewEvent::new("e", payload(i)))
+            .collect();
+        next = store.append(&id, next, events).await.unwrap();
+    }
+    id
+}
+
+async fn replay(store: &dyn SessionStore, id: &SessionId, n: usize) -> f64 {
+    let start = Instant::now();
+    let mut stream = store.replay(id, 0);
+    let mut count = 0usize;
+    while let Some(e) = stream.next().await {
+        e.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, n);
+    rate(n, start.elapsed())
+}
+
+fn raw_rows(n: usize) -> Vec<String> {
+    (0..n).map(|i| payload(i as u64).to_string()).collect()
+}
+
+async fn sqlite_suite(s: &Sizes) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SqliteConfig::default();
+    let path = dir.path().join("bench.db");
+    let store = SqliteStore::open_with(&path, config.clone()).await.unwrap();
+    let dynstore: Arc<dyn SessionStore> = Arc::new(store.clone());
+
+    bench(
+        "append_single_per_s",
+        append_single(&*dynstore, s.single).await,
+        "events/s",
+    );
+
+    let before = store.writer_stats();
+    let group = append_group(dynstore.clone(), s.group_writers, s.group_per_writer).await;
+    let batch = batch_size(before, store.writer_stats());
+    bench("append_group_per_s", group, "events/s");
+    bench("group_batch_events", batch as f64, "events/commit");
+
+    // Baseline: plain sqlx inserts into the same table, same pragmas, same batch size.
+    let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let total = s.group_writers * s.group_per_writer;
+    let rows = raw_rows(total);
+    let sid = raw_session.to_string();
+    let start = Instant::now();
+    for (c, chunk) in rows.chunks(batch).enumerate() {
+        let mut tx = conn.begin().await.unwrap();
+        for (k, p) in chunk.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(sid.as_str())
+            .bind((c * batch + k) as i64)
+            .bind(0i64)
+            .bind("e")
+            .bind(p.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let raw = rate(total, start.elapsed());
+    conn.close().await.unwrap();
+    bench("raw_batched_insert_per_s", raw, "events/s");
+    bench("group_vs_raw", group / raw, "ratio");
+
+    let id = fill(&*dynstore, s.replay).await;
+    bench(
+        "replay_per_s",
+        replay(&*dynstore, &id, s.replay).await,
+        "events/s",
+    );
+}
+
+async fn pg_suite(s: &Sizes) {
+    let url = std::env::var("AGENTRT_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let schema = format!("agentrt_bench_{}", uuid::Uuid::new_v4().simple());
+    let store =
+        PostgresStore::connect_with(PostgresConfig::new(url.clone()).with_schema(schema.clone()))
+            .await
+            .expect("Postgres is required for the pg_ figures (AGENTRT_PG_URL)");
+    let dynstore: Arc<dyn SessionStore> = Arc::new(store.clone());
+
+    bench(
+        "pg_append_single_per_s",
+        append_single(&*dynstore, s.single).await,
+        "events/s",
+    );
+    let before = store.writer_stats();
+    let group = append_group(dynstore.clone(), s.group_writers, s.group_per_writer).await;
+    let batch = batch_size(before, store.writer_stats());
+    bench("pg_append_group_per_s", group, "events/s");
+    bench("pg_group_batch_events", batch as f64, "events/commit");
+
+    let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
+    let total = s.group_writers * s.group_per_writer;
+    let rows = raw_rows(total);
+    let sid = raw_session.to_string();
+    let start = Instant::now();
+    for (c, chunk) in rows.chunks(batch).enumerate() {
+        let mut tx = conn.begin().await.unwrap();
+        for (k, p) in chunk.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(sid.as_str())
+            .bind((c * batch + k) as i64)
+            .bind(0i64)
+            .bind("e")
+            .bind(p.as_str())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    let raw = rate(total, start.elapsed());
+    bench("pg_raw_batched_insert_per_s", raw, "events/s");
+    bench("pg_group_vs_raw", group / raw, "ratio");
+
+    let id = fill(&*dynstore, s.replay).await;
+    bench(
+        "pg_replay_per_s",
+        replay(&*dynstore, &id, s.replay).await,
+        "events/s",
+    );
+
+    drop(dynstore);
+    drop(store);
+    let drop_sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(drop_sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            single: 300,
+            group_writers: 64,
+            group_per_writer: 60,
+            replay: 100_000,
+        }
+    } else {
+        Sizes {
+            single: 2_000,
+            group_writers: 64,
+            group_per_writer: 400,
+            replay: 1_000_000,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    rt.block_on(async {
+        sqlite_suite(&sizes).await;
+        pg_suite(&sizes).await;
+    });
+    eprintln!(
+        "store suite finished in {:?} (quick: {quick})",
+        start.elapsed()
+    );
+}
