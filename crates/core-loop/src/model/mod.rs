@@ -1,0 +1,29 @@
+//! Chat models: the provider-neutral request/response types, the [`ChatModel`] trait and its
+//! implementations (OpenAI-compatible, Anthropic Messages, scripted), plus the tower layers that
+//! wrap them (timeout, retry, limits, usage accounting, tracing) and the price table.
+
+mod anthropic;
+mod http;
+mod meter;
+mod openai;
+mod price;
+mod retry;
+mod scripted;
+mod stack;
+mod types;
+
+pub use anthropic::{Anthropic, AnthropicBuilder};
+pub use meter::{UsageMeter, UsageTotals};
+pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};
+pub use price::{ModelPrice, PriceTable};
+pub use retry::{ModelRetry, RetryPolicy};
+pub use scripted::{ScriptedModel, ScriptedTurn};
+pub use stack::{
+    IdleTimeout, IdleTimeoutLayer, Metered, ModelService, ModelStack, ModelTraceLayer,
+    StackedModel, StreamConcurrencyLimit, StreamConcurrencyLimitLayer, Traced, UsageMeterLayer,
+};
+
+pub use types::{
+    ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
+    StreamItem, ToolCall, ToolSpec, Usage,
+};

@@ -1,0 +1,648 @@
+//! Models as tower services, the layers that wrap them, and [`ModelStack`], which assembles
+//! them into a [`ChatModel`] again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::PollSemaphore;
+use tower::util::BoxCloneService;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tracing::Instrument;
+
+use super::meter::UsageMeter;
+use super::retry::{ModelRetry, RetryPolicy};
+use super::types::{ChatModel, ChatRequest, ChatStream, StreamItem};
+use crate::Error;
+
+/// Any [`ChatModel`] as a `tower::Service<ChatRequest, Response = ChatStream, Error = Error>`:
+/// the response is the opened stream, so layers act on opening (timeouts, retries) separately
+/// from what flows through the stream.
+#[derive(Clone)]
+pub struct ModelService {
+    model: Arc<dyn ChatModel>,
+}
+
+impl std::fmt::Debug for ModelService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelService")
+            .field("provider", &self.model.provider())
+            .finish()
+    }
+}
+
+impl ModelService {
+    /// Wraps a model.
+    pub fn new(model: impl ChatModel + 'static) -> Self {
+        Self::from_arc(Arc::new(model))
+    }
+
+    /// Wraps a shared model.
+    pub fn from_arc(model: Arc<dyn ChatModel>) -> Self {
+        Self { model }
+    }
+}
+
+impl Service<ChatRequest> for ModelService {
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let model = Arc::clone(&self.model);
+        async move { model.stream(request).await }.boxed()
+    }
+}
+
+/// Ends a stream with [`Error::Timeout`] when no item arrives within `idle` of the previous
+/// one (or of the opening). The inner stream — and with it the connection — is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimeoutLayer {
+    idle: Duration,
+}
+
+impl IdleTimeoutLayer {
+    /// A layer allowing at most `idle` between stream items.
+    pub fn new(idle: Duration) -> Self {
+        Self { idle }
+    }
+}
+
+impl<S> Layer<S> for IdleTimeoutLayer {
+    type Service = IdleTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdleTimeout {
+            inner,
+            idle: self.idle,
+        }
+    }
+}
+
+/// The service of [`IdleTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+}
+
+impl<S> Service<ChatRequest> for IdleTimeout<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let idle = self.idle;
+        self.inner
+            .call(request)
+            .map_ok(move |stream| idle_timeout(stream, idle))
+            .boxed()
+    }
+}
+
+fn idle_timeout(stream: ChatStream, idle: Duration) -> ChatStream {
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((Err(Error::Timeout(idle)), None)),
+        }
+    })
+    .boxed()
+}
+
+/// Limits how many model calls run at once. Unlike `tower::limit::ConcurrencyLimit`, whose
+/// permit ends when the response future resolves (here: when the stream opens), the permit is
+/// held until the stream is finished or dropped — generation is what occupies the provider.
+#[derive(Debug, Clone)]
+pub struct StreamConcurrencyLimitLayer {
+    semaphore: Arc<Semaphore>,
+}
+
+impl StreamConcurrencyLimitLayer {
+    /// At most `max` streams open at once, shared by every service this layer builds.
+    pub fn new(max: usize) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+impl<S> Layer<S> for StreamConcurrencyLimitLayer {
+    type Service = StreamConcurrencyLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StreamConcurrencyLimit {
+            inner,
+            semaphore: PollSemaphore::new(Arc::clone(&self.semaphore)),
+            permit: None,
+        }
+    }
+}
+
+/// The service of [`StreamConcurrencyLimitLayer`].
+#[derive(Debug)]
+pub struct StreamConcurrencyLimit<S> {
+    inner: S,
+    semaphore: PollSemaphore,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<S: Clone> Clone for StreamConcurrencyLimit<S> {
+    fn clone(&self) -> Self {
+        // A clone shares the limit but not the permit this instance may hold.
+        Self {
+            inner: self.inner.clone(),
+            semaphore: self.semaphore.clone(),
+            permit: None,
+        }
+    }
+}
+
+impl<S> Service<ChatRequest> for StreamConcurrencyLimit<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.permit.is_none() {
+            match ready!(self.semaphore.poll_acquire(cx)) {
+                Some(permit) => self.permit = Some(permit),
+                None => {
+                    return Poll::Ready(Err(Error::ModelUnavailable(
+                        "concurrency limit closed".into(),
+                    )));
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let Some(permit) = self.permit.take() else {
+            return futures::future::ready(Err(Error::ModelUnavailable(
+                "called without poll_ready: no concurrency permit".into(),
+            )))
+            .boxed();
+        };
+        self.inner
+            .call(request)
+            .map_ok(move |stream| {
+                stream
+                    .map(move |item| {
+                        let _held = &permit;
+                        item
+                    })
+                    .boxed()
+            })
+            .boxed()
+    }
+}
+
+/// Records every call in a [`UsageMeter`]: completed calls with their usage, failures to open,
+/// and streams that ended or were dropped without a final response.
+#[derive(Debug, Clone)]
+pub struct UsageMeterLayer {
+    meter: UsageMeter,
+}
+
+impl UsageMeterLayer {
+    /// A layer recording into `meter`.
+    pub fn new(meter: UsageMeter) -> Self {
+        Self { meter }
+    }
+}
+
+impl<S> Layer<S> for UsageMeterLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Metered {
+            inner,
+            meter: self.meter.clone(),
+        }
+    }
+}
+
+/// The service of [`UsageMeterLayer`].
+#[derive(Debug, Clone)]
+pub struct Metered<S> {
+    inner: S,
+    meter: UsageMeter,
+}
+
+struct MeterGuard {
+    meter: UsageMeter,
+    model: String,
+    finished: bool,
+}
+
+impl Drop for MeterGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.meter.record_incomplete();
+        }
+    }
+}
+
+impl<S> Service<ChatRequest> for Metered<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let meter = self.meter.clone();
+        let model = request.model.clone();
+        self.inner
+            .call(request)
+            .map(move |opened| match opened {
+                Err(error) => {
+                    meter.record_failed();
+                    Err(error)
+                }
+                Ok(stream) => {
+                    let mut guard = MeterGuard {
+                        meter,
+                        model,
+                        finished: false,
+                    };
+                    Ok(stream
+                        .map(move |item| {
+                            if let Ok(StreamItem::Done(response)) = &item
+                                && !guard.finished
+                            {
+                                guard.finished = true;
+                                guard.meter.record(&guard.model, response);
+                            }
+                            item
+                        })
+                        .boxed())
+                }
+            })
+            .boxed()
+    }
+}
+
+/// Wraps every call in a `model.call` tracing span (provider, model; at the end: reported
+/// model, finish reason, tokens) and logs failures.
+#[derive(Debug, Clone)]
+pub struct ModelTraceLayer {
+    provider: Arc<str>,
+}
+
+impl ModelTraceLayer {
+    /// A layer naming `provider` in its spans.
+    pub fn new(provider: impl Into<Arc<str>>) -> Self {
+        Self {
+            provider: provider.into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ModelTraceLayer {
+    type Service = Traced<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Traced {
+            inner,
+            provider: Arc::clone(&self.provider),
+        }
+    }
+}
+
+/// The service of [`ModelTraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Traced<S> {
+    inner: S,
+    provider: Arc<str>,
+}
+
+impl<S> Service<ChatRequest> for Traced<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        use tracing::field::Empty;
+        let span = tracing::info_span!(
+            "model.call",
+            provider = %self.provider,
+            model = %request.model,
+            messages = request.messages.len(),
+            reported_model = Empty,
+            finish_reason = Empty,
+            input_tokens = Empty,
+            output_tokens = Empty,
+        );
+        let stream_span = span.clone();
+        self.inner
+            .call(request)
+            .instrument(span)
+            .map(move |opened| match opened {
+                Err(error) => {
+                    tracing::warn!(parent: &stream_span, error = %error, "model call failed to open");
+                    Err(error)
+                }
+                Ok(stream) => Ok(stream
+                    .inspect(move |item| match item {
+                        Ok(StreamItem::Done(response)) => {
+                            let span = &stream_span;
+                            if let Some(model) = &response.reported_model {
+                                span.record("reported_model", model.as_str());
+                            }
+                            span.record(
+                                "finish_reason",
+                                tracing::field::debug(&response.finish_reason),
+                            );
+                            if let Some(tokens) = response.usage.input_tokens {
+                                span.record("input_tokens", tokens);
+                            }
+                            if let Some(tokens) = response.usage.output_tokens {
+                                span.record("output_tokens", tokens);
+                            }
+                            tracing::debug!(parent: span, "model call finished");
+                        }
+                        Err(error) => {
+                            tracing::warn!(parent: &stream_span, error = %error, "model stream failed");
+                        }
+                        Ok(StreamItem::Delta(_)) => {}
+                    })
+                    .boxed()),
+            })
+            .boxed()
+    }
+}
+
+/// Converts an error that went through a boxing tower layer back into [`Error`].
+fn unbox_error(error: BoxError, open_timeout: Option<Duration>) -> Error {
+    let error = match error.downcast::<Error>() {
+        Ok(error) => return *error,
+        Err(error) => error,
+    };
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return Error::Timeout(open_timeout.unwrap_or_default());
+    }
+    Error::ModelUnavailable(super::http::error_chain(&*error))
+}
+
+type ModelBoxService = BoxCloneService<ChatRequest, ChatStream, Error>;
+type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Assembles a middleware stack around a model and yields a [`StackedModel`], which is a
+/// [`ChatModel`] again — the loop does not know the difference.
+///
+/// From the outside in: tracing span → usage meter → retry (with its backoff sleeps) → rate
+/// limit → concurrency limit → open timeout → idle timeout → the model. So every attempt
+/// takes a rate-limit slot and a concurrency permit, each attempt has its own open timeout,
+/// and the meter and span see one logical call.
+///
+/// ```
+/// use std::time::Duration;
+/// use agentrt_core_loop::model::{ModelStack, RetryPolicy, ScriptedModel, ScriptedTurn, UsageMeter};
+///
+/// let meter = UsageMeter::new();
+/// let model = ModelStack::new(ScriptedModel::new([ScriptedTurn::text("hi")]))
+///     .timeout(Duration::from_secs(30))
+///     .idle_timeout(Duration::from_secs(60))
+///     .retry(RetryPolicy { max_attempts: 5, ..RetryPolicy::default() })
+///     .concurrency_limit(8)
+///     .rate_limit(60, Duration::from_secs(60))
+///     .meter(meter.clone())
+///     .build();
+/// # let _ = model;
+/// ```
+#[must_use = "a ModelStack does nothing until built"]
+pub struct ModelStack {
+    model: Arc<dyn ChatModel>,
+    open_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    concurrency: Option<usize>,
+    rate: Option<(u64, Duration)>,
+    meter: Option<UsageMeter>,
+    buffer: usize,
+}
+
+impl std::fmt::Debug for ModelStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStack")
+            .field("provider", &self.model.provider())
+            .field("open_timeout", &self.open_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .field("rate", &self.rate)
+            .field("meter", &self.meter.is_some())
+            .finish()
+    }
+}
+
+impl ModelStack {
+    /// Starts a stack around `model` (no layer yet besides tracing).
+    pub fn new(model: impl ChatModel + 'static) -> Self {
+        Self::from_arc(Arc::new(model))
+    }
+
+    /// Starts a stack around a shared model.
+    pub fn from_arc(model: Arc<dyn ChatModel>) -> Self {
+        Self {
+            model,
+            open_timeout: None,
+            idle_timeout: None,
+            retry: None,
+            concurrency: None,
+            rate: None,
+            meter: None,
+            buffer: 1024,
+        }
+    }
+
+    /// Each attempt must open its stream (status and headers received) within `timeout`, else
+    /// it fails with [`Error::Timeout`] (not retried).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = Some(timeout);
+        self
+    }
+
+    /// At most `idle` may pass between stream items, else the stream ends with
+    /// [`Error::Timeout`].
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
+    }
+
+    /// Retries failures to open the stream as `policy` says.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// At most `max` streams open at once (0 is treated as 1).
+    pub fn concurrency_limit(mut self, max: usize) -> Self {
+        self.concurrency = Some(max.max(1));
+        self
+    }
+
+    /// At most `calls` attempts started per `per` (tower's `RateLimit` behind a `Buffer`, so
+    /// clones of the built model share it). `calls` of 0 is treated as 1.
+    pub fn rate_limit(mut self, calls: u64, per: Duration) -> Self {
+        self.rate = Some((calls.max(1), per));
+        self
+    }
+
+    /// How many calls may wait for the rate limiter at once before callers queue (default
+    /// 1024).
+    pub fn buffer(mut self, capacity: usize) -> Self {
+        self.buffer = capacity.max(1);
+        self
+    }
+
+    /// Records usage into `meter`.
+    pub fn meter(mut self, meter: UsageMeter) -> Self {
+        self.meter = Some(meter);
+        self
+    }
+
+    /// Builds the stack. Does not need a Tokio runtime; the rate limiter's buffer worker is
+    /// spawned on the first call.
+    pub fn build(self) -> StackedModel {
+        let provider: Arc<str> = Arc::from(self.model.provider());
+        let mut service: ModelBoxService = BoxCloneService::new(ModelService::from_arc(self.model));
+        if let Some(idle) = self.idle_timeout {
+            service = BoxCloneService::new(IdleTimeoutLayer::new(idle).layer(service));
+        }
+        if let Some(timeout) = self.open_timeout {
+            service = BoxCloneService::new(
+                tower::timeout::Timeout::new(service, timeout)
+                    .map_err(move |e| unbox_error(e, Some(timeout))),
+            );
+        }
+        if let Some(max) = self.concurrency {
+            service = BoxCloneService::new(StreamConcurrencyLimitLayer::new(max).layer(service));
+        }
+        let mut worker: Option<Worker> = None;
+        if let Some((calls, per)) = self.rate {
+            let limited = tower::limit::RateLimit::new(service, tower::limit::rate::Rate::new(calls, per));
+            let (buffer, buffer_worker) = tower::buffer::Buffer::pair(limited, self.buffer);
+            worker = Some(Box::pin(buffer_worker));
+            service = BoxCloneService::new(buffer.map_err(|e| unbox_error(e, None)));
+        }
+        if let Some(policy) = self.retry {
+            service = BoxCloneService::new(
+                tower::retry::RetryLayer::new(ModelRetry::from(policy)).layer(service),
+            );
+        }
+        if let Some(meter) = self.meter {
+            service = BoxCloneService::new(UsageMeterLayer::new(meter).layer(service));
+        }
+        service = BoxCloneService::new(ModelTraceLayer::new(Arc::clone(&provider)).layer(service));
+        StackedModel {
+            inner: Arc::new(StackInner {
+                provider,
+                service: Mutex::new(service),
+                worker: Mutex::new(worker),
+            }),
+        }
+    }
+}
+
+/// A model wrapped in middleware by [`ModelStack`]; a [`ChatModel`] whose
+/// [`provider`](ChatModel::provider) is the wrapped model's. Clones share the limits, the
+/// meter and the rate limiter.
+#[derive(Clone)]
+pub struct StackedModel {
+    inner: Arc<StackInner>,
+}
+
+struct StackInner {
+    provider: Arc<str>,
+    service: Mutex<ModelBoxService>,
+    worker: Mutex<Option<Worker>>,
+}
+
+impl std::fmt::Debug for StackedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackedModel")
+            .field("provider", &self.inner.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackedModel {
+    /// The stack as a tower service (a clone sharing limits, meter and rate limiter), for
+    /// composing further layers.
+    pub fn service(&self) -> BoxCloneService<ChatRequest, ChatStream, Error> {
+        self.start_worker();
+        self.inner
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn start_worker(&self) {
+        // Without a runtime the worker stays parked; the first call made inside one starts it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let worker = self
+            .inner
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(worker) = worker {
+            runtime.spawn(worker);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for StackedModel {
+    fn provider(&self) -> &str {
+        &self.inner.provider
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+        let service = self.service();
+        service.oneshot(request).await
+    }
+}
