@@ -6,7 +6,12 @@ use serde_json::Value;
 
 use crate::error::StoreError;
 use crate::redact::Redactor;
-use crate::types::{Finish, NewEvent, SessionStatus};
+use crate::types::{Finish, NewEvent, NewSession, Session, SessionStatus};
+
+/// Longest accepted event kind, in bytes.
+pub(crate) const MAX_KIND_BYTES: usize = 256;
+/// Longest accepted profile address, in bytes.
+pub(crate) const MAX_PROFILE_BYTES: usize = 1024;
 
 /// Settings every backend honours: redaction and size limits.
 #[derive(Debug, Clone)]
@@ -55,9 +60,10 @@ impl StoreConfig {
         index: usize,
         event: NewEvent,
     ) -> Result<PreparedEvent, StoreError> {
-        if event.kind.is_empty() {
+        if event.kind.is_empty() || event.kind.len() > MAX_KIND_BYTES || event.kind.contains('\0') {
             return Err(StoreError::InvalidInput(format!(
-                "event {index}: kind must not be empty"
+                "event {index}: kind {:?} must be 1 to {MAX_KIND_BYTES} bytes without NUL",
+                event.kind.chars().take(64).collect::<String>()
             )));
         }
         let kind = self.redactor.redact_str(&event.kind).into_owned();
@@ -69,6 +75,33 @@ impl StoreConfig {
             payload,
             json,
         })
+    }
+
+    /// Redacts and checks a new session; returns the record and its metadata JSON.
+    pub(crate) fn prepare_session(&self, new: NewSession) -> Result<(Session, String), StoreError> {
+        if let Some(p) = &new.profile
+            && (p.len() > MAX_PROFILE_BYTES || p.contains('\0'))
+        {
+            return Err(StoreError::InvalidInput(format!(
+                "profile address must be at most {MAX_PROFILE_BYTES} bytes without NUL"
+            )));
+        }
+        let (metadata, metadata_json) = self.prepare_value(new.metadata, "session metadata")?;
+        let now = now_ms();
+        let session = Session {
+            id: new.id.unwrap_or_default(),
+            parent: None,
+            fork_seq: None,
+            profile: new.profile,
+            status: SessionStatus::Running,
+            created_at_ms: now,
+            updated_at_ms: now,
+            metadata,
+            error: None,
+            cleanup_error: None,
+            next_seq: 0,
+        };
+        Ok((session, metadata_json))
     }
 
     pub(crate) fn prepare_events(

@@ -93,30 +93,14 @@ impl Entry {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        let (metadata, _) = self
-            .config
-            .prepare_value(new.metadata, "session metadata")?;
-        let id = new.id.unwrap_or_default();
+        let (session, _) = self.config.prepare_session(new)?;
+        let id = session.id;
         let mut inner = self.lock();
         if inner.sessions.contains_key(&id) {
             return Err(StoreError::InvalidInput(format!(
                 "session {id} already exists"
             )));
         }
-        let now = now_ms();
-        let session = Session {
-            id,
-            parent: None,
-            fork_seq: None,
-            profile: new.profile,
-            status: SessionStatus::Running,
-            created_at_ms: now,
-            updated_at_ms: now,
-            metadata,
-            error: None,
-            cleanup_error: None,
-            next_seq: 0,
-        };
         inner.sessions.insert(
             id,
             Entry {

@@ -10,13 +10,13 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 use tokio::sync::mpsc;
 
-use crate::config::{PreparedEvent, StoreConfig, from_seq, now_ms, to_seq};
+use crate::config::{PreparedEvent, StoreConfig, from_seq, to_seq};
 use crate::error::StoreError;
 use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
-    Cmd, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, replay_stream,
-    run_writer, send, session_from_row,
+    Cmd, EventRow, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats,
+    replay_stream, run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
@@ -383,24 +383,7 @@ const LIST_SESSIONS: &str = "SELECT id, parent_id, fork_seq, profile, status, cr
 #[async_trait]
 impl SessionStore for PostgresStore {
     async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        let (metadata, metadata_json) = self
-            .inner
-            .config
-            .prepare_value(new.metadata, "session metadata")?;
-        let now = now_ms();
-        let session = Session {
-            id: new.id.unwrap_or_default(),
-            parent: None,
-            fork_seq: None,
-            profile: new.profile,
-            status: SessionStatus::Running,
-            created_at_ms: now,
-            updated_at_ms: now,
-            metadata,
-            error: None,
-            cleanup_error: None,
-            next_seq: 0,
-        };
+        let (session, metadata_json) = self.inner.config.prepare_session(new)?;
         send(&self.inner.writer, |reply| Cmd::Create {
             session,
             metadata_json,
@@ -527,10 +510,9 @@ impl SessionStore for PostgresStore {
     }
 }
 
-/// One replay chunk as a JSON array of `[seq, at_ms, kind, payload]`, built by the database.
-const REPLAY_CHUNK_SQL: &str = "SELECT '[' || string_agg('[' || seq || ',' || at_ms || ',' || to_json(kind)::text || ',' \
-     || payload || ']', ',' ORDER BY seq) || ']' FROM (SELECT seq, at_ms, kind, payload \
-     FROM events WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3) AS chunk";
+/// One replay chunk of rows.
+const REPLAY_CHUNK_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
+     WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
 
 fn replay_events(pool: PgPool, session: SessionId, from_seq: u64) -> EventStream {
     let sid = session.to_string();
@@ -548,13 +530,13 @@ fn replay_events(pool: PgPool, session: SessionId, from_seq: u64) -> EventStream
     let fetch: FetchChunk = Box::new(move |from: i64| {
         let (pool, sid) = (pool.clone(), sid.clone());
         async move {
-            let row: Option<(Option<String>,)> = sqlx::query_as(REPLAY_CHUNK_SQL)
+            let rows: Vec<EventRow> = sqlx::query_as(REPLAY_CHUNK_SQL)
                 .bind(sid)
                 .bind(from)
                 .bind(REPLAY_CHUNK)
-                .fetch_optional(&pool)
+                .fetch_all(&pool)
                 .await?;
-            Ok(row.and_then(|(text,)| text))
+            Ok(rows)
         }
         .boxed()
     });

@@ -517,43 +517,34 @@ pub(crate) fn session_from_row(row: SessionRow) -> Result<Session, StoreError> {
     })
 }
 
-/// Parses a replay chunk: a JSON array of `[seq, at_ms, kind, payload]` built by the database
-/// (one string per chunk instead of one row per event: far less per-event overhead).
-pub(crate) fn parse_chunk(session_id: SessionId, text: &str) -> Result<Vec<Event>, StoreError> {
-    let rows: Vec<(u64, i64, String, Value)> = serde_json::from_str(text).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "stored events of session {session_id} are not JSON: {e}"
-        ))
-    })?;
-    let mut events: Vec<Event> = rows
-        .into_iter()
-        .map(|(seq, at_ms, kind, payload)| Event {
-            session_id,
-            seq,
-            at_ms,
-            kind,
-            payload,
-        })
-        .collect();
-    if !events.is_sorted_by_key(|e| e.seq) {
-        events.sort_unstable_by_key(|e| e.seq);
-    }
-    Ok(events)
+/// An event row as read back: seq, at_ms, kind, payload (JSON text).
+pub(crate) type EventRow = (i64, i64, String, String);
+
+fn event_from_row(session_id: SessionId, row: EventRow) -> Result<Event, StoreError> {
+    let (seq, at_ms, kind, payload) = row;
+    Ok(Event {
+        session_id,
+        seq: to_seq(seq)?,
+        at_ms,
+        kind,
+        payload: parse_json(&payload, "event payload")?,
+    })
 }
 
 /// Fetches one replay chunk starting at a seq: `None` when there are no more events.
 pub(crate) type FetchChunk =
-    Box<dyn FnMut(i64) -> BoxFuture<'static, Result<Option<String>, StoreError>> + Send>;
+    Box<dyn FnMut(i64) -> BoxFuture<'static, Result<Vec<EventRow>, StoreError>> + Send>;
 
-/// Streams a session's events. A producer task reads and parses chunks ahead of the consumer
-/// (two chunks in flight), so database reads, JSON parsing and the caller overlap.
+/// Streams a session's events. A producer task reads chunks of rows ahead of the consumer (two
+/// chunks in flight) while the consumer parses the payloads, so database reads and JSON parsing
+/// overlap.
 pub(crate) fn replay_stream(
     session: SessionId,
     from_seq: u64,
     exists: BoxFuture<'static, Result<bool, StoreError>>,
     mut fetch: FetchChunk,
 ) -> EventStream {
-    let producer = async move |tx: mpsc::Sender<Result<Vec<Event>, StoreError>>| {
+    let producer = async move |tx: mpsc::Sender<Result<Vec<EventRow>, StoreError>>| {
         match exists.await {
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -569,24 +560,20 @@ pub(crate) fn replay_stream(
             return;
         };
         loop {
-            let chunk = match fetch(from).await {
-                Ok(None) => return,
-                Ok(Some(text)) => parse_chunk(session, &text),
-                Err(e) => Err(e),
-            };
-            let events = match chunk {
-                Ok(events) => events,
+            let rows = match fetch(from).await {
+                Ok(rows) if rows.is_empty() => return,
+                Ok(rows) => rows,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
             };
-            let full = events.len() as i64 >= REPLAY_CHUNK;
-            let next = events.last().map(|e| e.seq.saturating_add(1));
-            if tx.send(Ok(events)).await.is_err() {
+            let full = rows.len() as i64 >= REPLAY_CHUNK;
+            let next = rows.last().map(|r| r.0.saturating_add(1));
+            if tx.send(Ok(rows)).await.is_err() {
                 return; // the consumer dropped the stream
             }
-            match next.and_then(|n| i64::try_from(n).ok()) {
+            match next {
                 Some(n) if full => from = n,
                 _ => return,
             }
@@ -598,8 +585,11 @@ pub(crate) fn replay_stream(
                 let (tx, rx) = mpsc::channel(2);
                 handle.spawn(producer(tx));
                 ReceiverStream::new(rx)
-                    .flat_map(|chunk| match chunk {
-                        Ok(events) => stream::iter(events.into_iter().map(Ok)).left_stream(),
+                    .flat_map(move |chunk| match chunk {
+                        Ok(rows) => {
+                            stream::iter(rows.into_iter().map(move |r| event_from_row(session, r)))
+                                .left_stream()
+                        }
                         Err(e) => stream::iter(vec![Err(e)]).right_stream(),
                     })
                     .boxed()

@@ -63,6 +63,30 @@ mod cases {
         assert!(got.updated_at_ms >= got.created_at_ms);
     }
 
+    pub async fn replay_of_a_long_session_crosses_read_chunks_in_order(b: &Backend) {
+        let s = &*b.store;
+        let id = new_session(s).await;
+        let n = 20_000u64; // several of the SQL backends' read chunks
+        let mut next = 0;
+        while next < n {
+            let batch = (next..(next + 4000).min(n))
+                .map(|i| ev("bulk", i))
+                .collect();
+            next = s.append(&id, next, batch).await.unwrap();
+        }
+        let all = replay_all(s, &id, 0).await;
+        assert_eq!(seqs(&all), (0..n).collect::<Vec<_>>());
+        assert!(all.iter().all(|e| e.payload["n"] == json!(e.seq)));
+        let tail = replay_all(s, &id, 12_345).await;
+        assert_eq!(seqs(&tail), (12_345..n).collect::<Vec<_>>());
+        // A consumer may stop early.
+        let first: Vec<Event> = futures::StreamExt::take(s.replay(&id, 0), 3)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(seqs(&first), [0, 1, 2]);
+    }
+
     pub async fn empty_append_only_checks_the_expected_seq(b: &Backend) {
         let s = &*b.store;
         let id = new_session(s).await;
@@ -486,8 +510,15 @@ mod cases {
         let id = new_session(s).await;
         let dup = s.create(NewSession::new().with_id(id)).await;
         assert!(matches!(dup, Err(StoreError::InvalidInput(_))), "{dup:?}");
-        let empty_kind = s.append(&id, 0, vec![NewEvent::new("", json!(1))]).await;
-        assert!(matches!(empty_kind, Err(StoreError::InvalidInput(_))));
+        for kind in [String::new(), "nul\0kind".to_owned(), "k".repeat(257)] {
+            let bad = s.append(&id, 0, vec![NewEvent::new(kind, json!(1))]).await;
+            assert!(matches!(bad, Err(StoreError::InvalidInput(_))), "{bad:?}");
+        }
+        let bad_profile = s.create(NewSession::new().with_profile("sha\0")).await;
+        assert!(
+            matches!(bad_profile, Err(StoreError::InvalidInput(_))),
+            "{bad_profile:?}"
+        );
         assert_eq!(s.resume_point(&id).await.unwrap().next_seq, 0);
     }
 
@@ -597,6 +628,7 @@ macro_rules! conformance {
                 };
             }
             case!(seqs_are_contiguous_from_zero);
+            case!(replay_of_a_long_session_crosses_read_chunks_in_order);
             case!(empty_append_only_checks_the_expected_seq);
             case!(a_conflicting_append_writes_nothing);
             case!(finish_commits_the_final_event_and_status_together);

@@ -40,7 +40,8 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn event() -> impl Strategy<Value = NewEvent> {
-    ("[a-z][a-z._]{0,12}", json_value()).prop_map(|(k, p)| NewEvent::new(k, p))
+    // Any kind a store accepts: 1 to 256 bytes, any characters but NUL.
+    ("[^\\x00]{1,20}", json_value()).prop_map(|(k, p)| NewEvent::new(k, p))
 }
 
 /// Events and the sizes of the batches they are appended in.
