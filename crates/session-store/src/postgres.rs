@@ -221,6 +221,44 @@ impl WriteConn for PgWriter {
         }
     }
 
+    async fn append_in_one(
+        &mut self,
+        id: &SessionId,
+        expected: u64,
+        at_ms: i64,
+        events: &[PreparedEvent],
+    ) -> Result<Option<Option<(SessionStatus, u64)>>, StoreError> {
+        let first = from_seq(expected)?;
+        let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        let payloads: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
+        let next = from_seq(expected + events.len() as u64)?;
+        // One round trip: lock the row, and insert + advance only if the check passes. The
+        // check and the writes see the same locked row version, so nothing is written on a
+        // conflict, and a concurrent writer in another process waits for our commit.
+        let row: Option<(String, i64)> = sqlx::query_as(APPEND_IN_ONE)
+            .bind(id.to_string())
+            .bind(first)
+            .bind(at_ms)
+            .bind(seqs)
+            .bind(kinds)
+            .bind(payloads)
+            .bind(next)
+            .fetch_optional(&mut **self.conn()?)
+            .await?;
+        let found = row
+            .map(|(status, n)| {
+                Ok::<_, StoreError>((
+                    SessionStatus::from_str(&status).map_err(|_| {
+                        StoreError::Corrupt(format!("stored status {status:?} is unknown"))
+                    })?,
+                    to_seq(n)?,
+                ))
+            })
+            .transpose()?;
+        Ok(Some(found))
+    }
+
     async fn session_state(
         &mut self,
         id: &SessionId,
@@ -366,6 +404,20 @@ impl WriteConn for PgWriter {
         Ok(())
     }
 }
+
+const APPEND_IN_ONE: &str = "WITH s AS ( \
+         SELECT status, next_seq FROM sessions WHERE id = $1 FOR UPDATE \
+     ), ok AS ( \
+         SELECT 1 FROM s WHERE status = 'running' AND next_seq = $2 \
+     ), ins AS ( \
+         INSERT INTO events (session_id, seq, at_ms, kind, payload) \
+         SELECT $1, t.seq, $3, t.kind, t.payload \
+         FROM UNNEST($4::bigint[], $5::text[], $6::text[]) AS t(seq, kind, payload) \
+         WHERE EXISTS (SELECT 1 FROM ok) \
+     ), upd AS ( \
+         UPDATE sessions SET next_seq = $7, updated_at_ms = $3 \
+         WHERE id = $1 AND EXISTS (SELECT 1 FROM ok) \
+     ) SELECT status, next_seq FROM s";
 
 const SELECT_SESSION: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
      updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions WHERE id = $1";

@@ -158,6 +158,19 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn commit(&mut self) -> Result<(), StoreError>;
     /// Abandons the transaction.
     async fn rollback(&mut self);
+    /// Appends in a single statement when the backend can: checks the session is running at
+    /// `expected` and, only then, inserts the events and advances the session. Returns the
+    /// session's state as found (`None`: no such session); the events were written iff that
+    /// state is `(Running, expected)`. The default (`Ok(None)` outer) means "not supported".
+    async fn append_in_one(
+        &mut self,
+        _id: &SessionId,
+        _expected: u64,
+        _at_ms: i64,
+        _events: &[PreparedEvent],
+    ) -> Result<Option<Option<(SessionStatus, u64)>>, StoreError> {
+        Ok(None)
+    }
     /// Status and next seq of a session, locking its row until commit.
     async fn session_state(
         &mut self,
@@ -361,11 +374,28 @@ async fn append<W: WriteConn>(
     expected: u64,
     events: &[PreparedEvent],
 ) -> Result<u64, StoreError> {
+    let now = now_ms();
+    if !events.is_empty()
+        && let Some(found) = conn.append_in_one(id, expected, now, events).await?
+    {
+        return match found {
+            None => Err(StoreError::NotFound(*id)),
+            Some((status, _)) if status.is_final() => Err(StoreError::Finished {
+                session: *id,
+                status,
+            }),
+            Some((_, actual)) if actual != expected => Err(StoreError::Conflict {
+                session: *id,
+                expected,
+                actual,
+            }),
+            Some(_) => Ok(expected + events.len() as u64),
+        };
+    }
     check_writable(conn, id, expected).await?;
     if events.is_empty() {
         return Ok(expected);
     }
-    let now = now_ms();
     conn.insert_events(id, expected, now, events).await?;
     let next = expected + events.len() as u64;
     conn.update_session(id, next, now, None).await?;
