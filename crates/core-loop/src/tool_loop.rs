@@ -641,6 +641,8 @@ struct Run {
     provider: String,
     store: Arc<dyn SessionStore>,
     tools: ToolRegistry,
+    /// The tool specs offered (computed once).
+    specs: Vec<crate::model::ToolSpec>,
     budget: Budget,
     max_turns: Option<u32>,
     cancel: CancellationToken,
@@ -704,6 +706,7 @@ impl Run {
             model_id: cfg.model_id.clone(),
             provider: cfg.model.provider().to_owned(),
             store: cfg.store.clone(),
+            specs: cfg.tools.specs(),
             tools: std::mem::take(&mut cfg.tools),
             budget: cfg.budget.clone(),
             max_turns: cfg.max_turns,
@@ -748,7 +751,7 @@ impl Run {
             model: self.model_id.clone(),
             provider: self.provider.clone(),
             messages: self.messages.clone(),
-            tools: self.tools.specs(),
+            tools: self.specs.clone(),
             max_turns: self.max_turns,
             budget: self.budget.limits(),
         });
@@ -995,7 +998,7 @@ impl Run {
                 turn,
                 model: self.model_id.clone(),
                 messages: self.messages.len(),
-                tools: self.tools.specs().into_iter().map(|t| t.name).collect(),
+                tools: self.specs.iter().map(|t| t.name.clone()).collect(),
             });
             // Every tool result is persisted with this batch, before the model is called.
             self.flush().await?;
@@ -1013,7 +1016,7 @@ impl Run {
             let request = ChatRequest {
                 model: self.model_id.clone(),
                 messages: self.messages.clone(),
-                tools: self.tools.specs(),
+                tools: self.specs.clone(),
                 temperature: self.temperature,
                 max_tokens: self.max_tokens,
             };

@@ -615,3 +615,38 @@ async fn runs_on_sqlite_and_replays_from_the_file() {
         }
     ));
 }
+
+#[tokio::test]
+async fn a_cleanup_failure_after_an_answer_is_recorded_without_turning_it_into_a_failure() {
+    let store = memory();
+    let cleaned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = cleaned.clone();
+    let outcome = run_tool_loop(
+        ToolLoop::new(
+            Arc::new(ScriptedModel::new([ScriptedTurn::text("done")])),
+            "m",
+            store.clone(),
+        )
+        .user("hi")
+        .on_cleanup(move || async move {
+            flag.store(true, Ordering::SeqCst);
+            Err("could not remove the scratch directory".to_owned())
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(cleaned.load(Ordering::SeqCst), "cleanup ran once");
+    assert_eq!(outcome.stop, StopReason::Answered);
+    assert!(outcome.error.is_none());
+    assert_eq!(
+        outcome.cleanup_error.as_deref(),
+        Some("could not remove the scratch directory")
+    );
+    let session = store.get(&outcome.session_id).await.unwrap();
+    assert_eq!(session.status, SessionStatus::Completed);
+    assert!(session.error.is_none());
+    assert_eq!(
+        session.cleanup_error.as_ref().unwrap()["message"],
+        "could not remove the scratch directory"
+    );
+}
