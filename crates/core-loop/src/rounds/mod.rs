@@ -1,0 +1,30 @@
+//! Round-synchronous agent work: [`run_agent_rounds`] (a caller-authored driver plans each
+//! round's work items and decides whether to go on), the combinators built on it
+//! ([`loop_until`], [`fanout`], [`pipeline`], [`panel`]), opt-in box lineage
+//! ([`LineageOptions`]) and the bounded map they all use ([`map_with_concurrency`]).
+//!
+//! The loop runs each work item in a worker box from a [`crate::worker::WorkerBackend`] (or
+//! none, or a caller-owned box), asks the backend's capabilities instead of naming it, and
+//! records every iteration as an event when a session store is configured.
+
+mod combinators;
+mod concurrency;
+mod config;
+mod engine;
+mod lineage;
+mod record;
+mod types;
+
+pub use combinators::{
+    AggregateFn, AttemptPromptFn, Candidate, Fanout, FanoutOutcome, FnSelector, LoopUntil, Panel,
+    PanelOutcome, PromptFn, Selector, Stage, ViewPromptFn, fanout, loop_until, panel, pipeline,
+    selector_fn,
+};
+pub use concurrency::{MapOutcome, map_with_concurrency};
+pub use config::{LineageOptions, RoundsConfig, Workers};
+pub use engine::run_agent_rounds;
+pub use types::{
+    AgentRun, AgentRunner, Decision, Iteration, OutputParser, ParentAuthoring, Provision,
+    RoundDriver, RoundHistory, RoundsOutcome, RoundsStop, RunContext, TextOutput,
+    ValidationContext, Validator, Verdict, WorkItem, WorkerStats,
+};
