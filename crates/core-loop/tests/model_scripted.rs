@@ -146,7 +146,8 @@ async fn scripted_errors_fail_at_open_or_mid_stream() {
             status: 503,
             message: "down".into(),
         }),
-        ScriptedTurn::text("one two three").fail_mid_stream(2, Error::MalformedStream("cut".into())),
+        ScriptedTurn::text("one two three")
+            .fail_mid_stream(2, Error::MalformedStream("cut".into())),
     ]);
     let open = model.stream(request("a")).await.err().unwrap();
     assert!(matches!(open, Error::Server { status: 503, .. }));
@@ -180,14 +181,10 @@ async fn latency_delays_the_opening_of_the_stream() {
 #[tokio::test]
 async fn from_fn_answers_from_the_request_and_never_exhausts() {
     let model = ScriptedModel::from_fn(|request| {
-        let last_tool = request
-            .messages
-            .iter()
-            .rev()
-            .find_map(|m| match m {
-                Message::Tool { content, .. } => Some(content.clone()),
-                _ => None,
-            });
+        let last_tool = request.messages.iter().rev().find_map(|m| match m {
+            Message::Tool { content, .. } => Some(content.clone()),
+            _ => None,
+        });
         match last_tool {
             Some(result) => ScriptedTurn::text(format!("the tool said {result}")),
             None => ScriptedTurn::tool_call("c1", "lookup", "{}"),

@@ -469,9 +469,9 @@ impl Assembler {
         })?;
         // Anthropic's input_tokens excludes cache reads and writes; ours counts every prompt
         // token. Unknown if the base count is unknown.
-        let input_tokens = self.input.map(|input| {
-            input + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0)
-        });
+        let input_tokens = self
+            .input
+            .map(|input| input + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0));
         Ok(ChatResponse {
             content: self.text,
             tool_calls: self.calls,

@@ -155,9 +155,9 @@ pub(crate) fn sse_events(response: reqwest::Response) -> EventStream {
         .eventsource()
         .map(|item| {
             item.map_err(|e| match e {
-                EventStreamError::Transport(e) if e.is_timeout() => {
-                    Error::MalformedStream(format!("read timed out mid-stream: {}", error_chain(&e)))
-                }
+                EventStreamError::Transport(e) if e.is_timeout() => Error::MalformedStream(
+                    format!("read timed out mid-stream: {}", error_chain(&e)),
+                ),
                 EventStreamError::Transport(e) => Error::MalformedStream(format!(
                     "connection lost mid-stream: {}",
                     error_chain(&e)

@@ -79,7 +79,13 @@ impl UsageMeter {
 
     fn update(&self, change: impl FnOnce(&mut UsageTotals)) {
         // Every update is a few additions, so a poisoned lock still holds consistent totals.
-        change(&mut self.inner.totals.lock().unwrap_or_else(PoisonError::into_inner));
+        change(
+            &mut self
+                .inner
+                .totals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
     }
 
     /// Records a completed call.
@@ -125,6 +131,10 @@ impl UsageMeter {
 
     /// A consistent snapshot of the totals so far.
     pub fn totals(&self) -> UsageTotals {
-        *self.inner.totals.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .inner
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -156,10 +156,13 @@ impl OpenAiCompatibleBuilder {
         }
         let headers = http::parse_headers(&self.headers)?;
         if let Some(key) = &self.api_key {
-            http::parse_headers(&[("authorization".to_owned(), format!("Bearer {key}"))])
-                .map_err(|_| {
-                    Error::InvalidModelConfig("API key contains characters not allowed in a header".into())
-                })?;
+            http::parse_headers(&[("authorization".to_owned(), format!("Bearer {key}"))]).map_err(
+                |_| {
+                    Error::InvalidModelConfig(
+                        "API key contains characters not allowed in a header".into(),
+                    )
+                },
+            )?;
         }
         Ok(OpenAiCompatible {
             client: self.client.unwrap_or_default(),
@@ -408,7 +411,12 @@ impl Assembler {
         Ok(())
     }
 
-    fn on_tool_call(&mut self, call: ToolCallDelta, position: usize, out: &mut VecDeque<StreamItem>) {
+    fn on_tool_call(
+        &mut self,
+        call: ToolCallDelta,
+        position: usize,
+        out: &mut VecDeque<StreamItem>,
+    ) {
         let index = call.index.unwrap_or(position);
         let entry = self.calls.entry(index).or_default();
         if let Some(id) = call.id
@@ -427,7 +435,10 @@ impl Assembler {
         }
         if !entry.started && !entry.name.is_empty() {
             entry.started = true;
-            let id = entry.id.get_or_insert_with(|| format!("call_{index}")).clone();
+            let id = entry
+                .id
+                .get_or_insert_with(|| format!("call_{index}"))
+                .clone();
             out.push_back(StreamItem::Delta(ModelDelta::ToolCallStart {
                 index,
                 id,
@@ -437,7 +448,10 @@ impl Assembler {
         if entry.started && entry.emitted < entry.arguments.len() {
             let fragment = entry.arguments[entry.emitted..].to_owned();
             entry.emitted = entry.arguments.len();
-            out.push_back(StreamItem::Delta(ModelDelta::ToolCallArguments { index, fragment }));
+            out.push_back(StreamItem::Delta(ModelDelta::ToolCallArguments {
+                index,
+                fragment,
+            }));
         }
     }
 
@@ -595,7 +609,10 @@ mod tests {
         let body = request_body(&request, true);
         assert_eq!(body["stream"], json!(true));
         assert_eq!(body["stream_options"], json!({"include_usage": true}));
-        assert_eq!(body["messages"][0], json!({"role": "system", "content": "be brief"}));
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "be brief"})
+        );
         assert_eq!(body["messages"][2]["content"], Value::Null);
         assert_eq!(
             body["messages"][2]["tool_calls"][0],
@@ -607,7 +624,11 @@ mod tests {
         );
         assert_eq!(body["tools"][0]["function"]["name"], json!("add"));
         assert_eq!(body["max_tokens"], json!(5));
-        assert!(request_body(&request, false).get("stream_options").is_none());
+        assert!(
+            request_body(&request, false)
+                .get("stream_options")
+                .is_none()
+        );
     }
 
     #[test]

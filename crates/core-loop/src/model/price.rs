@@ -136,9 +136,8 @@ impl PriceTable {
     /// Loads a table from a `.toml` or `.json` file (by extension).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::InvalidPrices(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidPrices(format!("cannot read {}: {e}", path.display())))?;
         let extension = path
             .extension()
             .and_then(|e| e.to_str())

@@ -154,10 +154,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let delays: Vec<_> = (0..5).map(|n| policy.backoff(n)).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 500, 500].map(Duration::from_millis)
-        );
+        assert_eq!(delays, [100, 200, 400, 500, 500].map(Duration::from_millis));
         assert_eq!(policy.backoff(u32::MAX), Duration::from_millis(500));
     }
 
@@ -180,7 +177,10 @@ mod tests {
         assert!(policy.delay(0, &server()).is_some());
         assert!(policy.delay(0, &Error::Connect("refused".into())).is_some());
         assert!(policy.delay(1, &server()).is_some());
-        assert!(policy.delay(2, &server()).is_none(), "third attempt was the last");
+        assert!(
+            policy.delay(2, &server()).is_none(),
+            "third attempt was the last"
+        );
         for error in [
             Error::Auth("no".into()),
             Error::BadRequest("no".into()),
@@ -188,7 +188,10 @@ mod tests {
             Error::Timeout(Duration::from_secs(1)),
             Error::MalformedStream("cut".into()),
         ] {
-            assert!(policy.delay(0, &error).is_none(), "{error:?} must not be retried");
+            assert!(
+                policy.delay(0, &error).is_none(),
+                "{error:?} must not be retried"
+            );
         }
     }
 

@@ -184,7 +184,10 @@ fn split_words(text: &str) -> impl Iterator<Item = &str> {
 type Responder = dyn Fn(&ChatRequest) -> ScriptedTurn + Send + Sync;
 
 enum Source {
-    Turns { queue: VecDeque<ScriptedTurn>, total: usize },
+    Turns {
+        queue: VecDeque<ScriptedTurn>,
+        total: usize,
+    },
     Function(Arc<Responder>),
 }
 
@@ -327,11 +330,14 @@ impl ChatModel for ScriptedModel {
         if let Some((_, error)) = turn.stream_error.take() {
             items.push(Err(error));
         } else {
-            let finish_reason = turn.finish_reason.take().unwrap_or(if turn.tool_calls.is_empty() {
-                FinishReason::Stop
-            } else {
-                FinishReason::ToolCalls
-            });
+            let finish_reason =
+                turn.finish_reason
+                    .take()
+                    .unwrap_or(if turn.tool_calls.is_empty() {
+                        FinishReason::Stop
+                    } else {
+                        FinishReason::ToolCalls
+                    });
             items.push(Ok(StreamItem::Done(ChatResponse {
                 content: turn.content.take(),
                 tool_calls: std::mem::take(&mut turn.tool_calls),

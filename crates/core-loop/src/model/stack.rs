@@ -560,7 +560,8 @@ impl ModelStack {
         }
         let mut worker: Option<Worker> = None;
         if let Some((calls, per)) = self.rate {
-            let limited = tower::limit::RateLimit::new(service, tower::limit::rate::Rate::new(calls, per));
+            let limited =
+                tower::limit::RateLimit::new(service, tower::limit::rate::Rate::new(calls, per));
             let (buffer, buffer_worker) = tower::buffer::Buffer::pair(limited, self.buffer);
             worker = Some(Box::pin(buffer_worker));
             service = BoxCloneService::new(buffer.map_err(|e| unbox_error(e, None)));

@@ -180,6 +180,8 @@ pub trait ChatModel: Send + Sync {
                 return Ok(response);
             }
         }
-        Err(Error::MalformedStream("stream ended without a final response".into()))
+        Err(Error::MalformedStream(
+            "stream ended without a final response".into(),
+        ))
     }
 }

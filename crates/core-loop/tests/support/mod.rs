@@ -3,7 +3,7 @@
 //!
 //! Include it from a test file with `mod support;`. The server is plain tokio: one scripted
 //! [`Reply`] per incoming request, in order; every request is recorded.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(unused, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
