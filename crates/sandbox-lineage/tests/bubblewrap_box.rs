@@ -277,6 +277,52 @@ async fn memory_limit_is_enforced() {
 }
 
 #[tokio::test]
+async fn cpu_time_limit_is_enforced() {
+    let dir = state_dir();
+    let backend = bubblewrap(&dir);
+    let limits = WorkerLimits {
+        cpu_seconds: Some(1),
+        ..WorkerLimits::default()
+    };
+    let b = backend
+        .create(&BoxSpec {
+            limits,
+            ..BoxSpec::default()
+        })
+        .await
+        .unwrap();
+    let mut request = sh("while :; do :; done");
+    request.timeout = Some(Duration::from_secs(60));
+    let out = b.exec(request).await.unwrap();
+    assert!(
+        !out.timed_out,
+        "the CPU limit, not the wall clock, must stop the loop"
+    );
+    assert!(!out.success());
+}
+
+#[tokio::test]
+async fn the_box_has_no_privileges_to_remount_or_escalate() {
+    let dir = state_dir();
+    let backend = bubblewrap(&dir);
+    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let out = run(
+        &b,
+        "mount -o remount,rw /usr 2>/dev/null && echo remounted; \
+         mount -t tmpfs none /usr 2>/dev/null && echo mounted; \
+         grep CapEff /proc/self/status; id -u",
+    )
+    .await;
+    let text = stdout(&out);
+    assert!(
+        !text.contains("remounted") && !text.contains("mounted"),
+        "{text}"
+    );
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.ends_with("1000"), "{text}");
+}
+
+#[tokio::test]
 async fn pids_limit_is_enforced() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
