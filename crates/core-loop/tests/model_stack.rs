@@ -339,3 +339,14 @@ async fn the_full_stack_recovers_and_meters_one_logical_call() {
     assert_eq!(totals.input_tokens, 20);
     assert_eq!(server.requests().len(), 3);
 }
+
+#[test]
+fn a_stack_builds_outside_a_runtime_and_says_so_instead_of_panicking_when_used_there() {
+    let model = ModelStack::new(ScriptedModel::new([ScriptedTurn::text("ok")]))
+        .rate_limit(10, Duration::from_secs(1))
+        .build();
+    assert!(matches!(model.service(), Err(Error::ModelUnavailable(_))));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let response = runtime.block_on(model.complete(request())).unwrap();
+    assert_eq!(response.content.as_deref(), Some("ok"));
+}

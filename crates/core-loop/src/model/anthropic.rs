@@ -7,7 +7,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{self, EventStream};
+use super::http::{self, EventStream, Secret};
 use super::openai::preview;
 use super::types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
@@ -44,7 +44,7 @@ pub struct Anthropic {
 #[derive(Debug, Clone)]
 pub struct AnthropicBuilder {
     base_url: String,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     version: String,
     headers: Vec<(String, String)>,
     client: Option<reqwest::Client>,
@@ -90,7 +90,7 @@ impl AnthropicBuilder {
 
     /// Sends `x-api-key` with every call.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.api_key = Some(Secret(key.into()));
         self
     }
 
@@ -136,7 +136,7 @@ impl AnthropicBuilder {
         }
         let mut pairs = self.headers;
         pairs.push(("anthropic-version".to_owned(), self.version));
-        if let Some(key) = self.api_key {
+        if let Some(Secret(key)) = self.api_key {
             pairs.push(("x-api-key".to_owned(), key));
         }
         let headers = http::parse_headers(&pairs)?;
@@ -623,6 +623,14 @@ mod tests {
         assert_eq!(messages[2]["content"].as_array().unwrap().len(), 3);
         assert_eq!(messages[2]["content"][0]["type"], json!("tool_result"));
         assert_eq!(body["tools"][0]["input_schema"], json!({"type": "object"}));
+    }
+
+    #[test]
+    fn the_api_key_is_redacted_from_debug_output() {
+        let builder = Anthropic::builder().api_key("sk-ant-secret");
+        assert!(!format!("{builder:?}").contains("sk-ant-secret"));
+        let client = builder.build().unwrap();
+        assert!(!format!("{client:?}").contains("sk-ant-secret"));
     }
 
     #[test]

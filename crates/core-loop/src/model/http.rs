@@ -16,6 +16,16 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// SSE events of a response body, with transport and parse errors already typed.
 pub(crate) type EventStream = BoxStream<'static, Result<Event, Error>>;
 
+/// A credential whose `Debug` output is redacted.
+#[derive(Clone)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Parses user-supplied header pairs once, at build time, so a bad header is a configuration
 /// error rather than a failure of every call.
 pub(crate) fn parse_headers(pairs: &[(String, String)]) -> Result<HeaderMap, Error> {
@@ -24,9 +34,16 @@ pub(crate) fn parse_headers(pairs: &[(String, String)]) -> Result<HeaderMap, Err
         let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
             Error::InvalidModelConfig(format!("header name {name:?} is not valid: {e}"))
         })?;
-        let header_value = HeaderValue::from_str(value).map_err(|e| {
+        let mut header_value = HeaderValue::from_str(value).map_err(|e| {
             Error::InvalidModelConfig(format!("value of header {name:?} is not valid: {e}"))
         })?;
+        // Credentials never show up in Debug output or logs.
+        if matches!(
+            header_name.as_str(),
+            "authorization" | "x-api-key" | "api-key" | "proxy-authorization"
+        ) {
+            header_value.set_sensitive(true);
+        }
         map.append(header_name, header_value);
     }
     Ok(map)

@@ -8,7 +8,7 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::http::{self, EventStream};
+use super::http::{self, EventStream, Secret};
 use super::types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
     StreamItem, ToolCall, Usage,
@@ -39,7 +39,7 @@ pub struct OpenAiCompatible {
     client: reqwest::Client,
     endpoint: String,
     base_url: String,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     headers: HeaderMap,
     include_usage: bool,
     extra_body: Map<String, Value>,
@@ -50,7 +50,7 @@ pub struct OpenAiCompatible {
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatibleBuilder {
     base_url: String,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     headers: Vec<(String, String)>,
     client: Option<reqwest::Client>,
     include_usage: bool,
@@ -106,7 +106,7 @@ impl OpenAiCompatible {
 impl OpenAiCompatibleBuilder {
     /// Sends `Authorization: Bearer <key>` with every call.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
-        self.api_key = Some(key.into());
+        self.api_key = Some(Secret(key.into()));
         self
     }
 
@@ -155,7 +155,7 @@ impl OpenAiCompatibleBuilder {
             )));
         }
         let headers = http::parse_headers(&self.headers)?;
-        if let Some(key) = &self.api_key {
+        if let Some(Secret(key)) = &self.api_key {
             http::parse_headers(&[("authorization".to_owned(), format!("Bearer {key}"))]).map_err(
                 |_| {
                     Error::InvalidModelConfig(
@@ -190,7 +190,7 @@ impl ChatModel for OpenAiCompatible {
             .headers(self.headers.clone())
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(&self.body(&request));
-        if let Some(key) = &self.api_key {
+        if let Some(Secret(key)) = &self.api_key {
             builder = builder.bearer_auth(key);
         }
         let response = http::send(builder, &request.model).await?;
@@ -687,7 +687,14 @@ mod tests {
                 .build(),
             Err(Error::InvalidModelConfig(_))
         ));
-        let ok = OpenAiCompatible::builder("http://x/v1/").build().unwrap();
+        let ok = OpenAiCompatible::builder("http://x/v1/")
+            .api_key("sk-secret")
+            .build()
+            .unwrap();
+        assert!(
+            !format!("{ok:?}").contains("sk-secret"),
+            "the key is redacted"
+        );
         assert_eq!(ok.base_url(), "http://x/v1");
         assert_eq!(ok.provider(), "openai-compatible");
     }

@@ -541,10 +541,19 @@ impl ModelStack {
         self
     }
 
-    /// Builds the stack. Does not need a Tokio runtime; the rate limiter's buffer worker is
-    /// spawned on the first call.
+    /// Builds the stack. Does not need a Tokio runtime: the layers are assembled on the first
+    /// call (tower's rate limiter and its buffer worker need the runtime that call runs on).
     pub fn build(self) -> StackedModel {
-        let provider: Arc<str> = Arc::from(self.model.provider());
+        StackedModel {
+            inner: Arc::new(StackInner {
+                provider: Arc::from(self.model.provider()),
+                state: Mutex::new(StackState::Pending(Box::new(self))),
+            }),
+        }
+    }
+
+    /// Assembles the layers; must run inside a Tokio runtime when a rate limit is set.
+    fn assemble(self, provider: Arc<str>) -> (ModelBoxService, Option<Worker>) {
         let mut service: ModelBoxService = BoxCloneService::new(ModelService::from_arc(self.model));
         if let Some(idle) = self.idle_timeout {
             service = BoxCloneService::new(IdleTimeoutLayer::new(idle).layer(service));
@@ -574,14 +583,8 @@ impl ModelStack {
         if let Some(meter) = self.meter {
             service = BoxCloneService::new(UsageMeterLayer::new(meter).layer(service));
         }
-        service = BoxCloneService::new(ModelTraceLayer::new(Arc::clone(&provider)).layer(service));
-        StackedModel {
-            inner: Arc::new(StackInner {
-                provider,
-                service: Mutex::new(service),
-                worker: Mutex::new(worker),
-            }),
-        }
+        service = BoxCloneService::new(ModelTraceLayer::new(provider).layer(service));
+        (service, worker)
     }
 }
 
@@ -595,8 +598,14 @@ pub struct StackedModel {
 
 struct StackInner {
     provider: Arc<str>,
-    service: Mutex<ModelBoxService>,
-    worker: Mutex<Option<Worker>>,
+    state: Mutex<StackState>,
+}
+
+enum StackState {
+    Pending(Box<ModelStack>),
+    Built(ModelBoxService),
+    /// Only while assembling (never observable: assembly happens under the lock).
+    Assembling,
 }
 
 impl std::fmt::Debug for StackedModel {
@@ -609,30 +618,32 @@ impl std::fmt::Debug for StackedModel {
 
 impl StackedModel {
     /// The stack as a tower service (a clone sharing limits, meter and rate limiter), for
-    /// composing further layers.
-    pub fn service(&self) -> BoxCloneService<ChatRequest, ChatStream, Error> {
-        self.start_worker();
-        self.inner
-            .service
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn start_worker(&self) {
-        // Without a runtime the worker stays parked; the first call made inside one starts it.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let worker = self
+    /// composing further layers. Fails with [`Error::ModelUnavailable`] outside a Tokio
+    /// runtime.
+    pub fn service(&self) -> Result<BoxCloneService<ChatRequest, ChatStream, Error>, Error> {
+        let mut state = self
             .inner
-            .worker
+            .state
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .unwrap_or_else(PoisonError::into_inner);
+        if let StackState::Built(service) = &*state {
+            return Ok(service.clone());
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::ModelUnavailable("a model stack must be called inside a Tokio runtime".into())
+        })?;
+        let StackState::Pending(stack) = std::mem::replace(&mut *state, StackState::Assembling)
+        else {
+            return Err(Error::ModelUnavailable(
+                "the model stack failed while being assembled".into(),
+            ));
+        };
+        let (service, worker) = stack.assemble(Arc::clone(&self.inner.provider));
         if let Some(worker) = worker {
             runtime.spawn(worker);
         }
+        *state = StackState::Built(service.clone());
+        Ok(service)
     }
 }
 
@@ -643,7 +654,6 @@ impl ChatModel for StackedModel {
     }
 
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
-        let service = self.service();
-        service.oneshot(request).await
+        self.service()?.oneshot(request).await
     }
 }
