@@ -382,3 +382,21 @@ async fn extra_body_fields_and_usage_opt_out_are_sent() {
     assert_eq!(body["tool_choice"], "required");
     assert!(body.get("stream_options").is_none());
 }
+
+#[tokio::test]
+async fn an_injected_client_timeout_on_a_hanging_server_is_a_typed_timeout() {
+    let server = FaultServer::start([Reply::Hang]).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let model = OpenAiCompatible::builder(server.base_url())
+        .client(http)
+        .build()
+        .unwrap();
+    let error = model.stream(request()).await.err().unwrap();
+    assert!(
+        matches!(error, Error::Timeout(waited) if waited >= Duration::from_millis(300)),
+        "{error:?}"
+    );
+}
