@@ -48,10 +48,17 @@ pub(crate) struct StoreInner {
     next: AtomicU64,
     probe: OnceLock<OverlayProbe>,
     remove_on_drop: bool,
+    /// The root is a private bind mount of itself (see [`sys::make_private_mount`]).
+    private_mount: bool,
 }
 
 impl Drop for StoreInner {
     fn drop(&mut self) {
+        if self.private_mount
+            && let Err(e) = sys::unmount(&self.root)
+        {
+            tracing::warn!(root = %self.root.display(), error = %e, "could not unmount store");
+        }
         if self.remove_on_drop
             && let Err(e) = std::fs::remove_dir_all(&self.root)
         {
@@ -105,6 +112,8 @@ impl OverlayLineage {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(Error::io("create directory", dir))?;
         }
+        // Best effort: without privileges the overlay probe fails anyway.
+        let private_mount = sys::make_private_mount(&root).is_ok();
         Ok(Self {
             inner: Arc::new(StoreInner {
                 root,
@@ -112,6 +121,7 @@ impl OverlayLineage {
                 next: AtomicU64::new(1),
                 probe: OnceLock::new(),
                 remove_on_drop,
+                private_mount,
             }),
         })
     }

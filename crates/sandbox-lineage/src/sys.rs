@@ -54,11 +54,57 @@ pub(crate) fn mount_overlay(base: &Path, target: &Path, options: &str) -> io::Re
 }
 
 /// Unmounts `target` (not lazily: a busy mount is an error, never a half-detached layer).
+///
+/// `EBUSY` is retried for a short while: a sandbox that is being set up at this moment holds a
+/// copy of the host's mount table (its new mount namespace) until it pivots into its own
+/// root, which takes milliseconds.
 pub(crate) fn unmount(target: &Path) -> io::Result<()> {
     let target = cstring(target)?;
-    // SAFETY: `target` is a valid NUL-terminated string alive for the call.
-    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
+    let mut attempts = 0;
+    loop {
+        // SAFETY: `target` is a valid NUL-terminated string alive for the call.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let error = io::Error::last_os_error();
+        attempts += 1;
+        if error.raw_os_error() != Some(libc::EBUSY) || attempts >= 200 {
+            return Err(error);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Bind-mounts `dir` onto itself and makes it (recursively) private, so overlay mounts made
+/// beneath it neither propagate into other mount namespaces' peers nor receive unmount
+/// propagation from them.
+pub(crate) fn make_private_mount(dir: &Path) -> io::Result<()> {
+    let dir = cstring(dir)?;
+    // SAFETY: `dir` is a valid NUL-terminated string alive for both calls; the filesystem type
+    // and data pointers may be null for MS_BIND and propagation changes.
+    unsafe {
+        if libc::mount(
+            dir.as_ptr(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            dir.as_ptr(),
+            std::ptr::null(),
+            libc::MS_PRIVATE | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            let error = io::Error::last_os_error();
+            libc::umount2(dir.as_ptr(), libc::MNT_DETACH);
+            return Err(error);
+        }
     }
     Ok(())
 }
