@@ -5,6 +5,14 @@
 //! tests use `http://127.0.0.1:8089/v1`. If no server answers, every test fails with the
 //! command that starts one — these tests never skip silently.
 //!
+//! Real tool calls need a second server: SmolLM2 only emits tool calls when llama.cpp
+//! constrains its output with a grammar, and of the templates shipped with llama.cpp only
+//! `meetkai-functionary-medium-v3.2` makes llama.cpp build one (with `tool_choice: "required"`);
+//! that template in turn fails plain chat (HTTP 500, output "does not match the expected
+//! peg-native format"). Its URL comes from `AGENTRT_LLM_TOOLS_BASE_URL` (default
+//! `http://127.0.0.1:8090/v1`); start it with
+//! `AGENTRT_LLM_PORT=8090 AGENTRT_LLM_TEMPLATE=meetkai-functionary-medium-v3.2 bash ../shared/peers/llm/start.sh`.
+//!
 //! The model is tiny: the tests judge protocol behaviour (streaming, usage, reported model,
 //! tool-call wire format, cancellation), never the quality of its text.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -50,6 +58,33 @@ async fn served_model() -> String {
         .as_str()
         .expect("/models lists at least one model")
         .to_owned()
+}
+
+fn tools_base_url() -> String {
+    std::env::var("AGENTRT_LLM_TOOLS_BASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8090/v1".to_owned())
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+async fn require_tools_server() {
+    let url = format!("{}/models", tools_base_url());
+    let answer = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status);
+    if let Err(error) = answer {
+        panic!(
+            "no tool-calling llama.cpp server answers at {url} ({error}). Start it with \
+             `AGENTRT_LLM_PORT=8090 AGENTRT_LLM_TEMPLATE=meetkai-functionary-medium-v3.2 bash \
+             /work/shared/peers/llm/start.sh` and export AGENTRT_LLM_TOOLS_BASE_URL=<the printed \
+             OPENAI_BASE_URL>"
+        );
+    }
 }
 
 fn client() -> OpenAiCompatible {
@@ -161,13 +196,68 @@ fn add_tool() -> ToolSpec {
     }
 }
 
-/// The tool-call round trip on the wire: a conversation holding an assistant tool call and its
-/// tool result is accepted by the real server's template and answered. (With this model and
-/// the templates tried, llama.cpp does not constrain output to a tool call even with
-/// `tool_choice: "required"`, so the model's own tool calls cannot be relied upon; when it
-/// does emit one, it must be well-formed.)
+/// A real tool call from the real model: streamed argument fragments assembled into JSON that
+/// matches the tool's schema; then the call and its result go back over the wire to the
+/// plain-chat server, which accepts them and answers.
 #[tokio::test]
-async fn real_tool_call_round_trip_is_accepted_and_answered() {
+async fn real_tool_call_round_trip() {
+    require_tools_server().await;
+    let tools_model = OpenAiCompatible::builder(tools_base_url())
+        .extra_body("tool_choice", json!("required"))
+        .build()
+        .unwrap();
+    let mut offered = request("What is 2 + 3? Use the add tool.", 64).await;
+    offered.tools = vec![add_tool()];
+    let mut stream = tools_model.stream(offered.clone()).await.unwrap();
+    let mut fragments = 0;
+    let mut done = None;
+    while let Some(item) = stream.next().await {
+        match item.unwrap() {
+            StreamItem::Delta(ModelDelta::ToolCallArguments { .. }) => fragments += 1,
+            StreamItem::Delta(_) => {}
+            StreamItem::Done(response) => done = Some(response),
+        }
+    }
+    let first = done.expect("final response");
+    assert_eq!(first.finish_reason, FinishReason::ToolCalls, "{first:?}");
+    assert_eq!(first.tool_calls.len(), 1, "{first:?}");
+    let call = first.tool_calls[0].clone();
+    assert_eq!(call.name, "add");
+    assert!(!call.id.is_empty());
+    assert!(
+        fragments > 1,
+        "the arguments arrived in several fragments: {fragments}"
+    );
+    let arguments: Value = serde_json::from_str(&call.arguments)
+        .unwrap_or_else(|e| panic!("grammar-constrained arguments are JSON ({e}): {call:?}"));
+    assert!(
+        arguments["a"].is_number() && arguments["b"].is_number(),
+        "{arguments}"
+    );
+    assert!(first.usage.output_tokens.is_some());
+
+    let mut round_trip = offered;
+    round_trip.messages.push(Message::Assistant {
+        content: None,
+        tool_calls: vec![call.clone()],
+    });
+    round_trip.messages.push(Message::Tool {
+        tool_call_id: call.id,
+        content: "5".into(),
+    });
+    round_trip.max_tokens = Some(24);
+    let answer = client().complete(round_trip).await.unwrap();
+    assert!(
+        answer.content.as_deref().is_some_and(|t| !t.is_empty()) || !answer.tool_calls.is_empty(),
+        "the server answered the tool result: {answer:?}"
+    );
+}
+
+/// Offering tools to the plain-chat server is accepted, and a conversation already holding an
+/// assistant tool call and its result is accepted and answered (the model answers in text:
+/// without a grammar it does not call tools; if it ever does, the call must be well-formed).
+#[tokio::test]
+async fn real_tool_history_in_the_wire_format_is_accepted_and_answered() {
     let model = client();
     let mut offered = request("What is 2 + 3? Use the add tool.", 48).await;
     offered.tools = vec![add_tool()];
