@@ -26,6 +26,12 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+/// Alternating group/raw rounds; the best of each is reported.
+const ROUNDS: usize = 3;
+
+const RAW_INSERT: &str =
+    "INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5)";
+
 struct Sizes {
     single: usize,
     group_writers: usize,
@@ -43,7 +49,11 @@ fn payload(i: u64) -> Value {
 }
 
 fn bench(name: &str, value: f64, unit: &str) {
-    println!("BENCH store.{name} {value:.1} {unit}");
+    if value.abs() < 100.0 {
+        println!("BENCH store.{name} {value:.3} {unit}");
+    } else {
+        println!("BENCH store.{name} {value:.0} {unit}");
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -141,13 +151,8 @@ async fn sqlite_suite(s: &Sizes) {
         "events/s",
     );
 
-    let before = store.writer_stats();
-    let group = append_group(dynstore.clone(), s.group_writers, s.group_per_writer).await;
-    let batch = batch_size(before, store.writer_stats());
-    bench("append_group_per_s", group, "events/s");
-    bench("group_batch_events", batch as f64, "events/commit");
-
-    // Baseline: plain sqlx inserts into the same table, same pragmas, same batch size.
+    // Group commit and its baseline run in alternating rounds (best of each is reported), so
+    // a burst of load on this shared machine does not land on one side only.
     let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
@@ -158,29 +163,42 @@ async fn sqlite_suite(s: &Sizes) {
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await
         .unwrap();
-    let total = s.group_writers * s.group_per_writer;
-    let rows = raw_rows(total);
     let sid = raw_session.to_string();
-    let start = Instant::now();
-    for (c, chunk) in rows.chunks(batch).enumerate() {
-        let mut tx = conn.begin().await.unwrap();
-        for (k, p) in chunk.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(sid.as_str())
-            .bind((c * batch + k) as i64)
-            .bind(0i64)
-            .bind("e")
-            .bind(p.as_str())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+    let (mut group, mut raw, mut batch, mut seq) = (0f64, 0f64, 1usize, 0i64);
+    for _ in 0..ROUNDS {
+        let before = store.writer_stats();
+        let g = append_group(
+            dynstore.clone(),
+            s.group_writers,
+            s.group_per_writer / ROUNDS,
+        )
+        .await;
+        batch = batch_size(before, store.writer_stats());
+        group = group.max(g);
+        // Baseline: plain sqlx inserts into the same table, same settings, same batch size.
+        let rows = raw_rows(s.group_writers * (s.group_per_writer / ROUNDS));
+        let start = Instant::now();
+        for chunk in rows.chunks(batch) {
+            let mut tx = conn.begin().await.unwrap();
+            for p in chunk {
+                sqlx::query(RAW_INSERT)
+                    .bind(sid.as_str())
+                    .bind(seq)
+                    .bind(0i64)
+                    .bind("e")
+                    .bind(p.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                seq += 1;
+            }
+            tx.commit().await.unwrap();
         }
-        tx.commit().await.unwrap();
+        raw = raw.max(rate(rows.len(), start.elapsed()));
     }
-    let raw = rate(total, start.elapsed());
     conn.close().await.unwrap();
+    bench("append_group_per_s", group, "events/s");
+    bench("group_batch_events", batch as f64, "events/commit");
     bench("raw_batched_insert_per_s", raw, "events/s");
     bench("group_vs_raw", group / raw, "ratio");
 
@@ -207,39 +225,47 @@ async fn pg_suite(s: &Sizes) {
         append_single(&*dynstore, s.single).await,
         "events/s",
     );
-    let before = store.writer_stats();
-    let group = append_group(dynstore.clone(), s.group_writers, s.group_per_writer).await;
-    let batch = batch_size(before, store.writer_stats());
-    bench("pg_append_group_per_s", group, "events/s");
-    bench("pg_group_batch_events", batch as f64, "events/commit");
-
+    // Group commit and its baseline run in alternating rounds (best of each is reported).
     let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
     let options = sqlx::postgres::PgConnectOptions::from_str(&url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let total = s.group_writers * s.group_per_writer;
-    let rows = raw_rows(total);
     let sid = raw_session.to_string();
-    let start = Instant::now();
-    for (c, chunk) in rows.chunks(batch).enumerate() {
-        let mut tx = conn.begin().await.unwrap();
-        for (k, p) in chunk.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(sid.as_str())
-            .bind((c * batch + k) as i64)
-            .bind(0i64)
-            .bind("e")
-            .bind(p.as_str())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+    let (mut group, mut raw, mut batch, mut seq) = (0f64, 0f64, 1usize, 0i64);
+    for _ in 0..ROUNDS {
+        let before = store.writer_stats();
+        let g = append_group(
+            dynstore.clone(),
+            s.group_writers,
+            s.group_per_writer / ROUNDS,
+        )
+        .await;
+        batch = batch_size(before, store.writer_stats());
+        group = group.max(g);
+        // Baseline: plain sqlx inserts into the same table, same settings, same batch size.
+        let rows = raw_rows(s.group_writers * (s.group_per_writer / ROUNDS));
+        let start = Instant::now();
+        for chunk in rows.chunks(batch) {
+            let mut tx = conn.begin().await.unwrap();
+            for p in chunk {
+                sqlx::query(RAW_INSERT)
+                    .bind(sid.as_str())
+                    .bind(seq)
+                    .bind(0i64)
+                    .bind("e")
+                    .bind(p.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                seq += 1;
+            }
+            tx.commit().await.unwrap();
         }
-        tx.commit().await.unwrap();
+        raw = raw.max(rate(rows.len(), start.elapsed()));
     }
-    let raw = rate(total, start.elapsed());
+    bench("pg_append_group_per_s", group, "events/s");
+    bench("pg_group_batch_events", batch as f64, "events/commit");
     bench("pg_raw_batched_insert_per_s", raw, "events/s");
     bench("pg_group_vs_raw", group / raw, "ratio");
 

@@ -171,6 +171,15 @@ pub(crate) trait WriteConn: Send + 'static {
     ) -> Result<Option<Option<(SessionStatus, u64)>>, StoreError> {
         Ok(None)
     }
+    /// Check and advance in one statement: if the session is running at `expected`, sets its
+    /// next seq to `next` and its update time; returns whether it did.
+    async fn advance(
+        &mut self,
+        id: &SessionId,
+        expected: u64,
+        next: u64,
+        at_ms: i64,
+    ) -> Result<bool, StoreError>;
     /// Status and next seq of a session, locking its row until commit.
     async fn session_state(
         &mut self,
@@ -392,14 +401,20 @@ async fn append<W: WriteConn>(
             Some(_) => Ok(expected + events.len() as u64),
         };
     }
-    check_writable(conn, id, expected).await?;
     if events.is_empty() {
+        check_writable(conn, id, expected).await?;
         return Ok(expected);
     }
-    conn.insert_events(id, expected, now, events).await?;
+    // Check and advance in one statement; only a failed check costs a second look (to say why).
     let next = expected + events.len() as u64;
-    conn.update_session(id, next, now, None).await?;
-    Ok(next)
+    if conn.advance(id, expected, next, now).await? {
+        conn.insert_events(id, expected, now, events).await?;
+        return Ok(next);
+    }
+    check_writable(conn, id, expected).await?;
+    Err(StoreError::Database(format!(
+        "session {id} changed under the write lock"
+    )))
 }
 
 async fn finish_one<W: WriteConn>(

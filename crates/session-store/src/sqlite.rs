@@ -223,6 +223,26 @@ impl WriteConn for SqliteWriter {
         }
     }
 
+    async fn advance(
+        &mut self,
+        id: &SessionId,
+        expected: u64,
+        next: u64,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET next_seq = $1, updated_at_ms = $2 \
+             WHERE id = $3 AND status = 'running' AND next_seq = $4",
+        )
+        .bind(from_seq(next)?)
+        .bind(at_ms)
+        .bind(id.to_string())
+        .bind(from_seq(expected)?)
+        .execute(&mut **self.conn()?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn session_state(
         &mut self,
         id: &SessionId,
