@@ -30,7 +30,9 @@ pub const REDACTED: &str = "[REDACTED]";
 /// ```
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    patterns: Vec<Regex>,
+    /// Every key pattern, as one alternation: one scan per string however many patterns.
+    patterns: Option<Regex>,
+    sources: Vec<String>,
     bearer: Option<Regex>,
     secrets: Vec<String>,
     sensitive_keys: Vec<String>,
@@ -39,8 +41,10 @@ pub struct Redactor {
 impl Default for Redactor {
     /// The built-in key and bearer-token patterns, with no configured secrets or keys.
     fn default() -> Self {
+        let sources = default_patterns();
         Redactor {
-            patterns: default_patterns(),
+            patterns: combine(&sources),
+            sources,
             bearer: Regex::new(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]{8,}=*").ok(),
             secrets: Vec::new(),
             sensitive_keys: Vec::new(),
@@ -48,7 +52,15 @@ impl Default for Redactor {
     }
 }
 
-fn default_patterns() -> Vec<Regex> {
+fn combine(sources: &[String]) -> Option<Regex> {
+    if sources.is_empty() {
+        return None;
+    }
+    let alternation: Vec<String> = sources.iter().map(|s| format!("(?:{s})")).collect();
+    Regex::new(&alternation.join("|")).ok()
+}
+
+fn default_patterns() -> Vec<String> {
     [
         // Anthropic keys first (they also match the generic sk- pattern).
         r"sk-ant-[A-Za-z0-9_\-]{8,}",
@@ -58,7 +70,7 @@ fn default_patterns() -> Vec<Regex> {
         r"\bgithub_pat_[A-Za-z0-9_]{20,}",
     ]
     .iter()
-    .filter_map(|p| Regex::new(p).ok())
+    .map(|p| (*p).to_owned())
     .collect()
 }
 
@@ -67,7 +79,8 @@ impl Redactor {
     /// whose input is redacted upstream.
     pub fn disabled() -> Self {
         Redactor {
-            patterns: Vec::new(),
+            patterns: None,
+            sources: Vec::new(),
             bearer: None,
             secrets: Vec::new(),
             sensitive_keys: Vec::new(),
@@ -87,7 +100,8 @@ impl Redactor {
 
     /// Also redacts every string matching this regular expression.
     pub fn with_pattern(mut self, pattern: Regex) -> Self {
-        self.patterns.push(pattern);
+        self.sources.push(pattern.as_str().to_owned());
+        self.patterns = combine(&self.sources);
         self
     }
 
@@ -99,7 +113,7 @@ impl Redactor {
 
     /// Whether this redactor can change anything.
     pub fn is_enabled(&self) -> bool {
-        !(self.patterns.is_empty()
+        !(self.patterns.is_none()
             && self.bearer.is_none()
             && self.secrets.is_empty()
             && self.sensitive_keys.is_empty())
@@ -113,10 +127,10 @@ impl Redactor {
                 out = Cow::Owned(out.replace(secret.as_str(), REDACTED));
             }
         }
-        for re in &self.patterns {
-            if re.is_match(&out) {
-                out = Cow::Owned(re.replace_all(&out, REDACTED).into_owned());
-            }
+        if let Some(re) = &self.patterns
+            && re.is_match(&out)
+        {
+            out = Cow::Owned(re.replace_all(&out, REDACTED).into_owned());
         }
         if let Some(re) = &self.bearer
             && re.is_match(&out)
@@ -216,6 +230,13 @@ mod tests {
             out,
             json!({"a": ["x [REDACTED] y", {"[REDACTED]": 1}], "authorization": "[REDACTED]"})
         );
+    }
+
+    #[test]
+    fn added_patterns_apply_beside_the_built_in_ones() {
+        let r = Redactor::default().with_pattern(Regex::new(r"tok_[0-9]{6}").unwrap());
+        let out = r.redact_str("a tok_123456 and sk-abcdefghijklmnopqrstu");
+        assert_eq!(out, "a [REDACTED] and [REDACTED]");
     }
 
     #[test]
