@@ -115,4 +115,14 @@ pub enum Error {
         /// What happened, with the offending value.
         message: String,
     },
+    // ---- round errors (owned by the rounds half) ----
+    /// An agent run of a round ended without an answer (turn limit reached, or cancelled):
+    /// a soft failure of that iteration, never an empty output.
+    #[error("agent run in session {session} ended without an answer: {reason}")]
+    NoAnswer {
+        /// The agent's session.
+        session: String,
+        /// How the run ended.
+        reason: String,
+    },
 }

@@ -13,6 +13,7 @@ mod config;
 mod engine;
 mod lineage;
 mod record;
+mod runner;
 mod types;
 
 pub use combinators::{
@@ -23,6 +24,7 @@ pub use combinators::{
 pub use concurrency::{MapOutcome, map_with_concurrency};
 pub use config::{LineageOptions, RoundsConfig, Workers};
 pub use engine::run_agent_rounds;
+pub use runner::{BuildToolLoop, ToolLoopRunner};
 pub use types::{
     AgentRun, AgentRunner, Decision, Iteration, OutputParser, ParentAuthoring, Provision,
     RoundDriver, RoundHistory, RoundsOutcome, RoundsStop, RunContext, TextOutput,

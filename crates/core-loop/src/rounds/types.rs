@@ -341,7 +341,8 @@ pub struct RunContext {
 /// Runs the agent for one work item and returns its raw output.
 ///
 /// An `Err` is classified by the loop: model and transport errors (rate limits, server errors,
-/// connection failures, timeouts, malformed streams, bad requests, unavailable services),
+/// connection failures, timeouts, malformed streams, bad requests, unavailable services, a
+/// loop that ended without an answer),
 /// [`Error::BudgetExhausted`] and a cancelled worker operation become a *soft* failed iteration
 /// (recorded with the error; budget exhaustion also ends the run after the round); every other
 /// error (worker validation or backend failures, configuration, store, profile errors) is
@@ -507,6 +508,7 @@ pub(crate) fn is_soft(error: &Error) -> bool {
             | Error::BadRequest(_)
             | Error::ModelUnavailable(_)
             | Error::BudgetExhausted(_)
+            | Error::NoAnswer { .. }
             | Error::Worker {
                 kind: WorkerFailure::Cancelled,
                 ..
