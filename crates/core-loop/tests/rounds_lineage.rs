@@ -313,7 +313,10 @@ async fn fork_fanout_forks_every_child_from_one_checkpoint_when_the_backend_can_
 async fn fork_fanout_falls_back_to_fresh_boxes_when_the_backend_cannot_fork() {
     let backend = Arc::new(FakeBackend::new(false));
     let c = backend.counters.clone();
-    let special = WorkerSpec { network: true, ..WorkerSpec::default() };
+    let special = WorkerSpec {
+        network: true,
+        ..WorkerSpec::default()
+    };
     let driver = seed_then_fanout(&backend, special.clone());
     let config = RoundsConfig::new(seed_runner, TextOutput)
         .workers(on(&backend))
