@@ -17,6 +17,9 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{RoleClient, ServiceExt};
 use serde::{Deserialize, Serialize};
 
+use agentrt_core_loop::{Tool, ToolCallError, ToolError, ToolRegistry};
+use async_trait::async_trait;
+
 use crate::Error;
 
 /// How to reach an external MCP server.
@@ -235,12 +238,14 @@ impl McpConnection {
 pub struct RemoteTool {
     connection: Arc<McpConnection>,
     info: RemoteToolInfo,
+    qualified: String,
+    description: String,
 }
 
 impl RemoteTool {
     /// The registry name: `<server>__<tool>`.
     pub fn qualified_name(&self) -> String {
-        format!("{}__{}", self.connection.name(), self.info.name)
+        self.qualified.clone()
     }
 
     /// The tool as its server describes it.
@@ -256,6 +261,40 @@ impl RemoteTool {
     /// Call the tool on its server.
     pub async fn call(&self, arguments: serde_json::Value) -> Result<RemoteToolOutput, Error> {
         self.connection.call_tool(&self.info.name, arguments).await
+    }
+}
+
+/// A remote tool as a core-loop [`Tool`]: the model calls it by its `<server>__<tool>` name; a
+/// result the server marks `isError`, or a protocol failure, is a failed tool call the model
+/// reads. The answer is the text content, or the structured content as JSON when there is no
+/// text.
+#[async_trait]
+impl Tool for RemoteTool {
+    fn name(&self) -> &str {
+        &self.qualified
+    }
+
+    fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn parameters(&self) -> serde_json::Value {
+        self.info.input_schema.clone()
+    }
+
+    async fn call(&self, arguments: serde_json::Value) -> Result<String, ToolCallError> {
+        let output = RemoteTool::call(self, arguments)
+            .await
+            .map_err(|e| ToolCallError::Failed(ToolError::new(e.to_string())))?;
+        let text = match (&output.structured, output.text.is_empty()) {
+            (Some(structured), true) => structured.to_string(),
+            _ => output.text,
+        };
+        if output.is_error {
+            Err(ToolCallError::Failed(ToolError::new(text)))
+        } else {
+            Ok(text)
+        }
     }
 }
 
@@ -298,6 +337,8 @@ impl McpToolset {
             match connected {
                 Ok((connection, infos)) => {
                     set.tools.extend(infos.into_iter().map(|info| RemoteTool {
+                        qualified: format!("{}__{}", connection.name(), info.name),
+                        description: info.description.clone().unwrap_or_default(),
                         connection: connection.clone(),
                         info,
                     }));
@@ -310,6 +351,13 @@ impl McpToolset {
             }
         }
         Ok(set)
+    }
+
+    /// Register every tool in a core-loop [`ToolRegistry`] under its `<server>__<tool>` name.
+    pub fn register_into(&self, registry: &mut ToolRegistry) {
+        for tool in &self.tools {
+            registry.insert(Arc::new(tool.clone()));
+        }
     }
 
     /// Every tool of every server, in configuration order.

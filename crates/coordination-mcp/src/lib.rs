@@ -9,10 +9,12 @@
 //! - [`Supervisor`]: the in-process coordinator — an agent registry, workers from a
 //!   [`WorkerFactory`], idempotent spawns and steers, a conserved budget pool, and delivery
 //!   decided by an independent [`CompletionChecker`], never by the worker.
-//! - [`ScriptedWorkerFactory`]: deterministic offline workers for tests, examples, benchmarks.
+//! - [`ScriptedWorkerFactory`]: deterministic offline workers for tests, examples, benchmarks;
+//!   [`ToolLoopWorkerFactory`]: workers running core-loop's `run_tool_loop`.
 //! - [`CoordinationServer`], [`serve_stdio`], [`serve_http`]: the verbs as MCP tools (rmcp), over
 //!   stdio or streamable HTTP (loopback by default, bearer token, Origin check).
-//! - [`McpToolset`] / [`RemoteTool`]: the MCP client for the external servers a profile uses.
+//! - [`McpToolset`] / [`RemoteTool`]: the MCP client for the external servers a profile uses;
+//!   a [`RemoteTool`] is a core-loop `Tool`.
 //!
 //! # Example
 //!
@@ -53,6 +55,7 @@ mod error;
 mod scripted;
 mod server;
 mod supervisor;
+mod tool_loop_worker;
 mod verbs;
 mod worker;
 
@@ -71,6 +74,7 @@ pub use server::{
     serve_stdio,
 };
 pub use supervisor::{Supervisor, SupervisorOptions};
+pub use tool_loop_worker::ToolLoopWorkerFactory;
 pub use verbs::{
     AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent,
     AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,

@@ -79,6 +79,14 @@ impl WorkerContext {
         Ok(self.slot.take_steering())
     }
 
+    /// Take the queued steering messages without charging a turn (each is returned once and
+    /// recorded as delivered). For workers whose turns are counted elsewhere — a core-loop tool
+    /// loop forwards them to its own [`SteeringHandle`](agentrt_core_loop::SteeringHandle),
+    /// which hands them to the model at its next turn boundary.
+    pub fn take_steering(&self) -> Vec<String> {
+        self.slot.take_steering()
+    }
+
     /// Record a progress event.
     pub fn progress(&self, message: impl Into<String>) {
         self.slot

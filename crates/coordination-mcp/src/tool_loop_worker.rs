@@ -1,0 +1,146 @@
+//! Workers that run a real core-loop tool loop: a model calling tools until it answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_core_loop::model::ChatModel;
+use agentrt_core_loop::{
+    Budget, BudgetLimits, SteeringHandle, StopReason, ToolLoop, ToolRegistry, run_tool_loop,
+};
+use agentrt_session_store::SessionStore;
+use async_trait::async_trait;
+
+use crate::Error;
+use crate::verbs::BudgetAmount;
+use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+
+/// How often queued steering is forwarded to a running loop's steering handle.
+const STEER_POLL: Duration = Duration::from_millis(10);
+
+/// A [`WorkerFactory`] whose workers run [`run_tool_loop`]: the task is the user message, the
+/// model's final answer is the worker's output, and every model call and tool call is recorded
+/// in the session store as the loop's session.
+///
+/// The loop runs inside the agent's reservation: its turn limit is the reserved turns and its
+/// core-loop [`Budget`] is limited to the reserved tokens. Afterwards the loop's turns and
+/// tokens are charged to the reservation. A call whose tokens were not reported counts as the
+/// whole token reservation spent (unknown never becomes zero). Steering reaches the model as a
+/// user message at the loop's next turn boundary.
+///
+/// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
+/// then decides delivery); budget exhaustion, cancellation and failure fail it.
+#[derive(Clone)]
+pub struct ToolLoopWorkerFactory {
+    model: Arc<dyn ChatModel>,
+    model_id: String,
+    store: Arc<dyn SessionStore>,
+    tools: ToolRegistry,
+    system: Option<String>,
+}
+
+impl std::fmt::Debug for ToolLoopWorkerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolLoopWorkerFactory")
+            .field("model_id", &self.model_id)
+            .field("tools", &self.tools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ToolLoopWorkerFactory {
+    /// Workers running `model_id` on `model`, recording into `store`, with no tools.
+    pub fn new(
+        model: Arc<dyn ChatModel>,
+        model_id: impl Into<String>,
+        store: Arc<dyn SessionStore>,
+    ) -> Self {
+        ToolLoopWorkerFactory {
+            model,
+            model_id: model_id.into(),
+            store,
+            tools: ToolRegistry::new(),
+            system: None,
+        }
+    }
+
+    /// The tools every worker's loop offers.
+    pub fn tools(mut self, tools: ToolRegistry) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// A system prompt for every worker.
+    pub fn system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+}
+
+#[async_trait]
+impl WorkerFactory for ToolLoopWorkerFactory {
+    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+        let max_turns = u32::try_from(spec.budget.turns).unwrap_or(u32::MAX);
+        let budget = Budget::new(BudgetLimits::unlimited().tokens(spec.budget.tokens))
+            .map_err(|e| Error::Worker(format!("budget: {e}")))?;
+        let steering = SteeringHandle::new();
+        let mut config = ToolLoop::new(
+            self.model.clone(),
+            self.model_id.clone(),
+            self.store.clone(),
+        );
+        if let Some(system) = &self.system {
+            config = config.system(system.clone());
+        }
+        let config = config
+            .user(spec.task.clone())
+            .tools(self.tools.clone())
+            .budget(budget)
+            .max_turns(max_turns)
+            .steering(steering.clone())
+            .cancellation(ctx.cancelled());
+
+        let forward_ctx = ctx.clone();
+        let forwarder = tokio::spawn(async move {
+            let cancelled = forward_ctx.cancelled();
+            loop {
+                tokio::select! {
+                    _ = cancelled.cancelled() => break,
+                    _ = tokio::time::sleep(STEER_POLL) => {
+                        for message in forward_ctx.take_steering() {
+                            steering.steer(message);
+                        }
+                    }
+                }
+            }
+        });
+        let outcome = run_tool_loop(config).await;
+        forwarder.abort();
+        let outcome = outcome.map_err(|e| Error::Worker(format!("tool loop: {e}")))?;
+
+        ctx.progress(format!(
+            "tool loop session {} stopped: {} after {} turns",
+            outcome.session_id, outcome.stop, outcome.turns
+        ));
+        let tokens = if outcome.usage.calls_with_unknown_tokens > 0 {
+            spec.budget.tokens
+        } else {
+            outcome
+                .usage
+                .input_tokens
+                .saturating_add(outcome.usage.output_tokens)
+        };
+        let spent = BudgetAmount::new(tokens, u64::from(outcome.turns));
+        if let Err(overrun) = ctx.charge(spent) {
+            // Record what fits, then fail: the pool never goes beyond the reservation.
+            let _ = ctx.charge(ctx.remaining());
+            return Err(overrun);
+        }
+        if let Some(answer) = &outcome.answer {
+            ctx.append_output(answer);
+        }
+        match outcome.stop {
+            StopReason::Answered | StopReason::MaxTurns { .. } => Ok(()),
+            other => Err(Error::Worker(format!("tool loop stopped: {other}"))),
+        }
+    }
+}
