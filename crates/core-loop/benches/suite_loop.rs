@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use agentrt_core_loop::model::{
-    ChatModel, ChatRequest, ChatStream, Message, OpenAiCompatible, ScriptedModel, ScriptedTurn,
-    StreamItem,
+    ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
+    OpenAiCompatible, StreamItem, ToolCall, Usage,
 };
 use agentrt_core_loop::{
     Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
@@ -53,22 +53,73 @@ impl TypedTool for Echo {
     }
 }
 
-/// Calls `echo` on turns 1..tool_turns, then answers.
-fn scripted(tool_turns: usize, latency: Duration) -> ScriptedModel {
-    ScriptedModel::from_fn(move |req| {
-        let results = req
+/// A scripted model for the benchmark: calls `echo` until it has seen `tool_turns` tool
+/// results, then answers; waits `latency` before each stream opens. Unlike `ScriptedModel` it
+/// keeps no record of the requests it received (which would dominate memory at 10k sessions).
+struct BenchModel {
+    tool_turns: usize,
+    latency: Duration,
+}
+
+fn scripted(tool_turns: usize, latency: Duration) -> BenchModel {
+    BenchModel {
+        tool_turns,
+        latency,
+    }
+}
+
+#[async_trait::async_trait]
+impl ChatModel for BenchModel {
+    fn provider(&self) -> &str {
+        "scripted"
+    }
+
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let results = request
             .messages
             .iter()
             .filter(|m| matches!(m, Message::Tool { .. }))
             .count();
-        let turn = if results < tool_turns {
-            ScriptedTurn::tool_call(format!("call-{results}"), "echo", r#"{"text": "ping"}"#)
-                .with_usage(120, 12)
+        let mut items = Vec::with_capacity(2);
+        let response = if results < self.tool_turns {
+            ChatResponse {
+                content: None,
+                tool_calls: vec![ToolCall {
+                    id: format!("call-{results}"),
+                    name: "echo".into(),
+                    arguments: r#"{"text": "ping"}"#.into(),
+                }],
+                finish_reason: FinishReason::ToolCalls,
+                usage: Usage {
+                    input_tokens: Some(120),
+                    output_tokens: Some(12),
+                    cached_tokens: None,
+                },
+                reported_model: Some(request.model.clone()),
+            }
         } else {
-            ScriptedTurn::text("All done, the echo answered.").with_usage(150, 8)
+            let text = "All done, the echo answered.".to_owned();
+            items.push(Ok(StreamItem::Delta(ModelDelta::Text {
+                text: text.clone(),
+            })));
+            ChatResponse {
+                content: Some(text),
+                tool_calls: Vec::new(),
+                finish_reason: FinishReason::Stop,
+                usage: Usage {
+                    input_tokens: Some(150),
+                    output_tokens: Some(8),
+                    cached_tokens: None,
+                },
+                reported_model: Some(request.model.clone()),
+            }
         };
-        turn.with_latency(latency)
-    })
+        items.push(Ok(StreamItem::Done(response)));
+        Ok(futures::stream::iter(items).boxed())
+    }
 }
 
 fn peak_rss_mb() -> Option<f64> {

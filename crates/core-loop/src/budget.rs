@@ -423,7 +423,21 @@ fn add_spend(node: &Node, st: &mut State, d: Dim, amount: u64) {
 
 /// A handle to a conserved budget pool. Clones share the pool; it is `Send + Sync`.
 ///
-/// See the [module documentation](self) for the invariants.
+///
+/// Work takes a [`Reservation`] before it starts and settles it with [`Reservation::commit`]
+/// (what was spent) or [`Reservation::release`] (dropping releases too). [`Budget::carve`]
+/// makes a child pool whose limits are taken out of this one's available amounts; when the
+/// last handle to the child is dropped its unused remainder returns and its spend is added here.
+///
+/// # Invariants
+///
+/// For every pool and additive dimension (tokens, dollars, turns), at every moment:
+/// `committed + reserved + carved_out <= limit + overdraft`, where `overdraft` is non-zero only
+/// when a commit reported more than its reservation held and the pool had nothing left to cover
+/// it (recorded honestly; the pool is then exhausted). Without overdraft, children carved from
+/// a parent can never together exceed it. Wall time is a deadline per pool; a child's deadline
+/// is never later than its parent's. Unknown spend is counted as unknown, never as zero, and
+/// under [`UnknownUsagePolicy::Refuse`] a limited dimension with unknown spend refuses new work.
 #[derive(Debug, Clone)]
 pub struct Budget {
     node: Arc<Node>,
