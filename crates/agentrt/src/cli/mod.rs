@@ -1,0 +1,241 @@
+//! Command-line parsing (clap) and the commands themselves.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentrt::profiles::{AgentProfile, ProfileError};
+use agentrt::session_store::{
+    Event, PostgresStore, Session, SessionFilter, SessionId, SessionStatus, SessionStore,
+    SqliteStore,
+};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use futures::TryStreamExt;
+
+/// agentrt: run agent profiles exactly, and inspect what they did.
+#[derive(Debug, Parser)]
+#[command(name = "agentrt", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and inspect agent profiles.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// List, show, replay and fork recorded sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCommand {
+    /// Validate profile files; print every problem with its field path.
+    Check {
+        /// Profile files (.toml or .json).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a validated profile as canonical JSON, then its content address.
+    Show {
+        /// A profile file (.toml or .json).
+        file: PathBuf,
+    },
+}
+
+/// Where sessions are stored.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// The session store: a SQLite file path (or `sqlite://PATH`) or a `postgres://` URL.
+    #[arg(long, env = "AGENTRT_STORE", default_value = "agentrt.db")]
+    store: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// List sessions, newest first.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only sessions with this status (running, completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only sessions of this profile content address.
+        #[arg(long)]
+        profile: Option<String>,
+        /// At most this many sessions.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one session's record.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+    },
+    /// Print a session's events in order, one JSON object a line.
+    Replay {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+        /// Start at this sequence number.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Start a new session whose history is the given session's events up to and including a seq.
+    Fork {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+        /// The last sequence number the fork keeps.
+        #[arg(long)]
+        at: u64,
+    },
+}
+
+/// Runs the parsed command line; the exit code says whether it succeeded.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Profile(ProfileCommand::Check { files }) => Ok(check_profiles(&files)),
+        Command::Profile(ProfileCommand::Show { file }) => show_profile(&file),
+        Command::Sessions(command) => sessions(command).await,
+    }
+}
+
+fn check_profiles(files: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for file in files {
+        match AgentProfile::load(file) {
+            Ok(profile) => println!("ok {} {}", file.display(), profile.content_address()),
+            Err(error) => {
+                failed = true;
+                report_profile_error(file, &error);
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn report_profile_error(file: &std::path::Path, error: &ProfileError) {
+    eprintln!("{}:", file.display());
+    for line in error.to_string().lines() {
+        eprintln!("  {line}");
+    }
+}
+
+fn show_profile(file: &std::path::Path) -> Result<ExitCode> {
+    let profile = match AgentProfile::load(file) {
+        Ok(profile) => profile,
+        Err(error) => {
+            report_profile_error(file, &error);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&profile.canonical_json())?;
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    println!("content address: {}", profile.content_address());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the store a `--store` argument names.
+async fn open_store(spec: &str) -> Result<Arc<dyn SessionStore>> {
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        let store = PostgresStore::connect(spec)
+            .await
+            .with_context(|| format!("cannot open the Postgres store {spec}"))?;
+        return Ok(Arc::new(store));
+    }
+    let path = spec.strip_prefix("sqlite://").unwrap_or(spec);
+    let store = SqliteStore::open(path)
+        .await
+        .with_context(|| format!("cannot open the SQLite store {path}"))?;
+    Ok(Arc::new(store))
+}
+
+fn parse_id(id: &str) -> Result<SessionId> {
+    id.parse::<SessionId>()
+        .with_context(|| format!("{id:?} is not a session id"))
+}
+
+async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        SessionsCommand::List {
+            store,
+            status,
+            profile,
+            limit,
+        } => {
+            let store = open_store(&store.store).await?;
+            let mut filter = SessionFilter::new().limit(limit);
+            if let Some(status) = status {
+                let status: SessionStatus = status.parse()?;
+                filter = filter.status(status);
+            }
+            if let Some(profile) = profile {
+                filter = filter.profile(profile);
+            }
+            let page = store.list(filter).await?;
+            writeln!(
+                out,
+                "{:<36}  {:<9}  {:>6}  {:<24}  profile",
+                "id", "status", "events", "updated (ms)"
+            )?;
+            for session in &page.items {
+                writeln!(out, "{}", session_line(session))?;
+            }
+            if let Some(cursor) = page.next_cursor {
+                writeln!(out, "(more: continue after cursor {cursor})")?;
+            }
+        }
+        SessionsCommand::Show { store, id } => {
+            let store = open_store(&store.store).await?;
+            let session = store.get(&parse_id(&id)?).await?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&session)?)?;
+        }
+        SessionsCommand::Replay { store, id, from } => {
+            let store = open_store(&store.store).await?;
+            let mut events = store.replay(&parse_id(&id)?, from);
+            while let Some(event) = events.try_next().await? {
+                writeln!(out, "{}", event_line(&event)?)?;
+            }
+        }
+        SessionsCommand::Fork { store, id, at } => {
+            let store = open_store(&store.store).await?;
+            let fork = store.fork(&parse_id(&id)?, at).await?;
+            writeln!(out, "{}", fork.id)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn session_line(session: &Session) -> String {
+    format!(
+        "{:<36}  {:<9}  {:>6}  {:<24}  {}",
+        session.id.to_string(),
+        session.status.as_str(),
+        session.next_seq,
+        session.updated_at_ms,
+        session.profile.as_deref().unwrap_or("-")
+    )
+}
+
+fn event_line(event: &Event) -> Result<String> {
+    Ok(serde_json::to_string(&serde_json::json!({
+        "seq": event.seq,
+        "at_ms": event.at_ms,
+        "kind": event.kind,
+        "payload": event.payload,
+    }))?)
+}

@@ -1,0 +1,134 @@
+//! The `agentrt` binary, driven as a user would: profiles checked, sessions listed and replayed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use agentrt::session_store::{Finish, NewEvent, NewSession, SessionStore, SqliteStore};
+use serde_json::json;
+
+fn agentrt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args(args)
+        .env_remove("AGENTRT_STORE")
+        .output()
+        .expect("the agentrt binary runs")
+}
+
+fn examples_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/profiles")
+}
+
+#[test]
+fn profile_check_prints_each_valid_profile_with_its_content_address() {
+    let file = examples_dir().join("coding-worker.toml");
+    let out = agentrt(&["profile", "check", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.starts_with("ok "), "{stdout}");
+    assert!(stdout.contains(" sha256:"), "{stdout}");
+}
+
+#[test]
+fn profile_check_names_every_problem_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "name = \"\"\nbogus = 1\n").unwrap();
+    let out = agentrt(&["profile", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("bogus: unknown field"), "{stderr}");
+    assert!(stderr.contains("name: got \"\""), "{stderr}");
+    assert!(stderr.contains("model: missing"), "{stderr}");
+}
+
+#[test]
+fn profile_show_prints_canonical_json_then_the_address() {
+    let file = examples_dir().join("minimal-router.toml");
+    let out = agentrt(&["profile", "show", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (json, address) = stdout.rsplit_once("content address: ").unwrap();
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert!(value.get("name").is_some());
+    assert!(address.trim().starts_with("sha256:"));
+}
+
+#[tokio::test]
+async fn sessions_are_listed_shown_replayed_and_forked_from_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let id = {
+        let store = SqliteStore::open(&db).await.unwrap();
+        let session = store
+            .create(NewSession::new().with_profile("sha256:abc"))
+            .await
+            .unwrap();
+        let next = store
+            .append(
+                &session.id,
+                0,
+                vec![
+                    NewEvent::new("user.message", json!({"text": "hi"})),
+                    NewEvent::new("model.reply", json!({"text": "hello"})),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .finish(
+                &session.id,
+                next,
+                Finish::completed(NewEvent::new("run.completed", json!({}))),
+            )
+            .await
+            .unwrap();
+        session.id.to_string()
+    };
+    let db = db.to_str().unwrap();
+
+    let list = agentrt(&["sessions", "list", "--store", db]);
+    assert!(list.status.success(), "{list:?}");
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(list.contains(&id) && list.contains("completed"), "{list}");
+
+    let show = agentrt(&["sessions", "show", "--store", db, &id]);
+    let record: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(record["status"], "completed");
+    assert_eq!(record["profile"], "sha256:abc");
+
+    let replay = agentrt(&["sessions", "replay", "--store", db, &id, "--from", "1"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(replay.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = lines.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["model.reply", "run.completed"]);
+    assert_eq!(lines[0]["seq"], 1);
+
+    let fork = agentrt(&["sessions", "fork", "--store", db, &id, "--at", "1"]);
+    assert!(fork.status.success(), "{fork:?}");
+    let fork_id = String::from_utf8(fork.stdout).unwrap().trim().to_owned();
+    let replay = agentrt(&["sessions", "replay", "--store", db, &fork_id]);
+    assert_eq!(String::from_utf8(replay.stdout).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_malformed_session_id_or_status_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let db = db.to_str().unwrap();
+    let out = agentrt(&["sessions", "show", "--store", db, "nonsense"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("\"nonsense\" is not a session id"),
+        "{stderr}"
+    );
+
+    let out = agentrt(&["sessions", "list", "--store", db, "--status", "done"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("\"done\""), "{stderr}");
+}
