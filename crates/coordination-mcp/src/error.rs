@@ -55,6 +55,17 @@ pub enum Error {
         /// What was left.
         available: u64,
     },
+    /// A spawn asked for a model the supervisor's profile does not allow (the allowed-models
+    /// guard). Nothing was spawned and no budget was reserved.
+    #[error("model `{model}` is not allowed by profile `{profile}` (allowed: {})", allowed.join(", "))]
+    ModelNotAllowed {
+        /// The profile whose guard refused the model.
+        profile: String,
+        /// The refused model.
+        model: String,
+        /// The models the profile allows.
+        allowed: Vec<String>,
+    },
     /// The worker factory refused the spawn target or a worker failed while running.
     #[error("worker: {0}")]
     Worker(String),
@@ -96,12 +107,32 @@ impl Error {
             Error::OperationConflict { .. } => "operation_conflict",
             Error::NotRunning { .. } => "not_running",
             Error::BudgetExhausted { .. } => "budget_exhausted",
+            Error::ModelNotAllowed { .. } => "model_not_allowed",
             Error::Worker(_) => "worker",
             Error::Check(_) => "check",
             Error::Mcp { .. } => "mcp",
             Error::ToolCall { .. } => "tool_call",
             Error::Io(_) => "io",
         }
+    }
+
+    /// The allowed-models guard of `profile` for `model`, as this crate's error.
+    pub(crate) fn ensure_model_allowed(
+        profile: &agentrt_profiles::AgentProfile,
+        model: &str,
+    ) -> Result<(), Error> {
+        agentrt_profiles::ensure_model_allowed(profile, model).map_err(|e| match e {
+            agentrt_profiles::ProfileError::ModelNotAllowed {
+                profile,
+                model,
+                allowed,
+            } => Error::ModelNotAllowed {
+                profile,
+                model,
+                allowed,
+            },
+            other => Error::Worker(other.to_string()),
+        })
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {

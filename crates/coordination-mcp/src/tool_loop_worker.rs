@@ -7,11 +7,12 @@ use agentrt_core_loop::model::ChatModel;
 use agentrt_core_loop::{
     Budget, BudgetLimits, SteeringHandle, StopReason, ToolLoop, ToolRegistry, run_tool_loop,
 };
+use agentrt_profiles::AgentProfile;
 use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::verbs::BudgetAmount;
+use crate::verbs::{AgentTarget, BudgetAmount};
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// How often queued steering is forwarded to a running loop's steering handle.
@@ -29,6 +30,14 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 ///
 /// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
 /// then decides delivery); budget exhaustion, cancellation and failure fail it.
+///
+/// # Allowed-models guard
+///
+/// With [`supervisor_profile`](ToolLoopWorkerFactory::supervisor_profile) set, every spawn is
+/// checked at validation time (before anything is spawned or reserved): the workers' model must
+/// be allowed by the supervisor's profile, a `subagent` target must name one of its subagents,
+/// and the model must also be allowed by that subagent's own profile. A refusal is
+/// [`Error::ModelNotAllowed`] naming the model and the allowed set — never a silent fallback.
 #[derive(Clone)]
 pub struct ToolLoopWorkerFactory {
     model: Arc<dyn ChatModel>,
@@ -36,6 +45,7 @@ pub struct ToolLoopWorkerFactory {
     store: Arc<dyn SessionStore>,
     tools: ToolRegistry,
     system: Option<String>,
+    profile: Option<Arc<AgentProfile>>,
 }
 
 impl std::fmt::Debug for ToolLoopWorkerFactory {
@@ -60,6 +70,7 @@ impl ToolLoopWorkerFactory {
             store,
             tools: ToolRegistry::new(),
             system: None,
+            profile: None,
         }
     }
 
@@ -74,10 +85,44 @@ impl ToolLoopWorkerFactory {
         self.system = Some(system.into());
         self
     }
+
+    /// The supervisor's profile, whose allowed-models guard (and subagents) every spawn is
+    /// checked against; see the type's documentation.
+    pub fn supervisor_profile(mut self, profile: AgentProfile) -> Self {
+        self.profile = Some(Arc::new(profile));
+        self
+    }
+
+    /// The model every worker runs.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
 }
 
 #[async_trait]
 impl WorkerFactory for ToolLoopWorkerFactory {
+    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+        let Some(profile) = &self.profile else {
+            return Ok(());
+        };
+        Error::ensure_model_allowed(profile, &self.model_id)?;
+        if let AgentTarget::Subagent(name) = target {
+            let subagent = profile.subagent(name).ok_or_else(|| {
+                let known: Vec<&str> = profile.subagents.iter().map(|s| s.name.as_str()).collect();
+                Error::invalid(
+                    "subagent",
+                    format!(
+                        "profile `{}` has no subagent `{name}` (subagents: [{}])",
+                        profile.name,
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            Error::ensure_model_allowed(subagent, &self.model_id)?;
+        }
+        Ok(())
+    }
+
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         let max_turns = u32::try_from(spec.budget.turns).unwrap_or(u32::MAX);
         let budget = Budget::new(BudgetLimits::unlimited().tokens(spec.budget.tokens))
