@@ -58,6 +58,37 @@ pub struct McpServerConfig {
     pub transport: McpTransportConfig,
 }
 
+impl From<agentrt_profiles::McpTransport> for McpTransportConfig {
+    /// A profile's `command` (+ `args`, `env`) becomes [`McpTransportConfig::Stdio`]; its `url`
+    /// (+ `headers`) becomes [`McpTransportConfig::Http`].
+    fn from(transport: agentrt_profiles::McpTransport) -> Self {
+        match transport {
+            agentrt_profiles::McpTransport::Stdio { command, args, env } => {
+                McpTransportConfig::Stdio { command, args, env }
+            }
+            agentrt_profiles::McpTransport::Http { url, headers } => {
+                McpTransportConfig::Http { url, headers }
+            }
+        }
+    }
+}
+
+impl From<agentrt_profiles::McpServer> for McpServerConfig {
+    /// The server as a profile names it, under the same name.
+    fn from(server: agentrt_profiles::McpServer) -> Self {
+        McpServerConfig {
+            name: server.name,
+            transport: server.transport.into(),
+        }
+    }
+}
+
+impl From<&agentrt_profiles::McpServer> for McpServerConfig {
+    fn from(server: &agentrt_profiles::McpServer) -> Self {
+        server.clone().into()
+    }
+}
+
 /// A tool as an MCP server describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RemoteToolInfo {
@@ -351,6 +382,18 @@ impl McpToolset {
             }
         }
         Ok(set)
+    }
+
+    /// Connect to every MCP server `profile` names in `mcp_servers` (starting stdio servers,
+    /// connecting to HTTP ones), as [`McpToolset::connect`] does. A profile without MCP servers
+    /// gives an empty toolset.
+    pub async fn connect_profile(profile: &agentrt_profiles::AgentProfile) -> Result<Self, Error> {
+        let configs: Vec<McpServerConfig> = profile
+            .mcp_servers
+            .iter()
+            .map(McpServerConfig::from)
+            .collect();
+        McpToolset::connect(&configs).await
     }
 
     /// Register every tool in a core-loop [`ToolRegistry`] under its `<server>__<tool>` name.
