@@ -171,6 +171,18 @@ pub(crate) trait WriteConn: Send + 'static {
     ) -> Result<Option<Option<(SessionStatus, u64)>>, StoreError> {
         Ok(None)
     }
+    /// Appends a run of consecutive append requests with a few statements for the whole run,
+    /// when the backend can. Each request is checked against the session state as left by
+    /// the requests before it (in order); one request's failed check fails that request alone.
+    /// Returns one outcome per request (`Err` of the outer result: a database failure that
+    /// poisons the transaction). The default (`Ok(None)`) means "not supported".
+    async fn append_run(
+        &mut self,
+        _items: &[(SessionId, u64, &[PreparedEvent])],
+        _at_ms: i64,
+    ) -> Result<Option<Vec<Result<u64, StoreError>>>, StoreError> {
+        Ok(None)
+    }
     /// Check and advance in one statement: if the session is running at `expected`, sets its
     /// next seq to `next` and its update time; returns whether it did.
     async fn advance(
@@ -273,8 +285,25 @@ async fn apply_batch<W: WriteConn>(
     }
     let mut done: Vec<Pending> = Vec::with_capacity(cmds.len());
     let mut fatal: Option<StoreError> = None;
-    let mut rest = cmds.into_iter();
-    for cmd in rest.by_ref() {
+    let mut rest = cmds.into_iter().peekable();
+    while let Some(cmd) = rest.next() {
+        if let Cmd::Append { .. } = cmd {
+            // Consecutive appends go to the backend as one run (few statements for all).
+            let mut run = vec![cmd];
+            while let Some(next) = rest.next_if(|c| matches!(c, Cmd::Append { .. })) {
+                run.push(next);
+            }
+            for p in append_run(conn, run).await {
+                if fatal.is_none() {
+                    fatal = p.fatal();
+                }
+                done.push(p);
+            }
+            if fatal.is_some() {
+                break;
+            }
+            continue;
+        }
         let p = apply_one(conn, config, cmd).await;
         let f = p.fatal();
         done.push(p);
@@ -353,6 +382,66 @@ async fn apply_one<W: WriteConn>(conn: &mut W, config: &StoreConfig, cmd: Cmd) -
         } => {
             let r = conn.insert_blob(&address, &bytes).await.map(|()| address);
             Pending::Blob(reply, r)
+        }
+    }
+}
+
+/// Applies a run of append requests: in bulk when the backend supports it, else one by one.
+async fn append_run<W: WriteConn>(conn: &mut W, run: Vec<Cmd>) -> Vec<Pending> {
+    let mut items = Vec::with_capacity(run.len());
+    let mut replies = Vec::with_capacity(run.len());
+    for cmd in run {
+        if let Cmd::Append {
+            id,
+            expected,
+            events,
+            reply,
+        } = cmd
+        {
+            items.push((id, expected, events));
+            replies.push(reply);
+        }
+    }
+    let bulk = {
+        let refs: Vec<(SessionId, u64, &[PreparedEvent])> = items
+            .iter()
+            .map(|(id, expected, events)| (*id, *expected, events.as_slice()))
+            .collect();
+        conn.append_run(&refs, now_ms()).await
+    };
+    match bulk {
+        Ok(Some(results)) if results.len() == replies.len() => replies
+            .into_iter()
+            .zip(results)
+            .map(|(reply, r)| Pending::Seq(reply, r))
+            .collect(),
+        Ok(Some(_)) => {
+            let e = StoreError::Database("bulk append answered a different count".into());
+            replies
+                .into_iter()
+                .map(|reply| Pending::Seq(reply, Err(e.clone())))
+                .collect()
+        }
+        Err(e) => replies
+            .into_iter()
+            .map(|reply| Pending::Seq(reply, Err(e.clone())))
+            .collect(),
+        Ok(None) => {
+            let mut out = Vec::with_capacity(replies.len());
+            let mut failed: Option<StoreError> = None;
+            for ((id, expected, events), reply) in items.into_iter().zip(replies) {
+                let r = match &failed {
+                    // After a fatal failure the transaction is rolled back: apply nothing more.
+                    Some(e) => Err(e.clone()),
+                    None => append(conn, &id, expected, &events).await,
+                };
+                let p = Pending::Seq(reply, r);
+                if failed.is_none() {
+                    failed = p.fatal();
+                }
+                out.push(p);
+            }
+            out
         }
     }
 }

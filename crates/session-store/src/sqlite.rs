@@ -1,8 +1,9 @@
 //! The SQLite backend: one database file in WAL mode, written by one group-commit writer task.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,7 +21,7 @@ use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
     Cmd, EventRow, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats,
-    replay_stream, run_writer, send, session_from_row,
+    parse_id, replay_stream, run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
@@ -223,6 +224,103 @@ impl WriteConn for SqliteWriter {
         }
     }
 
+    async fn append_run(
+        &mut self,
+        items: &[(SessionId, u64, &[PreparedEvent])],
+        at_ms: i64,
+    ) -> Result<Option<Vec<Result<u64, StoreError>>>, StoreError> {
+        let conn = self.conn()?;
+        // 1. The state of every session of the run, in one statement.
+        let mut ids: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let ids_json = serde_json::to_string(&ids)
+            .map_err(|e| StoreError::Database(format!("encoding session ids: {e}")))?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, status, next_seq FROM sessions              WHERE id IN (SELECT value FROM json_each($1))",
+        )
+        .bind(ids_json)
+        .fetch_all(&mut **conn)
+        .await?;
+        let mut state: HashMap<SessionId, (SessionStatus, u64, bool)> =
+            HashMap::with_capacity(rows.len());
+        for (id, status, next) in rows {
+            let status = SessionStatus::from_str(&status)
+                .map_err(|_| StoreError::Corrupt(format!("stored status {status:?} is unknown")))?;
+            state.insert(parse_id(&id)?, (status, to_seq(next)?, false));
+        }
+        // 2. Each request checked in order against the state the requests before it left.
+        let mut results = Vec::with_capacity(items.len());
+        let mut writes: Vec<(&SessionId, u64, &PreparedEvent)> = Vec::new();
+        for (id, expected, events) in items {
+            let r = match state.get_mut(id) {
+                None => Err(StoreError::NotFound(*id)),
+                Some((status, _, _)) if status.is_final() => Err(StoreError::Finished {
+                    session: *id,
+                    status: *status,
+                }),
+                Some((_, actual, _)) if *actual != *expected => Err(StoreError::Conflict {
+                    session: *id,
+                    expected: *expected,
+                    actual: *actual,
+                }),
+                Some((_, next, touched)) => {
+                    for (i, e) in events.iter().enumerate() {
+                        writes.push((id, *expected + i as u64, e));
+                    }
+                    if !events.is_empty() {
+                        *next = *expected + events.len() as u64;
+                        *touched = true;
+                    }
+                    Ok(*next)
+                }
+            };
+            results.push(r);
+        }
+        // 3. All events of the accepted requests, in multi-row inserts.
+        let mut rest = writes.as_slice();
+        while !rest.is_empty() {
+            let (rows, sql) = insert_chunk(rest.len());
+            let (chunk, tail) = rest.split_at(rows);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (id, seq, e) in chunk {
+                q = q
+                    .bind(id.to_string())
+                    .bind(from_seq(*seq)?)
+                    .bind(at_ms)
+                    .bind(e.kind.as_str())
+                    .bind(e.json.as_str());
+            }
+            q.execute(&mut **conn).await?;
+            rest = tail;
+        }
+        // 4. Every advanced session's next seq, in one statement.
+        let advanced: Vec<(String, i64)> = state
+            .iter()
+            .filter(|(_, (_, _, touched))| *touched)
+            .map(|(id, (_, next, _))| Ok((id.to_string(), from_seq(*next)?)))
+            .collect::<Result<_, StoreError>>()?;
+        if !advanced.is_empty() {
+            let json = serde_json::to_string(&advanced)
+                .map_err(|e| StoreError::Database(format!("encoding session seqs: {e}")))?;
+            let done = sqlx::query(
+                "UPDATE sessions SET next_seq = json_extract(j.value, '$[1]'),                  updated_at_ms = $2 FROM json_each($1) AS j                  WHERE sessions.id = json_extract(j.value, '$[0]')",
+            )
+            .bind(json)
+            .bind(at_ms)
+            .execute(&mut **conn)
+            .await?;
+            if done.rows_affected() != advanced.len() as u64 {
+                return Err(StoreError::Database(format!(
+                    "advanced {} of {} sessions under the write lock",
+                    done.rows_affected(),
+                    advanced.len()
+                )));
+            }
+        }
+        Ok(Some(results))
+    }
+
     async fn advance(
         &mut self,
         id: &SessionId,
@@ -386,6 +484,24 @@ impl WriteConn for SqliteWriter {
         Ok(())
     }
 }
+
+/// The largest power of two of rows (at most [`MAX_INSERT_ROWS`]) not above `n`, and the
+/// multi-row event insert for that many rows. Power-of-two sizes keep the statement cache small.
+fn insert_chunk(n: usize) -> (usize, &'static str) {
+    static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
+        (0..=MAX_INSERT_ROWS.trailing_zeros())
+            .map(|k| {
+                let rows = vec!["(?, ?, ?, ?, ?)"; 1 << k].join(", ");
+                format!("INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES {rows}")
+            })
+            .collect()
+    });
+    let k = (usize::BITS - 1 - n.clamp(1, MAX_INSERT_ROWS).leading_zeros()) as usize;
+    (1 << k, SQL[k].as_str())
+}
+
+/// Most rows in one multi-row insert (5 bound values each, far below SQLite's variable limit).
+const MAX_INSERT_ROWS: usize = 256;
 
 const SELECT_SESSION: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
      updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions WHERE id = $1";

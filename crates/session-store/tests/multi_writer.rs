@@ -96,3 +96,78 @@ async fn two_postgres_handles_on_one_schema_keep_one_session_consistent() {
     drop(a);
     common::drop_schema(&url, &schema).await;
 }
+
+/// Appends that reach the writer together (one group-commit batch when they queue up) each get
+/// their own outcome: a conflict, an unknown or finished session, or an empty append fails or
+/// succeeds alone, and the good appends around them still commit, in order, without gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_of_sqlite_appends_gives_every_member_its_own_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("batch.db"))
+        .await
+        .unwrap();
+    let a = store.create(NewSession::new()).await.unwrap().id;
+    let b = store.create(NewSession::new()).await.unwrap().id;
+    let done = store.create(NewSession::new()).await.unwrap().id;
+    store
+        .finish(
+            &done,
+            0,
+            agentrt_session_store::Finish::completed(NewEvent::new("end", json!(null))),
+        )
+        .await
+        .unwrap();
+    let missing = SessionId::new();
+    let ev = |tag: &str| vec![NewEvent::new("e", json!(tag))];
+    let (r1, r2, r3, r4, r5, r6, r7) = tokio::join!(
+        store.append(
+            &a,
+            0,
+            vec![
+                NewEvent::new("e", json!("a0")),
+                NewEvent::new("e", json!("a1"))
+            ]
+        ),
+        store.append(&b, 0, ev("b0")),
+        store.append(&a, 0, ev("stale")),
+        store.append(&missing, 0, ev("nowhere")),
+        store.append(&done, 1, ev("late")),
+        store.append(&b, 1, Vec::new()),
+        store.append(&b, 1, ev("b1")),
+    );
+    assert_eq!(r1.unwrap(), 2);
+    assert_eq!(r2.unwrap(), 1);
+    assert!(
+        matches!(
+            r3,
+            Err(StoreError::Conflict {
+                expected: 0,
+                actual: 2,
+                ..
+            })
+        ),
+        "{r3:?}"
+    );
+    assert!(
+        matches!(r4, Err(StoreError::NotFound(id)) if id == missing),
+        "{r4:?}"
+    );
+    assert!(matches!(r5, Err(StoreError::Finished { .. })), "{r5:?}");
+    assert_eq!(r6.unwrap(), 1);
+    assert_eq!(r7.unwrap(), 2);
+    let tags = |id: SessionId| {
+        let store = store.clone();
+        async move {
+            let events: Vec<_> = store.replay(&id, 0).try_collect().await.unwrap();
+            events
+                .iter()
+                .map(|e| (e.seq, e.payload.clone()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(tags(a).await, vec![(0, json!("a0")), (1, json!("a1"))]);
+    assert_eq!(tags(b).await, vec![(0, json!("b0")), (1, json!("b1"))]);
+    assert_eq!(store.resume_point(&a).await.unwrap().next_seq, 2);
+    assert_eq!(store.resume_point(&b).await.unwrap().next_seq, 2);
+    assert_eq!(store.resume_point(&done).await.unwrap().next_seq, 1);
+}
