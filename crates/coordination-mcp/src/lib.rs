@@ -13,6 +13,9 @@
 //!   [`ToolLoopWorkerFactory`]: workers running core-loop's `run_tool_loop`.
 //! - [`CoordinationServer`], [`serve_stdio`], [`serve_http`]: the verbs as MCP tools (rmcp), over
 //!   stdio or streamable HTTP (loopback by default, bearer token, Origin check).
+//! - [`keep_best_delivered`]: the finalizer — the best delivered candidate (ranked by a
+//!   [`CandidateSelector`]) that also passes the parent's [`Deliverable`], or an explicit
+//!   [`FinalOutcome::NoneDelivered`].
 //! - [`McpToolset`] / [`RemoteTool`]: the MCP client for the external servers a profile uses;
 //!   a [`RemoteTool`] is a core-loop `Tool`.
 //!
@@ -52,6 +55,7 @@ mod budget;
 mod check;
 mod client;
 mod error;
+mod finalize;
 mod scripted;
 mod server;
 mod supervisor;
@@ -68,6 +72,10 @@ pub use client::{
     RemoteToolOutput,
 };
 pub use error::Error;
+pub use finalize::{
+    CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, Rejection,
+    keep_best_delivered,
+};
 pub use scripted::ScriptedWorkerFactory;
 pub use server::{
     CoordinationServer, HttpServerHandle, HttpServerOptions, SERVER_INSTRUCTIONS, serve_http,
