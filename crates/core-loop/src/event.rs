@@ -336,6 +336,8 @@ fn error_kind(error: &crate::Error) -> &'static str {
         Error::Connect(_) => "connect",
         Error::Timeout(_) => "timeout",
         Error::MalformedStream(_) => "malformed_stream",
+        Error::Worker { .. } => "worker",
+        Error::NoAnswer { .. } => "no_answer",
         #[allow(unreachable_patterns)]
         _ => "other",
     }
