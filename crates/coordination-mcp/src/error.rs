@@ -66,6 +66,12 @@ pub enum Error {
         /// The models the profile allows.
         allowed: Vec<String>,
     },
+    /// `supervise` does not run this harness yet (only `router` runs in-process).
+    #[error("harness `{harness}` is not supported by supervise yet (supported: router)")]
+    HarnessNotSupported {
+        /// The profile's harness.
+        harness: String,
+    },
     /// The worker factory refused the spawn target or a worker failed while running.
     #[error("worker: {0}")]
     Worker(String),
@@ -108,6 +114,7 @@ impl Error {
             Error::NotRunning { .. } => "not_running",
             Error::BudgetExhausted { .. } => "budget_exhausted",
             Error::ModelNotAllowed { .. } => "model_not_allowed",
+            Error::HarnessNotSupported { .. } => "harness_not_supported",
             Error::Worker(_) => "worker",
             Error::Check(_) => "check",
             Error::Mcp { .. } => "mcp",

@@ -58,6 +58,7 @@ mod error;
 mod finalize;
 mod scripted;
 mod server;
+mod supervise;
 mod supervisor;
 mod tool_loop_worker;
 mod verbs;
@@ -80,6 +81,9 @@ pub use scripted::ScriptedWorkerFactory;
 pub use server::{
     CoordinationServer, HttpServerHandle, HttpServerOptions, SERVER_INSTRUCTIONS, serve_http,
     serve_stdio,
+};
+pub use supervise::{
+    SuperviseOptions, SupervisionOutcome, supervise, supervisor_instructions, verb_tools,
 };
 pub use supervisor::{Supervisor, SupervisorOptions};
 pub use tool_loop_worker::ToolLoopWorkerFactory;

@@ -1,0 +1,159 @@
+//! `supervise`: a scripted supervisor model drives the verbs over scripted workers, and the
+//! keep-best-delivered finalizer decides the outcome.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use agentrt_coordination_mcp::{
+    BudgetAmount, Error, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
+    supervisor_instructions,
+};
+use agentrt_core_loop::StopReason;
+use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
+use agentrt_profiles::AgentProfile;
+use serde_json::{Value, json};
+
+fn profile(harness: &str) -> AgentProfile {
+    AgentProfile::from_json_str(
+        &json!({
+            "name": "boss",
+            "harness": harness,
+            "model": {"provider": "scripted", "default": "brain", "allowed": ["brain"]},
+            "instructions": "Delegate the work.",
+            "subagents": [{
+                "name": "helper", "harness": "router",
+                "model": {"provider": "scripted", "default": "brain"}
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+fn tool_results(request: &ChatRequest) -> Vec<String> {
+    request
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Tool { content, .. } => Some(content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// spawn_agent (with `check`) → await_agent → answer.
+fn scripted_supervisor(check: &'static str) -> ScriptedModel {
+    ScriptedModel::from_fn(move |request| {
+        let results = tool_results(request);
+        match results.len() {
+            0 => ScriptedTurn::tool_call(
+                "s1",
+                "spawn_agent",
+                json!({
+                    "subagent": "helper",
+                    "task": "write it",
+                    "budget": {"tokens": 100, "turns": 2},
+                    "completion_check": {"kind": "output_contains", "text": check},
+                })
+                .to_string(),
+            ),
+            1 => {
+                let spawned: Value = serde_json::from_str(&results[0]).unwrap();
+                ScriptedTurn::tool_call(
+                    "a1",
+                    "await_agent",
+                    json!({"ids": [spawned["id"]], "timeout_ms": 20_000}).to_string(),
+                )
+            }
+            _ => ScriptedTurn::text("the helper finished"),
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_router_supervisor_spawns_awaits_and_keeps_the_delivered_worker() {
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new().turns(1)),
+    );
+    let result = supervise(&profile("router"), "get it written", options)
+        .await
+        .unwrap();
+    assert_eq!(result.stop, StopReason::Answered);
+    assert_eq!(result.answer.as_deref(), Some("the helper finished"));
+    let winner = result.outcome.winner().expect("a delivered winner");
+    assert!(winner.output.contains("done: write it"), "{winner:?}");
+    assert!(result.budget.spent.turns >= 1);
+    assert_eq!(
+        result.budget.reserved,
+        BudgetAmount::default(),
+        "nothing left reserved"
+    );
+}
+
+#[tokio::test]
+async fn when_the_worker_is_not_delivered_the_outcome_says_none_was() {
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("never in the output")),
+        Arc::new(ScriptedWorkerFactory::new().turns(1)),
+    );
+    let result = supervise(&profile("router"), "get it written", options)
+        .await
+        .unwrap();
+    match result.outcome {
+        FinalOutcome::NoneDelivered { rejected } => {
+            assert_eq!(rejected.len(), 1);
+            assert!(rejected[0].reason.contains("not delivered"), "{rejected:?}");
+        }
+        other => panic!("expected NoneDelivered, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn other_harnesses_are_a_typed_not_supported_error() {
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new()),
+    );
+    let error = supervise(&profile("claude-code"), "task", options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::HarnessNotSupported { harness } if harness == "claude-code"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_supervisors_own_model_is_checked_by_the_allowed_models_guard() {
+    let mut options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new()),
+    );
+    options.model_id = Some("other".into());
+    let error = supervise(&profile("router"), "task", options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, Error::ModelNotAllowed { model, .. } if model == "other"),
+        "{error}"
+    );
+}
+
+#[test]
+fn the_standing_prompt_explains_the_verbs_and_names_the_subagents() {
+    let text = supervisor_instructions(&profile("router"));
+    for needle in [
+        "boss",
+        "spawn_agent",
+        "await_agent",
+        "helper",
+        "Delegate the work.",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in {text}");
+    }
+}
