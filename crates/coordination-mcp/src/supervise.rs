@@ -17,11 +17,44 @@ use crate::finalize::{
 };
 use crate::server::SERVER_INSTRUCTIONS;
 use crate::supervisor::{Supervisor, SupervisorOptions};
+use crate::verbs::AgentTarget;
 use crate::verbs::{
     AwaitAgent, AwaitMode, BudgetAmount, Coordinator, ObserveAgent, SpawnAgent, SteerAgent,
     StopAgent,
 };
-use crate::worker::WorkerFactory;
+use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+
+/// Wraps the caller's worker factory so that every spawn's model (as the factory reports it
+/// through [`WorkerFactory::model_for`]) passes the supervisor profile's allowed-models guard,
+/// and a subagent target's own guard too.
+struct Guarded {
+    inner: Arc<dyn WorkerFactory>,
+    profile: Arc<AgentProfile>,
+}
+
+#[async_trait]
+impl WorkerFactory for Guarded {
+    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+        self.inner.validate(target)?;
+        if let Some(model) = self.inner.model_for(target) {
+            Error::ensure_model_allowed(&self.profile, &model)?;
+            if let AgentTarget::Subagent(name) = target
+                && let Some(subagent) = self.profile.subagent(name)
+            {
+                Error::ensure_model_allowed(subagent, &model)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn model_for(&self, target: &AgentTarget) -> Option<String> {
+        self.inner.model_for(target)
+    }
+
+    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+        self.inner.run(spec, ctx).await
+    }
+}
 
 /// Everything [`supervise`] needs; only the budget, the supervisor's model and the workers are
 /// required, the rest have defaults.
@@ -209,7 +242,9 @@ pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
 ///
 /// For [`Harness::Router`] the supervisor is an in-process tool loop (`options.model`) whose
 /// tools are the five verbs ([`verb_tools`]) over a [`Supervisor`] with `options.workers`,
-/// prompted by [`supervisor_instructions`]. When the loop stops, live workers are stopped and
+/// prompted by [`supervisor_instructions`]. Every spawn's model (see
+/// [`WorkerFactory::model_for`]) must pass the profile's allowed-models guard, or the spawn
+/// fails with [`Error::ModelNotAllowed`] and nothing is reserved. When the loop stops, live workers are stopped and
 /// every worker's result goes through [`keep_best_delivered`].
 ///
 /// # Errors
@@ -236,8 +271,12 @@ pub async fn supervise(
         .unwrap_or_else(|| profile.model.default.clone());
     Error::ensure_model_allowed(profile, &model_id)?;
 
+    let workers: Arc<dyn WorkerFactory> = Arc::new(Guarded {
+        inner: options.workers.clone(),
+        profile: Arc::new(profile.clone()),
+    });
     let supervisor = Supervisor::with_checker(
-        options.workers.clone(),
+        workers,
         options.checker.clone(),
         SupervisorOptions::with_root_budget(options.budget),
     );

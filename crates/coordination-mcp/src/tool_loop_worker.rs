@@ -123,6 +123,10 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         Ok(())
     }
 
+    fn model_for(&self, _target: &AgentTarget) -> Option<String> {
+        Some(self.model_id.clone())
+    }
+
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         let max_turns = u32::try_from(spec.budget.turns).unwrap_or(u32::MAX);
         let budget = Budget::new(BudgetLimits::unlimited().tokens(spec.budget.tokens))

@@ -40,6 +40,14 @@ pub trait WorkerFactory: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The model this factory's workers run for `target`, when they run one (scripted workers
+    /// run none). [`supervise`](crate::supervise) checks it against the supervisor profile's
+    /// allowed-models guard at spawn time. The default is `None`.
+    fn model_for(&self, target: &AgentTarget) -> Option<String> {
+        let _ = target;
+        None
+    }
+
     /// Run the worker to completion. An `Err` marks the agent failed.
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error>;
 }

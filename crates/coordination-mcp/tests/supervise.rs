@@ -157,3 +157,44 @@ fn the_standing_prompt_explains_the_verbs_and_names_the_subagents() {
         assert!(text.contains(needle), "missing {needle:?} in {text}");
     }
 }
+
+#[tokio::test]
+async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_nothing_is_spent() {
+    use agentrt_coordination_mcp::ToolLoopWorkerFactory;
+    use agentrt_session_store::MemoryStore;
+
+    let worker_model = ScriptedModel::from_fn(|_| ScriptedTurn::text("done: x"));
+    // The factory itself has no guard configured: supervise enforces the profile's anyway.
+    let workers =
+        ToolLoopWorkerFactory::new(Arc::new(worker_model), "huge", Arc::new(MemoryStore::new()));
+    let brain = ScriptedModel::from_fn(|request| {
+        match tool_results(request).first() {
+        None => ScriptedTurn::tool_call(
+            "s1",
+            "spawn_agent",
+            json!({"profile": "w", "task": "t", "completion_check": {"kind": "output_contains", "text": "done:"}})
+                .to_string(),
+        ),
+        Some(result) => ScriptedTurn::text(format!("spawn said: {result}")),
+    }
+    });
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(brain),
+        Arc::new(workers),
+    );
+    let result = supervise(&profile("router"), "task", options)
+        .await
+        .unwrap();
+    let answer = result.answer.unwrap();
+    assert!(
+        answer.contains("model_not_allowed") && answer.contains("huge"),
+        "{answer}"
+    );
+    assert_eq!(
+        result.outcome,
+        FinalOutcome::NoneDelivered { rejected: vec![] }
+    );
+    assert_eq!(result.budget.spent, BudgetAmount::default());
+    assert_eq!(result.budget.reserved, BudgetAmount::default());
+}
