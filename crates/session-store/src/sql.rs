@@ -750,3 +750,177 @@ pub(crate) async fn send<T>(
 
 /// Rows per chunk when replaying.
 pub(crate) const REPLAY_CHUNK: i64 = 8192;
+
+/// The `SessionStore` impl shared by the SQL backends: writes go to the backend's group-commit writer
+/// task, reads run the same SQL on the backend's read pool. Items it names (`SELECT_SESSION`,
+/// `LIST_SESSIONS`, `session_from_row`, …) resolve where it is invoked, so each backend supplies its
+/// own dialect of those queries.
+macro_rules! sql_session_store {
+    ($store:ty, $pool:ty) => {
+        #[async_trait]
+        impl SessionStore for $store {
+            async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+                let (session, metadata_json) = self.inner.config.prepare_session(new)?;
+                send(&self.inner.writer, |reply| Cmd::Create {
+                    session,
+                    metadata_json,
+                    reply,
+                })
+                .await
+            }
+
+            async fn append(
+                &self,
+                session: &SessionId,
+                expected_seq: u64,
+                events: Vec<NewEvent>,
+            ) -> Result<u64, StoreError> {
+                let events = self.inner.config.prepare_events(events)?;
+                send(&self.inner.writer, |reply| Cmd::Append {
+                    id: *session,
+                    expected: expected_seq,
+                    events,
+                    reply,
+                })
+                .await
+            }
+
+            async fn finish(
+                &self,
+                session: &SessionId,
+                expected_seq: u64,
+                finish: Finish,
+            ) -> Result<Event, StoreError> {
+                let finish = Box::new(self.inner.config.prepare_finish(finish)?);
+                send(&self.inner.writer, |reply| Cmd::Finish {
+                    id: *session,
+                    expected: expected_seq,
+                    finish,
+                    reply,
+                })
+                .await
+            }
+
+            async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
+                send(&self.inner.writer, |reply| Cmd::Reopen {
+                    id: *session,
+                    reply,
+                })
+                .await
+            }
+
+            fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
+                replay_events(self.inner.read.clone(), *session, from_seq)
+            }
+
+            async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
+                let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION)
+                    .bind(session.to_string())
+                    .fetch_optional(&self.inner.read)
+                    .await?;
+                row.map(session_from_row)
+                    .transpose()?
+                    .ok_or(StoreError::NotFound(*session))
+            }
+
+            async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
+                let (limit, cursor) = filter.resolved()?;
+                let rows: Vec<SessionRow> = sqlx::query_as(LIST_SESSIONS)
+                    .bind(filter.status.map(|s| s.as_str()))
+                    .bind(filter.profile.as_deref())
+                    .bind(filter.created_from_ms)
+                    .bind(filter.created_before_ms)
+                    .bind(cursor.map(|c| c.to_string()))
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.inner.read)
+                    .await?;
+                let mut items = rows
+                    .into_iter()
+                    .map(session_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(page(&mut items, limit as usize))
+            }
+
+            async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
+                let row: Option<(String, i64)> =
+                    sqlx::query_as("SELECT status, next_seq FROM sessions WHERE id = $1")
+                        .bind(session.to_string())
+                        .fetch_optional(&self.inner.read)
+                        .await?;
+                let (status, next) = row.ok_or(StoreError::NotFound(*session))?;
+                Ok(ResumePoint {
+                    next_seq: to_seq(next)?,
+                    status: status.parse().map_err(|_| {
+                        StoreError::Corrupt(format!("stored status {status:?} is unknown"))
+                    })?,
+                })
+            }
+
+            async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
+                send(&self.inner.writer, |reply| Cmd::Fork {
+                    id: *session,
+                    at_seq,
+                    reply,
+                })
+                .await
+            }
+
+            async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
+                self.inner.config.check_blob(bytes)?;
+                let address = BlobAddress::of(bytes);
+                let bytes = bytes.to_vec();
+                send(&self.inner.writer, |reply| Cmd::PutBlob {
+                    address,
+                    bytes,
+                    reply,
+                })
+                .await
+            }
+
+            async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
+                let row: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT data FROM blobs WHERE address = $1")
+                        .bind(address.as_str())
+                        .fetch_optional(&self.inner.read)
+                        .await?;
+                let (bytes,) = row.ok_or_else(|| StoreError::BlobNotFound(address.clone()))?;
+                verify_blob(address, bytes)
+            }
+        }
+
+        /// One replay chunk of rows.
+        const REPLAY_CHUNK_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
+             WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
+
+        fn replay_events(pool: $pool, session: SessionId, from_seq: u64) -> EventStream {
+            let sid = session.to_string();
+            let exists = {
+                let (pool, sid) = (pool.clone(), sid.clone());
+                async move {
+                    let row: Option<(i64,)> =
+                        sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
+                            .bind(sid)
+                            .fetch_optional(&pool)
+                            .await?;
+                    Ok(row.is_some())
+                }
+                .boxed()
+            };
+            let fetch: FetchChunk = Box::new(move |from: i64| {
+                let (pool, sid) = (pool.clone(), sid.clone());
+                async move {
+                    let rows: Vec<EventRow> = sqlx::query_as(REPLAY_CHUNK_SQL)
+                        .bind(sid)
+                        .bind(from)
+                        .bind(REPLAY_CHUNK)
+                        .fetch_all(&pool)
+                        .await?;
+                    Ok(rows)
+                }
+                .boxed()
+            });
+            replay_stream(session, from_seq, exists, fetch)
+        }
+    };
+}
+pub(crate) use sql_session_store;
