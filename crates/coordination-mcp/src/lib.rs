@@ -16,6 +16,8 @@
 //! - [`keep_best_delivered`]: the finalizer — the best delivered candidate (ranked by a
 //!   [`CandidateSelector`]) that also passes the parent's [`Deliverable`], or an explicit
 //!   [`FinalOutcome::NoneDelivered`].
+//! - [`breadth_strategy`] / [`depth_strategy`]: ready [`Strategy`] policies over any
+//!   [`Coordinator`] — k parallel workers, or one worker refined until its check passes.
 //! - [`McpToolset`] / [`RemoteTool`]: the MCP client for the external servers a profile uses;
 //!   a [`RemoteTool`] is a core-loop `Tool`.
 //!
@@ -58,6 +60,7 @@ mod error;
 mod finalize;
 mod scripted;
 mod server;
+mod strategy;
 mod supervise;
 mod supervisor;
 mod tool_loop_worker;
@@ -66,7 +69,8 @@ mod worker;
 
 pub use budget::PoolSnapshot;
 pub use check::{
-    CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, OutputPredicate,
+    CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, JudgeModel,
+    OutputPredicate,
 };
 pub use client::{
     McpConnection, McpServerConfig, McpToolset, McpTransportConfig, RemoteTool, RemoteToolInfo,
@@ -81,6 +85,10 @@ pub use scripted::ScriptedWorkerFactory;
 pub use server::{
     CoordinationServer, HttpServerHandle, HttpServerOptions, SERVER_INSTRUCTIONS, serve_http,
     serve_stdio,
+};
+pub use strategy::{
+    BreadthStrategy, DepthStrategy, SpawnPlan, Strategy, StrategyRun, StrategyStop,
+    breadth_strategy, depth_strategy,
 };
 pub use supervise::{
     SuperviseOptions, SupervisionOutcome, supervise, supervisor_instructions, verb_tools,

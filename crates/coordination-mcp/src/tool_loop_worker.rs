@@ -28,6 +28,10 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 /// whole token reservation spent (unknown never becomes zero). Steering reaches the model as a
 /// user message at the loop's next turn boundary.
 ///
+/// A `subagent` target of the supervisor's profile runs with that subagent's own system prompt
+/// and instructions instead of the factory-wide [`system`](ToolLoopWorkerFactory::system)
+/// prompt.
+///
 /// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
 /// then decides delivery); budget exhaustion, cancellation and failure fail it.
 ///
@@ -97,6 +101,25 @@ impl ToolLoopWorkerFactory {
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
+
+    /// The system prompt of a worker running `target`: a subagent of the supervisor's profile
+    /// speaks with its own voice (its system prompt, then its instructions), in place of the
+    /// factory-wide prompt; other targets, and a subagent that declares neither, get the
+    /// factory-wide prompt.
+    fn system_for(&self, target: &AgentTarget) -> Option<String> {
+        let own = match (target, &self.profile) {
+            (AgentTarget::Subagent(name), Some(profile)) => profile.subagent(name).and_then(|s| {
+                let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|part| !part.trim().is_empty())
+                    .collect();
+                (!parts.is_empty()).then(|| parts.join("\n\n"))
+            }),
+            _ => None,
+        };
+        own.or_else(|| self.system.clone())
+    }
 }
 
 #[async_trait]
@@ -137,8 +160,8 @@ impl WorkerFactory for ToolLoopWorkerFactory {
             self.model_id.clone(),
             self.store.clone(),
         );
-        if let Some(system) = &self.system {
-            config = config.system(system.clone());
+        if let Some(system) = self.system_for(&spec.target) {
+            config = config.system(system);
         }
         let config = config
             .user(spec.task.clone())
@@ -191,5 +214,110 @@ impl WorkerFactory for ToolLoopWorkerFactory {
             StopReason::Answered | StopReason::MaxTurns { .. } => Ok(()),
             other => Err(Error::Worker(format!("tool loop stopped: {other}"))),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
+    use agentrt_session_store::MemoryStore;
+
+    use super::*;
+    use crate::{AwaitAgent, AwaitMode, CompletionCheck, Coordinator, SpawnAgent, Supervisor};
+
+    fn boss() -> AgentProfile {
+        AgentProfile::from_toml_str(
+            r#"
+name = "boss"
+harness = "router"
+system_prompt = "You are the boss."
+[model]
+provider = "openai-compatible"
+default = "small"
+
+[[subagents]]
+name = "critic"
+harness = "router"
+system_prompt = "You are the critic."
+instructions = "Answer in one line."
+[subagents.model]
+provider = "openai-compatible"
+default = "small"
+
+[[subagents]]
+name = "plain"
+harness = "router"
+[subagents.model]
+provider = "openai-compatible"
+default = "small"
+"#,
+        )
+        .unwrap()
+    }
+
+    /// Runs one worker whose model answers with the system prompt it was given.
+    async fn system_prompt_seen_by(profile: Option<&str>, subagent: Option<&str>) -> String {
+        let model = ScriptedModel::from_fn(|request| {
+            let system: Vec<&str> = request
+                .messages
+                .iter()
+                .filter_map(|m| match m {
+                    Message::System { content } => Some(content.as_str()),
+                    _ => None,
+                })
+                .collect();
+            ScriptedTurn::text(system.join(" | ")).with_usage(1, 1)
+        });
+        let factory =
+            ToolLoopWorkerFactory::new(Arc::new(model), "small", Arc::new(MemoryStore::new()))
+                .system("You are a generic worker.")
+                .supervisor_profile(boss());
+        let supervisor = Supervisor::new(
+            Arc::new(factory),
+            crate::SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+        );
+        let id = supervisor
+            .spawn_agent(SpawnAgent {
+                profile: profile.map(str::to_owned),
+                subagent: subagent.map(str::to_owned),
+                task: "review".into(),
+                completion_check: Some(CompletionCheck::OutputContains { text: "You".into() }),
+                ..SpawnAgent::default()
+            })
+            .await
+            .unwrap()
+            .id;
+        let done = supervisor
+            .await_agent(AwaitAgent {
+                ids: vec![id],
+                timeout_ms: 20_000,
+                mode: AwaitMode::All,
+            })
+            .await
+            .unwrap();
+        assert!(done.settled[0].status.is_delivered(), "{done:?}");
+        done.settled[0].output.clone()
+    }
+
+    #[tokio::test]
+    async fn a_subagent_runs_with_its_own_system_prompt_and_instructions() {
+        assert_eq!(
+            system_prompt_seen_by(None, Some("critic")).await,
+            "You are the critic.\n\nAnswer in one line.",
+            "the subagent's own prompt replaces the factory-wide one"
+        );
+    }
+
+    #[tokio::test]
+    async fn profiles_and_subagents_without_a_prompt_get_the_factory_wide_prompt() {
+        assert_eq!(
+            system_prompt_seen_by(None, Some("plain")).await,
+            "You are a generic worker."
+        );
+        assert_eq!(
+            system_prompt_seen_by(Some("anyone"), None).await,
+            "You are a generic worker."
+        );
     }
 }
