@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_core_loop::model::{ChatModel, ChatRequest, Message};
+use agentrt_core_loop::worker::{ExecRequest, WorkerBox};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -41,8 +42,8 @@ pub enum CompletionCheck {
         name: String,
     },
     /// Runs `program` with `args`, the output on standard input; passes on exit status 0. Runs
-    /// in the worker's box directory when the supervisor knows it. Only available when the host
-    /// enabled command checks.
+    /// inside the worker's box (sandbox) when the supervisor has it, else in the worker's box
+    /// directory when it knows that. Only available when the host enabled command checks.
     Command {
         /// The program to run.
         program: String,
@@ -95,13 +96,29 @@ impl CheckOutcome {
 ///
 /// Every field is optional; an unknown field means the supervisor does not know it (a scripted
 /// worker runs no model, a worker without a sandbox has no box).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct CheckContext {
     /// The model the worker ran, when it ran one. A judge check refuses a judge with this id.
     pub worker_model: Option<String>,
-    /// The worker's box (workspace) directory. Command checks run there.
+    /// The worker's box (workspace) directory. Command checks run there when there is no
+    /// [`worker_box`](CheckContext::worker_box).
     pub box_dir: Option<PathBuf>,
+    /// The worker's live box (sandbox). Command checks run inside it, under its isolation.
+    pub worker_box: Option<Arc<dyn WorkerBox>>,
+}
+
+impl std::fmt::Debug for CheckContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckContext")
+            .field("worker_model", &self.worker_model)
+            .field("box_dir", &self.box_dir)
+            .field(
+                "worker_box",
+                &self.worker_box.as_ref().map(|b| b.id().to_owned()),
+            )
+            .finish()
+    }
 }
 
 impl CheckContext {
@@ -119,6 +136,12 @@ impl CheckContext {
     /// Set the worker's box directory.
     pub fn box_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.box_dir = Some(dir.into());
+        self
+    }
+
+    /// Set the worker's live box; command checks then run inside it.
+    pub fn worker_box(mut self, worker_box: Arc<dyn WorkerBox>) -> Self {
+        self.worker_box = Some(worker_box);
         self
     }
 }
@@ -446,7 +469,16 @@ impl CompletionChecker for DefaultChecker {
                 let timeout = timeout_ms
                     .map(Duration::from_millis)
                     .unwrap_or(DEFAULT_COMMAND_TIMEOUT);
-                run_command_check(program, args, output, timeout, ctx.box_dir.as_deref()).await
+                match &ctx.worker_box {
+                    Some(worker_box) => {
+                        run_command_in_box(worker_box.as_ref(), program, args, output, timeout)
+                            .await
+                    }
+                    None => {
+                        run_command_check(program, args, output, timeout, ctx.box_dir.as_deref())
+                            .await
+                    }
+                }
             }
             CompletionCheck::Judge { model, criteria } => {
                 let judge = self.judges.get(model).ok_or_else(|| {
@@ -458,6 +490,55 @@ impl CompletionChecker for DefaultChecker {
                 judge.judge(criteria, output).await
             }
         }
+    }
+}
+
+/// The command check inside the worker's box: same contract as on the host (output on standard
+/// input, exit status 0 passes), under the box's isolation, from its workspace root.
+async fn run_command_in_box(
+    worker_box: &dyn WorkerBox,
+    program: &str,
+    args: &[String],
+    output: &str,
+    timeout: Duration,
+) -> Result<CheckOutcome, Error> {
+    let mut request =
+        ExecRequest::new(std::iter::once(program.to_owned()).chain(args.iter().cloned()));
+    request.stdin = Some(output.as_bytes().to_vec());
+    request.timeout = Some(timeout);
+    let box_id = worker_box.id();
+    let outcome = worker_box
+        .exec(request, None)
+        .await
+        .map_err(|e| Error::Check(format!("cannot run `{program}` in box {box_id}: {e}")))?;
+    if outcome.timed_out {
+        return Err(Error::Check(format!(
+            "`{program}` did not finish within {} ms in box {box_id}",
+            timeout.as_millis()
+        )));
+    }
+    if outcome.success() {
+        return Ok(CheckOutcome::pass(format!(
+            "`{program}` exited with status 0 in box {box_id}"
+        )));
+    }
+    let how = match (outcome.code, outcome.signal) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "an unknown status".to_owned(),
+    };
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    Ok(CheckOutcome::fail(format!(
+        "`{program}` exited with {how} in box {box_id}: {}",
+        tail(&stderr, 400).trim()
+    )))
+}
+
+/// The last `max` characters of `text`.
+fn tail(text: &str, max: usize) -> &str {
+    match text.char_indices().rev().nth(max.saturating_sub(1)) {
+        Some((start, _)) => &text[start..],
+        None => text,
     }
 }
 

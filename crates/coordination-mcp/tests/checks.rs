@@ -269,6 +269,43 @@ async fn a_command_check_runs_in_the_workers_box_directory() {
     );
 }
 
+#[tokio::test]
+async fn a_command_check_runs_inside_the_workers_box_when_the_supervisor_has_it() {
+    use agentrt_sandbox_lineage::{BoxSpec, LocalDirBackend, Sandbox};
+
+    let state = tempfile::tempdir().unwrap();
+    let backend = LocalDirBackend::new(state.path()).unwrap();
+    let worker_box = Arc::new(backend.create(&BoxSpec::default()).await.unwrap());
+    worker_box.write_file("marker.txt", b"built").await.unwrap();
+    let ctx = CheckContext::new().worker_box(worker_box.clone());
+    let checker = DefaultChecker::new().allow_commands(true);
+
+    let in_box = checker.check_in(&marker_check(), "", &ctx).await.unwrap();
+    assert!(in_box.passed, "{in_box:?}");
+    assert!(in_box.detail.contains("in box"), "{in_box:?}");
+
+    // The output still arrives on standard input inside the box.
+    let grep = |pattern: &str| CompletionCheck::Command {
+        program: "grep".into(),
+        args: vec!["-q".into(), pattern.into()],
+        timeout_ms: Some(10_000),
+    };
+    assert!(
+        checker
+            .check_in(&grep("Paris"), "Paris.", &ctx)
+            .await
+            .unwrap()
+            .passed
+    );
+    let missing = checker
+        .check_in(&grep("Rome"), "Paris.", &ctx)
+        .await
+        .unwrap();
+    assert!(!missing.passed);
+    assert!(missing.detail.contains("exit code 1"), "{missing:?}");
+    worker_box.destroy().await.unwrap();
+}
+
 /// A checker written before the context existed: only `validate` and `check`.
 struct Legacy;
 
