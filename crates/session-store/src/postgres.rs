@@ -452,4 +452,39 @@ const LIST_SESSIONS: &str = "SELECT id, parent_id, fork_seq, profile, status, cr
      AND ($3::bigint IS NULL OR created_at_ms >= $3) AND ($4::bigint IS NULL OR created_at_ms < $4) \
      AND ($5::text IS NULL OR id < $5) ORDER BY id DESC LIMIT $6";
 
-crate::sql::sql_session_store!(PostgresStore, PgPool);
+/// One replay chunk of rows.
+const REPLAY_CHUNK_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
+     WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
+
+/// Replays through the read pool, one chunk of rows per query (see [`replay_stream`]).
+fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStream {
+    let pool = inner.read.clone();
+    let sid = session.to_string();
+    let exists = {
+        let (pool, sid) = (pool.clone(), sid.clone());
+        async move {
+            let row: Option<(i64,)> = sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
+                .bind(sid)
+                .fetch_optional(&pool)
+                .await?;
+            Ok(row.is_some())
+        }
+        .boxed()
+    };
+    let fetch: FetchChunk = Box::new(move |from: i64| {
+        let (pool, sid) = (pool.clone(), sid.clone());
+        async move {
+            let rows: Vec<EventRow> = sqlx::query_as(REPLAY_CHUNK_SQL)
+                .bind(sid)
+                .bind(from)
+                .bind(REPLAY_CHUNK)
+                .fetch_all(&pool)
+                .await?;
+            Ok(rows)
+        }
+        .boxed()
+    });
+    replay_stream(session, from_seq, exists, fetch)
+}
+
+crate::sql::sql_session_store!(PostgresStore);

@@ -753,10 +753,10 @@ pub(crate) const REPLAY_CHUNK: i64 = 8192;
 
 /// The `SessionStore` impl shared by the SQL backends: writes go to the backend's group-commit writer
 /// task, reads run the same SQL on the backend's read pool. Items it names (`SELECT_SESSION`,
-/// `LIST_SESSIONS`, `session_from_row`, …) resolve where it is invoked, so each backend supplies its
-/// own dialect of those queries.
+/// `LIST_SESSIONS`, `session_from_row`, `replay_events`, …) resolve where it is invoked, so each
+/// backend supplies its own dialect of those queries and its own way of replaying.
 macro_rules! sql_session_store {
-    ($store:ty, $pool:ty) => {
+    ($store:ty) => {
         #[async_trait]
         impl SessionStore for $store {
             async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
@@ -810,7 +810,7 @@ macro_rules! sql_session_store {
             }
 
             fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-                replay_events(self.inner.read.clone(), *session, from_seq)
+                replay_events(&self.inner, *session, from_seq)
             }
 
             async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
@@ -886,40 +886,6 @@ macro_rules! sql_session_store {
                 let (bytes,) = row.ok_or_else(|| StoreError::BlobNotFound(address.clone()))?;
                 verify_blob(address, bytes)
             }
-        }
-
-        /// One replay chunk of rows.
-        const REPLAY_CHUNK_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
-             WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
-
-        fn replay_events(pool: $pool, session: SessionId, from_seq: u64) -> EventStream {
-            let sid = session.to_string();
-            let exists = {
-                let (pool, sid) = (pool.clone(), sid.clone());
-                async move {
-                    let row: Option<(i64,)> =
-                        sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
-                            .bind(sid)
-                            .fetch_optional(&pool)
-                            .await?;
-                    Ok(row.is_some())
-                }
-                .boxed()
-            };
-            let fetch: FetchChunk = Box::new(move |from: i64| {
-                let (pool, sid) = (pool.clone(), sid.clone());
-                async move {
-                    let rows: Vec<EventRow> = sqlx::query_as(REPLAY_CHUNK_SQL)
-                        .bind(sid)
-                        .bind(from)
-                        .bind(REPLAY_CHUNK)
-                        .fetch_all(&pool)
-                        .await?;
-                    Ok(rows)
-                }
-                .boxed()
-            });
-            replay_stream(session, from_seq, exists, fetch)
         }
     };
 }
