@@ -15,6 +15,12 @@
 //!   model call. If persisting a result fails, the loop stops with that store error (the
 //!   primary failure), never calls the model again, and records the result in the final event
 //!   so that a resume restores it instead of running the tool twice.
+//! - Events nothing depends on yet (the session start, the turn start and model request, text
+//!   deltas) are written behind: the append is issued and the model call proceeds while it
+//!   commits; it is awaited at the next point that needs durability (before a tool runs, before
+//!   the model sees tool results or steering, before the final event). At most one write is in
+//!   flight, so the log stays complete and in order; a failed write-behind fails the run like
+//!   any store failure.
 //! - A cleanup failure is recorded (a `cleanup.failed` event and the session's cleanup error)
 //!   beside the run's own outcome; it never replaces a primary failure.
 //! - Invalid tool arguments, tool errors, panics and timeouts become tool results.
@@ -656,8 +662,14 @@ struct Run {
     cleanup: Option<CleanupFn>,
 
     session: SessionId,
+    /// The seq after the last acknowledged write.
     next_seq: u64,
+    /// Events emitted and not yet handed to the store.
     pending: Vec<RuntimeEvent>,
+    /// A write-behind append not yet acknowledged (at most one).
+    in_flight: Option<InFlight>,
+    /// A write-behind append that failed, reported at the next durable point.
+    failed_write: Option<Error>,
     sink: Option<Sink>,
     messages: Vec<Message>,
     turns: u32,
@@ -694,6 +706,21 @@ async fn drive(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Err
     run.finish(stop, error).await
 }
 
+/// An append issued by [`Run::write_behind`] and not yet acknowledged.
+struct InFlight {
+    write: BoxFuture<'static, Result<u64, StoreError>>,
+    batch: Vec<RuntimeEvent>,
+    /// The seq of the batch's first event.
+    seq: u64,
+}
+
+fn to_new(batch: &[RuntimeEvent]) -> Vec<NewEvent> {
+    batch
+        .iter()
+        .map(|e| NewEvent::new(e.kind(), event_value(e)))
+        .collect()
+}
+
 fn event_value(event: &RuntimeEvent) -> Value {
     serde_json::to_value(event)
         .unwrap_or_else(|e| json!({"type": event.kind(), "serialization_error": e.to_string()}))
@@ -725,6 +752,8 @@ impl Run {
             session: SessionId::new(),
             next_seq: 0,
             pending: Vec::new(),
+            in_flight: None,
+            failed_write: None,
             sink,
             messages: Vec::new(),
             turns: 0,
@@ -828,24 +857,65 @@ impl Run {
         self.pending.push(event);
     }
 
-    /// Appends the pending events in one atomic batch, then hands them to the caller.
+    /// Appends the pending events in one atomic batch and waits until they are durable, then
+    /// hands them to the caller. A write still in flight is settled first.
     async fn flush(&mut self) -> Result<(), Error> {
+        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
-        let new: Vec<NewEvent> = batch
-            .iter()
-            .map(|e| NewEvent::new(e.kind(), event_value(e)))
-            .collect();
-        match self.store.append(&self.session, self.next_seq, new).await {
+        let seq = self.next_seq;
+        let result = self.store.append(&self.session, seq, to_new(&batch)).await;
+        self.settled(batch, seq, result)
+    }
+
+    /// Starts appending the pending events without waiting for them to be durable: for events
+    /// nothing depends on yet (the session start, the model request, text deltas). At most one
+    /// write is in flight; while one is, new events wait in `pending` and go with the next.
+    /// The write is driven by [`Run::while_writing`] and awaited at the next durable point
+    /// ([`Run::flush`], [`Run::settle`]).
+    fn write_behind(&mut self) {
+        if self.in_flight.is_some() || self.failed_write.is_some() || self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let seq = self.next_seq;
+        let store = self.store.clone();
+        let session = self.session;
+        let new = to_new(&batch);
+        self.in_flight = Some(InFlight {
+            write: Box::pin(async move { store.append(&session, seq, new).await }),
+            batch,
+            seq,
+        });
+    }
+
+    /// Waits for the write in flight, if any; returns the failure of a write-behind append.
+    async fn settle(&mut self) -> Result<(), Error> {
+        if let Some(InFlight { write, batch, seq }) = self.in_flight.take() {
+            let result = write.await;
+            self.settled(batch, seq, result)?;
+        }
+        self.failed_write.take().map_or(Ok(()), Err)
+    }
+
+    /// Records the outcome of an append of `batch` at `seq`: on success the events go to the
+    /// caller; on failure their tool results are kept as unpersisted.
+    fn settled(
+        &mut self,
+        batch: Vec<RuntimeEvent>,
+        seq: u64,
+        result: Result<u64, StoreError>,
+    ) -> Result<(), Error> {
+        match result {
             Ok(next) => {
                 if let Some(sink) = &self.sink {
                     let mut q = sink.lock().unwrap_or_else(|e| e.into_inner());
                     for (i, event) in batch.into_iter().enumerate() {
                         q.push_back(RecordedEvent {
                             session_id: self.session,
-                            seq: self.next_seq + i as u64,
+                            seq: seq + i as u64,
                             event,
                         });
                     }
@@ -862,6 +932,41 @@ impl Run {
                 Err(Error::Store(e))
             }
         }
+    }
+
+    /// Awaits `work` while driving the write in flight, so that the write overlaps it (the
+    /// model call). When the write completes, events that piled up meanwhile are written
+    /// behind it; a failed write is kept for the next durable point.
+    async fn while_writing<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            let Some(in_flight) = self.in_flight.as_mut() else {
+                return work.await;
+            };
+            let result = tokio::select! {
+                biased;
+                result = &mut in_flight.write => result,
+                out = &mut work => return out,
+            };
+            if let Some(InFlight { batch, seq, .. }) = self.in_flight.take()
+                && let Err(e) = self.settled(batch, seq, result)
+            {
+                self.failed_write = Some(e);
+            }
+            self.write_behind();
+        }
+    }
+
+    /// Whether the pending events must be durable before the model is called: tool results
+    /// (a resume must never answer a call the model already saw answered) and steering
+    /// messages (delivered, so never lost).
+    fn pending_needs_durability(&self) -> bool {
+        self.pending.iter().any(|e| {
+            matches!(
+                e,
+                RuntimeEvent::ToolResult { .. } | RuntimeEvent::SteerReceived { .. }
+            )
+        })
     }
 
     /// Resolves when the wall-time deadline passes (never without one).
@@ -1000,8 +1105,15 @@ impl Run {
                 messages: self.messages.len(),
                 tools: self.specs.iter().map(|t| t.name.clone()).collect(),
             });
-            // Every tool result is persisted with this batch, before the model is called.
-            self.flush().await?;
+            if self.pending_needs_durability() {
+                // Tool results and steering are durable before the model is called.
+                self.flush().await?;
+            } else {
+                // The rest (session start, turn start, model request) is written while the
+                // model works: a crash before it is durable only repeats this turn on resume.
+                self.settle().await?;
+                self.write_behind();
+            }
             self.turns = turn;
             if !self.unpersisted.is_empty() {
                 return Err(Error::UnreconciledToolCalls {
@@ -1113,10 +1225,19 @@ impl Run {
         output_seen: &mut bool,
     ) -> Result<ChatResponse, Error> {
         let turn = self.turns;
-        let mut stream = self.model.stream(request).await?;
+        let model = self.model.clone();
+        let mut stream = self.while_writing(model.stream(request)).await?;
         let mut buf = String::new();
         let mut buf_since: Option<Instant> = None;
-        while let Some(item) = stream.next().await {
+        loop {
+            let next = self.while_writing(stream.next()).await;
+            if let Some(e) = self.failed_write.take() {
+                // Events after a lost batch would leave a hole in the log: only the final
+                // event (with this failure) follows.
+                self.pending.clear();
+                return Err(e);
+            }
+            let Some(item) = next else { break };
             let item = match item {
                 Ok(item) => item,
                 Err(e) => {
@@ -1132,7 +1253,7 @@ impl Run {
                     TextDeltaMode::Off => {}
                     TextDeltaMode::Every => {
                         self.emit(RuntimeEvent::TextDelta { turn, text });
-                        self.flush().await?;
+                        self.write_behind();
                     }
                     TextDeltaMode::Coalesce {
                         max_chars,
@@ -1146,7 +1267,7 @@ impl Run {
                                 text: std::mem::take(&mut buf),
                             });
                             buf_since = None;
-                            self.flush().await?;
+                            self.write_behind();
                         }
                     }
                 },
