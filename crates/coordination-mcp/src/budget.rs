@@ -130,6 +130,12 @@ impl BudgetPool {
             .map(|r| (r.spent, r.reserved.saturating_sub(r.spent)))
     }
 
+    /// Count `amount` as spent by work that is no longer live: settled agents restored from a
+    /// journal, and in-flight attempts a resume could not prove (charged their whole reservation).
+    pub(crate) fn restore_spent(&mut self, amount: BudgetAmount) {
+        self.settled_spent = self.settled_spent.saturating_add(amount);
+    }
+
     /// Settle a reservation: its spending becomes permanent, the rest returns to the pool.
     /// Returns what was spent; releasing twice is a no-op returning `None`.
     pub(crate) fn release(&mut self, id: u64) -> Option<BudgetAmount> {

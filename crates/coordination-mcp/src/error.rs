@@ -67,7 +67,9 @@ pub enum Error {
         allowed: Vec<String>,
     },
     /// `supervise` does not run this harness yet (only `router` runs in-process).
-    #[error("harness `{harness}` is not supported by supervise yet (supported: router)")]
+    #[error(
+        "harness `{harness}` runs as an external process: give its command (SuperviseOptions::external_command); only `router` runs in process"
+    )]
     HarnessNotSupported {
         /// The profile's harness.
         harness: String,
@@ -96,6 +98,21 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A worker tried to start a sub-supervisor beyond the nesting limit.
+    #[error(
+        "supervisor depth limit: a worker at depth {depth} cannot start a sub-supervisor (max_depth {max_depth})"
+    )]
+    DepthLimit {
+        /// The worker's depth.
+        depth: u32,
+        /// The limit.
+        max_depth: u32,
+    },
+    /// The durable spawn journal could not be written or read (the store failed, the run was
+    /// written by another coordinator, an entry is unreadable). What the failed write would have
+    /// recorded did not take effect.
+    #[error("spawn journal: {0}")]
+    Journal(String),
     /// An I/O error (binding a socket, spawning a process).
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -119,6 +136,8 @@ impl Error {
             Error::Check(_) => "check",
             Error::Mcp { .. } => "mcp",
             Error::ToolCall { .. } => "tool_call",
+            Error::Journal(_) => "journal",
+            Error::DepthLimit { .. } => "depth_limit",
             Error::Io(_) => "io",
         }
     }

@@ -58,6 +58,7 @@ mod check;
 mod client;
 mod error;
 mod finalize;
+mod journal;
 mod scripted;
 mod server;
 mod strategy;
@@ -91,7 +92,8 @@ pub use strategy::{
     breadth_strategy, depth_strategy,
 };
 pub use supervise::{
-    SuperviseOptions, SupervisionOutcome, supervise, supervisor_instructions, verb_tools,
+    SuperviseOptions, SupervisionOutcome, brain_session, supervise, supervisor_instructions,
+    verb_tools,
 };
 pub use supervisor::{Supervisor, SupervisorOptions};
 pub use tool_loop_worker::ToolLoopWorkerFactory;

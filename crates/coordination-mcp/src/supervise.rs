@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
+use agentrt_core_loop::RuntimeEvent;
 use agentrt_core_loop::model::ChatModel;
 use agentrt_core_loop::{StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop};
 use agentrt_profiles::{AgentProfile, Harness};
-use agentrt_session_store::{MemoryStore, SessionStore};
+use agentrt_session_store::{
+    Finish, MemoryStore, NewEvent, SessionId, SessionStatus, SessionStore, StoreError,
+};
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use crate::Error;
 use crate::budget::PoolSnapshot;
@@ -15,7 +19,8 @@ use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
 use crate::finalize::{
     CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, keep_best_delivered,
 };
-use crate::server::SERVER_INSTRUCTIONS;
+use crate::server::{HttpServerOptions, SERVER_INSTRUCTIONS, serve_http};
+use crate::strategy::Strategy;
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
@@ -80,6 +85,23 @@ pub struct SuperviseOptions {
     pub selector: Arc<dyn CandidateSelector>,
     /// The supervisor loop's turn limit; defaults to 32.
     pub max_turns: u32,
+    /// A ready policy as the supervisor's brain instead of a model or an external process (for
+    /// example [`breadth_strategy`](crate::breadth_strategy) or
+    /// [`depth_strategy`](crate::depth_strategy)); it runs over the same supervisor, budget and
+    /// finalizer, whatever the profile's harness. Defaults to `None` (the harness decides).
+    pub strategy: Option<Arc<dyn Strategy>>,
+    /// The process that is the supervisor's brain for a harness other than `router`: a program
+    /// and its arguments. It is started with our coordination server running on loopback
+    /// streamable HTTP and these variables set: `AGENTRT_MCP_URL`, `AGENTRT_MCP_TOKEN` (the
+    /// bearer token), `AGENTRT_TASK` and `AGENTRT_SUPERVISOR_INSTRUCTIONS`; what it prints on
+    /// standard output is the supervisor's answer, and a non-zero exit fails the run.
+    pub external_command: Option<Vec<String>>,
+    /// A durable run: when set, every spawn, steer, stop and settle is journaled to the session
+    /// `run` of `store` before it takes effect (see [`Supervisor::open`]), the supervisor's own
+    /// loop is recorded in a session derived from it ([`brain_session`]), and calling
+    /// [`supervise`] again with the same run after the process died resumes both. Defaults to
+    /// `None` (nothing survives the process).
+    pub run: Option<SessionId>,
 }
 
 impl std::fmt::Debug for SuperviseOptions {
@@ -90,6 +112,8 @@ impl std::fmt::Debug for SuperviseOptions {
             .field("deliverable", &self.deliverable)
             .field("selector", &self.selector.identity())
             .field("max_turns", &self.max_turns)
+            .field("run", &self.run)
+            .field("strategy", &self.strategy.as_ref().map(|s| s.describe()))
             .finish_non_exhaustive()
     }
 }
@@ -120,8 +144,200 @@ impl SuperviseOptions {
             checker,
             selector: Arc::new(LeastSpentSelector),
             max_turns: 32,
+            external_command: None,
+            strategy: None,
+            run: None,
         }
     }
+
+    /// Let `strategy` be the supervisor's brain (see [`SuperviseOptions::strategy`]).
+    pub fn strategy(mut self, strategy: Arc<dyn Strategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Run `command` (program, then arguments) as the brain of a non-`router` harness (see
+    /// [`SuperviseOptions::external_command`]).
+    pub fn external_command<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.external_command = Some(command.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Make the run durable and resumable under `run` (see [`SuperviseOptions::run`]).
+    pub fn run(mut self, run: SessionId) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    /// Record the supervisor's loop and the run's journal in `store`.
+    pub fn store(mut self, store: Arc<dyn SessionStore>) -> Self {
+        self.store = store;
+        self
+    }
+}
+
+/// The session in which the supervisor's own tool loop of the durable run `run` is recorded:
+/// the run's id with its low 64 bits complemented, so a resume finds it without a lookup.
+pub fn brain_session(run: &SessionId) -> SessionId {
+    SessionId::from_uuid(uuid::Uuid::from_u128(
+        run.as_uuid().as_u128() ^ u128::from(u64::MAX),
+    ))
+}
+
+/// Why the supervisor's loop stopped and what it answered.
+struct BrainEnd {
+    stop: StopReason,
+    answer: Option<String>,
+}
+
+/// Run (or, for a durable run, start or resume) the supervisor's tool loop.
+async fn run_brain(
+    profile: &AgentProfile,
+    task: &str,
+    options: &SuperviseOptions,
+    model_id: String,
+    supervisor: &Supervisor,
+) -> Result<BrainEnd, Error> {
+    let loop_error = |e: agentrt_core_loop::Error| Error::Worker(format!("supervisor loop: {e}"));
+    let tools = verb_tools(Arc::new(supervisor.clone()));
+    let fresh = || {
+        ToolLoop::new(
+            options.model.clone(),
+            model_id.clone(),
+            options.store.clone(),
+        )
+        .system(supervisor_instructions(profile))
+        .user(task.to_owned())
+        .tools(tools.clone())
+        .max_turns(options.max_turns)
+    };
+    let Some(run) = &options.run else {
+        let outcome = run_tool_loop(fresh()).await.map_err(loop_error)?;
+        return Ok(BrainEnd {
+            stop: outcome.stop,
+            answer: outcome.answer,
+        });
+    };
+    let brain = brain_session(run);
+    let outcome = match options.store.resume_point(&brain).await {
+        Err(StoreError::NotFound(_)) => fresh().session_id(brain).run().await,
+        Err(e) => {
+            return Err(Error::Journal(format!(
+                "supervisor loop session {brain}: {e}"
+            )));
+        }
+        Ok(point) if point.status == SessionStatus::Completed => {
+            // The loop had ended before the coordinator died: take its recorded end.
+            return recorded_end(options.store.as_ref(), &brain, point.next_seq).await;
+        }
+        Ok(_) => {
+            ToolLoop::new(
+                options.model.clone(),
+                model_id.clone(),
+                options.store.clone(),
+            )
+            .tools(tools.clone())
+            .max_turns(options.max_turns)
+            .resume(brain)
+            .run()
+            .await
+        }
+    };
+    let outcome = outcome.map_err(loop_error)?;
+    Ok(BrainEnd {
+        stop: outcome.stop,
+        answer: outcome.answer,
+    })
+}
+
+/// Run the external harness process against our MCP server until it exits.
+async fn run_external(
+    profile: &AgentProfile,
+    task: &str,
+    options: &SuperviseOptions,
+    supervisor: &Supervisor,
+) -> Result<BrainEnd, Error> {
+    let Some((program, args)) = options
+        .external_command
+        .as_deref()
+        .and_then(|c| c.split_first())
+    else {
+        return Err(Error::invalid(
+            "external_command",
+            "give the program (and its arguments) of the external harness",
+        ));
+    };
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let server = serve_http(
+        Arc::new(supervisor.clone()),
+        HttpServerOptions::new(token.clone()),
+    )
+    .await?;
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .env("AGENTRT_MCP_URL", server.url())
+        .env("AGENTRT_MCP_TOKEN", &token)
+        .env("AGENTRT_TASK", task)
+        .env(
+            "AGENTRT_SUPERVISOR_INSTRUCTIONS",
+            supervisor_instructions(profile),
+        )
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await;
+    server.shutdown().await;
+    let output = output.map_err(|e| {
+        Error::Worker(format!(
+            "external harness `{program}` ({}) could not start: {e}",
+            profile.harness
+        ))
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr
+            .chars()
+            .rev()
+            .take(2_000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        return Err(Error::Worker(format!(
+            "external harness `{program}` ({}) exited with {}: {}",
+            profile.harness,
+            output.status,
+            tail.trim()
+        )));
+    }
+    let answer = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    Ok(BrainEnd {
+        stop: StopReason::Answered,
+        answer: (!answer.is_empty()).then_some(answer),
+    })
+}
+
+async fn recorded_end(
+    store: &dyn SessionStore,
+    brain: &SessionId,
+    next_seq: u64,
+) -> Result<BrainEnd, Error> {
+    let mut last = store.replay(brain, next_seq.saturating_sub(1));
+    while let Some(event) = last.next().await {
+        let event =
+            event.map_err(|e| Error::Journal(format!("supervisor loop session {brain}: {e}")))?;
+        if let Ok(RuntimeEvent::Final { stop, answer, .. }) = serde_json::from_value(event.payload)
+        {
+            return Ok(BrainEnd { stop, answer });
+        }
+    }
+    Err(Error::Journal(format!(
+        "supervisor loop session {brain} is completed but has no final event"
+    )))
 }
 
 /// What [`supervise`] produced.
@@ -167,7 +383,7 @@ pub fn supervisor_instructions(profile: &AgentProfile) -> String {
 }
 
 macro_rules! verb_tool {
-    ($tool:ident, $args:ty, $name:literal, $method:ident, $description:literal) => {
+    ($tool:ident, $args:ty, $name:literal, $method:ident, $idempotent:literal, $description:literal) => {
         struct $tool(Arc<dyn Coordinator>);
 
         #[async_trait]
@@ -178,6 +394,9 @@ macro_rules! verb_tool {
             }
             fn description(&self) -> &str {
                 $description
+            }
+            fn idempotent(&self) -> bool {
+                $idempotent
             }
             async fn call(&self, args: $args) -> Result<String, ToolError> {
                 let result = self
@@ -196,6 +415,7 @@ verb_tool!(
     SpawnAgent,
     "spawn_agent",
     spawn_agent,
+    false,
     "Start a worker agent (a profile or a subagent) on a task, with an optional budget and completion check. Returns its id."
 );
 verb_tool!(
@@ -203,6 +423,7 @@ verb_tool!(
     ObserveAgent,
     "observe_agent",
     observe_agent,
+    true,
     "Status, new events since a cursor, and output so far of an agent."
 );
 verb_tool!(
@@ -210,6 +431,7 @@ verb_tool!(
     SteerAgent,
     "steer_agent",
     steer_agent,
+    true,
     "Send a message to a running agent, delivered at its next turn; idempotent per operation id."
 );
 verb_tool!(
@@ -217,6 +439,7 @@ verb_tool!(
     AwaitAgent,
     "await_agent",
     await_agent,
+    true,
     "Wait up to a timeout for agents to settle; returns their results."
 );
 verb_tool!(
@@ -224,6 +447,7 @@ verb_tool!(
     StopAgent,
     "stop_agent",
     stop_agent,
+    true,
     "Stop an agent, with a reason."
 );
 
@@ -244,11 +468,20 @@ pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
 /// tools are the five verbs ([`verb_tools`]) over a [`Supervisor`] with `options.workers`,
 /// prompted by [`supervisor_instructions`]. Every spawn's model (see
 /// [`WorkerFactory::model_for`]) must pass the profile's allowed-models guard, or the spawn
-/// fails with [`Error::ModelNotAllowed`] and nothing is reserved. When the loop stops, live workers are stopped and
-/// every worker's result goes through [`keep_best_delivered`].
+/// fails with [`Error::ModelNotAllowed`] and nothing is reserved. For any other harness the
+/// brain is the process [`SuperviseOptions::external_command`] names, which reaches the same
+/// supervisor through our MCP server ([`serve_http`], loopback, a fresh bearer token). When the
+/// brain stops, live workers are stopped and every worker's result goes through
+/// [`keep_best_delivered`].
+///
+/// With [`SuperviseOptions::run`], the run is durable: it resumes when it exists (settled
+/// workers reused, in-flight ones in doubt or redispatched — see [`Supervisor::open`] — and the
+/// supervisor's loop continued from its own session), and it is closed with a `coord.finished`
+/// event when the finalizer has decided.
 ///
 /// # Errors
-/// [`Error::HarnessNotSupported`] for any other harness (an external harness reaching the
+/// [`Error::Journal`] when a durable run cannot be opened, resumed or closed (or has already
+/// ended); [`Error::HarnessNotSupported`] for any other harness (an external harness reaching the
 /// verbs through the MCP server is not wired yet); [`Error::ModelNotAllowed`] when the
 /// supervisor's model is not allowed by the profile; [`Error::Worker`] when the loop itself
 /// fails; finalizer errors as [`keep_best_delivered`] returns them.
@@ -257,7 +490,10 @@ pub async fn supervise(
     task: &str,
     options: SuperviseOptions,
 ) -> Result<SupervisionOutcome, Error> {
-    if profile.harness != Harness::Router {
+    if profile.harness != Harness::Router
+        && options.external_command.is_none()
+        && options.strategy.is_none()
+    {
         return Err(Error::HarnessNotSupported {
             harness: profile.harness.to_string(),
         });
@@ -275,19 +511,32 @@ pub async fn supervise(
         inner: options.workers.clone(),
         profile: Arc::new(profile.clone()),
     });
-    let supervisor = Supervisor::with_checker(
-        workers,
-        options.checker.clone(),
-        SupervisorOptions::with_root_budget(options.budget),
-    );
-    let config = ToolLoop::new(options.model.clone(), model_id, options.store.clone())
-        .system(supervisor_instructions(profile))
-        .user(task.to_owned())
-        .tools(verb_tools(Arc::new(supervisor.clone())))
-        .max_turns(options.max_turns);
-    let outcome = run_tool_loop(config).await;
+    let supervisor_options = SupervisorOptions::with_root_budget(options.budget);
+    let supervisor = match options.run {
+        None => Supervisor::with_checker(workers, options.checker.clone(), supervisor_options),
+        Some(run) => {
+            Supervisor::open(
+                workers,
+                options.checker.clone(),
+                supervisor_options,
+                options.store.clone(),
+                run,
+            )
+            .await?
+        }
+    };
+    let brain = if let Some(strategy) = &options.strategy {
+        strategy.run(&supervisor, task).await.map(|run| BrainEnd {
+            stop: StopReason::Answered,
+            answer: Some(format!("{}: {}", strategy.describe(), run.stop)),
+        })
+    } else if profile.harness == Harness::Router {
+        run_brain(profile, task, &options, model_id, &supervisor).await
+    } else {
+        run_external(profile, task, &options, &supervisor).await
+    };
     supervisor.stop_all("the supervisor finished").await;
-    let outcome = outcome.map_err(|e| Error::Worker(format!("supervisor loop: {e}")))?;
+    let brain = brain?;
 
     let ids = supervisor.agents();
     let results = if ids.is_empty() {
@@ -304,10 +553,36 @@ pub async fn supervise(
     };
     let finalized =
         keep_best_delivered(&results, options.selector.as_ref(), &options.deliverable).await?;
+    if let Some(run) = &options.run {
+        end_run(options.store.as_ref(), run, &finalized).await?;
+    }
     Ok(SupervisionOutcome {
         outcome: finalized,
-        stop: outcome.stop,
-        answer: outcome.answer,
+        stop: brain.stop,
+        answer: brain.answer,
         budget: supervisor.budget(),
     })
+}
+
+/// Close the durable run with the finalizer's decision; a later `supervise` on it is refused.
+async fn end_run(
+    store: &dyn SessionStore,
+    run: &SessionId,
+    outcome: &FinalOutcome,
+) -> Result<(), Error> {
+    let journal = |e: StoreError| Error::Journal(format!("cannot end run {run}: {e}"));
+    let next = store.resume_point(run).await.map_err(journal)?.next_seq;
+    let winner = outcome.winner().map(|w| w.id.clone());
+    store
+        .finish(
+            run,
+            next,
+            Finish::completed(NewEvent::new(
+                "coord.finished",
+                serde_json::json!({ "entry": "finished", "winner": winner }),
+            )),
+        )
+        .await
+        .map_err(journal)?;
+    Ok(())
 }

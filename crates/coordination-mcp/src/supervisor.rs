@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use agentrt_session_store::{SessionId, SessionStore};
 use async_trait::async_trait;
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -11,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::budget::{BudgetPool, PoolSnapshot};
-use crate::check::{CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker};
+use crate::check::{
+    CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker,
+};
+use crate::journal::{Entry, Journal};
 use crate::verbs::{
-    AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AwaitAgent, AwaitAgentResult,
-    AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent, SpawnAgentResult,
-    SteerAck, SteerAgent, StopAgent, StopAgentResult,
+    AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent,
+    AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,
+    SpawnAgentResult, SteerAck, SteerAgent, StopAgent, StopAgentResult,
 };
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
@@ -31,6 +35,12 @@ pub struct SupervisorOptions {
     pub max_await: Duration,
     /// How long `stop_agent` waits for the stopped worker's final state to be recorded.
     pub stop_grace: Duration,
+    /// How often a detached agent's session is polled for its status (see
+    /// [`WorkerContext::follow_session`]).
+    pub detached_poll: Duration,
+    /// How deep supervisors may nest: a root supervisor's workers are at depth 1, and a worker
+    /// at this depth cannot start a sub-supervisor ([`WorkerContext::sub_supervisor`]).
+    pub max_depth: u32,
 }
 
 impl Default for SupervisorOptions {
@@ -40,6 +50,8 @@ impl Default for SupervisorOptions {
             default_spawn_budget: BudgetAmount::new(100_000, 50),
             max_await: Duration::from_secs(300),
             stop_grace: Duration::from_secs(5),
+            detached_poll: Duration::from_millis(200),
+            max_depth: 3,
         }
     }
 }
@@ -64,9 +76,21 @@ impl SupervisorOptions {
         self.max_await = max;
         self
     }
+
+    /// Set the nesting limit of sub-supervisors.
+    pub fn max_depth(mut self, max_depth: u32) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Set how often a detached agent's session is polled.
+    pub fn detached_poll(mut self, every: Duration) -> Self {
+        self.detached_poll = every;
+        self
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind (no invariant spans an
     // unlock), so recovering the guard is sound and keeps the server serving.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -94,6 +118,8 @@ pub(crate) struct AgentSlot {
     started: Instant,
     state: Mutex<AgentState>,
     terminal: watch::Sender<bool>,
+    /// What the completion check may know of the worker: its model, and the box it reports.
+    pub(crate) check_ctx: Mutex<CheckContext>,
 }
 
 impl AgentSlot {
@@ -147,6 +173,10 @@ impl AgentSlot {
         messages
     }
 
+    fn stop_requested(&self) -> bool {
+        self.state().stop_reason.is_some()
+    }
+
     fn output(&self) -> String {
         self.state().output.clone()
     }
@@ -183,6 +213,9 @@ impl AgentSlot {
                 AgentStatus::Stopped { reason } => {
                     (AgentEventKind::Stopped, format!("stopped: {reason}"))
                 }
+                AgentStatus::InDoubt { reason } => {
+                    (AgentEventKind::Failed, format!("in doubt: {reason}"))
+                }
                 AgentStatus::Running => (AgentEventKind::Progress, "running".to_owned()),
             };
             self.push_locked(&mut state, kind, message);
@@ -213,6 +246,43 @@ impl AgentSlot {
     }
 }
 
+impl AgentSlot {
+    fn new(id: AgentId, reservation: u64, reserved: BudgetAmount) -> Arc<AgentSlot> {
+        let (terminal, _) = watch::channel(false);
+        Arc::new(AgentSlot {
+            id,
+            cancel: CancellationToken::new(),
+            reservation,
+            reserved,
+            started: Instant::now(),
+            state: Mutex::new(AgentState {
+                status: AgentStatus::Running,
+                events: Vec::new(),
+                output: String::new(),
+                inbox: VecDeque::new(),
+                turns: 0,
+                check: None,
+                final_spent: None,
+                stop_reason: None,
+            }),
+            terminal,
+            check_ctx: Mutex::new(CheckContext::new()),
+        })
+    }
+
+    /// A terminal agent rebuilt from its journaled result (no reservation is live).
+    fn restored(result: AgentResult, reserved: BudgetAmount) -> Arc<AgentSlot> {
+        let slot = AgentSlot::new(result.id.clone(), u64::MAX, reserved);
+        slot.push_event(
+            AgentEventKind::Progress,
+            "restored from the spawn journal after a restart".to_owned(),
+        );
+        slot.state().output = result.output;
+        slot.finish(result.status, result.check, result.spent);
+        slot
+    }
+}
+
 #[derive(Debug)]
 struct SpawnRecord {
     fingerprint: String,
@@ -230,9 +300,16 @@ struct Inner {
     factory: Arc<dyn WorkerFactory>,
     checker: Arc<dyn CompletionChecker>,
     pool: Arc<Mutex<BudgetPool>>,
+    journal: Option<Journal>,
+    /// 0 for a root supervisor, 1 for a sub-supervisor started by a root's worker, …
+    depth: u32,
     agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
     spawn_keys: Mutex<HashMap<String, SpawnRecord>>,
     steer_ops: Mutex<HashMap<String, SteerRecord>>,
+    /// Serializes spawns so a key check, its reservation and its journal entry are one step.
+    spawn_gate: tokio::sync::Mutex<()>,
+    /// Serializes steers so an operation id is checked and journaled once.
+    steer_gate: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -254,6 +331,10 @@ impl Drop for Inner {
 ///   `settled` with `delivered` true only when the check passes.
 /// - Reaching any terminal state (settled, failed, stopped) releases the unspent reservation.
 ///
+/// A supervisor made by [`Supervisor::open`] is *durable*: every spawn, steer, stop and settle
+/// is journaled in the session store before it takes effect, and opening the same run again
+/// after the process died resumes it.
+///
 /// Cloning shares the registry. Dropping the last clone stops every running worker.
 #[derive(Clone)]
 pub struct Supervisor {
@@ -264,9 +345,21 @@ impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
             .field("options", &self.inner.options)
+            .field("run", &self.run_id())
             .field("agents", &lock(&self.inner.agents).len())
             .finish()
     }
+}
+
+/// What the journal says about one agent, folded over its entries.
+struct Journaled {
+    request: SpawnAgent,
+    reserved: BudgetAmount,
+    key: Option<(String, String)>,
+    steers: Vec<String>,
+    stop: Option<String>,
+    attach: Option<SessionId>,
+    settled: Option<AgentResult>,
 }
 
 impl Supervisor {
@@ -282,6 +375,16 @@ impl Supervisor {
         checker: Arc<dyn CompletionChecker>,
         options: SupervisorOptions,
     ) -> Self {
+        Self::build(factory, checker, options, None, 0)
+    }
+
+    pub(crate) fn build(
+        factory: Arc<dyn WorkerFactory>,
+        checker: Arc<dyn CompletionChecker>,
+        options: SupervisorOptions,
+        journal: Option<Journal>,
+        depth: u32,
+    ) -> Self {
         let pool = Arc::new(Mutex::new(BudgetPool::new(options.root_budget)));
         Supervisor {
             inner: Arc::new(Inner {
@@ -289,11 +392,276 @@ impl Supervisor {
                 factory,
                 checker,
                 pool,
+                journal,
+                depth,
                 agents: Mutex::new(HashMap::new()),
                 spawn_keys: Mutex::new(HashMap::new()),
                 steer_ops: Mutex::new(HashMap::new()),
+                spawn_gate: tokio::sync::Mutex::new(()),
+                steer_gate: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// A durable supervisor journaling to the session `run` of `store`: creates the run when it
+    /// does not exist, and **resumes** it when it does (the coordinator that wrote it died or
+    /// was dropped).
+    ///
+    /// Resuming rebuilds exactly what the journal committed:
+    /// - a settled agent (delivered or not, failed, stopped) is restored with its result and
+    ///   is never run again, so it is never delivered twice; its spending is charged to the pool;
+    /// - an agent whose work was detached into another session of `store`
+    ///   ([`WorkerContext::follow_session`]) is re-attached: it regains its reservation and a
+    ///   driver polls that session once per [`SupervisorOptions::detached_poll`], settling only
+    ///   when it reaches a terminal status (it never stops or destroys that work);
+    /// - an agent that was stopped but whose end was not journaled settles as stopped;
+    /// - any other in-flight agent is *in doubt*: its whole reservation is charged (what it
+    ///   spent cannot be proven), and it is started again under the same id only when its spawn
+    ///   carried an idempotency key (with every steering message it had accepted, in order);
+    ///   otherwise it ends as [`AgentStatus::InDoubt`].
+    ///
+    /// Idempotency keys and steer operation ids keep working across the restart: a retried
+    /// spawn or steer after resume is answered as a duplicate.
+    ///
+    /// # Errors
+    /// [`Error::Journal`] when the store fails, the run has already ended, or the session is not
+    /// a journal; [`Error::InvalidRequest`] when `options.root_budget` differs from the run's.
+    pub async fn open(
+        factory: Arc<dyn WorkerFactory>,
+        checker: Arc<dyn CompletionChecker>,
+        options: SupervisorOptions,
+        store: Arc<dyn SessionStore>,
+        run: SessionId,
+    ) -> Result<Supervisor, Error> {
+        let (journal, entries) = Journal::open(store, run, options.root_budget).await?;
+        let supervisor = Self::build(factory, checker, options, Some(journal), 0);
+        supervisor.resume(entries).await?;
+        Ok(supervisor)
+    }
+
+    /// How deep this supervisor is nested: 0 for a root, 1 for a sub-supervisor of a root's
+    /// worker, and so on.
+    pub fn depth(&self) -> u32 {
+        self.inner.depth
+    }
+
+    /// The run this supervisor journals to, if it is durable.
+    pub fn run_id(&self) -> Option<SessionId> {
+        self.inner.journal.as_ref().map(|j| *j.run())
+    }
+
+    async fn resume(&self, entries: Vec<Entry>) -> Result<(), Error> {
+        let mut order: Vec<AgentId> = Vec::new();
+        let mut agents: HashMap<AgentId, Journaled> = HashMap::new();
+        let mut charged = BudgetAmount::default();
+        {
+            let mut ops = lock(&self.inner.steer_ops);
+            for entry in entries {
+                match entry {
+                    Entry::Run { .. } | Entry::Resumed { .. } => {}
+                    Entry::Spawn {
+                        agent,
+                        request,
+                        reserved,
+                        key,
+                    } => {
+                        order.push(agent.clone());
+                        agents.insert(
+                            agent,
+                            Journaled {
+                                request,
+                                reserved,
+                                key,
+                                steers: Vec::new(),
+                                stop: None,
+                                attach: None,
+                                settled: None,
+                            },
+                        );
+                    }
+                    Entry::Attach { agent, session } => {
+                        if let Some(a) = agents.get_mut(&agent) {
+                            a.attach = Some(session);
+                        }
+                    }
+                    Entry::Steer {
+                        agent,
+                        operation_id,
+                        message,
+                    } => {
+                        if let Some(a) = agents.get_mut(&agent) {
+                            a.steers.push(message.clone());
+                        }
+                        ops.insert(operation_id, SteerRecord { id: agent, message });
+                    }
+                    Entry::Stop { agent, reason } => {
+                        if let Some(a) = agents.get_mut(&agent) {
+                            a.stop.get_or_insert(reason);
+                        }
+                    }
+                    Entry::Settle { result } => {
+                        if let Some(a) = agents.get_mut(&result.id) {
+                            a.settled = Some(result);
+                        }
+                    }
+                    Entry::InDoubt { charged: c, .. } => {
+                        charged = charged.saturating_add(c);
+                    }
+                    Entry::Redispatch { agent, reserved } => {
+                        if let Some(a) = agents.get_mut(&agent) {
+                            a.reserved = reserved;
+                            a.attach = None;
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut decisions: Vec<Entry> = Vec::new();
+        let mut restored: Vec<Arc<AgentSlot>> = Vec::new();
+        let mut launches: Vec<(Arc<AgentSlot>, Journaled, Option<SessionId>)> = Vec::new();
+        let (mut in_doubt, mut redispatched, mut reattached) = (Vec::new(), Vec::new(), Vec::new());
+        {
+            let mut pool = lock(&self.inner.pool);
+            pool.restore_spent(charged);
+            for id in order {
+                let Some(agent) = agents.remove(&id) else {
+                    continue;
+                };
+                if let Some((key, fingerprint)) = &agent.key {
+                    lock(&self.inner.spawn_keys).insert(
+                        key.clone(),
+                        SpawnRecord {
+                            fingerprint: fingerprint.clone(),
+                            id: id.clone(),
+                        },
+                    );
+                }
+                if let Some(result) = agent.settled.clone() {
+                    pool.restore_spent(result.spent);
+                    restored.push(AgentSlot::restored(result, agent.reserved));
+                    continue;
+                }
+                if let Some(reason) = agent.stop.clone() {
+                    let result = AgentResult {
+                        id: id.clone(),
+                        status: AgentStatus::Stopped { reason },
+                        output: String::new(),
+                        check: None,
+                        spent: agent.reserved,
+                    };
+                    pool.restore_spent(result.spent);
+                    decisions.push(Entry::Settle {
+                        result: result.clone(),
+                    });
+                    restored.push(AgentSlot::restored(result, agent.reserved));
+                    continue;
+                }
+                if let Some(session) = agent.attach
+                    && let Ok((reservation, reserved)) = pool.reserve(agent.reserved)
+                {
+                    reattached.push(id.clone());
+                    launches.push((
+                        AgentSlot::new(id, reservation, reserved),
+                        agent,
+                        Some(session),
+                    ));
+                    continue;
+                }
+                // In flight, result unprovable: charge what it may have spent.
+                in_doubt.push(id.clone());
+                let retry = if agent.key.is_some() {
+                    decisions.push(Entry::InDoubt {
+                        agent: id.clone(),
+                        charged: agent.reserved,
+                    });
+                    pool.restore_spent(agent.reserved);
+                    pool.reserve(agent.reserved).ok()
+                } else {
+                    None
+                };
+                match retry {
+                    Some((reservation, reserved)) => {
+                        decisions.push(Entry::Redispatch {
+                            agent: id.clone(),
+                            reserved,
+                        });
+                        redispatched.push(id.clone());
+                        launches.push((AgentSlot::new(id, reservation, reserved), agent, None));
+                    }
+                    None => {
+                        let reason = if agent.key.is_some() {
+                            "the coordinator died while it ran; it could not be started again: \
+                         the budget left does not cover its reservation"
+                        } else {
+                            "the coordinator died while it ran and its spawn had no idempotency \
+                         key, so it was not started again"
+                        };
+                        let result = AgentResult {
+                            id: id.clone(),
+                            status: AgentStatus::InDoubt {
+                                reason: reason.to_owned(),
+                            },
+                            output: String::new(),
+                            check: None,
+                            // An already-charged redispatch attempt is in `charged`; a first attempt
+                            // is charged here.
+                            spent: if agent.key.is_some() {
+                                BudgetAmount::default()
+                            } else {
+                                agent.reserved
+                            },
+                        };
+                        pool.restore_spent(result.spent);
+                        decisions.push(Entry::Settle {
+                            result: result.clone(),
+                        });
+                        restored.push(AgentSlot::restored(result, agent.reserved));
+                    }
+                }
+            }
+        }
+        if !(in_doubt.is_empty() && reattached.is_empty() && decisions.is_empty()) {
+            decisions.push(Entry::Resumed {
+                in_doubt,
+                redispatched,
+                reattached,
+            });
+        }
+        if let Some(journal) = &self.inner.journal
+            && !decisions.is_empty()
+        {
+            journal.write(&decisions).await?;
+        }
+        {
+            let mut registry = lock(&self.inner.agents);
+            for slot in restored {
+                registry.insert(slot.id.clone(), slot);
+            }
+            for (slot, _, _) in &launches {
+                registry.insert(slot.id.clone(), slot.clone());
+            }
+        }
+        for (slot, agent, session) in launches {
+            let target = agent.request.target()?;
+            slot.push_event(
+                AgentEventKind::Started,
+                match &session {
+                    Some(s) => format!("re-attached to detached session {s} after a restart"),
+                    None => format!("started again after a restart: {}", agent.request.task),
+                },
+            );
+            lock(&slot.state).inbox.extend(agent.steers);
+            *lock(&slot.check_ctx) = self.check_context(&target);
+            let spec = WorkerSpec {
+                id: slot.id.clone(),
+                target,
+                task: agent.request.task,
+                budget: slot.reserved,
+            };
+            self.launch(slot, spec, agent.request.completion_check, session);
+        }
+        Ok(())
     }
 
     /// The pool's accounting now.
@@ -357,7 +725,7 @@ impl Supervisor {
         Ok(BudgetAmount::new(tokens, turns))
     }
 
-    fn start(
+    async fn start(
         &self,
         request: SpawnAgent,
         fingerprint: Option<(String, String)>,
@@ -367,25 +735,29 @@ impl Supervisor {
             return Err(Error::invalid("task", "the task is empty"));
         }
         self.inner.factory.validate(&target)?;
+        let check_ctx = self.check_context(&target);
         if let Some(check) = &request.completion_check {
-            self.inner.checker.validate(check)?;
+            self.inner.checker.validate_in(check, &check_ctx)?;
         }
-        let mut keys = lock(&self.inner.spawn_keys);
-        if let Some((key, print)) = &fingerprint
-            && let Some(record) = keys.get(key)
-        {
-            if &record.fingerprint != print {
-                return Err(Error::IdempotencyConflict {
-                    key: key.clone(),
-                    existing: record.id.clone(),
+        let _gate = self.inner.spawn_gate.lock().await;
+        if let Some((key, print)) = &fingerprint {
+            let known = lock(&self.inner.spawn_keys)
+                .get(key)
+                .map(|r| (r.fingerprint.clone(), r.id.clone()));
+            if let Some((known_print, id)) = known {
+                if &known_print != print {
+                    return Err(Error::IdempotencyConflict {
+                        key: key.clone(),
+                        existing: id,
+                    });
+                }
+                let slot = self.slot(&id)?;
+                return Ok(SpawnAgentResult {
+                    id,
+                    deduplicated: true,
+                    reserved: slot.reserved,
                 });
             }
-            let slot = self.slot(&record.id)?;
-            return Ok(SpawnAgentResult {
-                id: record.id.clone(),
-                deduplicated: true,
-                reserved: slot.reserved,
-            });
         }
         let (reservation, reserved) = {
             let mut pool = lock(&self.inner.pool);
@@ -393,32 +765,27 @@ impl Supervisor {
             pool.reserve(amount)?
         };
         let id = AgentId::generate();
-        let (terminal, _) = watch::channel(false);
-        let slot = Arc::new(AgentSlot {
-            id: id.clone(),
-            cancel: CancellationToken::new(),
-            reservation,
-            reserved,
-            started: Instant::now(),
-            state: Mutex::new(AgentState {
-                status: AgentStatus::Running,
-                events: Vec::new(),
-                output: String::new(),
-                inbox: VecDeque::new(),
-                turns: 0,
-                check: None,
-                final_spent: None,
-                stop_reason: None,
-            }),
-            terminal,
-        });
+        if let Some(journal) = &self.inner.journal {
+            let entry = Entry::Spawn {
+                agent: id.clone(),
+                request: request.clone(),
+                reserved,
+                key: fingerprint.clone(),
+            };
+            if let Err(e) = journal.write(&[entry]).await {
+                lock(&self.inner.pool).release(reservation);
+                return Err(e);
+            }
+        }
+        let slot = AgentSlot::new(id.clone(), reservation, reserved);
+        *lock(&slot.check_ctx) = check_ctx;
         slot.push_event(
             AgentEventKind::Started,
             format!("started {target} with {reserved:?}: {}", request.task),
         );
         lock(&self.inner.agents).insert(id.clone(), slot.clone());
         if let Some((key, print)) = fingerprint {
-            keys.insert(
+            lock(&self.inner.spawn_keys).insert(
                 key,
                 SpawnRecord {
                     fingerprint: print,
@@ -426,44 +793,82 @@ impl Supervisor {
                 },
             );
         }
-        drop(keys);
-
         let spec = WorkerSpec {
             id: id.clone(),
             target,
             task: request.task,
             budget: reserved,
         };
-        let ctx = WorkerContext {
-            slot: slot.clone(),
-            pool: self.inner.pool.clone(),
-        };
-        let factory = self.inner.factory.clone();
-        let checker = self.inner.checker.clone();
-        let pool = self.inner.pool.clone();
-        let check = request.completion_check;
-        tokio::spawn(drive(slot, factory, checker, pool, spec, ctx, check));
+        self.launch(slot, spec, request.completion_check, None);
         Ok(SpawnAgentResult {
             id,
             deduplicated: false,
             reserved,
         })
     }
+
+    fn check_context(&self, target: &AgentTarget) -> CheckContext {
+        match self.inner.factory.model_for(target) {
+            Some(model) => CheckContext::new().worker_model(model),
+            None => CheckContext::new(),
+        }
+    }
+
+    /// Start the task that runs `slot`'s worker (or, with `detached`, follows its detached
+    /// session) to a terminal state.
+    fn launch(
+        &self,
+        slot: Arc<AgentSlot>,
+        spec: WorkerSpec,
+        check: Option<CompletionCheck>,
+        detached: Option<SessionId>,
+    ) {
+        let ctx = WorkerContext {
+            slot: slot.clone(),
+            pool: self.inner.pool.clone(),
+            journal: self.inner.journal.clone(),
+            poll: self.inner.options.detached_poll,
+            depth: self.inner.depth + 1,
+            max_depth: self.inner.options.max_depth,
+        };
+        tokio::spawn(drive(
+            slot,
+            self.inner.factory.clone(),
+            self.inner.checker.clone(),
+            self.inner.pool.clone(),
+            self.inner.journal.clone(),
+            spec,
+            ctx,
+            check,
+            detached,
+        ));
+    }
 }
 
-/// Run one worker to a terminal state, then check, release and record.
+/// Run one worker to a terminal state, then check, release, journal and record.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     slot: Arc<AgentSlot>,
     factory: Arc<dyn WorkerFactory>,
     checker: Arc<dyn CompletionChecker>,
     pool: Arc<Mutex<BudgetPool>>,
+    journal: Option<Journal>,
     spec: WorkerSpec,
     ctx: WorkerContext,
     check: Option<CompletionCheck>,
+    detached: Option<SessionId>,
 ) {
     let cancel = slot.cancel.clone();
+    let run = async {
+        match (detached, &journal) {
+            (Some(session), Some(journal)) => {
+                ctx.poll_session(journal.store().clone(), session).await
+            }
+            _ => factory.run(spec, ctx).await,
+        }
+    };
     // A panicking worker is a failed worker, not a crashed supervisor.
-    let run = std::panic::AssertUnwindSafe(factory.run(spec, ctx)).catch_unwind();
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind();
     let outcome = tokio::select! {
         biased;
         _ = cancel.cancelled() => None,
@@ -487,10 +892,11 @@ async fn drive(
             None => (AgentStatus::Settled { delivered: false }, None),
             Some(check) => {
                 let output = slot.output();
+                let check_ctx = lock(&slot.check_ctx).clone();
                 let checked = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => None,
-                    result = checker.check(&check, &output) => Some(result),
+                    result = checker.check_in(&check, &output, &check_ctx) => Some(result),
                 };
                 match checked {
                     None => (stopped_status(&slot), None),
@@ -510,6 +916,29 @@ async fn drive(
         },
     };
     let spent = lock(&pool).release(slot.reservation).unwrap_or_default();
+    // Cancelled without a `stop_agent` means the supervisor itself went away (dropped, shutting
+    // down): the work was interrupted, not ended by a decision, so a durable run leaves it
+    // unsettled and a resume treats it as in flight.
+    let interrupted = matches!(status, AgentStatus::Stopped { .. }) && !slot.stop_requested();
+    if let Some(journal) = journal.as_ref().filter(|_| !interrupted) {
+        let result = AgentResult {
+            id: slot.id.clone(),
+            status: status.clone(),
+            output: slot.output(),
+            check: check_outcome.clone(),
+            spent,
+        };
+        // The result becomes visible only once it is durable. When the journal cannot take it,
+        // the agent still ends here (waiters must not hang), and a later resume finds it in
+        // doubt — the honest reading of an unrecorded result.
+        if let Err(e) = journal.write(&[Entry::Settle { result }]).await {
+            tracing::error!(agent = %slot.id, error = %e, "settle not journaled");
+            slot.push_event(
+                AgentEventKind::Progress,
+                format!("the settle could not be journaled ({e}); a resume will find it in doubt"),
+            );
+        }
+    }
     slot.finish(status, check_outcome, spent);
 }
 
@@ -539,7 +968,7 @@ impl Coordinator for Supervisor {
                 Some((key.clone(), print))
             }
         };
-        self.start(request, fingerprint)
+        self.start(request, fingerprint).await
     }
 
     async fn observe_agent(&self, request: ObserveAgent) -> Result<Observation, Error> {
@@ -579,8 +1008,8 @@ impl Coordinator for Supervisor {
         if request.operation_id.is_empty() {
             return Err(Error::invalid("operation_id", "the operation id is empty"));
         }
-        let mut ops = lock(&self.inner.steer_ops);
-        if let Some(record) = ops.get(&request.operation_id) {
+        let _gate = self.inner.steer_gate.lock().await;
+        if let Some(record) = lock(&self.inner.steer_ops).get(&request.operation_id) {
             if record.id != request.id || record.message != request.message {
                 return Err(Error::OperationConflict {
                     operation_id: request.operation_id,
@@ -593,17 +1022,33 @@ impl Coordinator for Supervisor {
             });
         }
         let slot = self.slot(&request.id)?;
+        let not_running = |state: &AgentState| Error::NotRunning {
+            id: request.id.clone(),
+            state: state.status.state_name().to_owned(),
+        };
+        {
+            let state = slot.state();
+            if state.status.is_terminal() {
+                return Err(not_running(&state));
+            }
+        }
+        if let Some(journal) = &self.inner.journal {
+            journal
+                .write(&[Entry::Steer {
+                    agent: request.id.clone(),
+                    operation_id: request.operation_id.clone(),
+                    message: request.message.clone(),
+                }])
+                .await?;
+        }
         {
             let mut state = slot.state();
             if state.status.is_terminal() {
-                return Err(Error::NotRunning {
-                    id: request.id,
-                    state: state.status.state_name().to_owned(),
-                });
+                return Err(not_running(&state));
             }
             state.inbox.push_back(request.message.clone());
         }
-        ops.insert(
+        lock(&self.inner.steer_ops).insert(
             request.operation_id.clone(),
             SteerRecord {
                 id: request.id.clone(),
@@ -668,8 +1113,8 @@ impl Coordinator for Supervisor {
 
     async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, Error> {
         let slot = self.slot(&request.id)?;
-        {
-            let mut state = slot.state();
+        let first_stop = {
+            let state = slot.state();
             if state.status.is_terminal() {
                 return Ok(StopAgentResult {
                     id: request.id,
@@ -677,6 +1122,18 @@ impl Coordinator for Supervisor {
                     already_terminal: true,
                 });
             }
+            state.stop_reason.is_none()
+        };
+        if first_stop {
+            if let Some(journal) = &self.inner.journal {
+                journal
+                    .write(&[Entry::Stop {
+                        agent: request.id.clone(),
+                        reason: request.reason.clone(),
+                    }])
+                    .await?;
+            }
+            let mut state = slot.state();
             if state.stop_reason.is_none() {
                 state.stop_reason = Some(request.reason.clone());
             }

@@ -236,6 +236,13 @@ pub enum AgentStatus {
         /// The reason given to `stop_agent`.
         reason: String,
     },
+    /// The coordinator died while the worker was in flight and its result cannot be proven; it
+    /// was not started again (its spawn had no idempotency key, or the budget no longer allowed
+    /// it). Its whole reservation counts as spent.
+    InDoubt {
+        /// Why it could not be resumed.
+        reason: String,
+    },
 }
 
 impl AgentStatus {
@@ -249,13 +256,14 @@ impl AgentStatus {
         matches!(self, AgentStatus::Settled { delivered: true })
     }
 
-    /// The state's name: `running`, `settled`, `failed` or `stopped`.
+    /// The state's name: `running`, `settled`, `failed`, `stopped` or `in_doubt`.
     pub fn state_name(&self) -> &'static str {
         match self {
             AgentStatus::Running => "running",
             AgentStatus::Settled { .. } => "settled",
             AgentStatus::Failed { .. } => "failed",
             AgentStatus::Stopped { .. } => "stopped",
+            AgentStatus::InDoubt { .. } => "in_doubt",
         }
     }
 }

@@ -1,13 +1,19 @@
 //! Workers: what a spawned agent runs, and the context through which it reports and is steered.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use agentrt_session_store::{SessionId, SessionStatus, SessionStore, StoreError};
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::budget::BudgetPool;
+use crate::check::CompletionChecker;
+use crate::journal::{Entry, Journal};
 use crate::supervisor::AgentSlot;
+use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount};
 
 /// What a worker is asked to do.
@@ -60,6 +66,11 @@ pub trait WorkerFactory: Send + Sync + 'static {
 pub struct WorkerContext {
     pub(crate) slot: Arc<AgentSlot>,
     pub(crate) pool: Arc<Mutex<BudgetPool>>,
+    pub(crate) journal: Option<Journal>,
+    pub(crate) poll: Duration,
+    /// This worker's depth: its supervisor's depth plus one.
+    pub(crate) depth: u32,
+    pub(crate) max_depth: u32,
 }
 
 impl std::fmt::Debug for WorkerContext {
@@ -129,5 +140,133 @@ impl WorkerContext {
     /// A token cancelled when the agent is stopped.
     pub fn cancelled(&self) -> CancellationToken {
         self.slot.cancel.clone()
+    }
+
+    /// Hand this agent's work over to `session`, a session of `store` that the work itself
+    /// writes (an agent run in another process or box, say) and that outlives this
+    /// coordinator: records the reference in the spawn journal, then waits for the session to
+    /// reach a terminal status, polling it once per
+    /// [`SupervisorOptions::detached_poll`](crate::SupervisorOptions::detached_poll). A
+    /// completed session's final answer becomes the agent's output; a failed or cancelled one
+    /// fails the agent.
+    ///
+    /// After a coordinator restart, [`Supervisor::open`](crate::Supervisor::open) resumes the
+    /// same wait from the journal (polling the run's own store, so for a durable supervisor
+    /// `store` must be the journal's store). Neither this call nor a stop ever ends or destroys
+    /// the detached work: stopping the agent only stops following it.
+    ///
+    /// # Errors
+    /// [`Error::Journal`] when the reference cannot be journaled (then nothing was handed over);
+    /// [`Error::Worker`] when the session cannot be read or did not complete.
+    pub async fn follow_session(
+        &self,
+        store: Arc<dyn SessionStore>,
+        session: SessionId,
+    ) -> Result<(), Error> {
+        if let Some(journal) = &self.journal {
+            journal
+                .write(&[Entry::Attach {
+                    agent: self.slot.id.clone(),
+                    session,
+                }])
+                .await?;
+        }
+        self.progress(format!("following detached session {session}"));
+        self.poll_session(store, session).await
+    }
+
+    /// Poll `session` until it is terminal; settle the agent's output from its final event.
+    pub(crate) async fn poll_session(
+        &self,
+        store: Arc<dyn SessionStore>,
+        session: SessionId,
+    ) -> Result<(), Error> {
+        let read = |e: StoreError| Error::Worker(format!("detached session {session}: {e}"));
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let record = loop {
+            tick.tick().await;
+            let record = store.get(&session).await.map_err(read)?;
+            if record.status.is_final() {
+                break record;
+            }
+        };
+        let from = record.next_seq.saturating_sub(1);
+        let mut last = store.replay(&session, from);
+        let mut answer = None;
+        while let Some(event) = last.next().await {
+            let event = event.map_err(read)?;
+            answer = event
+                .payload
+                .get("answer")
+                .or_else(|| event.payload.get("output"))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+        }
+        if let Some(answer) = answer {
+            self.append_output(&answer);
+        }
+        match record.status {
+            SessionStatus::Completed => Ok(()),
+            status => Err(Error::Worker(format!(
+                "detached session {session} ended {}{}",
+                status.as_str(),
+                record.error.map(|e| format!(": {e}")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Make this worker a supervisor of its own: a sub-supervisor whose root budget, `budget`,
+    /// is charged to this worker's reservation at once, so whatever the sub-tree spends is
+    /// already counted against every ancestor and the root's total can never be exceeded
+    /// (unspent sub-budget is not returned). The sub-supervisor keeps this worker's nesting
+    /// limit and lives in memory: dropping it (as when this worker is stopped) stops its
+    /// workers; its outcome reaches the parent as this worker's output, which the parent
+    /// journals.
+    ///
+    /// # Errors
+    /// [`Error::DepthLimit`] when this worker is already at the supervisor's
+    /// [`max_depth`](SupervisorOptions::max_depth); [`Error::BudgetExhausted`] when `budget` does
+    /// not fit in what is left of the reservation (nothing is charged then).
+    pub fn sub_supervisor(
+        &self,
+        factory: Arc<dyn WorkerFactory>,
+        checker: Arc<dyn CompletionChecker>,
+        budget: BudgetAmount,
+    ) -> Result<Supervisor, Error> {
+        if self.depth >= self.max_depth {
+            return Err(Error::DepthLimit {
+                depth: self.depth,
+                max_depth: self.max_depth,
+            });
+        }
+        self.charge(budget)?;
+        self.progress(format!("started a sub-supervisor with {budget:?}"));
+        let options = SupervisorOptions {
+            root_budget: budget,
+            max_depth: self.max_depth,
+            detached_poll: self.poll,
+            ..SupervisorOptions::default()
+        };
+        Ok(Supervisor::build(
+            factory, checker, options, None, self.depth,
+        ))
+    }
+
+    /// Report the directory of this worker's box (its workspace): a `command` completion check
+    /// of this agent runs there.
+    pub fn set_box_dir(&self, dir: impl Into<std::path::PathBuf>) {
+        crate::supervisor::lock(&self.slot.check_ctx).box_dir = Some(dir.into());
+    }
+
+    /// Report this worker's live box (sandbox): a `command` completion check of this agent runs
+    /// inside it, under its isolation.
+    pub fn set_box(&self, worker_box: Arc<dyn agentrt_core_loop::worker::WorkerBox>) {
+        crate::supervisor::lock(&self.slot.check_ctx).worker_box = Some(worker_box);
+    }
+
+    /// How deep this worker is nested: 1 under a root supervisor.
+    pub fn depth(&self) -> u32 {
+        self.depth
     }
 }

@@ -1,0 +1,263 @@
+//! The durable spawn journal of a [`Supervisor`](crate::Supervisor).
+//!
+//! Every spawn, steer, stop and settle is appended to one session of the session store (the
+//! *run*, named by its [`SessionId`]) **before** it takes effect: a worker starts only after its
+//! spawn is durable, a steer is queued only after it is durable, and a result becomes visible to
+//! `observe_agent` / `await_agent` only after its settle is durable. A coordinator that dies
+//! therefore leaves a journal from which [`Supervisor::open`](crate::Supervisor::open) rebuilds
+//! exactly what was committed (see the resume rules there).
+//!
+//! Appends from concurrent spawns and settles are grouped: one writer task drains every entry
+//! queued while the previous append was in flight and writes them in one `append` call, so a
+//! SQLite journal pays one commit per group, not one per entry.
+
+use std::sync::Arc;
+
+use agentrt_session_store::{NewEvent, SessionId, SessionStore, StoreError};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+use crate::verbs::{AgentId, AgentResult, BudgetAmount, SpawnAgent};
+
+/// Event kinds of journal entries in the run's session.
+pub(crate) const KIND_PREFIX: &str = "coord.";
+
+/// One journal entry. The variant is the event kind (`coord.<variant>`), the fields its payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "entry", rename_all = "snake_case")]
+pub(crate) enum Entry {
+    /// The run began with this root budget (always the first entry).
+    Run { root: BudgetAmount },
+    /// The coordinator was resumed from the journal (a marker for readers of the run).
+    Resumed {
+        in_doubt: Vec<AgentId>,
+        redispatched: Vec<AgentId>,
+        reattached: Vec<AgentId>,
+    },
+    /// An agent was spawned with this reservation; its worker starts after this is durable.
+    Spawn {
+        agent: AgentId,
+        request: SpawnAgent,
+        reserved: BudgetAmount,
+        /// The idempotency key and the fingerprint of the request it was first used with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<(String, String)>,
+    },
+    /// The agent's work lives in another session of the store and outlives this coordinator.
+    Attach { agent: AgentId, session: SessionId },
+    /// A steering message was accepted under an operation id.
+    Steer {
+        agent: AgentId,
+        operation_id: String,
+        message: String,
+    },
+    /// `stop_agent` was called; the worker is cancelled after this is durable.
+    Stop { agent: AgentId, reason: String },
+    /// The agent reached a terminal state with this result.
+    Settle { result: AgentResult },
+    /// At resume, the agent's in-flight attempt could not be proven; what it may have spent (its
+    /// whole reservation) is charged to the pool.
+    InDoubt {
+        agent: AgentId,
+        charged: BudgetAmount,
+    },
+    /// At resume, an in-doubt agent whose spawn carried an idempotency key was started again
+    /// under the same id with this reservation.
+    Redispatch {
+        agent: AgentId,
+        reserved: BudgetAmount,
+    },
+}
+
+impl Entry {
+    fn kind(&self) -> &'static str {
+        match self {
+            Entry::Run { .. } => "coord.run",
+            Entry::Resumed { .. } => "coord.resumed",
+            Entry::Spawn { .. } => "coord.spawn",
+            Entry::Attach { .. } => "coord.attach",
+            Entry::Steer { .. } => "coord.steer",
+            Entry::Stop { .. } => "coord.stop",
+            Entry::Settle { .. } => "coord.settle",
+            Entry::InDoubt { .. } => "coord.in_doubt",
+            Entry::Redispatch { .. } => "coord.redispatch",
+        }
+    }
+
+    fn to_event(&self) -> Result<NewEvent, Error> {
+        let payload = serde_json::to_value(self)
+            .map_err(|e| Error::Journal(format!("cannot encode a {} entry: {e}", self.kind())))?;
+        Ok(NewEvent::new(self.kind(), payload))
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), Error>>;
+
+/// The writer side of a run's journal. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Journal {
+    store: Arc<dyn SessionStore>,
+    run: SessionId,
+    queue: mpsc::UnboundedSender<(Vec<NewEvent>, Ack)>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("run", &self.run).finish()
+    }
+}
+
+fn store_error(what: &str, e: StoreError) -> Error {
+    Error::Journal(format!("{what}: {e}"))
+}
+
+impl Journal {
+    /// Open the journal of `run`, creating the run (with its `Run` entry) when it does not exist.
+    /// Returns the journal and every entry already in it, in order.
+    pub(crate) async fn open(
+        store: Arc<dyn SessionStore>,
+        run: SessionId,
+        root: BudgetAmount,
+    ) -> Result<(Journal, Vec<Entry>), Error> {
+        let (next_seq, entries) = match store.resume_point(&run).await {
+            Ok(point) => {
+                if point.status.is_final() {
+                    return Err(Error::Journal(format!(
+                        "run `{run}` has already ended ({}); a finished run is not resumed",
+                        point.status.as_str()
+                    )));
+                }
+                let entries = read_entries(store.as_ref(), &run).await?;
+                match entries.first() {
+                    Some(Entry::Run { root: journaled }) if *journaled == root => {}
+                    Some(Entry::Run { root: journaled }) => {
+                        return Err(Error::invalid(
+                            "root_budget",
+                            format!(
+                                "run `{run}` was started with root budget {journaled:?}, \
+                                 not {root:?}; resume it with the same budget"
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::Journal(format!(
+                            "session `{run}` is not a coordination journal (no `coord.run` entry first)"
+                        )));
+                    }
+                }
+                (point.next_seq, entries)
+            }
+            Err(StoreError::NotFound(_)) => {
+                store
+                    .create(
+                        agentrt_session_store::NewSession::new()
+                            .with_id(run)
+                            .with_metadata(serde_json::json!({ "kind": "coordination-journal" })),
+                    )
+                    .await
+                    .map_err(|e| store_error("cannot create the run", e))?;
+                let first = Entry::Run { root };
+                let next = store
+                    .append(&run, 0, vec![first.to_event()?])
+                    .await
+                    .map_err(|e| store_error("cannot start the run", e))?;
+                (next, vec![first])
+            }
+            Err(e) => return Err(store_error("cannot read the run", e)),
+        };
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_groups(store.clone(), run, next_seq, rx));
+        Ok((Journal { store, run, queue }, entries))
+    }
+
+    /// The run's id.
+    pub(crate) fn run(&self) -> &SessionId {
+        &self.run
+    }
+
+    /// The store the run lives in.
+    pub(crate) fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Append `entries` (in order, atomically) and return once they are durable.
+    pub(crate) async fn write(&self, entries: &[Entry]) -> Result<(), Error> {
+        let events = entries
+            .iter()
+            .map(Entry::to_event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (ack, done) = oneshot::channel();
+        self.queue
+            .send((events, ack))
+            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?;
+        done.await
+            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?
+    }
+}
+
+/// Every entry of `run`, in order. Events of other kinds are skipped.
+async fn read_entries(store: &dyn SessionStore, run: &SessionId) -> Result<Vec<Entry>, Error> {
+    let mut stream = store.replay(run, 0);
+    let mut entries = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = event.map_err(|e| store_error("cannot replay the run", e))?;
+        if !event.kind.starts_with(KIND_PREFIX) {
+            continue;
+        }
+        let entry: Entry = serde_json::from_value(event.payload).map_err(|e| {
+            Error::Journal(format!(
+                "run `{run}`: entry {} ({}) cannot be read: {e}",
+                event.seq, event.kind
+            ))
+        })?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// The writer task: one `append` per group of queued entries. A failed append fails every member
+/// of its group and leaves the seq where it was (nothing of the group was written); a conflict
+/// means another coordinator writes this run, so every later write fails too.
+async fn write_groups(
+    store: Arc<dyn SessionStore>,
+    run: SessionId,
+    mut next_seq: u64,
+    mut rx: mpsc::UnboundedReceiver<(Vec<NewEvent>, Ack)>,
+) {
+    let mut fenced: Option<String> = None;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            group.push(more);
+        }
+        if let Some(why) = &fenced {
+            for (_, ack) in group {
+                let _ = ack.send(Err(Error::Journal(why.clone())));
+            }
+            continue;
+        }
+        let events: Vec<NewEvent> = group.iter().flat_map(|(e, _)| e.clone()).collect();
+        let count = events.len() as u64;
+        match store.append(&run, next_seq, events).await {
+            Ok(_) => {
+                next_seq += count;
+                for (_, ack) in group {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                let message = format!("cannot write to run `{run}`: {e}");
+                if matches!(e, StoreError::Conflict { .. }) {
+                    fenced = Some(format!(
+                        "{message} (another coordinator is writing this run; this one stops journaling)"
+                    ));
+                }
+                for (_, ack) in group {
+                    let _ = ack.send(Err(Error::Journal(message.clone())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The durable spawn journal: what `Supervisor::open` restores after the coordinator dies.
+//!
+//! A coordinator "dies" here by shutting down the Tokio runtime it ran on: every task (workers,
+//! the journal writer) is dropped mid-await and nothing more is written, as after SIGKILL. The
+//! store (in memory, shared) survives, as a database file would. `tests/crash_resume.rs` does the
+//! same with real processes, SIGKILL and SQLite.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentrt_coordination_mcp::{
+    AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator,
+    DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent, StopAgent,
+    Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec,
+};
+use agentrt_session_store::{
+    Finish, MemoryStore, NewEvent, NewSession, SessionId, SessionStatus, SessionStore,
+};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use serde_json::json;
+
+/// Workers that count their runs per task, echo steering, and run `#ms=N` milliseconds (a task
+/// containing `#detach` instead hands its work to a session the test writes).
+#[derive(Default)]
+struct Counting {
+    runs: Mutex<HashMap<String, u32>>,
+    detached: Mutex<Option<(Arc<dyn SessionStore>, SessionId)>>,
+}
+
+impl Counting {
+    fn runs(&self, task: &str) -> u32 {
+        self.runs.lock().unwrap().get(task).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl WorkerFactory for Counting {
+    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+        *self
+            .runs
+            .lock()
+            .unwrap()
+            .entry(spec.task.clone())
+            .or_default() += 1;
+        if spec.task.contains("#detach") {
+            let (store, session) = self.detached.lock().unwrap().clone().unwrap();
+            return ctx.follow_session(store, session).await;
+        }
+        let ms: u64 = spec
+            .task
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("#ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        for _ in 0..4 {
+            for m in ctx.begin_turn()? {
+                ctx.append_output(&format!("steered: {m}\n"));
+            }
+            ctx.charge(BudgetAmount::new(5, 0))?;
+            tokio::time::sleep(Duration::from_millis(ms / 4)).await;
+        }
+        ctx.append_output(&format!("done: {}\n", spec.task));
+        Ok(())
+    }
+}
+
+const ROOT: BudgetAmount = BudgetAmount::new(10_000, 100);
+
+fn options() -> SupervisorOptions {
+    SupervisorOptions::with_root_budget(ROOT).detached_poll(Duration::from_millis(10))
+}
+
+async fn open(
+    factory: &Arc<Counting>,
+    store: &Arc<dyn SessionStore>,
+    run: SessionId,
+) -> Result<Supervisor, Error> {
+    Supervisor::open(
+        factory.clone(),
+        Arc::new(DefaultChecker::new()),
+        options(),
+        store.clone(),
+        run,
+    )
+    .await
+}
+
+fn spawn(task: &str, key: Option<&str>) -> SpawnAgent {
+    SpawnAgent {
+        profile: Some("worker".into()),
+        task: task.into(),
+        budget: Some(SpawnBudget {
+            tokens: Some(100),
+            turns: Some(10),
+        }),
+        completion_check: Some(CompletionCheck::OutputContains {
+            text: "done:".into(),
+        }),
+        idempotency_key: key.map(str::to_owned),
+        ..SpawnAgent::default()
+    }
+}
+
+async fn settle(s: &Supervisor, id: &AgentId) -> agentrt_coordination_mcp::AgentResult {
+    let mut r = s
+        .await_agent(AwaitAgent {
+            ids: vec![id.clone()],
+            timeout_ms: 20_000,
+            mode: AwaitMode::All,
+        })
+        .await
+        .unwrap();
+    assert!(!r.timed_out, "agent {id} did not settle");
+    r.settled.remove(0)
+}
+
+async fn observe(s: &Supervisor, id: &AgentId) -> agentrt_coordination_mcp::Observation {
+    s.observe_agent(ObserveAgent {
+        id: id.clone(),
+        since_cursor: 0,
+    })
+    .await
+    .unwrap()
+}
+
+/// Run `work` as a coordinator on its own runtime, then kill that runtime (the coordinator dies
+/// mid-flight; nothing else is written).
+fn crash_after<F, Fut, T>(work: F) -> T
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt.block_on(work());
+    rt.shutdown_background();
+    out
+}
+
+async fn kinds(store: &Arc<dyn SessionStore>, run: &SessionId) -> Vec<String> {
+    let events: Vec<_> = store.replay(run, 0).try_collect().await.unwrap();
+    events.into_iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn settled_work_is_reused_and_keys_and_steer_ids_survive_a_restart() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let (done, spent_before) = crash_after(|| async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let a = s
+            .spawn_agent(spawn("quick #ms=8", Some("k1")))
+            .await
+            .unwrap();
+        s.steer_agent(SteerAgent {
+            id: a.id.clone(),
+            message: "go".into(),
+            operation_id: "op1".into(),
+        })
+        .await
+        .unwrap();
+        let result = settle(&s, &a.id).await;
+        (result, s.budget().spent)
+    });
+    assert!(done.status.is_delivered(), "{done:?}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        // The settled agent is back with its result and is not run again.
+        let again = settle(&s, &done.id).await;
+        assert_eq!(again, done);
+        assert_eq!(factory.runs("quick #ms=8"), 1);
+        // Its spending still counts against the root.
+        assert_eq!(s.budget().spent, spent_before);
+        // A retried spawn and a retried steer are duplicates, not new work.
+        let retried = s
+            .spawn_agent(spawn("quick #ms=8", Some("k1")))
+            .await
+            .unwrap();
+        assert!(retried.deduplicated);
+        assert_eq!(retried.id, done.id);
+        let conflict = s.spawn_agent(spawn("other", Some("k1"))).await.unwrap_err();
+        assert!(
+            matches!(conflict, Error::IdempotencyConflict { .. }),
+            "{conflict}"
+        );
+        let steer = s
+            .steer_agent(SteerAgent {
+                id: done.id.clone(),
+                message: "go".into(),
+                operation_id: "op1".into(),
+            })
+            .await
+            .unwrap();
+        assert!(steer.duplicate);
+        assert_eq!(factory.runs("quick #ms=8"), 1);
+    });
+}
+
+#[test]
+fn in_flight_work_without_a_key_ends_in_doubt_with_its_reservation_charged() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let id = crash_after(|| async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let a = s.spawn_agent(spawn("slow #ms=60000", None)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a.id
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let r = settle(&s, &id).await;
+        assert!(
+            matches!(&r.status, AgentStatus::InDoubt { reason } if reason.contains("idempotency key")),
+            "{r:?}"
+        );
+        // What it spent cannot be proven: its whole reservation counts.
+        assert_eq!(r.spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().available, BudgetAmount::new(9_900, 90));
+        assert_eq!(factory.runs("slow #ms=60000"), 1, "never blindly re-run");
+        let k = kinds(&store, &run).await;
+        assert!(k.ends_with(&["coord.settle".into(), "coord.resumed".into()]), "{k:?}");
+    });
+    // A second restart finds it settled and changes nothing.
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        let before = kinds(&store, &run).await.len();
+        assert!(settle(&s, &id).await.status.state_name() == "in_doubt");
+        assert_eq!(kinds(&store, &run).await.len(), before);
+    });
+}
+
+#[test]
+fn in_flight_keyed_work_is_redispatched_under_its_id_with_its_steers_once() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let id = crash_after(|| async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let a = s
+            .spawn_agent(spawn("keyed #ms=60000", Some("k")))
+            .await
+            .unwrap();
+        s.steer_agent(SteerAgent {
+            id: a.id.clone(),
+            message: "focus".into(),
+            operation_id: "op".into(),
+        })
+        .await
+        .unwrap();
+        a.id
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        // The first attempt's reservation is charged, the second one reserved anew.
+        let budget = s.budget();
+        assert_eq!(budget.reserved, BudgetAmount::new(100, 10));
+        assert_eq!(budget.available, BudgetAmount::new(9_800, 80));
+        let seen = observe(&s, &id).await;
+        assert_eq!(seen.status, AgentStatus::Running);
+        // Let it get its first turn, then check the steer arrived exactly once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(factory.runs("keyed #ms=60000"), 2);
+        let seen = observe(&s, &id).await;
+        assert_eq!(
+            seen.output.matches("steered: focus").count(),
+            1,
+            "{}",
+            seen.output
+        );
+        let k = kinds(&store, &run).await;
+        assert!(
+            k.contains(&"coord.in_doubt".to_owned()) && k.contains(&"coord.redispatch".to_owned()),
+            "{k:?}"
+        );
+        s.stop_agent(StopAgent {
+            id: id.clone(),
+            reason: "test over".into(),
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_stopped_agent_stays_stopped_after_a_restart() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    // The stop is journaled before the worker is cancelled; whether the coordinator died before
+    // or after the stopped settle was written, the agent resumes as stopped and never runs again.
+    let id = crash_after(|| async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let a = s
+            .spawn_agent(spawn("stoppable #ms=60000", None))
+            .await
+            .unwrap();
+        s.stop_agent(StopAgent {
+            id: a.id.clone(),
+            reason: "enough".into(),
+        })
+        .await
+        .unwrap();
+        a.id
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let r = settle(&s, &id).await;
+        assert_eq!(
+            r.status,
+            AgentStatus::Stopped {
+                reason: "enough".into()
+            }
+        );
+        // Stopped before or after its worker got going, it is never run again.
+        assert!(factory.runs("stoppable #ms=60000") <= 1);
+    });
+}
+
+#[test]
+fn detached_work_is_reattached_polled_and_settled_only_when_its_session_ends() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The detached work: a session some other process writes.
+    let work = rt
+        .block_on(
+            store.create(NewSession::new().with_metadata(json!({"box": "created elsewhere"}))),
+        )
+        .unwrap()
+        .id;
+    *factory.detached.lock().unwrap() = Some((store.clone(), work));
+    let id = crash_after(|| async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let a = s
+            .spawn_agent(spawn("remote #detach", Some("d")))
+            .await
+            .unwrap();
+        // Wait until the reference is journaled.
+        for _ in 0..200 {
+            if kinds(&store, &run)
+                .await
+                .contains(&"coord.attach".to_owned())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.id
+    });
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        // Re-attached, not re-run and not in doubt: it regained its reservation.
+        assert_eq!(factory.runs("remote #detach"), 1);
+        assert_eq!(s.budget().reserved, BudgetAmount::new(100, 10));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let seen = observe(&s, &id).await;
+        assert_eq!(
+            seen.status,
+            AgentStatus::Running,
+            "settles only on a terminal state"
+        );
+        // The other process finishes its session.
+        store
+            .append(&work, 0, vec![NewEvent::new("work.step", json!({"n": 1}))])
+            .await
+            .unwrap();
+        store
+            .finish(
+                &work,
+                1,
+                Finish::completed(NewEvent::new(
+                    "session.final",
+                    json!({"type": "final", "answer": "done: remote result"}),
+                )),
+            )
+            .await
+            .unwrap();
+        let r = settle(&s, &id).await;
+        assert!(r.status.is_delivered(), "{r:?}");
+        assert_eq!(r.output, "done: remote result");
+        // The driver never touched the work's session.
+        let record = store.get(&work).await.unwrap();
+        assert_eq!(record.status, SessionStatus::Completed);
+        assert_eq!(record.next_seq, 2);
+    });
+}
+
+#[test]
+fn a_run_is_resumed_only_with_its_own_budget_and_never_after_it_ended() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        drop(open(&factory, &store, run).await.unwrap());
+        let other_budget = Supervisor::open(
+            factory.clone(),
+            Arc::new(DefaultChecker::new()),
+            SupervisorOptions::with_root_budget(BudgetAmount::new(1, 1)),
+            store.clone(),
+            run,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                other_budget,
+                Error::InvalidRequest {
+                    field: "root_budget",
+                    ..
+                }
+            ),
+            "{other_budget}"
+        );
+
+        let not_a_journal = store.create(NewSession::new()).await.unwrap().id;
+        let e = open(&factory, &store, not_a_journal).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Journal(ref m) if m.contains("not a coordination journal")),
+            "{e}"
+        );
+
+        let next = store.resume_point(&run).await.unwrap().next_seq;
+        store
+            .finish(
+                &run,
+                next,
+                Finish::completed(NewEvent::new("run.end", json!({}))),
+            )
+            .await
+            .unwrap();
+        let e = open(&factory, &store, run).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Journal(ref m) if m.contains("already ended")),
+            "{e}"
+        );
+    });
+}
+
+#[test]
+fn a_second_coordinator_on_the_same_run_is_fenced_off() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let first = open(&factory, &store, run).await.unwrap();
+        let second = open(&factory, &store, run).await.unwrap();
+        second.spawn_agent(spawn("a #ms=4", None)).await.unwrap();
+        // The first one's view of the journal is stale: its write conflicts and takes no effect.
+        let e = first.spawn_agent(spawn("b #ms=4", None)).await.unwrap_err();
+        assert!(matches!(e, Error::Journal(_)), "{e}");
+        assert_eq!(
+            first.budget().reserved,
+            BudgetAmount::default(),
+            "nothing reserved"
+        );
+        assert_eq!(factory.runs("b #ms=4"), 0, "nothing started");
+    });
+}

@@ -1,0 +1,233 @@
+//! Sub-supervisors: a worker that supervises workers of its own, under the same conserved root
+//! budget and a nesting limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_coordination_mcp::{
+    AgentResult, AwaitAgent, AwaitMode, BudgetAmount, Coordinator, DefaultChecker, Error,
+    ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions, WorkerContext,
+    WorkerFactory, WorkerSpec,
+};
+use async_trait::async_trait;
+
+/// A worker that, when its task says `lead`, starts a sub-supervisor with `sub_budget`, spawns
+/// `fan_out` workers of the same factory on `leaf` tasks and reports what they did; any other
+/// task is a scripted leaf (one turn, 10 tokens).
+struct Recursive {
+    sub_budget: BudgetAmount,
+    fan_out: usize,
+}
+
+#[async_trait]
+impl WorkerFactory for Recursive {
+    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+        if !spec.task.starts_with("lead") {
+            ctx.begin_turn()?;
+            ctx.charge(BudgetAmount::new(10, 0))?;
+            ctx.append_output(&format!("leaf at depth {}\n", ctx.depth()));
+            return Ok(());
+        }
+        let factory: Arc<dyn WorkerFactory> = Arc::new(Recursive {
+            sub_budget: self.sub_budget,
+            fan_out: self.fan_out,
+        });
+        let sub =
+            match ctx.sub_supervisor(factory, Arc::new(DefaultChecker::new()), self.sub_budget) {
+                Ok(sub) => sub,
+                Err(e) => {
+                    ctx.append_output(&format!("no sub-supervisor: {}\n", e.code()));
+                    return Ok(());
+                }
+            };
+        let mut ids = Vec::new();
+        for i in 0..self.fan_out {
+            // Children lead again (until the depth limit stops them) or are leaves.
+            let task = if spec.task.contains("deep") {
+                "lead deep"
+            } else {
+                "leaf"
+            };
+            let spawned = sub
+                .spawn_agent(SpawnAgent {
+                    profile: Some("w".into()),
+                    task: format!("{task} {i}"),
+                    budget: Some(SpawnBudget {
+                        tokens: Some(self.sub_budget.tokens / self.fan_out as u64),
+                        turns: Some(self.sub_budget.turns / self.fan_out as u64),
+                    }),
+                    ..SpawnAgent::default()
+                })
+                .await?;
+            ids.push(spawned.id);
+        }
+        let done = sub
+            .await_agent(AwaitAgent {
+                ids,
+                timeout_ms: 10_000,
+                mode: AwaitMode::All,
+            })
+            .await?;
+        for r in &done.settled {
+            ctx.append_output(&r.output);
+        }
+        let used = sub.budget();
+        assert!(
+            used.spent.fits_in(self.sub_budget),
+            "a sub-tree stays in its budget"
+        );
+        Ok(())
+    }
+}
+
+async fn run_lead(
+    root: BudgetAmount,
+    max_depth: u32,
+    task: &str,
+    sub: BudgetAmount,
+) -> (AgentResult, Supervisor) {
+    let s = Supervisor::new(
+        Arc::new(Recursive {
+            sub_budget: sub,
+            fan_out: 2,
+        }),
+        SupervisorOptions::with_root_budget(root)
+            .max_depth(max_depth)
+            .max_await(Duration::from_secs(10)),
+    );
+    let spawned = s
+        .spawn_agent(SpawnAgent {
+            profile: Some("w".into()),
+            task: task.into(),
+            budget: Some(SpawnBudget {
+                tokens: Some(root.tokens),
+                turns: Some(root.turns),
+            }),
+            ..SpawnAgent::default()
+        })
+        .await
+        .unwrap();
+    let mut done = s
+        .await_agent(AwaitAgent {
+            ids: vec![spawned.id],
+            timeout_ms: 10_000,
+            mode: AwaitMode::All,
+        })
+        .await
+        .unwrap();
+    (done.settled.remove(0), s)
+}
+
+#[tokio::test]
+async fn a_worker_supervises_its_own_workers_inside_its_reservation() {
+    let root = BudgetAmount::new(1_000, 40);
+    let (lead, s) = run_lead(root, 3, "lead", BudgetAmount::new(400, 10)).await;
+    assert_eq!(lead.status.state_name(), "settled", "{lead:?}");
+    assert_eq!(
+        lead.output.matches("leaf at depth 2").count(),
+        2,
+        "{}",
+        lead.output
+    );
+    // The sub-budget is charged to the lead at once: the root sees it as spent.
+    assert_eq!(lead.spent, BudgetAmount::new(400, 10));
+    assert!(s.budget().spent.fits_in(root));
+}
+
+#[tokio::test]
+async fn nesting_stops_at_the_depth_limit_with_a_typed_error() {
+    let root = BudgetAmount::new(10_000, 400);
+    let (lead, _) = run_lead(root, 2, "lead deep", BudgetAmount::new(2_000, 80)).await;
+    // Depth 1 leads a sub-supervisor; its depth-2 workers are refused one.
+    assert_eq!(
+        lead.output
+            .matches("no sub-supervisor: depth_limit")
+            .count(),
+        2,
+        "{}",
+        lead.output
+    );
+    let (shallow, _) = run_lead(root, 1, "lead", BudgetAmount::new(2_000, 80)).await;
+    assert_eq!(shallow.output, "no sub-supervisor: depth_limit\n");
+}
+
+#[tokio::test]
+async fn a_sub_budget_larger_than_the_reservation_is_refused() {
+    let root = BudgetAmount::new(100, 10);
+    let (lead, s) = run_lead(root, 3, "lead", BudgetAmount::new(500, 5)).await;
+    assert_eq!(lead.output, "no sub-supervisor: budget_exhausted\n");
+    assert_eq!(
+        s.budget().spent,
+        BudgetAmount::default(),
+        "nothing was charged"
+    );
+}
+
+#[tokio::test]
+async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
+    // The same conservation with the crate's scripted workers as the sub-tree.
+    struct Lead;
+    #[async_trait]
+    impl WorkerFactory for Lead {
+        async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+            let sub = ctx.sub_supervisor(
+                Arc::new(ScriptedWorkerFactory::new().turns(2).delay(Duration::ZERO)),
+                Arc::new(DefaultChecker::new()),
+                BudgetAmount::new(60, 6),
+            )?;
+            for i in 0..5 {
+                // The sub-pool refuses what does not fit; the parent is never overdrawn.
+                let _ = sub
+                    .spawn_agent(SpawnAgent {
+                        profile: Some("leaf".into()),
+                        task: format!("leaf {i}"),
+                        budget: Some(SpawnBudget {
+                            tokens: Some(20),
+                            turns: Some(2),
+                        }),
+                        ..SpawnAgent::default()
+                    })
+                    .await;
+            }
+            let ids = sub.agents();
+            ctx.append_output(&format!("{} leaves", ids.len()));
+            sub.await_agent(AwaitAgent {
+                ids,
+                timeout_ms: 10_000,
+                mode: AwaitMode::All,
+            })
+            .await?;
+            Ok(())
+        }
+    }
+    let s = Supervisor::new(
+        Arc::new(Lead),
+        SupervisorOptions::with_root_budget(BudgetAmount::new(100, 10)),
+    );
+    let spawned = s
+        .spawn_agent(SpawnAgent {
+            profile: Some("lead".into()),
+            task: "lead".into(),
+            budget: Some(SpawnBudget {
+                tokens: Some(100),
+                turns: Some(10),
+            }),
+            ..SpawnAgent::default()
+        })
+        .await
+        .unwrap();
+    let done = s
+        .await_agent(AwaitAgent {
+            ids: vec![spawned.id],
+            timeout_ms: 10_000,
+            mode: AwaitMode::All,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        done.settled[0].output, "3 leaves",
+        "60 tokens fit three 20-token leaves"
+    );
+    assert!(s.budget().spent.fits_in(BudgetAmount::new(100, 10)));
+}
