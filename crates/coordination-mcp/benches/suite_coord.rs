@@ -8,9 +8,22 @@
 //! - `coord.py_sdk_call_us_p50`: the same call against an equivalent server written with the
 //!   official Python SDK (`tests/py/sdk_bench_server.py`), measured in the same run.
 //! - `coord.mcp_call_p50_ratio_vs_py_sdk`: ours / Python's (goal ≤ 0.2).
-//! - `coord.spawn_settle_per_s`: scripted one-turn workers spawned and awaited in process. There
-//!   is no spawn journal yet, so this is in-memory (said on stderr).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+//! - `coord.spawn_settle_per_s`: scripted one-turn workers spawned (one after the other, as a
+//!   supervisor does) and awaited, every spawn and settle journaled durably on SQLite
+//!   (`Supervisor::open`); `coord.spawn_settle_in_memory_per_s` is the same without a journal, the
+//!   baseline, and `coord.spawn_settle_journal_ratio` the ratio.
+//! - `coord.crash_trials` / `coord.crash_resume_ms_p50`: the crash/resume trials of
+//!   `tests/crash_resume.rs` (SIGKILL at a random moment, resume, compare with an uninterrupted
+//!   run), 50 of them (10 with `--quick`); the run fails if any guarantee is violated.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::print_stdout
+)]
+
+#[path = "../tests/support/crash_trials.rs"]
+mod crash_trials;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -142,8 +155,28 @@ async fn python_sdk(warmup: usize, samples: usize) -> Vec<f64> {
     lat
 }
 
-async fn spawn_settle(agents: usize) -> f64 {
-    let supervisor = scripted_supervisor();
+async fn spawn_settle(agents: usize, journal: Option<&std::path::Path>) -> f64 {
+    let supervisor = match journal {
+        None => scripted_supervisor(),
+        Some(db) => {
+            let store = agentrt_session_store::SqliteStore::open(db).await.unwrap();
+            Supervisor::open(
+                Arc::new(
+                    ScriptedWorkerFactory::new()
+                        .turns(1)
+                        .delay(Duration::ZERO)
+                        .tokens_per_turn(1),
+                ),
+                Arc::new(agentrt_coordination_mcp::DefaultChecker::new()),
+                SupervisorOptions::with_root_budget(BudgetAmount::new(u64::MAX / 2, u64::MAX / 2))
+                    .default_spawn_budget(BudgetAmount::new(10, 2)),
+                Arc::new(store),
+                agentrt_session_store::SessionId::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
     let start = Instant::now();
     let mut ids = Vec::with_capacity(agents);
     for i in 0..agents {
@@ -184,6 +217,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some((db, run)) = crash_trials::child_role() {
+        runtime.block_on(crash_trials::child(&db, &run));
+        return;
+    }
     if args.iter().any(|a| a == "--serve-stdio") {
         runtime
             .block_on(serve_stdio(Arc::new(scripted_supervisor())))
@@ -200,7 +237,10 @@ fn main() {
         let ours = ours(warmup, samples).await;
         let ours_p50 = percentile(&ours, 0.5);
         println!("BENCH coord.mcp_call_us_p50 {ours_p50:.1} us");
-        println!("BENCH coord.mcp_call_us_p99 {:.1} us", percentile(&ours, 0.99));
+        println!(
+            "BENCH coord.mcp_call_us_p99 {:.1} us",
+            percentile(&ours, 0.99)
+        );
         let py = python_sdk(warmup.min(200), py_samples).await;
         let py_p50 = percentile(&py, 0.5);
         println!("BENCH coord.py_sdk_call_us_p50 {py_p50:.1} us");
@@ -208,10 +248,26 @@ fn main() {
             "BENCH coord.mcp_call_p50_ratio_vs_py_sdk {:.3} ratio",
             ours_p50 / py_p50
         );
-        eprintln!(
-            "note: coord.spawn_settle_per_s runs in memory: the durable spawn journal does not exist yet"
+        let dir = tempfile::tempdir().unwrap();
+        let durable = spawn_settle(agents, Some(&dir.path().join("journal.db"))).await;
+        let in_memory = spawn_settle(agents, None).await;
+        println!("BENCH coord.spawn_settle_per_s {durable:.0} agents/s");
+        println!("BENCH coord.spawn_settle_in_memory_per_s {in_memory:.0} agents/s");
+        println!(
+            "BENCH coord.spawn_settle_journal_ratio {:.3} ratio",
+            durable / in_memory
         );
-        let rate = spawn_settle(agents).await;
-        println!("BENCH coord.spawn_settle_per_s {rate:.0} agents/s");
     });
+    let trials = if quick { 10 } else { 50 };
+    let mut stats = crash_trials::run_trials(&runtime, trials);
+    stats.resume_ms.sort_by(f64::total_cmp);
+    println!("BENCH coord.crash_trials {} trials", stats.trials);
+    println!(
+        "BENCH coord.crash_resume_ms_p50 {:.1} ms",
+        percentile(&stats.resume_ms, 0.5)
+    );
+    eprintln!(
+        "crash trials: {} killed mid-run, {} in-doubt agents redispatched, {} journal entries verified",
+        stats.killed_mid_run, stats.in_doubt_redispatched, stats.entries_verified
+    );
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use agentrt_coordination_mcp::{
     BudgetAmount, Error, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
     supervisor_instructions,
@@ -112,7 +114,7 @@ async fn when_the_worker_is_not_delivered_the_outcome_says_none_was() {
 }
 
 #[tokio::test]
-async fn other_harnesses_are_a_typed_not_supported_error() {
+async fn other_harnesses_without_an_external_command_are_a_typed_not_supported_error() {
     let options = SuperviseOptions::new(
         BudgetAmount::new(1_000, 10),
         Arc::new(scripted_supervisor("done:")),
@@ -197,4 +199,51 @@ async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_no
     );
     assert_eq!(result.budget.spent, BudgetAmount::default());
     assert_eq!(result.budget.reserved, BudgetAmount::default());
+}
+
+#[tokio::test]
+async fn an_external_harness_process_supervises_through_our_mcp_server() {
+    // The brain is a separate process written with the official Python MCP SDK: it reaches the
+    // verbs over streamable HTTP with the bearer token supervise hands it.
+    let python = common::python();
+    let script = common::py_script("external_harness.py");
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new()),
+    )
+    .external_command([python.display().to_string(), script.display().to_string()]);
+    let result = supervise(&profile("claude-code"), "write the report", options)
+        .await
+        .unwrap();
+    assert_eq!(
+        result.answer.as_deref(),
+        Some("external harness: 1 of 2 delivered")
+    );
+    assert_eq!(result.stop, StopReason::Answered);
+    let winner = result.outcome.winner().expect("one worker delivered");
+    assert!(
+        winner.output.contains("done: write the report part 0"),
+        "{}",
+        winner.output
+    );
+    assert!(result.budget.spent.fits_in(BudgetAmount::new(1_000, 10)));
+}
+
+#[tokio::test]
+async fn a_failing_external_harness_fails_the_run_with_its_exit_and_stderr() {
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new()),
+    )
+    .external_command(["sh", "-c", "echo brain broke >&2; exit 3"]);
+    let error = supervise(&profile("codex"), "task", options)
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("exit status: 3") && text.contains("brain broke"),
+        "{text}"
+    );
 }

@@ -1,0 +1,231 @@
+//! `supervise` with a durable run: the coordinator dies mid-run and `supervise` with the same
+//! run id resumes both the journal and the supervisor's own loop, ending where an uninterrupted
+//! run ends.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentrt_coordination_mcp::{
+    BudgetAmount, Error, ScriptedWorkerFactory, SuperviseOptions, SupervisionOutcome,
+    brain_session, supervise,
+};
+use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
+use agentrt_profiles::AgentProfile;
+use agentrt_session_store::{MemoryStore, SessionId, SessionStatus, SessionStore};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+fn profile() -> AgentProfile {
+    AgentProfile::from_json_str(
+        &json!({
+            "name": "boss",
+            "harness": "router",
+            "model": {"provider": "scripted", "default": "brain", "allowed": ["brain"]},
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+/// spawn_agent (keyed, a worker of about 300 ms) → await_agent → answer; driven by the
+/// conversation, so the same brain continues a resumed session.
+fn brain() -> ScriptedModel {
+    ScriptedModel::from_fn(|request: &ChatRequest| {
+        let results: Vec<&String> = request
+            .messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Tool { content, .. } => Some(content),
+                _ => None,
+            })
+            .collect();
+        match results.len() {
+            0 => ScriptedTurn::tool_call(
+                "s1",
+                "spawn_agent",
+                json!({
+                    "profile": "writer",
+                    "task": "write it #turns=3 #delay_ms=100",
+                    "budget": {"tokens": 100, "turns": 5},
+                    "completion_check": {"kind": "output_contains", "text": "done:"},
+                    "idempotency_key": "the-writer",
+                })
+                .to_string(),
+            ),
+            1 => {
+                let spawned: Value = serde_json::from_str(results[0]).unwrap();
+                ScriptedTurn::tool_call(
+                    "a1",
+                    "await_agent",
+                    json!({"ids": [spawned["id"]], "timeout_ms": 20_000}).to_string(),
+                )
+            }
+            _ => ScriptedTurn::text("the writer delivered"),
+        }
+    })
+}
+
+fn options(store: &Arc<dyn SessionStore>, run: SessionId) -> SuperviseOptions {
+    SuperviseOptions::new(
+        BudgetAmount::new(1_000, 20),
+        Arc::new(brain()),
+        Arc::new(ScriptedWorkerFactory::new()),
+    )
+    .store(store.clone())
+    .run(run)
+}
+
+async fn kinds(store: &Arc<dyn SessionStore>, run: &SessionId) -> Vec<String> {
+    let events: Vec<_> = store.replay(run, 0).try_collect().await.unwrap();
+    events.into_iter().map(|e| e.kind).collect()
+}
+
+fn uninterrupted() -> SupervisionOutcome {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(supervise(
+        &profile(),
+        "get it written",
+        options(&store, SessionId::new()),
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_durable_supervise_killed_mid_run_resumes_to_the_uninterrupted_outcome() {
+    let reference = uninterrupted();
+    let reference_winner = reference.outcome.winner().unwrap().clone();
+
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let run = SessionId::new();
+    // The coordinator dies while its loop waits in await_agent and the worker is mid-flight.
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cut = crashed.block_on(async {
+        tokio::time::timeout(
+            Duration::from_millis(150),
+            supervise(&profile(), "get it written", options(&store, run)),
+        )
+        .await
+    });
+    assert!(
+        cut.is_err(),
+        "the run must still be in flight when it is cut"
+    );
+    crashed.shutdown_background();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let journal = kinds(&store, &run).await;
+        assert!(journal.contains(&"coord.spawn".to_owned()), "{journal:?}");
+        assert!(!journal.contains(&"coord.settle".to_owned()), "{journal:?}");
+
+        let resumed = supervise(&profile(), "get it written", options(&store, run))
+            .await
+            .unwrap();
+        let winner = resumed.outcome.winner().expect("delivered after resume");
+        assert_eq!(winner.output, reference_winner.output);
+        assert_eq!(winner.status, reference_winner.status);
+        assert_eq!(resumed.answer.as_deref(), Some("the writer delivered"));
+
+        let journal = kinds(&store, &run).await;
+        let count = |k: &str| journal.iter().filter(|j| *j == k).count();
+        assert_eq!(
+            count("coord.spawn"),
+            1,
+            "the retried spawn was deduplicated: {journal:?}"
+        );
+        assert_eq!(count("coord.redispatch"), 1, "{journal:?}");
+        assert_eq!(count("coord.settle"), 1, "delivered once: {journal:?}");
+        assert_eq!(journal.last().map(String::as_str), Some("coord.finished"));
+        assert_eq!(
+            store.get(&run).await.unwrap().status,
+            SessionStatus::Completed
+        );
+        // The supervisor's own loop continued in its session, not a new one.
+        assert_eq!(
+            store.get(&brain_session(&run)).await.unwrap().status,
+            SessionStatus::Completed
+        );
+
+        let again = supervise(&profile(), "get it written", options(&store, run))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(again, Error::Journal(ref m) if m.contains("already ended")),
+            "{again}"
+        );
+    });
+}
+
+#[test]
+fn a_breadth_strategy_brain_resumed_after_a_crash_reuses_its_workers() {
+    use agentrt_coordination_mcp::{
+        AgentTarget, CompletionCheck, SpawnBudget, SpawnPlan, breadth_strategy,
+    };
+    let plan = || {
+        SpawnPlan::new(AgentTarget::Profile("writer".into()), "report")
+            .budget(SpawnBudget {
+                tokens: Some(100),
+                turns: Some(5),
+            })
+            .completion_check(CompletionCheck::OutputContains {
+                text: "done:".into(),
+            })
+    };
+    let options = |store: &Arc<dyn SessionStore>, run: SessionId| {
+        SuperviseOptions::new(
+            BudgetAmount::new(1_000, 40),
+            Arc::new(brain()),
+            Arc::new(ScriptedWorkerFactory::new()),
+        )
+        .store(store.clone())
+        .run(run)
+        .strategy(Arc::new(breadth_strategy(3, plan())))
+    };
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let run = SessionId::new();
+    let crashed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cut = crashed.block_on(async {
+        tokio::time::timeout(
+            Duration::from_millis(30),
+            supervise(
+                &profile(),
+                "write the report #turns=3 #delay_ms=40",
+                options(&store, run),
+            ),
+        )
+        .await
+    });
+    assert!(cut.is_err(), "cut mid-run");
+    crashed.shutdown_background();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let resumed = supervise(
+            &profile(),
+            "write the report #turns=3 #delay_ms=40",
+            options(&store, run),
+        )
+        .await
+        .unwrap();
+        assert!(resumed.outcome.winner().is_some(), "{:?}", resumed.outcome);
+        let journal = kinds(&store, &run).await;
+        let count = |k: &str| journal.iter().filter(|j| *j == k).count();
+        assert_eq!(
+            count("coord.spawn"),
+            3,
+            "k workers, none spawned twice: {journal:?}"
+        );
+        assert_eq!(count("coord.settle"), 3, "{journal:?}");
+        assert!(resumed.budget.spent.fits_in(BudgetAmount::new(1_000, 40)));
+    });
+}
