@@ -271,8 +271,15 @@ fn in_flight_keyed_work_is_redispatched_under_its_id_with_its_steers_once() {
         assert_eq!(budget.available, BudgetAmount::new(9_800, 80));
         let seen = observe(&s, &id).await;
         assert_eq!(seen.status, AgentStatus::Running);
-        // Let it get its first turn, then check the steer arrived exactly once.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let it start again and take its first turn (bounded, for a loaded machine), then check
+        // the steer arrived exactly once.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (factory.runs("keyed #ms=60000") < 2
+            || !observe(&s, &id).await.output.contains("steered"))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(factory.runs("keyed #ms=60000"), 2);
         let seen = observe(&s, &id).await;
         assert_eq!(
@@ -351,8 +358,8 @@ fn detached_work_is_reattached_polled_and_settled_only_when_its_session_ends() {
             .spawn_agent(spawn("remote #detach", Some("d")))
             .await
             .unwrap();
-        // Wait until the reference is journaled.
-        for _ in 0..200 {
+        // Wait (bounded, for a loaded machine) until the reference is journaled.
+        for _ in 0..2_000 {
             if kinds(&store, &run)
                 .await
                 .contains(&"coord.attach".to_owned())

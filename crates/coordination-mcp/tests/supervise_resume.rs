@@ -81,6 +81,31 @@ async fn kinds(store: &Arc<dyn SessionStore>, run: &SessionId) -> Vec<String> {
     events.into_iter().map(|e| e.kind).collect()
 }
 
+/// Drive `run_to_end` until the run's first spawn is journaled (bounded wait), then return with
+/// it still in flight: the caller then kills the runtime, as SIGKILL would the process.
+async fn cut_after_first_spawn<F>(store: &Arc<dyn SessionStore>, run: SessionId, run_to_end: F)
+where
+    F: std::future::Future<Output = Result<SupervisionOutcome, Error>> + Send + 'static,
+{
+    let task = tokio::spawn(run_to_end);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let spawned = match store.replay(&run, 0).try_collect::<Vec<_>>().await {
+            Ok(events) => events.iter().any(|e| e.kind == "coord.spawn"),
+            Err(_) => false,
+        };
+        if spawned || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        !task.is_finished(),
+        "the run must still be in flight when it is cut"
+    );
+}
+
 fn uninterrupted() -> SupervisionOutcome {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -105,17 +130,10 @@ fn a_durable_supervise_killed_mid_run_resumes_to_the_uninterrupted_outcome() {
         .enable_all()
         .build()
         .unwrap();
-    let cut = crashed.block_on(async {
-        tokio::time::timeout(
-            Duration::from_millis(150),
-            supervise(&profile(), "get it written", options(&store, run)),
-        )
-        .await
-    });
-    assert!(
-        cut.is_err(),
-        "the run must still be in flight when it is cut"
-    );
+    crashed.block_on(cut_after_first_spawn(&store, run, {
+        let options = options(&store, run);
+        async move { supervise(&profile(), "get it written", options).await }
+    }));
     crashed.shutdown_background();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -194,18 +212,17 @@ fn a_breadth_strategy_brain_resumed_after_a_crash_reuses_its_workers() {
         .enable_all()
         .build()
         .unwrap();
-    let cut = crashed.block_on(async {
-        tokio::time::timeout(
-            Duration::from_millis(30),
+    crashed.block_on(cut_after_first_spawn(&store, run, {
+        let options = options(&store, run);
+        async move {
             supervise(
                 &profile(),
                 "write the report #turns=3 #delay_ms=40",
-                options(&store, run),
-            ),
-        )
-        .await
-    });
-    assert!(cut.is_err(), "cut mid-run");
+                options,
+            )
+            .await
+        }
+    }));
     crashed.shutdown_background();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
