@@ -213,7 +213,11 @@ fn in_flight_work_without_a_key_ends_in_doubt_with_its_reservation_charged() {
     let id = crash_after(|| async {
         let s = open(&factory, &store, run).await.unwrap();
         let a = s.spawn_agent(spawn("slow #ms=60000", None)).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Die only once the worker has really started (bounded, for a loaded machine).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while factory.runs("slow #ms=60000") < 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         a.id
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -260,6 +264,13 @@ fn in_flight_keyed_work_is_redispatched_under_its_id_with_its_steers_once() {
         })
         .await
         .unwrap();
+        // The first attempt must really have started before the coordinator dies (bounded wait:
+        // on a loaded machine the worker task may not have been scheduled yet).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while factory.runs("keyed #ms=60000") < 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(factory.runs("keyed #ms=60000"), 1);
         a.id
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
