@@ -206,7 +206,7 @@ async fn read_entries(store: &dyn SessionStore, run: &SessionId) -> Result<Vec<E
         if !event.kind.starts_with(KIND_PREFIX) {
             continue;
         }
-        let entry: Entry = serde_json::from_value(event.payload).map_err(|e| {
+        let entry: Entry = event.payload.parse().map_err(|e| {
             Error::Journal(format!(
                 "run `{run}`: entry {} ({}) cannot be read: {e}",
                 event.seq, event.kind

@@ -330,8 +330,7 @@ async fn recorded_end(
     while let Some(event) = last.next().await {
         let event =
             event.map_err(|e| Error::Journal(format!("supervisor loop session {brain}: {e}")))?;
-        if let Ok(RuntimeEvent::Final { stop, answer, .. }) = serde_json::from_value(event.payload)
-        {
+        if let Ok(RuntimeEvent::Final { stop, answer, .. }) = event.payload.parse() {
             return Ok(BrainEnd { stop, answer });
         }
     }

@@ -201,7 +201,10 @@ async fn batches_of(
     let mut current = Vec::new();
     let (last, body) = events.split_last().unwrap();
     for e in body {
-        current.push(NewEvent::new(e.kind.clone(), e.payload.clone()));
+        current.push(NewEvent::new(
+            e.kind.clone(),
+            e.payload.clone().into_value(),
+        ));
         if e.kind == "model.request" || e.kind == "tool.call" {
             batches.push(std::mem::take(&mut current));
         }
@@ -211,7 +214,7 @@ async fn batches_of(
     }
     (
         batches,
-        NewEvent::new(last.kind.clone(), last.payload.clone()),
+        NewEvent::new(last.kind.clone(), last.payload.clone().into_value()),
     )
 }
 

@@ -189,7 +189,7 @@ impl RecordedEvent {
     /// Reads a store event back as a runtime event. `None` for events this crate did not write
     /// (e.g. the store's own `session.reopened` record) or that do not parse.
     pub fn from_store(event: &Event) -> Option<RecordedEvent> {
-        let parsed: RuntimeEvent = serde_json::from_value(event.payload.clone()).ok()?;
+        let parsed: RuntimeEvent = event.payload.parse().ok()?;
         (parsed.kind() == event.kind).then_some(RecordedEvent {
             session_id: event.session_id,
             seq: event.seq,

@@ -508,7 +508,7 @@ async fn normalized(
         .await
         .into_iter()
         .map(|e| {
-            let mut payload = e.payload;
+            let mut payload = e.payload.into_value();
             if let Value::Object(map) = &mut payload {
                 map.remove("box_id");
             }

@@ -77,6 +77,6 @@ pub use sql::WriterStats;
 pub use sqlite::{Durability, SqliteConfig, SqliteStore};
 pub use store::{EventStream, SessionStore};
 pub use types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId, SessionStatus,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Payload, ResumePoint, Session,
+    SessionFilter, SessionId, SessionStatus,
 };

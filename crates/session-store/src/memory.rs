@@ -81,7 +81,8 @@ impl Entry {
             seq: self.session.next_seq,
             at_ms,
             kind: e.kind,
-            payload: e.payload,
+            // Kept as text, as the databases keep it: a replay clones text, not a JSON tree.
+            payload: crate::types::Payload::from_checked(&e.json),
         };
         self.events.push(event.clone());
         self.session.next_seq += 1;

@@ -16,7 +16,7 @@ use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
     Cmd, EventRow, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats,
-    replay_stream, run_writer, send, session_from_row,
+    plan_append_run, replay_stream, run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
@@ -257,6 +257,86 @@ impl WriteConn for PgWriter {
             })
             .transpose()?;
         Ok(Some(found))
+    }
+
+    async fn append_run(
+        &mut self,
+        items: &[(SessionId, u64, &[PreparedEvent])],
+        at_ms: i64,
+    ) -> Result<Option<Vec<Result<u64, StoreError>>>, StoreError> {
+        // A lone request is one round trip with `append_in_one`; a run is three in all.
+        if items.len() < 2 {
+            return Ok(None);
+        }
+        let conn = self.conn()?;
+        // 1. Lock every session of the run, in id order (so two writers locking overlapping
+        //    sets cannot deadlock), and read its state.
+        let mut ids: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT id, status, next_seq FROM sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **conn)
+        .await?;
+        // 2. Each request checked in order against the state the requests before it left.
+        let plan = plan_append_run(items, rows)?;
+        // 3. All events of the accepted requests in one statement.
+        if !plan.writes.is_empty() {
+            let n = plan.writes.len();
+            let (mut sids, mut seqs, mut kinds, mut payloads) = (
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+                Vec::with_capacity(n),
+            );
+            for (id, seq, e) in &plan.writes {
+                sids.push(id.to_string());
+                seqs.push(from_seq(*seq)?);
+                kinds.push(e.kind.as_str());
+                payloads.push(e.json.as_str());
+            }
+            sqlx::query(
+                "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
+                 SELECT t.sid, t.seq, $1, t.kind, t.payload \
+                 FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[]) \
+                 AS t(sid, seq, kind, payload)",
+            )
+            .bind(at_ms)
+            .bind(sids)
+            .bind(seqs)
+            .bind(kinds)
+            .bind(payloads)
+            .execute(&mut **conn)
+            .await?;
+        }
+        // 4. Every advanced session's next seq in one statement.
+        if !plan.advanced.is_empty() {
+            let mut sids = Vec::with_capacity(plan.advanced.len());
+            let mut nexts = Vec::with_capacity(plan.advanced.len());
+            for (id, next) in &plan.advanced {
+                sids.push(id.to_string());
+                nexts.push(from_seq(*next)?);
+            }
+            let done = sqlx::query(
+                "UPDATE sessions SET next_seq = v.next, updated_at_ms = $1 \
+                 FROM UNNEST($2::text[], $3::bigint[]) AS v(id, next) WHERE sessions.id = v.id",
+            )
+            .bind(at_ms)
+            .bind(sids)
+            .bind(nexts)
+            .execute(&mut **conn)
+            .await?;
+            if done.rows_affected() != plan.advanced.len() as u64 {
+                return Err(StoreError::Database(format!(
+                    "advanced {} of {} sessions under their row locks",
+                    done.rows_affected(),
+                    plan.advanced.len()
+                )));
+            }
+        }
+        Ok(Some(plan.results))
     }
 
     async fn advance(

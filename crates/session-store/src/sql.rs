@@ -386,6 +386,71 @@ async fn apply_one<W: WriteConn>(conn: &mut W, config: &StoreConfig, cmd: Cmd) -
     }
 }
 
+/// What a run of append requests does, decided against the sessions' locked state.
+pub(crate) struct RunPlan<'a> {
+    /// One outcome per request, in order: its new next seq, or why it was refused.
+    pub results: Vec<Result<u64, StoreError>>,
+    /// Every event of the accepted requests, with its session and seq.
+    pub writes: Vec<(&'a SessionId, u64, &'a PreparedEvent)>,
+    /// Every advanced session with its new next seq.
+    pub advanced: Vec<(SessionId, u64)>,
+}
+
+/// Checks each request of a run in order against the state (status, next seq) of its session as
+/// the requests before it left it; one request's failed check fails that request alone. `rows`
+/// is the state found for the run's sessions (a session not among them does not exist).
+pub(crate) fn plan_append_run<'a>(
+    items: &'a [(SessionId, u64, &'a [PreparedEvent])],
+    rows: Vec<(String, String, i64)>,
+) -> Result<RunPlan<'a>, StoreError> {
+    use std::collections::HashMap;
+    let mut state: HashMap<SessionId, (SessionStatus, u64, bool)> =
+        HashMap::with_capacity(rows.len());
+    for (id, status, next) in rows {
+        let status = status
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("stored status {status:?} is unknown")))?;
+        state.insert(parse_id(&id)?, (status, to_seq(next)?, false));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut writes = Vec::new();
+    for (id, expected, events) in items {
+        let r = match state.get_mut(id) {
+            None => Err(StoreError::NotFound(*id)),
+            Some((status, _, _)) if status.is_final() => Err(StoreError::Finished {
+                session: *id,
+                status: *status,
+            }),
+            Some((_, actual, _)) if *actual != *expected => Err(StoreError::Conflict {
+                session: *id,
+                expected: *expected,
+                actual: *actual,
+            }),
+            Some((_, next, touched)) => {
+                for (i, e) in events.iter().enumerate() {
+                    writes.push((id, *expected + i as u64, e));
+                }
+                if !events.is_empty() {
+                    *next = *expected + events.len() as u64;
+                    *touched = true;
+                }
+                Ok(*next)
+            }
+        };
+        results.push(r);
+    }
+    let advanced = state
+        .into_iter()
+        .filter(|(_, (_, _, touched))| *touched)
+        .map(|(id, (_, next, _))| (id, next))
+        .collect();
+    Ok(RunPlan {
+        results,
+        writes,
+        advanced,
+    })
+}
+
 /// Applies a run of append requests: in bulk when the backend supports it, else one by one.
 async fn append_run<W: WriteConn>(conn: &mut W, run: Vec<Cmd>) -> Vec<Pending> {
     let mut items = Vec::with_capacity(run.len());
@@ -532,7 +597,7 @@ async fn finish_one<W: WriteConn>(
         seq: expected,
         at_ms: now,
         kind: f.event.kind.clone(),
-        payload: f.event.payload.clone(),
+        payload: crate::types::Payload::from_parts(&f.event.json, f.event.payload.clone()),
     })
 }
 
@@ -661,7 +726,7 @@ fn event_from_row(session_id: SessionId, row: EventRow) -> Result<Event, StoreEr
         seq: to_seq(seq)?,
         at_ms,
         kind,
-        payload: parse_json(&payload, "event payload")?,
+        payload: crate::types::Payload::from_stored(&payload)?,
     })
 }
 
@@ -718,15 +783,15 @@ pub(crate) fn replay_stream(
             Ok(handle) => {
                 let (tx, rx) = mpsc::channel(2);
                 handle.spawn(producer(tx));
-                ReceiverStream::new(rx)
-                    .flat_map(move |chunk| match chunk {
+                end_after_error(ReceiverStream::new(rx).flat_map(move |chunk| {
+                    match chunk {
                         Ok(rows) => {
                             stream::iter(rows.into_iter().map(move |r| event_from_row(session, r)))
                                 .left_stream()
                         }
                         Err(e) => stream::iter(vec![Err(e)]).right_stream(),
-                    })
-                    .boxed()
+                    }
+                }))
             }
             Err(_) => stream::iter([Err(StoreError::Database(
                 "replay must be polled inside a Tokio runtime".into(),
@@ -736,6 +801,22 @@ pub(crate) fn replay_stream(
     })
     .flatten()
     .boxed()
+}
+
+/// Ends a replay after its first error: a later event must never be delivered once one before
+/// it could not be (the consumer relies on seq order without gaps).
+pub(crate) fn end_after_error(
+    events: impl futures::Stream<Item = Result<Event, StoreError>> + Send + 'static,
+) -> EventStream {
+    events
+        .scan(false, |failed, event| {
+            let item = (!*failed).then(|| {
+                *failed = event.is_err();
+                event
+            });
+            futures::future::ready(item)
+        })
+        .boxed()
 }
 
 /// Sends a request to the writer and waits for its durable outcome.

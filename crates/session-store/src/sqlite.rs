@@ -1,6 +1,5 @@
 //! The SQLite backend: one database file in WAL mode, written by one group-commit writer task.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -19,8 +18,8 @@ use crate::error::StoreError;
 use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
-    Cmd, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, parse_id, run_writer, send,
-    session_from_row,
+    Cmd, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, plan_append_run, run_writer,
+    send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
@@ -244,43 +243,10 @@ impl WriteConn for SqliteWriter {
         .bind(ids_json)
         .fetch_all(&mut **conn)
         .await?;
-        let mut state: HashMap<SessionId, (SessionStatus, u64, bool)> =
-            HashMap::with_capacity(rows.len());
-        for (id, status, next) in rows {
-            let status = SessionStatus::from_str(&status)
-                .map_err(|_| StoreError::Corrupt(format!("stored status {status:?} is unknown")))?;
-            state.insert(parse_id(&id)?, (status, to_seq(next)?, false));
-        }
         // 2. Each request checked in order against the state the requests before it left.
-        let mut results = Vec::with_capacity(items.len());
-        let mut writes: Vec<(&SessionId, u64, &PreparedEvent)> = Vec::new();
-        for (id, expected, events) in items {
-            let r = match state.get_mut(id) {
-                None => Err(StoreError::NotFound(*id)),
-                Some((status, _, _)) if status.is_final() => Err(StoreError::Finished {
-                    session: *id,
-                    status: *status,
-                }),
-                Some((_, actual, _)) if *actual != *expected => Err(StoreError::Conflict {
-                    session: *id,
-                    expected: *expected,
-                    actual: *actual,
-                }),
-                Some((_, next, touched)) => {
-                    for (i, e) in events.iter().enumerate() {
-                        writes.push((id, *expected + i as u64, e));
-                    }
-                    if !events.is_empty() {
-                        *next = *expected + events.len() as u64;
-                        *touched = true;
-                    }
-                    Ok(*next)
-                }
-            };
-            results.push(r);
-        }
+        let plan = plan_append_run(items, rows)?;
         // 3. All events of the accepted requests, in multi-row inserts.
-        let mut rest = writes.as_slice();
+        let mut rest = plan.writes.as_slice();
         while !rest.is_empty() {
             let (rows, sql) = insert_chunk(rest.len());
             let (chunk, tail) = rest.split_at(rows);
@@ -297,10 +263,10 @@ impl WriteConn for SqliteWriter {
             rest = tail;
         }
         // 4. Every advanced session's next seq, in one statement.
-        let advanced: Vec<(String, i64)> = state
+        let advanced: Vec<(String, i64)> = plan
+            .advanced
             .iter()
-            .filter(|(_, (_, _, touched))| *touched)
-            .map(|(id, (_, next, _))| Ok((id.to_string(), from_seq(*next)?)))
+            .map(|(id, next)| Ok((id.to_string(), from_seq(*next)?)))
             .collect::<Result<_, StoreError>>()?;
         if !advanced.is_empty() {
             let json = serde_json::to_string(&advanced)
@@ -320,7 +286,7 @@ impl WriteConn for SqliteWriter {
                 )));
             }
         }
-        Ok(Some(results))
+        Ok(Some(plan.results))
     }
 
     async fn advance(
@@ -635,12 +601,15 @@ struct RawChunk {
     text: String,
     /// seq, at_ms, end of the kind in `text`, end of the payload in `text`.
     rows: Vec<(i64, i64, usize, usize)>,
+    /// A damaged row that ended the read: delivered after the good rows before it.
+    error: Option<StoreError>,
 }
 
 impl RawChunk {
-    fn into_events(self) -> impl Iterator<Item = Result<Event, StoreError>> + Send {
+    fn into_events(mut self) -> impl Iterator<Item = Result<Event, StoreError>> + Send {
+        let error = self.error.take();
         let mut start = 0;
-        (0..self.rows.len()).map(move |i| {
+        let events = (0..self.rows.len()).map(move |i| {
             let (seq, at_ms, kind_end, payload_end) = self.rows[i];
             let kind = self.text.get(start..kind_end).unwrap_or_default();
             let payload = self.text.get(kind_end..payload_end).unwrap_or_default();
@@ -650,9 +619,10 @@ impl RawChunk {
                 seq: to_seq(seq)?,
                 at_ms,
                 kind: kind.to_owned(),
-                payload: crate::sql::parse_json(payload, "event payload")?,
+                payload: crate::types::Payload::from_checked(payload),
             })
-        })
+        });
+        events.chain(error.map(Err))
     }
 }
 
@@ -672,22 +642,38 @@ fn read_range(
         session,
         text: String::with_capacity(n * 256),
         rows: Vec::with_capacity(n),
+        error: None,
     };
-    while let Some(row) = rows.next().map_err(from_rusqlite)? {
-        let text = |i: usize| -> Result<&str, StoreError> {
-            row.get_ref(i)
-                .and_then(|v| v.as_str().map_err(Into::into))
-                .map_err(from_rusqlite)
-        };
-        chunk.text.push_str(text(2)?);
-        let kind_end = chunk.text.len();
-        chunk.text.push_str(text(3)?);
-        chunk.rows.push((
-            row.get(0).map_err(from_rusqlite)?,
-            row.get(1).map_err(from_rusqlite)?,
-            kind_end,
-            chunk.text.len(),
-        ));
+    // A row that cannot be read ends the chunk; the rows before it are still delivered.
+    loop {
+        let row_start = chunk.text.len();
+        let read = rows.next().map_err(from_rusqlite).and_then(|row| {
+            let Some(row) = row else { return Ok(false) };
+            let text = |i: usize| -> Result<&str, StoreError> {
+                row.get_ref(i)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(from_rusqlite)
+            };
+            let seq = row.get(0).map_err(from_rusqlite)?;
+            let at_ms = row.get(1).map_err(from_rusqlite)?;
+            chunk.text.push_str(text(2)?);
+            let kind_end = chunk.text.len();
+            let payload = text(3)?;
+            // Checked here, on the reading thread, so the consumer only copies text.
+            crate::types::check_json(payload)?;
+            chunk.text.push_str(payload);
+            chunk.rows.push((seq, at_ms, kind_end, chunk.text.len()));
+            Ok(true)
+        });
+        match read {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                chunk.text.truncate(row_start);
+                chunk.error = Some(e);
+                break;
+            }
+        }
     }
     Ok(chunk)
 }
@@ -731,7 +717,7 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
         // Seqs beyond i64 cannot be stored: nothing to replay from there.
         let from = i64::try_from(from_seq).unwrap_or(i64::MAX);
         let starts = (from..next).step_by(REPLAY_CHUNK as usize);
-        stream::iter(starts)
+        let chunks = stream::iter(starts)
             .map(move |start| {
                 let (reader, sid) = (reader.clone(), sid.clone());
                 let below = start.saturating_add(REPLAY_CHUNK).min(next);
@@ -741,20 +727,11 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
                         .await
                 }
             })
-            .buffered(REPLAY_AHEAD)
-            // The stream ends after its first error.
-            .scan(false, |failed, chunk| {
-                let item = (!*failed).then(|| {
-                    *failed = chunk.is_err();
-                    chunk
-                });
-                futures::future::ready(item)
-            })
-            .flat_map(|chunk| match chunk {
-                Ok(rows) => stream::iter(rows.into_events()).left_stream(),
-                Err(e) => stream::iter(vec![Err(e)]).right_stream(),
-            })
-            .boxed()
+            .buffered(REPLAY_AHEAD);
+        crate::sql::end_after_error(chunks.flat_map(|chunk| match chunk {
+            Ok(rows) => stream::iter(rows.into_events()).left_stream(),
+            Err(e) => stream::iter(vec![Err(e)]).right_stream(),
+        }))
     })
     .flatten()
     .boxed()

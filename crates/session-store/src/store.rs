@@ -73,7 +73,9 @@ pub trait SessionStore: Send + Sync {
 
     /// The events of a session with `seq >= from_seq`, in seq order.
     ///
-    /// Events committed while the stream is read may or may not be included.
+    /// Events committed while the stream is read may or may not be included. The stream ends
+    /// after its first error (for example [`StoreError::Corrupt`] for a damaged row), having
+    /// delivered every event before it: it never skips an event.
     fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream;
 
     /// The session record. Errors: [`StoreError::NotFound`].

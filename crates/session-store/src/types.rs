@@ -208,8 +208,147 @@ pub struct Event {
     pub at_ms: i64,
     /// What happened.
     pub kind: String,
-    /// The (redacted) event body.
-    pub payload: Value,
+    /// The (redacted) event body: JSON, parsed on first use (see [`Payload`]).
+    pub payload: Payload,
+}
+
+/// A committed event's JSON body: the JSON text the store holds, parsed into a [`Value`] only
+/// when it is first looked at.
+///
+/// Replay hands out events without building a JSON tree for each one, so a consumer that
+/// forwards events (a log viewer, an HTTP stream: [`Payload::json`]) never pays for parsing, one
+/// that wants its own type parses straight into it ([`Payload::parse`]), and one that reads fields
+/// (`event.payload["type"]`, through `Deref<Target = Value>`) pays once per event. The text is
+/// checked to be JSON when the event is read from the store — a corrupted row is a
+/// [`StoreError::Corrupt`] at replay, as before — so the parse on first use cannot fail.
+///
+/// Two payloads are equal when their JSON values are equal (key order and spacing aside).
+#[derive(Clone)]
+pub struct Payload {
+    json: Box<str>,
+    value: std::sync::OnceLock<Value>,
+}
+
+impl Payload {
+    /// A payload from JSON text; fails when the text is not JSON.
+    pub fn from_json(json: impl Into<Box<str>>) -> Result<Self, serde_json::Error> {
+        let json = json.into();
+        serde_json::from_str::<serde::de::IgnoredAny>(&json)?;
+        Ok(Payload {
+            json,
+            value: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// A payload from text the store checked (or wrote) itself: stored JSON that does not parse
+    /// is reported as corruption.
+    pub(crate) fn from_stored(json: &str) -> Result<Self, StoreError> {
+        check_json(json)?;
+        Ok(Payload::from_checked(json))
+    }
+
+    /// A payload from text already checked to be JSON (by [`check_json`]).
+    pub(crate) fn from_checked(json: &str) -> Self {
+        Payload {
+            json: json.into(),
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A payload from its value and the JSON text serialized from it (nothing to parse later).
+    pub(crate) fn from_parts(json: &str, value: Value) -> Self {
+        Payload {
+            json: json.into(),
+            value: std::sync::OnceLock::from(value),
+        }
+    }
+
+    /// The JSON text, as stored.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Parses the JSON into `T` directly (without building a [`Value`] first).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        match self.value.get() {
+            Some(v) => T::deserialize(v),
+            None => serde_json::from_str(&self.json),
+        }
+    }
+
+    /// The JSON value, taken out of the payload.
+    pub fn into_value(self) -> Value {
+        let Payload { json, value } = self;
+        value.into_inner().unwrap_or_else(|| parse_checked(&json))
+    }
+}
+
+/// Checks that stored text is JSON without building anything (no allocation): done where rows
+/// are read, so the [`Payload`] handed out can always be parsed.
+pub(crate) fn check_json(json: &str) -> Result<(), StoreError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map(drop)
+        .map_err(|e| StoreError::Corrupt(format!("stored event payload is not JSON: {e}")))
+}
+
+/// Parses text that was checked to be JSON when its [`Payload`] was made. The checking and this
+/// parse use the same parser and limits, so the fallback is unreachable; it exists so that no
+/// code path can panic on stored data.
+fn parse_checked(json: &str) -> Value {
+    serde_json::from_str(json).unwrap_or(Value::Null)
+}
+
+impl std::ops::Deref for Payload {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.value.get_or_init(|| parse_checked(&self.json))
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload {
+            json: value.to_string().into(),
+            value: std::sync::OnceLock::from(value),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.json == other.json || **self == **other
+    }
+}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        **self == *other
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Value::deserialize(deserializer).map(Payload::from)
+    }
 }
 
 /// How a session ends: see [`SessionStore::finish`](crate::SessionStore::finish).
@@ -436,5 +575,57 @@ impl TryFrom<String> for BlobAddress {
 impl From<BlobAddress> for String {
     fn from(a: BlobAddress) -> String {
         a.0
+    }
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_payload_reads_like_the_value_it_holds() {
+        let p = Payload::from_json(r#"{"type": "final", "n": [1, 2]}"#).unwrap();
+        assert_eq!(p["type"], "final");
+        assert_eq!(p.get("n").and_then(|n| n.as_array()).map(Vec::len), Some(2));
+        assert_eq!(
+            p.json(),
+            r#"{"type": "final", "n": [1, 2]}"#,
+            "the text is kept as is"
+        );
+        #[derive(serde::Deserialize, PartialEq, Debug)]
+        struct Typed {
+            n: Vec<u8>,
+        }
+        assert_eq!(p.parse::<Typed>().unwrap(), Typed { n: vec![1, 2] });
+        assert_eq!(p.into_value(), json!({"type": "final", "n": [1, 2]}));
+    }
+
+    #[test]
+    fn payloads_are_equal_when_their_json_values_are() {
+        let spaced = Payload::from_json(r#"{ "a": 1, "b": "x" }"#).unwrap();
+        let reordered = Payload::from_json(r#"{"b":"x","a":1}"#).unwrap();
+        assert_eq!(spaced, reordered);
+        assert_eq!(spaced, json!({"a": 1, "b": "x"}));
+        assert_ne!(spaced, Payload::from(json!({"a": 2, "b": "x"})));
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_refused_up_front() {
+        assert!(Payload::from_json(r#"{"a": "#).is_err());
+        assert!(matches!(
+            Payload::from_stored("nope"),
+            Err(StoreError::Corrupt(m)) if m.contains("payload")
+        ));
+    }
+
+    #[test]
+    fn a_payload_serializes_as_its_json_value_and_back() {
+        let p = Payload::from_json(r#"{"k": [true, null, 1.5]}"#).unwrap();
+        let text = serde_json::to_string(&p).unwrap();
+        assert_eq!(text, r#"{"k":[true,null,1.5]}"#);
+        let back: Payload = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, p);
+        assert_eq!(format!("{p}"), p.json());
     }
 }

@@ -202,6 +202,94 @@ async fn a_truncated_database_is_a_typed_error_not_a_panic() {
     }
 }
 
+/// A plain connection to the Postgres test server with `schema` first on the search path: edits
+/// behind the store's back.
+async fn pg_conn_in(url: &str, schema: &str) -> sqlx::PgConnection {
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url)
+        .unwrap()
+        .options([("search_path", schema)]);
+    sqlx::PgConnection::connect_with(&opts).await.unwrap()
+}
+
+/// Replays one session; the events read before the first error, and that error.
+async fn replay_until_error(
+    store: &dyn SessionStore,
+    id: &agentrt_session_store::SessionId,
+) -> (Vec<u64>, Option<StoreError>) {
+    use futures::StreamExt;
+    let mut stream = store.replay(id, 0);
+    let mut seqs = Vec::new();
+    while let Some(e) = stream.next().await {
+        match e {
+            Ok(e) => seqs.push(e.seq),
+            Err(e) => {
+                // The stream ends after its first error.
+                assert!(stream.next().await.is_none());
+                return (seqs, Some(e));
+            }
+        }
+    }
+    (seqs, None)
+}
+
+#[tokio::test]
+async fn a_stored_payload_that_is_not_json_is_a_corrupt_error_at_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let s = store.create(NewSession::new()).await.unwrap();
+    let events = (0..5)
+        .map(|i| NewEvent::new("e", json!({"i": i})))
+        .collect();
+    store.append(&s.id, 0, events).await.unwrap();
+    // Someone edits the file behind the store's back.
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("UPDATE events SET payload = '{\"i\": 3,' WHERE seq = 3")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (seqs, err) = replay_until_error(&store, &s.id).await;
+    assert_eq!(
+        seqs,
+        vec![0, 1, 2],
+        "the rows before the damage are delivered"
+    );
+    match err {
+        Some(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stored_postgres_payload_that_is_not_json_is_a_corrupt_error_at_replay() {
+    let url = common::pg_url();
+    let schema = common::fresh_schema();
+    let config = PostgresConfig::new(url.clone()).with_schema(schema.clone());
+    let store = PostgresStore::connect_with(config)
+        .await
+        .expect("Postgres is required (AGENTRT_PG_URL)");
+    let s = store.create(NewSession::new()).await.unwrap();
+    let events = (0..5)
+        .map(|i| NewEvent::new("e", json!({"i": i})))
+        .collect();
+    store.append(&s.id, 0, events).await.unwrap();
+    let mut conn = pg_conn_in(&url, &schema).await;
+    sqlx::query("UPDATE events SET payload = 'not json' WHERE seq = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let (seqs, err) = replay_until_error(&store, &s.id).await;
+    common::drop_schema(&url, &schema).await;
+    assert_eq!(seqs, vec![0]);
+    match err {
+        Some(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
 const FUTURE_MIGRATION: &str = "INSERT INTO _sqlx_migrations \
      (version, description, success, checksum, execution_time) \
      VALUES (999, 'from the future', TRUE, $1, 0)";
@@ -237,10 +325,7 @@ async fn a_postgres_schema_from_a_newer_version_is_refused() {
         .expect("Postgres is required (AGENTRT_PG_URL)");
     let s = store.create(NewSession::new()).await.unwrap();
     drop(store);
-    let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let mut conn = sqlx::PgConnection::connect_with(&opts).await.unwrap();
+    let mut conn = pg_conn_in(&url, &schema).await;
     sqlx::query(FUTURE_MIGRATION)
         .bind(vec![0u8; 48])
         .execute(&mut conn)

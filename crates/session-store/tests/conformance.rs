@@ -574,6 +574,86 @@ mod cases {
         }
     }
 
+    /// A burst of appends issued at once (so the writer takes them as one group): each request
+    /// gets its own outcome, and a refused one writes nothing and does not disturb the others.
+    pub async fn a_burst_of_mixed_appends_answers_each_request_on_its_own(b: &Backend) {
+        let s = &*b.store;
+        let fresh: Vec<SessionId> =
+            futures::future::join_all((0..16).map(|_| new_session(s))).await;
+        let shared = new_session(s).await;
+        let finished = new_session(s).await;
+        s.finish(&finished, 0, Finish::completed(ev("end", 0)))
+            .await
+            .unwrap();
+        let unknown = SessionId::new();
+        let mut burst = Vec::new();
+        for id in &fresh {
+            burst.push((*id, 0, vec![ev("ok", 0), ev("ok", 1)]));
+        }
+        burst.push((finished, 1, vec![ev("late", 0)]));
+        burst.push((unknown, 0, vec![ev("ghost", 0)]));
+        burst.push((shared, 7, vec![ev("stale", 0)]));
+        // Two writers race for seq 0 of one session: exactly one wins.
+        burst.push((shared, 0, vec![ev("race", 0)]));
+        burst.push((shared, 0, vec![ev("race", 1)]));
+        let outcomes = futures::future::join_all(
+            burst
+                .iter()
+                .map(|(id, at, evs)| s.append(id, *at, evs.clone())),
+        )
+        .await;
+        for (i, id) in fresh.iter().enumerate() {
+            assert_eq!(
+                outcomes[i].as_ref().ok(),
+                Some(&2),
+                "[{}] fresh {i}",
+                b.name
+            );
+            assert_eq!(seqs(&replay_all(s, id, 0).await), [0, 1]);
+        }
+        let n = fresh.len();
+        assert!(
+            matches!(outcomes[n], Err(StoreError::Finished { session, .. }) if session == finished),
+            "[{}] {:?}",
+            b.name,
+            outcomes[n]
+        );
+        assert!(
+            matches!(outcomes[n + 1], Err(StoreError::NotFound(id)) if id == unknown),
+            "[{}] {:?}",
+            b.name,
+            outcomes[n + 1]
+        );
+        assert!(
+            matches!(
+                outcomes[n + 2],
+                Err(StoreError::Conflict { expected: 7, .. })
+            ),
+            "[{}] {:?}",
+            b.name,
+            outcomes[n + 2]
+        );
+        let race = [&outcomes[n + 3], &outcomes[n + 4]];
+        assert_eq!(
+            race.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "[{}] {race:?}",
+            b.name
+        );
+        assert_eq!(
+            race.iter()
+                .filter(|r| matches!(r, Err(e) if e.is_conflict()))
+                .count(),
+            1,
+            "[{}] {race:?}",
+            b.name
+        );
+        let shared_events = replay_all(s, &shared, 0).await;
+        assert_eq!(seqs(&shared_events), [0]);
+        assert_eq!(shared_events[0].kind, "race");
+        assert_eq!(seqs(&replay_all(s, &finished, 0).await), [0]);
+    }
+
     pub async fn contending_writers_on_one_session_never_leave_gaps_or_duplicates(b: &Backend) {
         let store = b.store.clone();
         let id = new_session(&*store).await;
@@ -645,6 +725,7 @@ macro_rules! conformance {
             case!(secrets_are_redacted_before_they_are_written);
             case!(concurrent_appenders_on_distinct_sessions_all_commit);
             case!(contending_writers_on_one_session_never_leave_gaps_or_duplicates);
+            case!(a_burst_of_mixed_appends_answers_each_request_on_its_own);
         }
     };
 }

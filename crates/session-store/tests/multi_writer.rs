@@ -161,7 +161,7 @@ async fn one_batch_of_sqlite_appends_gives_every_member_its_own_outcome() {
             let events: Vec<_> = store.replay(&id, 0).try_collect().await.unwrap();
             events
                 .iter()
-                .map(|e| (e.seq, e.payload.clone()))
+                .map(|e| (e.seq, e.payload.clone().into_value()))
                 .collect::<Vec<_>>()
         }
     };

@@ -221,7 +221,7 @@ async fn journal(db: &Path, run: &SessionId) -> Vec<(u64, String, Value)> {
     let events: Vec<_> = store.replay(run, 0).try_collect().await.unwrap();
     events
         .into_iter()
-        .map(|e| (e.seq, e.kind, e.payload))
+        .map(|e| (e.seq, e.kind, e.payload.into_value()))
         .collect()
 }
 
