@@ -16,6 +16,7 @@ use futures::StreamExt;
 use crate::Error;
 use crate::budget::PoolSnapshot;
 use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
+use crate::client::McpToolset;
 use crate::finalize::{
     CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, keep_best_delivered,
 };
@@ -202,8 +203,27 @@ async fn run_brain(
     model_id: String,
     supervisor: &Supervisor,
 ) -> Result<BrainEnd, Error> {
+    // The profile's own MCP servers are started (or connected) for the brain's loop, beside the
+    // verbs, and shut down when it ends however it ends. One that cannot be reached fails the
+    // run before the brain takes a turn.
+    let servers = McpToolset::connect_profile(profile).await?;
+    let mut tools = verb_tools(Arc::new(supervisor.clone()));
+    servers.register_into(&mut tools);
+    let end = brain_loop(profile, task, options, model_id, tools).await;
+    servers.shutdown().await;
+    end
+}
+
+/// The supervisor's tool loop with its tools: started, resumed, or (when it had ended before a
+/// crash) read back from its session.
+async fn brain_loop(
+    profile: &AgentProfile,
+    task: &str,
+    options: &SuperviseOptions,
+    model_id: String,
+    tools: ToolRegistry,
+) -> Result<BrainEnd, Error> {
     let loop_error = |e: agentrt_core_loop::Error| Error::Worker(format!("supervisor loop: {e}"));
-    let tools = verb_tools(Arc::new(supervisor.clone()));
     let fresh = || {
         ToolLoop::new(
             options.model.clone(),
@@ -465,7 +485,8 @@ pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
 ///
 /// For [`Harness::Router`] the supervisor is an in-process tool loop (`options.model`) whose
 /// tools are the five verbs ([`verb_tools`]) over a [`Supervisor`] with `options.workers`,
-/// prompted by [`supervisor_instructions`]. Every spawn's model (see
+/// prompted by [`supervisor_instructions`], plus the tools of every MCP server the profile names
+/// (see [`McpToolset::connect_profile`]; started for the loop and shut down when it ends). Every spawn's model (see
 /// [`WorkerFactory::model_for`]) must pass the profile's allowed-models guard, or the spawn
 /// fails with [`Error::ModelNotAllowed`] and nothing is reserved. For any other harness the
 /// brain is the process [`SuperviseOptions::external_command`] names, which reaches the same

@@ -12,6 +12,7 @@ use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::client::McpToolset;
 use crate::verbs::{AgentTarget, BudgetAmount};
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
@@ -30,7 +31,9 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 ///
 /// A `subagent` target of the supervisor's profile runs with that subagent's own system prompt
 /// and instructions instead of the factory-wide [`system`](ToolLoopWorkerFactory::system)
-/// prompt.
+/// prompt, and with the tools of the MCP servers that subagent names (started for the worker's
+/// loop beside the factory-wide [`tools`](ToolLoopWorkerFactory::tools), shut down when it ends;
+/// one that cannot be reached fails the worker).
 ///
 /// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
 /// then decides delivery); budget exhaustion, cancellation and failure fail it.
@@ -107,18 +110,23 @@ impl ToolLoopWorkerFactory {
     /// factory-wide prompt; other targets, and a subagent that declares neither, get the
     /// factory-wide prompt.
     fn system_for(&self, target: &AgentTarget) -> Option<String> {
-        let own = match (target, &self.profile) {
-            (AgentTarget::Subagent(name), Some(profile)) => profile.subagent(name).and_then(|s| {
-                let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .filter(|part| !part.trim().is_empty())
-                    .collect();
-                (!parts.is_empty()).then(|| parts.join("\n\n"))
-            }),
-            _ => None,
-        };
+        let own = self.subagent(target).and_then(|s| {
+            let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
+                .into_iter()
+                .flatten()
+                .filter(|part| !part.trim().is_empty())
+                .collect();
+            (!parts.is_empty()).then(|| parts.join("\n\n"))
+        });
         own.or_else(|| self.system.clone())
+    }
+
+    /// The supervisor profile's subagent that `target` names, if it is one.
+    fn subagent(&self, target: &AgentTarget) -> Option<&AgentProfile> {
+        match (target, &self.profile) {
+            (AgentTarget::Subagent(name), Some(profile)) => profile.subagent(name),
+            _ => None,
+        }
     }
 }
 
@@ -163,9 +171,17 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         if let Some(system) = self.system_for(&spec.target) {
             config = config.system(system);
         }
+        // A subagent's own MCP servers are started (or connected) for this worker's loop and
+        // shut down when it ends.
+        let servers = match self.subagent(&spec.target) {
+            Some(subagent) => McpToolset::connect_profile(subagent).await?,
+            None => McpToolset::default(),
+        };
+        let mut tools = self.tools.clone();
+        servers.register_into(&mut tools);
         let config = config
             .user(spec.task.clone())
-            .tools(self.tools.clone())
+            .tools(tools)
             .budget(budget)
             .max_turns(max_turns)
             .steering(steering.clone())
@@ -187,6 +203,7 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         });
         let outcome = run_tool_loop(config).await;
         forwarder.abort();
+        servers.shutdown().await;
         let outcome = outcome.map_err(|e| Error::Worker(format!("tool loop: {e}")))?;
 
         ctx.progress(format!(

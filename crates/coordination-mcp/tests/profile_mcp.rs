@@ -6,9 +6,18 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use agentrt_coordination_mcp::{McpServerConfig, McpToolset, McpTransportConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use agentrt_coordination_mcp::{
+    BudgetAmount, McpServerConfig, McpToolset, McpTransportConfig, ScriptedWorkerFactory,
+    SuperviseOptions, ToolLoopWorkerFactory, supervise,
+};
+use agentrt_core_loop::StopReason;
+use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
 use agentrt_profiles::AgentProfile;
-use serde_json::json;
+use agentrt_session_store::MemoryStore;
+use serde_json::{Value, json};
 
 fn profile_with_servers(servers: serde_json::Value) -> AgentProfile {
     AgentProfile::from_json_str(
@@ -108,4 +117,112 @@ async fn a_profile_server_that_cannot_start_is_an_error_naming_it() {
         agentrt_coordination_mcp::Error::Mcp { server, .. } => assert_eq!(server, "ghost"),
         other => panic!("expected an Mcp error, got {other:?}"),
     }
+}
+
+/// A stdio server written with the Python SDK, as a profile names it.
+fn calc_server() -> Value {
+    let python = common::python().to_string_lossy().into_owned();
+    let script = common::py_script("sdk_tool_server.py")
+        .to_string_lossy()
+        .into_owned();
+    json!({"name": "calc", "command": python, "args": [script, "stdio"]})
+}
+
+/// Calls `calc__add` with 19 + 23 and answers with what the tool said.
+fn adding_model() -> ScriptedModel {
+    ScriptedModel::from_fn(|request| match common::tool_results(request).first() {
+        None => ScriptedTurn::tool_call("c1", "calc__add", json!({"a": 19, "b": 23}).to_string()),
+        Some(sum) => ScriptedTurn::text(format!("the sum is {sum}")),
+    })
+}
+
+fn supervisor_profile(servers: Value, subagent_servers: Value) -> AgentProfile {
+    AgentProfile::from_json_str(
+        &json!({
+            "name": "boss",
+            "harness": "router",
+            "model": {"provider": "scripted", "default": "brain"},
+            "mcp_servers": servers,
+            "subagents": [{
+                "name": "adder", "harness": "router",
+                "model": {"provider": "scripted", "default": "brain"},
+                "mcp_servers": subagent_servers,
+            }],
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn supervise_gives_the_router_brain_the_tools_of_the_profiles_mcp_servers() {
+    let profile = supervisor_profile(json!([calc_server()]), json!([]));
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(adding_model()),
+        Arc::new(ScriptedWorkerFactory::new()),
+    );
+    let result = supervise(&profile, "add 19 and 23", options).await.unwrap();
+    assert_eq!(result.stop, StopReason::Answered);
+    assert_eq!(result.answer.as_deref(), Some("the sum is 42"));
+}
+
+#[tokio::test]
+async fn a_subagent_worker_gets_the_tools_of_its_own_mcp_servers() {
+    // The supervisor itself names no servers; its subagent does.
+    let profile = supervisor_profile(json!([]), json!([calc_server()]));
+    let brain = common::spawn_then_await(
+        json!({"subagent": "adder", "task": "add 19 and 23",
+               "budget": {"tokens": 1_000, "turns": 4},
+               "completion_check": {"kind": "output_contains", "text": "42"}}),
+        "the adder finished",
+    );
+    let workers = ToolLoopWorkerFactory::new(
+        Arc::new(adding_model()),
+        "brain",
+        Arc::new(MemoryStore::new()),
+    )
+    .supervisor_profile(profile.clone());
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(10_000, 10),
+        Arc::new(brain),
+        Arc::new(workers),
+    );
+    let result = supervise(&profile, "get 19 + 23 added", options)
+        .await
+        .unwrap();
+    let winner = result
+        .outcome
+        .winner()
+        .unwrap_or_else(|| panic!("the adder is not delivered: {:?}", result.outcome));
+    assert_eq!(winner.output, "the sum is 42");
+}
+
+#[tokio::test]
+async fn supervise_fails_before_the_first_turn_when_a_profile_server_cannot_start() {
+    let profile = supervisor_profile(
+        json!([{"name": "ghost", "command": "/nonexistent/agentrt-no-such-server"}]),
+        json!([]),
+    );
+    let turns = Arc::new(AtomicUsize::new(0));
+    let counted = turns.clone();
+    let brain = ScriptedModel::from_fn(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        ScriptedTurn::text("should not run")
+    });
+    let options = SuperviseOptions::new(
+        BudgetAmount::new(1_000, 10),
+        Arc::new(brain),
+        Arc::new(ScriptedWorkerFactory::new()),
+    );
+    let error = supervise(&profile, "anything", options).await.unwrap_err();
+    match error {
+        agentrt_coordination_mcp::Error::Mcp { server, .. } => assert_eq!(server, "ghost"),
+        other => panic!("expected an Mcp error, got {other:?}"),
+    }
+    assert_eq!(
+        turns.load(Ordering::SeqCst),
+        0,
+        "the brain never took a turn"
+    );
 }

@@ -11,9 +11,9 @@ use agentrt_coordination_mcp::{
     supervisor_instructions,
 };
 use agentrt_core_loop::StopReason;
-use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
 use agentrt_profiles::AgentProfile;
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn profile(harness: &str) -> AgentProfile {
     AgentProfile::from_json_str(
@@ -32,44 +32,17 @@ fn profile(harness: &str) -> AgentProfile {
     .unwrap()
 }
 
-fn tool_results(request: &ChatRequest) -> Vec<String> {
-    request
-        .messages
-        .iter()
-        .filter_map(|m| match m {
-            Message::Tool { content, .. } => Some(content.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// spawn_agent (with `check`) → await_agent → answer.
 fn scripted_supervisor(check: &'static str) -> ScriptedModel {
-    ScriptedModel::from_fn(move |request| {
-        let results = tool_results(request);
-        match results.len() {
-            0 => ScriptedTurn::tool_call(
-                "s1",
-                "spawn_agent",
-                json!({
-                    "subagent": "helper",
-                    "task": "write it",
-                    "budget": {"tokens": 100, "turns": 2},
-                    "completion_check": {"kind": "output_contains", "text": check},
-                })
-                .to_string(),
-            ),
-            1 => {
-                let spawned: Value = serde_json::from_str(&results[0]).unwrap();
-                ScriptedTurn::tool_call(
-                    "a1",
-                    "await_agent",
-                    json!({"ids": [spawned["id"]], "timeout_ms": 20_000}).to_string(),
-                )
-            }
-            _ => ScriptedTurn::text("the helper finished"),
-        }
-    })
+    common::spawn_then_await(
+        json!({
+            "subagent": "helper",
+            "task": "write it",
+            "budget": {"tokens": 100, "turns": 2},
+            "completion_check": {"kind": "output_contains", "text": check},
+        }),
+        "the helper finished",
+    )
 }
 
 #[tokio::test]
@@ -170,7 +143,7 @@ async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_no
     let workers =
         ToolLoopWorkerFactory::new(Arc::new(worker_model), "huge", Arc::new(MemoryStore::new()));
     let brain = ScriptedModel::from_fn(|request| {
-        match tool_results(request).first() {
+        match common::tool_results(request).first() {
         None => ScriptedTurn::tool_call(
             "s1",
             "spawn_agent",

@@ -76,3 +76,39 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The tool results a scripted model has been sent so far, in order.
+pub fn tool_results(request: &agentrt_core_loop::model::ChatRequest) -> Vec<String> {
+    request
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            agentrt_core_loop::model::Message::Tool { content, .. } => Some(content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A supervisor brain that calls `spawn_agent` with `spawn`, then `await_agent` on the agent it
+/// got, then answers `answer`.
+pub fn spawn_then_await(
+    spawn: serde_json::Value,
+    answer: &'static str,
+) -> agentrt_core_loop::model::ScriptedModel {
+    use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
+    ScriptedModel::from_fn(move |request| {
+        let results = tool_results(request);
+        match results.len() {
+            0 => ScriptedTurn::tool_call("s1", "spawn_agent", spawn.to_string()),
+            1 => {
+                let spawned: serde_json::Value = serde_json::from_str(&results[0]).unwrap();
+                ScriptedTurn::tool_call(
+                    "a1",
+                    "await_agent",
+                    serde_json::json!({"ids": [spawned["id"]], "timeout_ms": 30_000}).to_string(),
+                )
+            }
+            _ => ScriptedTurn::text(answer),
+        }
+    })
+}
