@@ -16,7 +16,8 @@ use agentrt_coordination_mcp::{
     Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec,
 };
 use agentrt_session_store::{
-    Finish, MemoryStore, NewEvent, NewSession, SessionId, SessionStatus, SessionStore,
+    BlobAddress, Event, EventStream, Finish, MemoryStore, NewEvent, NewSession, Page, ResumePoint,
+    Session, SessionFilter, SessionId, SessionStatus, SessionStore, StoreError,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -33,6 +34,18 @@ struct Counting {
 impl Counting {
     fn runs(&self, task: &str) -> u32 {
         self.runs.lock().unwrap().get(task).copied().unwrap_or(0)
+    }
+
+    /// Waits (bounded, for a loaded machine) until a worker for `task` has started.
+    async fn wait_for_start(&self, task: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.runs(task) < 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            self.runs(task) >= 1,
+            "no worker for {task:?} started within 10 s"
+        );
     }
 }
 
@@ -214,10 +227,7 @@ fn in_flight_work_without_a_key_ends_in_doubt_with_its_reservation_charged() {
         let s = open(&factory, &store, run).await.unwrap();
         let a = s.spawn_agent(spawn("slow #ms=60000", None)).await.unwrap();
         // Die only once the worker has really started (bounded, for a loaded machine).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while factory.runs("slow #ms=60000") < 1 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        factory.wait_for_start("slow #ms=60000").await;
         a.id
     });
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -266,10 +276,7 @@ fn in_flight_keyed_work_is_redispatched_under_its_id_with_its_steers_once() {
         .unwrap();
         // The first attempt must really have started before the coordinator dies (bounded wait:
         // on a loaded machine the worker task may not have been scheduled yet).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while factory.runs("keyed #ms=60000") < 1 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        factory.wait_for_start("keyed #ms=60000").await;
         assert_eq!(factory.runs("keyed #ms=60000"), 1);
         a.id
     });
@@ -490,5 +497,129 @@ fn a_second_coordinator_on_the_same_run_is_fenced_off() {
             "nothing reserved"
         );
         assert_eq!(factory.runs("b #ms=4"), 0, "nothing started");
+    });
+}
+
+/// A store that loses every append carrying a settle while `lose_settles` is set (as if the
+/// coordinator died between journaling a stop and journaling its settle); otherwise the shared
+/// in-memory store underneath.
+struct LosesSettles {
+    inner: Arc<dyn SessionStore>,
+    lose_settles: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl SessionStore for LosesSettles {
+    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
+        self.inner.create(new).await
+    }
+    async fn append(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        events: Vec<NewEvent>,
+    ) -> Result<u64, StoreError> {
+        if self.lose_settles.load(std::sync::atomic::Ordering::SeqCst)
+            && events.iter().any(|e| e.kind == "coord.settle")
+        {
+            return Err(StoreError::Database(
+                "injected: the settle was never written".into(),
+            ));
+        }
+        self.inner.append(session, expected_seq, events).await
+    }
+    async fn finish(
+        &self,
+        session: &SessionId,
+        expected_seq: u64,
+        finish: Finish,
+    ) -> Result<Event, StoreError> {
+        self.inner.finish(session, expected_seq, finish).await
+    }
+    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
+        self.inner.reopen(session).await
+    }
+    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
+        self.inner.replay(session, from_seq)
+    }
+    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
+        self.inner.get(session).await
+    }
+    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
+        self.inner.list(filter).await
+    }
+    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
+        self.inner.resume_point(session).await
+    }
+    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
+        self.inner.fork(session, at_seq).await
+    }
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
+        self.inner.put_blob(bytes).await
+    }
+    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_blob(address).await
+    }
+}
+
+#[test]
+fn a_stop_journaled_without_its_settle_resumes_as_stopped_with_its_reservation_charged() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let losing: Arc<dyn SessionStore> = Arc::new(LosesSettles {
+        inner: store.clone(),
+        lose_settles: true.into(),
+    });
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let id = crash_after(|| async {
+        let s = open(&factory, &losing, run).await.unwrap();
+        let a = s
+            .spawn_agent(spawn("halted #ms=60000", Some("h")))
+            .await
+            .unwrap();
+        factory.wait_for_start("halted #ms=60000").await;
+        // The stop is journaled; the settle that follows it is lost.
+        let _ = s
+            .stop_agent(StopAgent {
+                id: a.id.clone(),
+                reason: "halt".into(),
+            })
+            .await;
+        a.id
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let k = rt.block_on(kinds(&store, &run));
+    assert!(k.contains(&"coord.stop".to_owned()), "{k:?}");
+    assert!(!k.contains(&"coord.settle".to_owned()), "{k:?}");
+
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let r = settle(&s, &id).await;
+        assert_eq!(
+            r.status,
+            AgentStatus::Stopped {
+                reason: "halt".into()
+            }
+        );
+        // What it spent before the stop cannot be proven: its whole reservation counts, and it
+        // is never run again although its spawn had a key.
+        assert_eq!(r.spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().reserved, BudgetAmount::default());
+        assert_eq!(factory.runs("halted #ms=60000"), 1);
+        // The resume wrote the missing settle, so a second restart changes nothing.
+        let k = kinds(&store, &run).await;
+        assert_eq!(
+            k.iter().filter(|k| *k == "coord.settle").count(),
+            1,
+            "{k:?}"
+        );
+    });
+    rt.block_on(async {
+        let s = open(&factory, &store, run).await.unwrap();
+        let before = kinds(&store, &run).await.len();
+        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        assert_eq!(settle(&s, &id).await.status.state_name(), "stopped");
+        assert_eq!(kinds(&store, &run).await.len(), before);
     });
 }
