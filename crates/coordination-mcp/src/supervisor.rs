@@ -433,8 +433,20 @@ impl Supervisor {
         store: Arc<dyn SessionStore>,
         run: SessionId,
     ) -> Result<Supervisor, Error> {
+        Self::open_at_depth(factory, checker, options, store, run, 0).await
+    }
+
+    /// [`Supervisor::open`] for a supervisor nested `depth` levels below a root.
+    pub(crate) async fn open_at_depth(
+        factory: Arc<dyn WorkerFactory>,
+        checker: Arc<dyn CompletionChecker>,
+        options: SupervisorOptions,
+        store: Arc<dyn SessionStore>,
+        run: SessionId,
+        depth: u32,
+    ) -> Result<Supervisor, Error> {
         let (journal, entries) = Journal::open(store, run, options.root_budget).await?;
-        let supervisor = Self::build(factory, checker, options, Some(journal), 0);
+        let supervisor = Self::build(factory, checker, options, Some(journal), depth);
         supervisor.resume(entries).await?;
         Ok(supervisor)
     }

@@ -220,15 +220,24 @@ impl WorkerContext {
     /// is charged to this worker's reservation at once, so whatever the sub-tree spends is
     /// already counted against every ancestor and the root's total can never be exceeded
     /// (unspent sub-budget is not returned). The sub-supervisor keeps this worker's nesting
-    /// limit and lives in memory: dropping it (as when this worker is stopped) stops its
-    /// workers; its outcome reaches the parent as this worker's output, which the parent
-    /// journals.
+    /// limit; dropping it (as when this worker is stopped) stops its workers; its outcome
+    /// reaches the parent as this worker's output, which the parent journals.
+    ///
+    /// Under a durable supervisor the sub-supervisor is durable too: it journals to its own run,
+    /// [`sub_supervisor_run`] of the parent's run and this agent, and when this agent is
+    /// redispatched after a crash, calling `sub_supervisor` again **resumes** that run — the
+    /// sub-tree's settled work is reused, its in-flight work is in doubt or redispatched, exactly
+    /// as [`Supervisor::open`] does for a root. The redispatched attempt must ask for the same
+    /// `budget`. Under an in-memory supervisor it lives in memory.
     ///
     /// # Errors
     /// [`Error::DepthLimit`] when this worker is already at the supervisor's
     /// [`max_depth`](SupervisorOptions::max_depth); [`Error::BudgetExhausted`] when `budget` does
-    /// not fit in what is left of the reservation (nothing is charged then).
-    pub fn sub_supervisor(
+    /// not fit in what is left of the reservation (nothing is charged then); for a durable
+    /// sub-supervisor, what [`Supervisor::open`] returns (for example a budget that differs from
+    /// the one its run was started with) — `budget` stays charged then, as spend that an earlier
+    /// attempt's sub-tree may have made and that cannot be disproven.
+    pub async fn sub_supervisor(
         &self,
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
@@ -240,17 +249,30 @@ impl WorkerContext {
                 max_depth: self.max_depth,
             });
         }
-        self.charge(budget)?;
-        self.progress(format!("started a sub-supervisor with {budget:?}"));
         let options = SupervisorOptions {
             root_budget: budget,
             max_depth: self.max_depth,
             detached_poll: self.poll,
             ..SupervisorOptions::default()
         };
-        Ok(Supervisor::build(
-            factory, checker, options, None, self.depth,
-        ))
+        self.charge(budget)?;
+        let sub = match &self.journal {
+            None => Supervisor::build(factory, checker, options, None, self.depth),
+            Some(journal) => {
+                let run = sub_supervisor_run(journal.run(), &self.slot.id);
+                Supervisor::open_at_depth(
+                    factory,
+                    checker,
+                    options,
+                    journal.store().clone(),
+                    run,
+                    self.depth,
+                )
+                .await?
+            }
+        };
+        self.progress(format!("started a sub-supervisor with {budget:?}"));
+        Ok(sub)
     }
 
     /// Report the directory of this worker's box (its workspace): a `command` completion check
@@ -269,4 +291,18 @@ impl WorkerContext {
     pub fn depth(&self) -> u32 {
         self.depth
     }
+}
+
+/// The run a durable sub-supervisor of agent `agent` under the run `parent` journals to: the same
+/// for every attempt of that agent, distinct for every agent and every parent run.
+pub fn sub_supervisor_run(parent: &SessionId, agent: &AgentId) -> SessionId {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"agentrt sub-supervisor run\0")
+        .chain_update(parent.as_uuid().as_bytes())
+        .chain_update(agent.as_str().as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    SessionId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use agentrt_coordination_mcp::{
     AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator,
     DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent, StopAgent,
-    Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec,
+    Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run,
 };
 use agentrt_session_store::{
     BlobAddress, Event, EventStream, Finish, MemoryStore, NewEvent, NewSession, Page, ResumePoint,
@@ -24,11 +24,13 @@ use futures::TryStreamExt;
 use serde_json::json;
 
 /// Workers that count their runs per task, echo steering, and run `#ms=N` milliseconds (a task
-/// containing `#detach` instead hands its work to a session the test writes).
+/// containing `#detach` instead hands its work to a session the test writes; one containing
+/// `#hold` first waits until `released` is set).
 #[derive(Default)]
 struct Counting {
     runs: Mutex<HashMap<String, u32>>,
     detached: Mutex<Option<(Arc<dyn SessionStore>, SessionId)>>,
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl Counting {
@@ -61,6 +63,11 @@ impl WorkerFactory for Counting {
         if spec.task.contains("#detach") {
             let (store, session) = self.detached.lock().unwrap().clone().unwrap();
             return ctx.follow_session(store, session).await;
+        }
+        while spec.task.contains("#hold")
+            && !self.released.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let ms: u64 = spec
             .task
@@ -621,5 +628,138 @@ fn a_stop_journaled_without_its_settle_resumes_as_stopped_with_its_reservation_c
         assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
         assert_eq!(settle(&s, &id).await.status.state_name(), "stopped");
         assert_eq!(kinds(&store, &run).await.len(), before);
+    });
+}
+
+/// A lead that supervises two leaves of `leaves` from a sub-supervisor: a quick one and one that
+/// holds until released; both spawned with keys, both awaited.
+struct Lead {
+    leaves: Arc<Counting>,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl WorkerFactory for Lead {
+    async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+        self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sub = ctx
+            .sub_supervisor(
+                self.leaves.clone(),
+                Arc::new(DefaultChecker::new()),
+                // Room for both leaves and a second attempt of one of them.
+                BudgetAmount::new(80, 16),
+            )
+            .await?;
+        let mut ids = Vec::new();
+        for (task, key) in [("leaf quick #ms=8", "q"), ("leaf slow #hold", "s")] {
+            let mut request = spawn(task, Some(key));
+            request.budget = Some(SpawnBudget {
+                tokens: Some(20),
+                turns: Some(4),
+            });
+            ids.push(sub.spawn_agent(request).await?.id);
+        }
+        let settled = sub
+            .await_agent(AwaitAgent {
+                ids,
+                timeout_ms: 20_000,
+                mode: AwaitMode::All,
+            })
+            .await?;
+        for r in settled.settled {
+            let state = if r.status.is_delivered() {
+                "delivered"
+            } else {
+                r.status.state_name()
+            };
+            ctx.append_output(&format!("{state}: {}\n", r.output.trim()));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_durable_sub_supervisor_resumes_with_its_parent_reusing_its_settled_work() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let leaves = Arc::new(Counting::default());
+    let lead = Arc::new(Lead {
+        leaves: leaves.clone(),
+        runs: 0.into(),
+    });
+    let run = SessionId::new();
+    let open_lead = || {
+        Supervisor::open(
+            lead.clone(),
+            Arc::new(DefaultChecker::new()),
+            options(),
+            store.clone(),
+            run,
+        )
+    };
+    let id = crash_after(|| async {
+        let s = open_lead().await.unwrap();
+        let mut request = spawn("lead", Some("L"));
+        request.budget = Some(SpawnBudget {
+            tokens: Some(200),
+            turns: Some(20),
+        });
+        let a = s.spawn_agent(request).await.unwrap();
+        // Die once the quick leaf's settle is in the sub-tree's own journal and the slow leaf
+        // is running.
+        let sub_run = sub_supervisor_run(&run, &a.id);
+        leaves.wait_for_start("leaf slow #hold").await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !kinds(&store, &sub_run)
+            .await
+            .contains(&"coord.settle".to_owned())
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the quick leaf never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        a.id
+    });
+    leaves
+        .released
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = open_lead().await.unwrap();
+        let r = settle(&s, &id).await;
+        assert!(
+            r.status.is_delivered() || r.output.contains("delivered"),
+            "{r:?}"
+        );
+        // The lead ran again (its spawn had a key) and resumed its sub-supervisor: the quick
+        // leaf's settled result was reused, the slow one (in flight, keyed) ran again.
+        assert_eq!(lead.runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(
+            leaves.runs("leaf quick #ms=8"),
+            1,
+            "settled work is never re-run"
+        );
+        let sub = kinds(&store, &sub_supervisor_run(&run, &id)).await;
+        assert_eq!(leaves.runs("leaf slow #hold"), 2, "{sub:?} {r:?}");
+        assert_eq!(r.output.matches("delivered: ").count(), 2, "{}", r.output);
+        assert!(r.output.contains("done: leaf quick #ms=8"), "{}", r.output);
+        assert!(r.output.contains("done: leaf slow #hold"), "{}", r.output);
+        let sub = kinds(&store, &sub_supervisor_run(&run, &id)).await;
+        assert!(
+            sub.contains(&"coord.in_doubt".to_owned())
+                && sub.contains(&"coord.redispatch".to_owned()),
+            "{sub:?}"
+        );
+        // The lead's first attempt is charged in full (its spend cannot be proven), its second
+        // attempt's sub-budget on top; the root is never exceeded.
+        let budget = s.budget();
+        assert_eq!(
+            budget.spent,
+            BudgetAmount::new(200 + 80, 20 + 16),
+            "{budget:?}"
+        );
+        assert!(budget.spent.fits_in(ROOT), "{budget:?}");
     });
 }

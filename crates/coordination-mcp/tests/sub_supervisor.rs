@@ -33,14 +33,16 @@ impl WorkerFactory for Recursive {
             sub_budget: self.sub_budget,
             fan_out: self.fan_out,
         });
-        let sub =
-            match ctx.sub_supervisor(factory, Arc::new(DefaultChecker::new()), self.sub_budget) {
-                Ok(sub) => sub,
-                Err(e) => {
-                    ctx.append_output(&format!("no sub-supervisor: {}\n", e.code()));
-                    return Ok(());
-                }
-            };
+        let sub = match ctx
+            .sub_supervisor(factory, Arc::new(DefaultChecker::new()), self.sub_budget)
+            .await
+        {
+            Ok(sub) => sub,
+            Err(e) => {
+                ctx.append_output(&format!("no sub-supervisor: {}\n", e.code()));
+                return Ok(());
+            }
+        };
         let mut ids = Vec::new();
         for i in 0..self.fan_out {
             // Children lead again (until the depth limit stops them) or are leaves.
@@ -171,11 +173,13 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
     #[async_trait]
     impl WorkerFactory for Lead {
         async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
-            let sub = ctx.sub_supervisor(
-                Arc::new(ScriptedWorkerFactory::new().turns(2).delay(Duration::ZERO)),
-                Arc::new(DefaultChecker::new()),
-                BudgetAmount::new(60, 6),
-            )?;
+            let sub = ctx
+                .sub_supervisor(
+                    Arc::new(ScriptedWorkerFactory::new().turns(2).delay(Duration::ZERO)),
+                    Arc::new(DefaultChecker::new()),
+                    BudgetAmount::new(60, 6),
+                )
+                .await?;
             for i in 0..5 {
                 // The sub-pool refuses what does not fit; the parent is never overdrawn.
                 let _ = sub
