@@ -168,6 +168,8 @@ pub struct ToolLoop {
     metadata: Value,
     cleanup: Option<CleanupFn>,
     resume: Option<SessionId>,
+    /// `messages[0]` is the profile's system prompt (from [`ToolLoop::from_profile`]).
+    profile_system: bool,
 }
 
 impl std::fmt::Debug for ToolLoop {
@@ -213,6 +215,7 @@ impl ToolLoop {
             metadata: Value::Null,
             cleanup: None,
             resume: None,
+            profile_system: false,
         }
     }
 
@@ -239,6 +242,7 @@ impl ToolLoop {
         };
         if let Some(system) = system {
             this.messages.push(Message::System { content: system });
+            this.profile_system = true;
         }
         this.temperature = profile.model.temperature.map(|t| t as f32);
         this.max_tokens = profile.model.max_tokens;
@@ -377,7 +381,8 @@ impl ToolLoop {
 
     /// Continue the stopped session `id` instead of starting a new one (see
     /// [`resume_tool_loop`]). Messages added to this builder are delivered as steering
-    /// messages (they must be user messages).
+    /// messages (they must be user messages); a profile's system prompt
+    /// ([`ToolLoop::from_profile`]) is not added again, the session already has it.
     pub fn resume(mut self, id: SessionId) -> Self {
         self.resume = Some(id);
         self
@@ -797,13 +802,14 @@ impl Run {
                     reason: "it completed; fork it to continue from its history".into(),
                 });
             }
-            SessionStatus::Failed | SessionStatus::Cancelled => {
-                self.store.reopen(&id).await?;
-            }
-            SessionStatus::Running => {}
+            SessionStatus::Failed | SessionStatus::Cancelled | SessionStatus::Running => {}
         }
+        // The configuration is checked before anything is written: a refused resume leaves the
+        // session as it found it.
         let mut extra = Vec::new();
-        for m in cfg.messages {
+        // A profile's system prompt (`from_profile`) is already in the session's history.
+        let skip = usize::from(cfg.profile_system);
+        for m in cfg.messages.into_iter().skip(skip) {
             match m {
                 Message::User { content } => extra.push(content),
                 other => {
@@ -812,6 +818,12 @@ impl Run {
                     )));
                 }
             }
+        }
+        match previous_status {
+            SessionStatus::Failed | SessionStatus::Cancelled => {
+                self.store.reopen(&id).await?;
+            }
+            SessionStatus::Running | SessionStatus::Completed => {}
         }
         let events: Vec<_> = self.store.replay(&id, 0).try_collect().await?;
         let history = History::rebuild(&id, &events)?;

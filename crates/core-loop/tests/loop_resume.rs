@@ -462,3 +462,75 @@ async fn a_completed_session_is_not_resumable_and_user_messages_can_be_added_on_
         SessionStatus::Completed
     );
 }
+
+#[tokio::test]
+async fn a_loop_built_from_a_profile_resumes_without_repeating_its_system_prompt() {
+    let profile = agentrt_profiles::AgentProfile::from_toml_str(
+        r#"
+name = "p"
+harness = "router"
+system_prompt = "Be brief."
+[model]
+provider = "openai-compatible"
+default = "m"
+"#,
+    )
+    .unwrap();
+    let store = memory();
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let first = run_tool_loop(
+        ToolLoop::from_profile(&profile, Arc::new(answers_after_tool()), store.clone())
+            .unwrap()
+            .user("hi")
+            .cancellation(cancelled),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.stop, StopReason::Cancelled);
+
+    let model = ScriptedModel::new([ScriptedTurn::text("hello")]);
+    let resumed = ToolLoop::from_profile(&profile, Arc::new(model.clone()), store.clone())
+        .unwrap()
+        .resume(first.session_id)
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(resumed.stop, StopReason::Answered);
+    let systems = model.requests()[0]
+        .messages
+        .iter()
+        .filter(|m| matches!(m, Message::System { .. }))
+        .count();
+    assert_eq!(
+        systems, 1,
+        "the system prompt once, from the session's history"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_resume_leaves_the_session_as_it_was() {
+    let store = memory();
+    let cancelled = CancellationToken::new();
+    cancelled.cancel();
+    let first = run_tool_loop(
+        ToolLoop::new(Arc::new(answers_after_tool()), "m", store.clone())
+            .user("hi")
+            .cancellation(cancelled),
+    )
+    .await
+    .unwrap();
+    let before = kinds(&store, &first.session_id).await;
+    let refused = ToolLoop::new(Arc::new(answers_after_tool()), "m", store.clone())
+        .system("a system message cannot be added to a resumed session")
+        .resume(first.session_id)
+        .run()
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidConfig(_))),
+        "{refused:?}"
+    );
+    let session = store.get(&first.session_id).await.unwrap();
+    assert_eq!(session.status, SessionStatus::Cancelled, "not reopened");
+    assert_eq!(kinds(&store, &first.session_id).await, before);
+}
