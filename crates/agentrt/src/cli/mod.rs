@@ -14,6 +14,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
+mod run;
+
 /// agentrt: run agent profiles exactly, and inspect what they did.
 #[derive(Debug, Parser)]
 #[command(name = "agentrt", version, about)]
@@ -30,6 +32,14 @@ enum Command {
     /// List, show, replay and fork recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// Run a profile's agent on a task over its real model provider, recording every step.
+    ///
+    /// The model comes from the profile (`model.provider`, `model.default` or --model, which the
+    /// profile must allow; `model.base_url` or --base-url); API keys come from the environment
+    /// (OPENAI_API_KEY, OPENROUTER_API_KEY, ANTHROPIC_API_KEY). The profile's MCP servers are
+    /// started for the run and their tools offered to the model; its budget bounds the run. The
+    /// answer goes to stdout, progress to stderr; the exit code is 0 only when the model answered.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +116,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profile(ProfileCommand::Check { files }) => Ok(check_profiles(&files)),
         Command::Profile(ProfileCommand::Show { file }) => show_profile(&file),
         Command::Sessions(command) => sessions(command).await,
+        Command::Run(args) => run::run(args).await,
     }
 }
 

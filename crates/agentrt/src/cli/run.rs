@@ -1,0 +1,221 @@
+//! `agentrt run`: a profile's agent on a task — its model, its MCP servers' tools, its budget —
+//! with every step recorded in the session store.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentrt::coordination_mcp::McpToolset;
+use agentrt::core_loop::model::{Anthropic, ChatModel, OpenAiCompatible};
+use agentrt::core_loop::{RuntimeEvent, StopReason, ToolLoop, ToolRegistry, stream_tool_loop};
+use agentrt::profiles::AgentProfile;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{StoreArgs, open_store, parse_id, report_profile_error};
+
+/// Arguments of `agentrt run`.
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    /// The profile file (.toml or .json).
+    profile: PathBuf,
+    /// The task: the first user message (with --resume, a message delivered on resuming).
+    task: Option<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Run this model instead of the profile's default; the profile must allow it.
+    #[arg(long)]
+    model: Option<String>,
+    /// The provider's base URL, instead of the profile's `model.base_url`.
+    #[arg(long, env = "AGENTRT_BASE_URL")]
+    base_url: Option<String>,
+    /// Continue this stopped session (after a crash or a cancel) instead of starting one.
+    #[arg(long, value_name = "SESSION_ID")]
+    resume: Option<String>,
+    /// Print every runtime event as one JSON object a line on stdout, as it is persisted.
+    #[arg(long)]
+    events: bool,
+}
+
+/// The providers the CLI can reach, by the profile's `model.provider`.
+const PROVIDERS: &str = "openai, openai-compatible, openrouter, vllm, llama.cpp, ollama, anthropic";
+
+/// A value from the environment, if set and not blank.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The chat model a profile names, reached over HTTP. Keys come from the environment only
+/// (`OPENAI_API_KEY`, `OPENROUTER_API_KEY`, `ANTHROPIC_API_KEY`), never from profile files.
+fn model_for(profile: &AgentProfile, base_url: Option<String>) -> Result<Arc<dyn ChatModel>> {
+    let provider = profile.model.provider.as_str();
+    let base_url = base_url.or_else(|| profile.model.base_url.clone());
+    let model: Arc<dyn ChatModel> = match provider {
+        "anthropic" => {
+            let key = env("ANTHROPIC_API_KEY")
+                .ok_or_else(|| anyhow!("provider `anthropic` needs ANTHROPIC_API_KEY"))?;
+            let mut builder = Anthropic::builder().api_key(key);
+            if let Some(url) = base_url {
+                builder = builder.base_url(url);
+            }
+            Arc::new(builder.build()?)
+        }
+        "openai" | "openrouter" | "openai-compatible" | "vllm" | "llama.cpp" | "ollama" => {
+            let (default_url, key_var) = match provider {
+                "openai" => (Some("https://api.openai.com/v1"), "OPENAI_API_KEY"),
+                "openrouter" => (Some("https://openrouter.ai/api/v1"), "OPENROUTER_API_KEY"),
+                _ => (None, "OPENAI_API_KEY"),
+            };
+            let url = base_url
+                .or_else(|| env("OPENAI_BASE_URL"))
+                .or_else(|| default_url.map(str::to_owned))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "provider `{provider}` needs a base URL: set model.base_url in the \
+                         profile, pass --base-url, or set AGENTRT_BASE_URL or OPENAI_BASE_URL"
+                    )
+                })?;
+            let mut builder = OpenAiCompatible::builder(url).provider_name(provider);
+            match env(key_var) {
+                Some(key) => builder = builder.api_key(key),
+                // A hosted provider without a key would only fail later with a 401.
+                None if default_url.is_some() => bail!("provider `{provider}` needs {key_var}"),
+                None => {}
+            }
+            Arc::new(builder.build()?)
+        }
+        other => bail!(
+            "profile `{}`: provider `{other}` cannot be run from the command line \
+             (model.provider: one of {PROVIDERS})",
+            profile.name
+        ),
+    };
+    Ok(model)
+}
+
+/// One human-readable progress line for stderr, or `None` for events not worth a line.
+fn progress_line(event: &RuntimeEvent) -> Option<String> {
+    match event {
+        RuntimeEvent::ToolCall { call, .. } => {
+            Some(format!("tool call {}({})", call.name, call.arguments))
+        }
+        RuntimeEvent::ToolResult { result, .. } => {
+            let mut text: String = result.content.chars().take(200).collect();
+            if text.len() < result.content.len() {
+                text.push('…');
+            }
+            Some(format!("tool result: {text}"))
+        }
+        RuntimeEvent::SteerReceived { content, .. } => Some(format!("steered: {content}")),
+        _ => None,
+    }
+}
+
+/// Runs `agentrt run`: exit 0 when the model answered, 1 when the loop stopped for any other
+/// reason (the reason on stderr; the session records it either way).
+pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
+    let profile = match AgentProfile::load(&args.profile) {
+        Ok(profile) => profile,
+        Err(error) => {
+            report_profile_error(&args.profile, &error);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let task = args.task.filter(|t| !t.trim().is_empty());
+    if task.is_none() && args.resume.is_none() {
+        bail!("the task is empty: give it as the second argument");
+    }
+    let resume = args.resume.as_deref().map(parse_id).transpose()?;
+    let model = model_for(&profile, args.base_url)?;
+    let store = open_store(&args.store.store).await?;
+
+    let mut config = ToolLoop::from_profile(&profile, model, store)
+        .with_context(|| format!("profile `{}`", profile.name))?;
+    if let Some(model_id) = args.model {
+        config = config.model_id(model_id);
+    }
+    if let Some(task) = task {
+        config = config.user(task);
+    }
+    if let Some(id) = resume {
+        config = config.resume(id);
+    }
+    // The profile's MCP servers: started for this run, shut down with it however it ends.
+    let servers = McpToolset::connect_profile(&profile)
+        .await
+        .with_context(|| format!("profile `{}`: connecting its MCP servers", profile.name))?;
+    let mut tools = ToolRegistry::new();
+    servers.register_into(&mut tools);
+    let cancel = CancellationToken::new();
+    let config = config.tools(tools).cancellation(cancel.clone());
+
+    let result = drive(config, args.events, &cancel).await;
+    servers.shutdown().await;
+    result
+}
+
+async fn drive(config: ToolLoop, events: bool, cancel: &CancellationToken) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let mut stream = stream_tool_loop(config);
+    let mut announced = false;
+    // The model id the server says answered (exact execution: shown as reported).
+    let mut reported: Option<String> = None;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            // Ctrl-C cancels the loop; its final (cancelled) event is still persisted.
+            _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
+                cancel.cancel();
+                continue;
+            }
+        };
+        let Some(event) = next else { break };
+        let event = event?;
+        if let RuntimeEvent::ModelResponse {
+            reported_model: Some(model),
+            ..
+        } = &event.event
+        {
+            reported = Some(model.clone());
+        }
+        if !announced {
+            eprintln!("session {}", event.session_id);
+            announced = true;
+        }
+        if events {
+            writeln!(out, "{}", serde_json::to_string(&event.event)?)?;
+        } else if let Some(line) = progress_line(&event.event) {
+            eprintln!("{line}");
+        }
+    }
+    let outcome = stream
+        .outcome()
+        .ok_or_else(|| anyhow!("the loop ended without an outcome"))?;
+    if !events && let Some(answer) = &outcome.answer {
+        writeln!(out, "{answer}")?;
+    }
+    out.flush()?;
+    let usage = &outcome.usage;
+    eprintln!(
+        "{} after {} turns; session {} (final event #{}); tokens in {} out {}",
+        outcome.stop,
+        outcome.turns,
+        outcome.session_id,
+        outcome.final_seq,
+        usage.input_tokens,
+        usage.output_tokens
+    );
+    if let Some(model) = reported {
+        eprintln!("the server reported model {model}");
+    }
+    if let Some(cleanup) = &outcome.cleanup_error {
+        eprintln!("cleanup also failed: {cleanup}");
+    }
+    Ok(match outcome.stop {
+        StopReason::Answered => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
