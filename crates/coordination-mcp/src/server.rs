@@ -181,20 +181,89 @@ impl ServerHandler for CoordinationServer {
 }
 
 /// Serve the coordination tools on this process's stdin/stdout until the client disconnects.
+///
+/// When stdin and stdout are pipes (as when an MCP client starts the server as its child), they
+/// are read and written through Tokio's reactor directly; Tokio's own stdio goes through its
+/// blocking thread pool, a thread hand-off on every read and write, which was most of a no-op
+/// call's round trip. Both are back in blocking mode when this returns.
 pub async fn serve_stdio(coordinator: Arc<dyn Coordinator>) -> Result<(), Error> {
     let mcp_error = |message: String| Error::Mcp {
         server: "stdio".into(),
         message,
     };
-    let running = CoordinationServer::new(coordinator)
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| mcp_error(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map_err(|e| mcp_error(e.to_string()))?;
-    Ok(())
+    let server = CoordinationServer::new(coordinator);
+    let outcome = match stdio_pipes() {
+        Some((input, output)) => {
+            let outcome = match server.serve((input, output)).await {
+                Ok(running) => running.waiting().await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            restore_blocking_stdio();
+            outcome
+        }
+        None => match server.serve(rmcp::transport::stdio()).await {
+            Ok(running) => running.waiting().await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    outcome.map_err(mcp_error)
+}
+
+/// This process's stdin and stdout as non-blocking async pipes, when both are pipes (FIFOs).
+/// `None` (nothing changed) for a terminal, a file or a socket: then Tokio's stdio serves.
+#[cfg(unix)]
+fn stdio_pipes() -> Option<(
+    tokio::net::unix::pipe::Receiver,
+    tokio::net::unix::pipe::Sender,
+)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let input = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let output = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    let is_fifo = |fd: &std::os::fd::OwnedFd| {
+        fd.try_clone()
+            .map(std::fs::File::from)
+            .and_then(|f| f.metadata())
+            .is_ok_and(|m| m.file_type().is_fifo())
+    };
+    // Both or neither: a half-converted pair would leave one end non-blocking under Tokio's
+    // blocking stdio.
+    if !is_fifo(&input) || !is_fifo(&output) {
+        return None;
+    }
+    let input = tokio::net::unix::pipe::Receiver::from_owned_fd(input).ok()?;
+    let output = match tokio::net::unix::pipe::Sender::from_owned_fd(output) {
+        Ok(output) => output,
+        Err(_) => {
+            let _ = input.into_blocking_fd();
+            return None;
+        }
+    };
+    Some((input, output))
+}
+
+#[cfg(not(unix))]
+fn stdio_pipes() -> Option<(tokio::io::Stdin, tokio::io::Stdout)> {
+    None
+}
+
+/// Puts stdin and stdout (pipes switched by [`stdio_pipes`]) back in blocking mode: a later
+/// `println!` must not see `WouldBlock`.
+fn restore_blocking_stdio() {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned()
+            && let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
+        {
+            let _ = rx.into_blocking_fd();
+        }
+        if let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned()
+            && let Ok(tx) = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(fd)
+        {
+            let _ = tx.into_blocking_fd();
+        }
+    }
 }
 
 /// Settings of the streamable HTTP listener.

@@ -549,3 +549,73 @@ async fn our_mcp_client_reaches_our_http_server_with_a_bearer_header() {
     toolset.shutdown().await;
     server.shutdown().await;
 }
+
+/// Drives the example server through `ours`, the test's end of the server's stdin and stdout:
+/// initialize, then list tools; returns the tool names.
+fn list_tools_over(ours: &std::os::unix::net::UnixStream) -> Vec<String> {
+    use std::io::{BufRead, Write};
+    let mut writer = ours.try_clone().unwrap();
+    let mut reader = std::io::BufReader::new(ours.try_clone().unwrap());
+    let send = |w: &mut std::os::unix::net::UnixStream, v: Value| {
+        writeln!(w, "{v}").unwrap();
+    };
+    send(
+        &mut writer,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "socket-test", "version": "1"}}}),
+    );
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let init: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(init["id"], 1, "{init}");
+    send(
+        &mut writer,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    send(
+        &mut writer,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    let listed: Value = serde_json::from_str(&line).unwrap();
+    listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn stdio_that_is_a_socket_not_a_pipe_is_served_too() {
+    // Pipes are read through the reactor; anything else (here a socket) through Tokio's stdio.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let stdin = std::os::fd::OwnedFd::from(theirs.try_clone().unwrap());
+    let stdout = std::os::fd::OwnedFd::from(theirs);
+    let mut child = std::process::Command::new(common::example_server())
+        .arg("--stdio")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let names = list_tools_over(&ours);
+    assert!(names.contains(&"observe_agent".to_owned()), "{names:?}");
+    ours.shutdown(std::net::Shutdown::Both).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit at EOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
