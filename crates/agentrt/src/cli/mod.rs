@@ -14,7 +14,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
+mod provider;
 mod run;
+mod serve;
 
 /// agentrt: run agent profiles exactly, and inspect what they did.
 #[derive(Debug, Parser)]
@@ -40,6 +42,13 @@ enum Command {
     /// started for the run and their tools offered to the model; its budget bounds the run. The
     /// answer goes to stdout, progress to stderr; the exit code is 0 only when the model answered.
     Run(run::RunArgs),
+    /// Serve the coordination MCP server (spawn, observe, steer, await and stop agents) over
+    /// workers that run a profile's model, for any MCP client as the supervisor.
+    ///
+    /// Every spawn, steer, stop and settle is journaled to a run in the session store before it
+    /// takes effect; `--run` resumes a run after a crash. The root budget (--tokens, --turns)
+    /// bounds all workers together. Stdio, or streamable HTTP with a bearer token.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +126,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profile(ProfileCommand::Show { file }) => show_profile(&file),
         Command::Sessions(command) => sessions(command).await,
         Command::Run(args) => run::run(args).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 
@@ -145,13 +155,16 @@ fn report_profile_error(file: &std::path::Path, error: &ProfileError) {
     }
 }
 
+/// Loads a profile; a problem is reported on stderr, every field path named, and gives `None`.
+fn load_profile(file: &std::path::Path) -> Option<AgentProfile> {
+    AgentProfile::load(file)
+        .inspect_err(|error| report_profile_error(file, error))
+        .ok()
+}
+
 fn show_profile(file: &std::path::Path) -> Result<ExitCode> {
-    let profile = match AgentProfile::load(file) {
-        Ok(profile) => profile,
-        Err(error) => {
-            report_profile_error(file, &error);
-            return Ok(ExitCode::from(1));
-        }
+    let Some(profile) = load_profile(file) else {
+        return Ok(ExitCode::from(1));
     };
     let value: serde_json::Value = serde_json::from_str(&profile.canonical_json())?;
     println!("{}", serde_json::to_string_pretty(&value)?);

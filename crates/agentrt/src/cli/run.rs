@@ -4,18 +4,16 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use agentrt::coordination_mcp::McpToolset;
-use agentrt::core_loop::model::{Anthropic, ChatModel, OpenAiCompatible};
 use agentrt::core_loop::{RuntimeEvent, StopReason, ToolLoop, ToolRegistry, stream_tool_loop};
-use agentrt::profiles::AgentProfile;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{StoreArgs, open_store, parse_id, report_profile_error};
+use super::provider::model_for;
+use super::{StoreArgs, load_profile, open_store, parse_id};
 
 /// Arguments of `agentrt run`.
 #[derive(Debug, Args)]
@@ -40,62 +38,6 @@ pub(super) struct RunArgs {
     events: bool,
 }
 
-/// The providers the CLI can reach, by the profile's `model.provider`.
-const PROVIDERS: &str = "openai, openai-compatible, openrouter, vllm, llama.cpp, ollama, anthropic";
-
-/// A value from the environment, if set and not blank.
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The chat model a profile names, reached over HTTP. Keys come from the environment only
-/// (`OPENAI_API_KEY`, `OPENROUTER_API_KEY`, `ANTHROPIC_API_KEY`), never from profile files.
-fn model_for(profile: &AgentProfile, base_url: Option<String>) -> Result<Arc<dyn ChatModel>> {
-    let provider = profile.model.provider.as_str();
-    let base_url = base_url.or_else(|| profile.model.base_url.clone());
-    let model: Arc<dyn ChatModel> = match provider {
-        "anthropic" => {
-            let key = env("ANTHROPIC_API_KEY")
-                .ok_or_else(|| anyhow!("provider `anthropic` needs ANTHROPIC_API_KEY"))?;
-            let mut builder = Anthropic::builder().api_key(key);
-            if let Some(url) = base_url {
-                builder = builder.base_url(url);
-            }
-            Arc::new(builder.build()?)
-        }
-        "openai" | "openrouter" | "openai-compatible" | "vllm" | "llama.cpp" | "ollama" => {
-            let (default_url, key_var) = match provider {
-                "openai" => (Some("https://api.openai.com/v1"), "OPENAI_API_KEY"),
-                "openrouter" => (Some("https://openrouter.ai/api/v1"), "OPENROUTER_API_KEY"),
-                _ => (None, "OPENAI_API_KEY"),
-            };
-            let url = base_url
-                .or_else(|| env("OPENAI_BASE_URL"))
-                .or_else(|| default_url.map(str::to_owned))
-                .ok_or_else(|| {
-                    anyhow!(
-                        "provider `{provider}` needs a base URL: set model.base_url in the \
-                         profile, pass --base-url, or set AGENTRT_BASE_URL or OPENAI_BASE_URL"
-                    )
-                })?;
-            let mut builder = OpenAiCompatible::builder(url).provider_name(provider);
-            match env(key_var) {
-                Some(key) => builder = builder.api_key(key),
-                // A hosted provider without a key would only fail later with a 401.
-                None if default_url.is_some() => bail!("provider `{provider}` needs {key_var}"),
-                None => {}
-            }
-            Arc::new(builder.build()?)
-        }
-        other => bail!(
-            "profile `{}`: provider `{other}` cannot be run from the command line \
-             (model.provider: one of {PROVIDERS})",
-            profile.name
-        ),
-    };
-    Ok(model)
-}
-
 /// One human-readable progress line for stderr, or `None` for events not worth a line.
 fn progress_line(event: &RuntimeEvent) -> Option<String> {
     match event {
@@ -117,12 +59,8 @@ fn progress_line(event: &RuntimeEvent) -> Option<String> {
 /// Runs `agentrt run`: exit 0 when the model answered, 1 when the loop stopped for any other
 /// reason (the reason on stderr; the session records it either way).
 pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
-    let profile = match AgentProfile::load(&args.profile) {
-        Ok(profile) => profile,
-        Err(error) => {
-            report_profile_error(&args.profile, &error);
-            return Ok(ExitCode::from(1));
-        }
+    let Some(profile) = load_profile(&args.profile) else {
+        return Ok(ExitCode::from(1));
     };
     let task = args.task.filter(|t| !t.trim().is_empty());
     if task.is_none() && args.resume.is_none() {

@@ -1,0 +1,127 @@
+//! `agentrt serve`: the coordination MCP server over real workers, so an external harness (any
+//! MCP client) can spawn, observe, steer and await agents that run a profile's model — every
+//! spawn, steer, stop and settle journaled in the session store before it takes effect.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agentrt::coordination_mcp::{
+    BudgetAmount, DefaultChecker, HttpServerOptions, McpToolset, Supervisor, SupervisorOptions,
+    ToolLoopWorkerFactory, serve_http, serve_stdio,
+};
+use agentrt::core_loop::ToolRegistry;
+use agentrt::session_store::SessionId;
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use super::provider::model_for;
+use super::{StoreArgs, load_profile, open_store, parse_id};
+
+/// Arguments of `agentrt serve`.
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// The supervisor profile (.toml or .json): its model runs every worker, its subagents can
+    /// be spawned by name, its allowed-models guard applies to every spawn, and its MCP servers'
+    /// tools are offered to every worker.
+    profile: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Serve MCP on stdin/stdout.
+    #[arg(long, conflicts_with = "http", required_unless_present = "http")]
+    stdio: bool,
+    /// Serve streamable HTTP on this address (e.g. 127.0.0.1:8765); needs --token.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// The bearer token HTTP clients must send.
+    #[arg(long, env = "AGENTRT_MCP_TOKEN")]
+    token: Option<String>,
+    /// The root budget in tokens: every spawn reserves from it, and all workers together never
+    /// spend more.
+    #[arg(long)]
+    tokens: u64,
+    /// The root budget in turns.
+    #[arg(long)]
+    turns: u64,
+    /// Journal to this run, resuming it when it exists (settled work reused, in-flight work in
+    /// doubt or redispatched); without it, a new run whose id is printed on stderr.
+    #[arg(long, value_name = "RUN_ID")]
+    run: Option<String>,
+    /// Run workers on this model instead of the profile's default; the profile must allow it.
+    #[arg(long)]
+    model: Option<String>,
+    /// The provider's base URL, instead of the profile's `model.base_url`.
+    #[arg(long, env = "AGENTRT_BASE_URL")]
+    base_url: Option<String>,
+}
+
+/// Runs `agentrt serve` until the client disconnects (stdio) or Ctrl-C (HTTP).
+pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let Some(profile) = load_profile(&args.profile) else {
+        return Ok(ExitCode::from(1));
+    };
+    let token = match (&args.http, args.token.filter(|t| !t.trim().is_empty())) {
+        (Some(_), None) => {
+            bail!("--http needs a bearer token: pass --token or set AGENTRT_MCP_TOKEN")
+        }
+        (_, token) => token,
+    };
+    let model_id = args.model.unwrap_or_else(|| profile.model.default.clone());
+    agentrt::profiles::ensure_model_allowed(&profile, &model_id)
+        .with_context(|| format!("profile `{}`", profile.name))?;
+    let run = match &args.run {
+        Some(run) => parse_id(run)?,
+        None => SessionId::new(),
+    };
+    let model = model_for(&profile, args.base_url)?;
+    let store = open_store(&args.store.store).await?;
+
+    let servers = McpToolset::connect_profile(&profile)
+        .await
+        .with_context(|| format!("profile `{}`: connecting its MCP servers", profile.name))?;
+    let mut tools = ToolRegistry::new();
+    servers.register_into(&mut tools);
+    let workers = ToolLoopWorkerFactory::new(model, model_id, store.clone())
+        .tools(tools)
+        .supervisor_profile(profile.clone());
+    let checker = DefaultChecker::new().with_predicate("non_empty", |out| !out.trim().is_empty());
+    let opened = Supervisor::open(
+        Arc::new(workers),
+        Arc::new(checker),
+        SupervisorOptions::with_root_budget(BudgetAmount::new(args.tokens, args.turns)),
+        store,
+        run,
+    )
+    .await
+    .with_context(|| format!("opening the journal run {run}"));
+    let supervisor = match opened {
+        Ok(supervisor) => supervisor,
+        Err(error) => {
+            servers.shutdown().await;
+            return Err(error);
+        }
+    };
+    eprintln!("journal run {run} (resume it with --run {run})");
+
+    let coordinator = Arc::new(supervisor.clone());
+    let served = match (args.http, token) {
+        (Some(addr), Some(token)) => {
+            match serve_http(coordinator, HttpServerOptions::new(token).addr(addr)).await {
+                Ok(handle) => {
+                    // The only line on stdout: scripts read the URL from it.
+                    println!("listening on {}", handle.url());
+                    let waited = tokio::signal::ctrl_c().await;
+                    handle.shutdown().await;
+                    waited.context("waiting for Ctrl-C")
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+        _ => serve_stdio(coordinator).await.map_err(Into::into),
+    };
+    // Workers still running are stopped (and journaled as stopped) with the server.
+    supervisor.stop_all("the server shut down").await;
+    servers.shutdown().await;
+    served.map(|()| ExitCode::SUCCESS)
+}

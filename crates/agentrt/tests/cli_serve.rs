@@ -1,0 +1,158 @@
+//! `agentrt serve`: the official MCP Python SDK as the supervisor, spawning a worker that runs the
+//! profile's model on the real OpenAI-compatible server (`AGENTRT_LLM_BASE_URL`), every spawn and
+//! settle journaled in a SQLite store the test reads back; bad flags refused by name.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use agentrt::session_store::{SessionStatus, SessionStore, SqliteStore};
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+fn agentrt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args(args)
+        .env_remove("AGENTRT_STORE")
+        .env_remove("AGENTRT_MCP_TOKEN")
+        .output()
+        .expect("the agentrt binary runs")
+}
+
+/// The Python interpreter with the MCP SDK (`AGENTRT_MCP_PYTHON`, or the workspace's `.venv-mcp`,
+/// which `.ci/prepare` creates).
+fn python() -> PathBuf {
+    let path = std::env::var_os("AGENTRT_MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-mcp/bin/python")
+        });
+    assert!(
+        path.exists(),
+        "the MCP Python SDK interpreter was not found at {} (run .ci/prepare, or set \
+         AGENTRT_MCP_PYTHON)",
+        path.display()
+    );
+    path
+}
+
+fn profile(dir: &Path) -> String {
+    let base_url = std::env::var("AGENTRT_LLM_BASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8089/v1".to_owned());
+    let path = dir.join("boss.json");
+    let profile = json!({
+        "name": "boss",
+        "harness": "router",
+        "model": {"provider": "openai-compatible", "default": "smollm2-135m",
+                  "base_url": base_url, "max_tokens": 24, "temperature": 0.0},
+    });
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_python_sdk_supervisor_spawns_and_awaits_a_real_worker_through_agentrt_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let run = agentrt::session_store::SessionId::new().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/serve_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(env!("CARGO_BIN_EXE_agentrt"))
+        .args(["serve", &profile(dir.path()), "--stdio"])
+        .args([
+            "--store",
+            db.to_str().unwrap(),
+            "--tokens",
+            "10000",
+            "--turns",
+            "20",
+        ])
+        .args(["--run", &run])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["again"]["deduplicated"], true, "{seen}");
+    assert_eq!(seen["again"]["id"], seen["first"]["id"], "{seen}");
+    let result = &seen["awaited"]["settled"][0];
+    assert_eq!(
+        result["status"],
+        json!({"state": "settled", "delivered": true}),
+        "{seen}"
+    );
+    assert!(
+        !result["output"].as_str().unwrap().trim().is_empty(),
+        "{seen}"
+    );
+
+    // The journal: the spawn and the settle are in the run, which is resumable by its id.
+    let store = SqliteStore::open(&db).await.unwrap();
+    let events: Vec<_> = store
+        .replay(&run.parse().unwrap(), 0)
+        .try_collect()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "coord.spawn").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "coord.settle").count(),
+        1,
+        "{kinds:?}"
+    );
+    // The worker's own tool loop is a completed session of the same store.
+    let sessions = store
+        .list(agentrt::session_store::SessionFilter::new().status(SessionStatus::Completed))
+        .await
+        .unwrap();
+    assert!(!sessions.items.is_empty(), "the worker's loop session");
+}
+
+#[test]
+fn serve_refuses_http_without_a_token_and_a_model_the_profile_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile(dir.path());
+    let db = dir.path().join("runs.db");
+    let db = db.to_str().unwrap();
+    let out = agentrt(&[
+        "serve",
+        &profile,
+        "--http",
+        "127.0.0.1:0",
+        "--tokens",
+        "10",
+        "--turns",
+        "1",
+        "--store",
+        db,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--token"),
+        "{out:?}"
+    );
+
+    let out = agentrt(&[
+        "serve", &profile, "--stdio", "--tokens", "10", "--turns", "1", "--store", db, "--model",
+        "gpt-huge",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gpt-huge"),
+        "{out:?}"
+    );
+
+    // The budget is required: clap names the missing flag.
+    let out = agentrt(&["serve", &profile, "--stdio", "--store", db]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tokens"),
+        "{out:?}"
+    );
+}
