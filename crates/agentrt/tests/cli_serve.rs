@@ -1,6 +1,7 @@
-//! `agentrt serve`: the official MCP Python SDK as the supervisor, spawning a worker that runs the
-//! profile's model on the real OpenAI-compatible server (`AGENTRT_LLM_BASE_URL`), every spawn and
-//! settle journaled in a SQLite store the test reads back; bad flags refused by name.
+//! `agentrt serve` and `agentrt supervise`: the official MCP Python SDK as the supervisor,
+//! spawning workers that run the profile's model on the real OpenAI-compatible server
+//! (`AGENTRT_LLM_BASE_URL`), every spawn and settle journaled in a SQLite store the test reads
+//! back; bad flags refused by name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -37,6 +38,10 @@ fn python() -> PathBuf {
 }
 
 fn profile(dir: &Path) -> String {
+    profile_with_harness(dir, "router")
+}
+
+fn profile_with_harness(dir: &Path, harness: &str) -> String {
     let base_url = std::env::var("AGENTRT_LLM_BASE_URL")
         .ok()
         .filter(|url| !url.is_empty())
@@ -44,7 +49,7 @@ fn profile(dir: &Path) -> String {
     let path = dir.join("boss.json");
     let profile = json!({
         "name": "boss",
-        "harness": "router",
+        "harness": harness,
         "model": {"provider": "openai-compatible", "default": "smollm2-135m",
                   "base_url": base_url, "max_tokens": 24, "temperature": 0.0},
     });
@@ -153,6 +158,75 @@ fn serve_refuses_http_without_a_token_and_a_model_the_profile_does_not_allow() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--tokens"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn supervise_with_an_external_brain_keeps_the_delivered_real_worker_and_resumes_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile_with_harness(dir.path(), "cli-base");
+    let db = dir.path().join("runs.db");
+    let run = agentrt::session_store::SessionId::new().to_string();
+    let brain = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/brain.py");
+    let python = python();
+    let args = [
+        "supervise",
+        &profile,
+        "Say hello in one short sentence.",
+        "--store",
+        db.to_str().unwrap(),
+        "--tokens",
+        "10000",
+        "--turns",
+        "20",
+        "--run",
+        &run,
+        "--",
+        python.to_str().unwrap(),
+        brain.to_str().unwrap(),
+    ];
+    let out = agentrt(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the kept output"
+    );
+    assert!(
+        stderr.contains("its answer: \"1 of 1 delivered\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("kept: agt-"), "{stderr}");
+
+    // The run is finished: supervising it again is refused, naming it.
+    let again = agentrt(&args);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&run),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn supervise_names_a_harness_it_cannot_run_without_a_brain_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = profile_with_harness(dir.path(), "cli-base");
+    let db = dir.path().join("runs.db");
+    let out = agentrt(&[
+        "supervise",
+        &profile,
+        "anything",
+        "--store",
+        db.to_str().unwrap(),
+        "--tokens",
+        "10",
+        "--turns",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cli-base"),
         "{out:?}"
     );
 }

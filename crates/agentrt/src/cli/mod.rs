@@ -17,6 +17,8 @@ use futures::TryStreamExt;
 mod provider;
 mod run;
 mod serve;
+mod supervise;
+mod workers;
 
 /// agentrt: run agent profiles exactly, and inspect what they did.
 #[derive(Debug, Parser)]
@@ -49,6 +51,14 @@ enum Command {
     /// takes effect; `--run` resumes a run after a crash. The root budget (--tokens, --turns)
     /// bounds all workers together. Stdio, or streamable HTTP with a bearer token.
     Serve(serve::ServeArgs),
+    /// Run a profile as a supervisor on a task: its brain spawns, observes, steers and awaits
+    /// workers under one root budget; the best delivered worker's output is the result.
+    ///
+    /// A `router` profile's brain is a tool loop on its own model; any other harness runs the
+    /// command given after `--` as the brain, reaching the verbs over MCP. Workers run the
+    /// profile's model. Everything is journaled; `--run` resumes a run after a crash. Exit 0
+    /// when a worker was delivered (its output on stdout), 1 when none was.
+    Supervise(supervise::SuperviseArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,6 +137,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sessions(command) => sessions(command).await,
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Supervise(args) => supervise::run(args).await,
     }
 }
 

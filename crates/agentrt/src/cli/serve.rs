@@ -8,16 +8,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentrt::coordination_mcp::{
-    BudgetAmount, DefaultChecker, HttpServerOptions, McpToolset, Supervisor, SupervisorOptions,
-    ToolLoopWorkerFactory, serve_http, serve_stdio,
+    DefaultChecker, HttpServerOptions, Supervisor, SupervisorOptions, serve_http, serve_stdio,
 };
-use agentrt::core_loop::ToolRegistry;
-use agentrt::session_store::SessionId;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::provider::model_for;
-use super::{StoreArgs, load_profile, open_store, parse_id};
+use super::workers::{SupervisionArgs, Workers};
+use super::{StoreArgs, load_profile, open_store};
 
 /// Arguments of `agentrt serve`.
 #[derive(Debug, Args)]
@@ -37,23 +34,8 @@ pub(super) struct ServeArgs {
     /// The bearer token HTTP clients must send.
     #[arg(long, env = "AGENTRT_MCP_TOKEN")]
     token: Option<String>,
-    /// The root budget in tokens: every spawn reserves from it, and all workers together never
-    /// spend more.
-    #[arg(long)]
-    tokens: u64,
-    /// The root budget in turns.
-    #[arg(long)]
-    turns: u64,
-    /// Journal to this run, resuming it when it exists (settled work reused, in-flight work in
-    /// doubt or redispatched); without it, a new run whose id is printed on stderr.
-    #[arg(long, value_name = "RUN_ID")]
-    run: Option<String>,
-    /// Run workers on this model instead of the profile's default; the profile must allow it.
-    #[arg(long)]
-    model: Option<String>,
-    /// The provider's base URL, instead of the profile's `model.base_url`.
-    #[arg(long, env = "AGENTRT_BASE_URL")]
-    base_url: Option<String>,
+    #[command(flatten)]
+    supervision: SupervisionArgs,
 }
 
 /// Runs `agentrt serve` until the client disconnects (stdio) or Ctrl-C (HTTP).
@@ -67,29 +49,19 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         (_, token) => token,
     };
-    let model_id = args.model.unwrap_or_else(|| profile.model.default.clone());
-    agentrt::profiles::ensure_model_allowed(&profile, &model_id)
-        .with_context(|| format!("profile `{}`", profile.name))?;
-    let run = match &args.run {
-        Some(run) => parse_id(run)?,
-        None => SessionId::new(),
-    };
-    let model = model_for(&profile, args.base_url)?;
     let store = open_store(&args.store.store).await?;
-
-    let servers = McpToolset::connect_profile(&profile)
-        .await
-        .with_context(|| format!("profile `{}`: connecting its MCP servers", profile.name))?;
-    let mut tools = ToolRegistry::new();
-    servers.register_into(&mut tools);
-    let workers = ToolLoopWorkerFactory::new(model, model_id, store.clone())
-        .tools(tools)
-        .supervisor_profile(profile.clone());
+    let Workers {
+        factory,
+        servers,
+        budget,
+        run,
+        ..
+    } = args.supervision.workers(&profile, store.clone()).await?;
     let checker = DefaultChecker::new().with_predicate("non_empty", |out| !out.trim().is_empty());
     let opened = Supervisor::open(
-        Arc::new(workers),
+        Arc::new(factory),
         Arc::new(checker),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(args.tokens, args.turns)),
+        SupervisorOptions::with_root_budget(budget),
         store,
         run,
     )
