@@ -1,6 +1,7 @@
 //! Property tests, run against every backend:
 //! - arbitrary event sequences appended in arbitrary batch splits replay identically;
-//! - concurrent writers to one session never produce a gap or a duplicate seq.
+//! - concurrent writers to one session never produce a gap or a duplicate seq;
+//! - a payload read back as text is the JSON value it was written from.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -205,4 +206,22 @@ fn concurrent_writers_never_leave_a_gap_or_a_duplicate() {
         }
     });
     result.unwrap();
+}
+
+proptest! {
+    /// A payload read back as text behaves as the value it was written from: the text parses to
+    /// it, typed parsing agrees with the value, and it serializes back to the same JSON.
+    #[test]
+    fn a_payload_is_the_json_value_it_was_written_from(value in json_value()) {
+        use agentrt_session_store::Payload;
+        let text = value.to_string();
+        let stored = Payload::from_json(text.clone()).unwrap();
+        prop_assert_eq!(stored.json(), text.as_str());
+        prop_assert_eq!(&stored, &value);
+        prop_assert_eq!(stored.parse::<Value>().unwrap(), value.clone());
+        prop_assert_eq!(&stored, &Payload::from(value.clone()));
+        let back: Payload = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+        prop_assert_eq!(&back, &stored);
+        prop_assert_eq!(stored.into_value(), value);
+    }
 }
