@@ -266,11 +266,14 @@ fn session_line(session: &Session) -> String {
     )
 }
 
+/// One event as a JSON line. The payload's stored text is copied as it is, never parsed: a
+/// replay to the terminal or a pipe runs at the store's speed.
 fn event_line(event: &Event) -> Result<String> {
-    Ok(serde_json::to_string(&serde_json::json!({
-        "seq": event.seq,
-        "at_ms": event.at_ms,
-        "kind": event.kind,
-        "payload": event.payload,
-    }))?)
+    Ok(format!(
+        r#"{{"seq":{},"at_ms":{},"kind":{},"payload":{}}}"#,
+        event.seq,
+        event.at_ms,
+        serde_json::to_string(&event.kind)?,
+        event.payload.json()
+    ))
 }
