@@ -123,6 +123,24 @@ impl BudgetPool {
         Ok(())
     }
 
+    /// Gives back `amount` of what a live reservation has spent (never more than it spent): for
+    /// budget charged up front whose unspent part is only known later (a closed sub-supervisor).
+    pub(crate) fn refund(&mut self, id: u64, amount: BudgetAmount) -> Result<(), Error> {
+        let Some(r) = self.live.get_mut(&id) else {
+            return Err(Error::Worker(
+                "refund against a reservation that was already released".into(),
+            ));
+        };
+        if !amount.fits_in(r.spent) {
+            return Err(Error::Worker(format!(
+                "a refund of {amount:?} exceeds the {:?} spent",
+                r.spent
+            )));
+        }
+        r.spent = r.spent.saturating_sub(amount);
+        Ok(())
+    }
+
     /// What a live reservation has spent and has left, if it is live.
     pub(crate) fn usage(&self, id: u64) -> Option<(BudgetAmount, BudgetAmount)> {
         self.live
@@ -196,10 +214,31 @@ mod tests {
         assert_eq!(pool.usage(id).unwrap().0, BudgetAmount::new(8, 1));
     }
 
+    #[test]
+    fn a_refund_gives_back_at_most_what_was_spent() {
+        let mut pool = BudgetPool::new(BudgetAmount::new(100, 10));
+        let (id, _) = pool.reserve(BudgetAmount::new(60, 6)).unwrap();
+        pool.charge(id, BudgetAmount::new(40, 4)).unwrap();
+        assert!(pool.refund(id, BudgetAmount::new(41, 0)).is_err());
+        assert_eq!(
+            pool.usage(id).unwrap().0,
+            BudgetAmount::new(40, 4),
+            "nothing refunded"
+        );
+        pool.refund(id, BudgetAmount::new(30, 3)).unwrap();
+        assert_eq!(pool.release(id), Some(BudgetAmount::new(10, 1)));
+        assert_eq!(pool.available(), BudgetAmount::new(90, 9));
+        assert!(
+            pool.refund(id, BudgetAmount::new(1, 0)).is_err(),
+            "released"
+        );
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Reserve(u64, u64),
         Charge(usize, u64, u64),
+        Refund(usize, u64, u64),
         Release(usize),
     }
 
@@ -207,13 +246,14 @@ mod tests {
         prop_oneof![
             (0u64..400, 0u64..8).prop_map(|(t, u)| Op::Reserve(t, u)),
             (0usize..16, 0u64..200, 0u64..4).prop_map(|(i, t, u)| Op::Charge(i, t, u)),
+            (0usize..16, 0u64..200, 0u64..4).prop_map(|(i, t, u)| Op::Refund(i, t, u)),
             (0usize..16).prop_map(Op::Release),
         ]
     }
 
     proptest! {
-        /// Whatever the sequence of reservations, charges and releases, total spend never exceeds
-        /// the root, and once everything is released nothing stays reserved.
+        /// Whatever the sequence of reservations, charges, refunds and releases, total spend never
+        /// exceeds the root, and once everything is released nothing stays reserved.
         #[test]
         fn spend_never_exceeds_root(ops in proptest::collection::vec(op(), 0..80)) {
             let root = BudgetAmount::new(1000, 20);
@@ -229,6 +269,11 @@ mod tests {
                     Op::Charge(i, t, u) => {
                         if let Some(id) = ids.get(i % ids.len().max(1)) {
                             let _ = pool.charge(*id, BudgetAmount::new(t, u));
+                        }
+                    }
+                    Op::Refund(i, t, u) => {
+                        if let Some(id) = ids.get(i % ids.len().max(1)) {
+                            let _ = pool.refund(*id, BudgetAmount::new(t, u));
                         }
                     }
                     Op::Release(i) => {

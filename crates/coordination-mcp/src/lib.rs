@@ -102,4 +102,4 @@ pub use verbs::{
     AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,
     SpawnAgentResult, SpawnBudget, SteerAck, SteerAgent, StopAgent, StopAgentResult,
 };
-pub use worker::{WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run};
+pub use worker::{SubSupervisor, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run};

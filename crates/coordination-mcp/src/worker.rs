@@ -218,10 +218,11 @@ impl WorkerContext {
 
     /// Make this worker a supervisor of its own: a sub-supervisor whose root budget, `budget`,
     /// is charged to this worker's reservation at once, so whatever the sub-tree spends is
-    /// already counted against every ancestor and the root's total can never be exceeded
-    /// (unspent sub-budget is not returned). The sub-supervisor keeps this worker's nesting
-    /// limit; dropping it (as when this worker is stopped) stops its workers; its outcome
-    /// reaches the parent as this worker's output, which the parent journals.
+    /// already counted against every ancestor and the root's total can never be exceeded;
+    /// [`SubSupervisor::close`] gives back what the sub-tree did not spend. The sub-supervisor
+    /// keeps this worker's nesting limit; dropping it (as when this worker is stopped) stops its
+    /// workers; its outcome reaches the parent as this worker's output, which the parent
+    /// journals.
     ///
     /// Under a durable supervisor the sub-supervisor is durable too: it journals to its own run,
     /// [`sub_supervisor_run`] of the parent's run and this agent, and when this agent is
@@ -242,7 +243,7 @@ impl WorkerContext {
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
         budget: BudgetAmount,
-    ) -> Result<Supervisor, Error> {
+    ) -> Result<SubSupervisor, Error> {
         if self.depth >= self.max_depth {
             return Err(Error::DepthLimit {
                 depth: self.depth,
@@ -272,7 +273,11 @@ impl WorkerContext {
             }
         };
         self.progress(format!("started a sub-supervisor with {budget:?}"));
-        Ok(sub)
+        Ok(SubSupervisor {
+            supervisor: sub,
+            parent: self.clone(),
+            budget,
+        })
     }
 
     /// Report the directory of this worker's box (its workspace): a `command` completion check
@@ -305,4 +310,73 @@ pub fn sub_supervisor_run(parent: &SessionId, agent: &AgentId) -> SessionId {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     SessionId::from_uuid(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// A sub-supervisor made by [`WorkerContext::sub_supervisor`]: a [`Supervisor`] (it derefs to
+/// one) whose root budget was charged to its parent worker's reservation up front.
+#[derive(Debug)]
+pub struct SubSupervisor {
+    supervisor: Supervisor,
+    parent: WorkerContext,
+    budget: BudgetAmount,
+}
+
+impl std::ops::Deref for SubSupervisor {
+    type Target = Supervisor;
+
+    fn deref(&self) -> &Supervisor {
+        &self.supervisor
+    }
+}
+
+impl SubSupervisor {
+    /// The supervisor itself (to share it, for example as an `Arc<dyn Coordinator>`).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
+    /// Ends the sub-tree and gives its unspent budget back: stops whatever of its work is still
+    /// live, waits (up to `grace`) until every agent has settled, then returns the part of the
+    /// sub-budget the sub-tree did not spend to the parent worker's reservation. Returns what
+    /// the sub-tree spent, which stays charged to the parent.
+    ///
+    /// # Errors
+    /// [`Error::Worker`] when some agent had not settled within `grace` (nothing is given back:
+    /// its spending is not final) or when the parent worker has already settled.
+    pub async fn close(self, grace: std::time::Duration) -> Result<BudgetAmount, Error> {
+        self.supervisor
+            .stop_all("the parent closed its sub-supervisor")
+            .await;
+        let ids = self.supervisor.agents();
+        if !ids.is_empty() {
+            let timeout_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+            use crate::verbs::Coordinator;
+            let waited = self
+                .supervisor
+                .await_agent(crate::verbs::AwaitAgent {
+                    ids,
+                    timeout_ms,
+                    mode: crate::verbs::AwaitMode::All,
+                })
+                .await?;
+            if waited.timed_out {
+                return Err(Error::Worker(
+                    "a sub-supervisor's agent did not settle in time: its budget stays charged"
+                        .into(),
+                ));
+            }
+        }
+        let snapshot = self.supervisor.budget();
+        let spent = snapshot.spent;
+        let unspent = self.budget.saturating_sub(spent);
+        self.parent
+            .pool
+            .lock()
+            .map_err(|_| Error::Worker("budget pool lock poisoned".into()))?
+            .refund(self.parent.slot.reservation, unspent)?;
+        self.parent.progress(format!(
+            "closed its sub-supervisor: {spent:?} spent, {unspent:?} given back"
+        ));
+        Ok(spent)
+    }
 }

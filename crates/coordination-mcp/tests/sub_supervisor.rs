@@ -79,6 +79,10 @@ impl WorkerFactory for Recursive {
             used.spent.fits_in(self.sub_budget),
             "a sub-tree stays in its budget"
         );
+        if spec.task.contains("close") {
+            let spent = sub.close(Duration::from_secs(10)).await?;
+            ctx.append_output(&format!("closed having spent {spent:?}\n"));
+        }
         Ok(())
     }
 }
@@ -135,6 +139,25 @@ async fn a_worker_supervises_its_own_workers_inside_its_reservation() {
     // The sub-budget is charged to the lead at once: the root sees it as spent.
     assert_eq!(lead.spent, BudgetAmount::new(400, 10));
     assert!(s.budget().spent.fits_in(root));
+}
+
+#[tokio::test]
+async fn closing_a_sub_supervisor_gives_its_unspent_budget_back() {
+    let root = BudgetAmount::new(1_000, 40);
+    let (lead, s) = run_lead(root, 3, "lead close", BudgetAmount::new(400, 10)).await;
+    assert_eq!(lead.status.state_name(), "settled", "{lead:?}");
+    // Two leaves of one turn and 10 tokens each: that is all the lead spent; the other 380
+    // tokens and 8 turns of its sub-budget went back to its reservation, then to the root.
+    let sub_spent = BudgetAmount::new(20, 2);
+    assert!(
+        lead.output
+            .contains(&format!("closed having spent {sub_spent:?}")),
+        "{}",
+        lead.output
+    );
+    assert_eq!(lead.spent, sub_spent);
+    assert_eq!(s.budget().spent, sub_spent);
+    assert_eq!(s.budget().available, root.saturating_sub(sub_spent));
 }
 
 #[tokio::test]
