@@ -57,6 +57,25 @@ fn profile_with_harness(dir: &Path, harness: &str) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// What `serve_client.py` saw: the duplicate spawn deduplicated, the worker delivered with a
+/// non-empty answer from the real model.
+fn assert_one_real_worker_delivered(out: &Output) {
+    assert!(out.status.success(), "{out:?}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["again"]["deduplicated"], true, "{seen}");
+    assert_eq!(seen["again"]["id"], seen["first"]["id"], "{seen}");
+    let result = &seen["awaited"]["settled"][0];
+    assert_eq!(
+        result["status"],
+        json!({"state": "settled", "delivered": true}),
+        "{seen}"
+    );
+    assert!(
+        !result["output"].as_str().unwrap().trim().is_empty(),
+        "{seen}"
+    );
+}
+
 #[tokio::test]
 async fn a_python_sdk_supervisor_spawns_and_awaits_a_real_worker_through_agentrt_serve() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,20 +97,7 @@ async fn a_python_sdk_supervisor_spawns_and_awaits_a_real_worker_through_agentrt
         .args(["--run", &run])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seen["again"]["deduplicated"], true, "{seen}");
-    assert_eq!(seen["again"]["id"], seen["first"]["id"], "{seen}");
-    let result = &seen["awaited"]["settled"][0];
-    assert_eq!(
-        result["status"],
-        json!({"state": "settled", "delivered": true}),
-        "{seen}"
-    );
-    assert!(
-        !result["output"].as_str().unwrap().trim().is_empty(),
-        "{seen}"
-    );
+    assert_one_real_worker_delivered(&out);
 
     // The journal: the spawn and the settle are in the run, which is resumable by its id.
     let store = SqliteStore::open(&db).await.unwrap();
@@ -229,4 +235,43 @@ fn supervise_names_a_harness_it_cannot_run_without_a_brain_command() {
         String::from_utf8_lossy(&out.stderr).contains("cli-base"),
         "{out:?}"
     );
+}
+
+#[test]
+fn agentrt_serve_over_http_takes_a_python_sdk_supervisor_and_stops_on_ctrl_c() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args(["serve", &profile(dir.path()), "--http", "127.0.0.1:0"])
+        .args(["--token", "sesame", "--store", db.to_str().unwrap()])
+        .args(["--tokens", "10000", "--turns", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected the URL, got {line:?}"))
+        .to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/serve_client.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(["--http", &url, "sesame"])
+        .output()
+        .unwrap();
+    // Ctrl-C ends the server cleanly, whatever the client saw.
+    let interrupted = Command::new("kill")
+        .args(["-INT", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = server.wait().unwrap();
+    assert_one_real_worker_delivered(&out);
+    assert!(status.success(), "{status}");
 }
