@@ -75,6 +75,10 @@ pub fn steps() -> Vec<Step> {
         Step::Exports,
         Step::Docs,
         Step::Cargo {
+            name: "rustdoc",
+            args: vec!["doc", "--workspace", "--no-deps"],
+        },
+        Step::Cargo {
             name: "deny",
             args: vec!["deny", "check", "bans", "licenses", "sources"],
         },
@@ -292,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_prepare_fmt_clippy_test_exports_docs_deny_in_that_order() {
+    fn steps_run_prepare_fmt_clippy_test_exports_docs_rustdoc_deny_in_that_order() {
         let lines: Vec<String> = steps().iter().map(Step::command_line).collect();
         assert_eq!(
             lines,
@@ -303,6 +307,7 @@ mod tests {
                 "cargo test --workspace",
                 "cargo xtask exports",
                 "cargo xtask docs",
+                "cargo doc --workspace --no-deps",
                 "cargo deny check bans licenses sources",
             ]
         );

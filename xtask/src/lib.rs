@@ -5,7 +5,7 @@
 //! * [`docs`]: every backticked API symbol in `README.md` and `docs/*.md` names an exported item
 //!   or an entry of `docs/symbol-allowlist.txt`;
 //! * [`ci`]: fmt, clippy, tests, both gates and cargo-deny, in order, failing fast;
-//! * [`bench`]: the workspace's benchmark suites and their `BENCH` lines.
+//! * [`bench`](mod@bench): the workspace's benchmark suites and their `BENCH` lines.
 //!
 //! The checks are library functions taking explicit paths, so tests run them on fixtures.
 #![warn(missing_docs)]
