@@ -726,7 +726,7 @@ fn event_from_row(session_id: SessionId, row: EventRow) -> Result<Event, StoreEr
         seq: to_seq(seq)?,
         at_ms,
         kind,
-        payload: crate::types::Payload::from_stored(&payload)?,
+        payload: crate::types::Payload::from_stored_string(payload)?,
     })
 }
 

@@ -240,11 +240,14 @@ impl Payload {
         })
     }
 
-    /// A payload from text the store checked (or wrote) itself: stored JSON that does not parse
-    /// is reported as corruption.
-    pub(crate) fn from_stored(json: &str) -> Result<Self, StoreError> {
-        check_json(json)?;
-        Ok(Payload::from_checked(json))
+    /// A payload from stored text the caller owns (no copy when the string has no spare
+    /// capacity); text that does not parse is reported as corruption.
+    pub(crate) fn from_stored_string(json: String) -> Result<Self, StoreError> {
+        check_json(&json)?;
+        Ok(Payload {
+            json: json.into_boxed_str(),
+            value: std::sync::OnceLock::new(),
+        })
     }
 
     /// A payload from text already checked to be JSON (by [`check_json`]).
@@ -614,7 +617,7 @@ mod payload_tests {
     fn text_that_is_not_json_is_refused_up_front() {
         assert!(Payload::from_json(r#"{"a": "#).is_err());
         assert!(matches!(
-            Payload::from_stored("nope"),
+            Payload::from_stored_string("nope".to_owned()),
             Err(StoreError::Corrupt(m)) if m.contains("payload")
         ));
     }
