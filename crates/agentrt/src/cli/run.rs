@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentrt::coordination_mcp::McpToolset;
-use agentrt::core_loop::{RuntimeEvent, StopReason, ToolLoop, ToolRegistry, stream_tool_loop};
+use agentrt::core_loop::{
+    RuntimeEvent, SessionUsage, StopReason, ToolLoop, ToolRegistry, stream_tool_loop,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures::StreamExt;
@@ -136,15 +138,13 @@ async fn drive(config: ToolLoop, events: bool, cancel: &CancellationToken) -> Re
         writeln!(out, "{answer}")?;
     }
     out.flush()?;
-    let usage = &outcome.usage;
     eprintln!(
-        "{} after {} turns; session {} (final event #{}); tokens in {} out {}",
+        "{} after {} turns; session {} (final event #{}); {}",
         outcome.stop,
         outcome.turns,
         outcome.session_id,
         outcome.final_seq,
-        usage.input_tokens,
-        usage.output_tokens
+        usage_line(&outcome.usage)
     );
     if let Some(model) = reported {
         eprintln!("the server reported model {model}");
@@ -156,4 +156,25 @@ async fn drive(config: ToolLoop, events: bool, cancel: &CancellationToken) -> Re
         StopReason::Answered => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// Token use and cost as reported; what the provider did not report is said to be unknown,
+/// never shown as zero.
+fn usage_line(usage: &SessionUsage) -> String {
+    let mut line = format!(
+        "{} model calls, tokens in {} out {}",
+        usage.calls, usage.input_tokens, usage.output_tokens
+    );
+    if usage.calls_with_unknown_tokens > 0 {
+        line.push_str(&format!(
+            " (plus unknown: {} calls did not report tokens)",
+            usage.calls_with_unknown_tokens
+        ));
+    }
+    if usage.calls_with_unknown_cost == 0 {
+        line.push_str(&format!(", ${:.6}", usage.cost_dollars));
+    } else {
+        line.push_str(", cost unknown (no price for the model, or usage unknown)");
+    }
+    line
 }
