@@ -178,3 +178,34 @@ fn usage_line(usage: &SessionUsage) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_usage_and_cost_are_named_never_shown_as_zero() {
+        let usage = SessionUsage {
+            calls: 2,
+            input_tokens: 30,
+            output_tokens: 5,
+            calls_with_unknown_tokens: 1,
+            calls_with_unknown_cost: 2,
+            ..SessionUsage::default()
+        };
+        let line = usage_line(&usage);
+        assert!(line.contains("1 calls did not report tokens"), "{line}");
+        assert!(line.contains("cost unknown"), "{line}");
+        assert!(!line.contains('$'), "{line}");
+
+        let priced = SessionUsage {
+            calls: 1,
+            input_tokens: 1_000,
+            output_tokens: 100,
+            cost_dollars: 0.0025,
+            ..SessionUsage::default()
+        };
+        let line = usage_line(&priced);
+        assert_eq!(line, "1 model calls, tokens in 1000 out 100, $0.002500");
+    }
+}
