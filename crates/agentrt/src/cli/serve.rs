@@ -78,22 +78,31 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
 
     let coordinator = Arc::new(supervisor.clone());
     let served = match (args.http, token) {
-        (Some(addr), Some(token)) => {
-            match serve_http(coordinator, HttpServerOptions::new(token).addr(addr)).await {
-                Ok(handle) => {
-                    // The only line on stdout: scripts read the URL from it.
-                    println!("listening on {}", handle.url());
-                    let waited = tokio::signal::ctrl_c().await;
-                    handle.shutdown().await;
-                    waited.context("waiting for Ctrl-C")
-                }
-                Err(error) => Err(error.into()),
-            }
-        }
+        (Some(addr), Some(token)) => serve_http_until_interrupted(coordinator, token, addr).await,
         _ => serve_stdio(coordinator).await.map_err(Into::into),
     };
     // Workers still running are stopped (and journaled as stopped) with the server.
     supervisor.stop_all("the server shut down").await;
     servers.shutdown().await;
     served.map(|()| ExitCode::SUCCESS)
+}
+
+/// Serves HTTP until Ctrl-C. The signal is listened for before the URL is announced (the only
+/// line on stdout, which scripts read): a client may interrupt the server as soon as it has it.
+async fn serve_http_until_interrupted(
+    coordinator: Arc<Supervisor>,
+    token: String,
+    addr: SocketAddr,
+) -> Result<()> {
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
+    let handle = serve_http(coordinator, HttpServerOptions::new(token).addr(addr)).await?;
+    println!("listening on {}", handle.url());
+    #[cfg(unix)]
+    interrupt.recv().await;
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    handle.shutdown().await;
+    Ok(())
 }
