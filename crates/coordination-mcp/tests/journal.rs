@@ -16,8 +16,8 @@ use agentrt_coordination_mcp::{
     Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run,
 };
 use agentrt_session_store::{
-    BlobAddress, Event, EventStream, Finish, MemoryStore, NewEvent, NewSession, Page, ResumePoint,
-    Session, SessionFilter, SessionId, SessionStatus, SessionStore, StoreError,
+    Finish, HookedStore, MemoryStore, NewEvent, NewSession, SessionId, SessionStatus, SessionStore,
+    StoreError, StoreWrite, WriteHook,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -507,75 +507,28 @@ fn a_second_coordinator_on_the_same_run_is_fenced_off() {
     });
 }
 
-/// A store that loses every append carrying a settle while `lose_settles` is set (as if the
-/// coordinator died between journaling a stop and journaling its settle); otherwise the shared
-/// in-memory store underneath.
-struct LosesSettles {
-    inner: Arc<dyn SessionStore>,
-    lose_settles: std::sync::atomic::AtomicBool,
-}
+/// Loses every append carrying a settle (as if the coordinator died between journaling a stop
+/// and journaling its settle).
+struct LoseSettles;
 
 #[async_trait]
-impl SessionStore for LosesSettles {
-    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        self.inner.create(new).await
-    }
-    async fn append(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-    ) -> Result<u64, StoreError> {
-        if self.lose_settles.load(std::sync::atomic::Ordering::SeqCst)
-            && events.iter().any(|e| e.kind == "coord.settle")
-        {
+impl WriteHook for LoseSettles {
+    type Ticket = ();
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        if write.appends_kind("coord.settle") {
             return Err(StoreError::Database(
                 "injected: the settle was never written".into(),
             ));
         }
-        self.inner.append(session, expected_seq, events).await
-    }
-    async fn finish(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        finish: Finish,
-    ) -> Result<Event, StoreError> {
-        self.inner.finish(session, expected_seq, finish).await
-    }
-    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.reopen(session).await
-    }
-    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-        self.inner.replay(session, from_seq)
-    }
-    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.get(session).await
-    }
-    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
-        self.inner.list(filter).await
-    }
-    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
-        self.inner.resume_point(session).await
-    }
-    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
-        self.inner.fork(session, at_seq).await
-    }
-    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
-        self.inner.put_blob(bytes).await
-    }
-    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_blob(address).await
+        Ok(())
     }
 }
 
 #[test]
 fn a_stop_journaled_without_its_settle_resumes_as_stopped_with_its_reservation_charged() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
-    let losing: Arc<dyn SessionStore> = Arc::new(LosesSettles {
-        inner: store.clone(),
-        lose_settles: true.into(),
-    });
+    let losing: Arc<dyn SessionStore> = Arc::new(HookedStore::new(store.clone(), LoseSettles));
     let factory = Arc::new(Counting::default());
     let run = SessionId::new();
     let id = crash_after(|| async {

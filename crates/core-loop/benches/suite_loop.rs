@@ -28,8 +28,8 @@ use agentrt_core_loop::{
     Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
 };
 use agentrt_session_store::{
-    BlobAddress, Event, EventStream, Finish, NewEvent, NewSession, Page, ResumePoint, Session,
-    SessionFilter, SessionId, SessionStore, SqliteStore, StoreError,
+    Finish, HookedStore, NewEvent, NewSession, SessionStore, SqliteStore, StoreError, StoreWrite,
+    WriteHook,
 };
 use futures::{StreamExt, TryStreamExt};
 use schemars::JsonSchema;
@@ -287,71 +287,32 @@ impl ChatModel for Timed {
     }
 }
 
-/// Wraps a store and adds up the time its writes take (create, append, finish), whether or not
-/// the loop waits for them: where the overhead can come from.
-struct TimedStore {
-    inner: Arc<dyn SessionStore>,
+/// Adds up the time a store's writes take (create, append, finish), whether or not the loop
+/// waits for them: where the overhead can come from.
+#[derive(Default)]
+struct WriteTimer {
     writes: AtomicU64,
     nanos: AtomicU64,
 }
 
-impl TimedStore {
-    async fn time<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        let started = Instant::now();
-        let out = f.await;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.nanos
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        out
-    }
-}
-
 #[async_trait::async_trait]
-impl SessionStore for TimedStore {
-    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        self.time(self.inner.create(new)).await
+impl WriteHook for WriteTimer {
+    type Ticket = Option<Instant>;
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<Option<Instant>, StoreError> {
+        Ok(matches!(
+            write,
+            StoreWrite::Create(_) | StoreWrite::Append { .. } | StoreWrite::Finish { .. }
+        )
+        .then(Instant::now))
     }
-    async fn append(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-    ) -> Result<u64, StoreError> {
-        self.time(self.inner.append(session, expected_seq, events))
-            .await
-    }
-    async fn finish(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        finish: Finish,
-    ) -> Result<Event, StoreError> {
-        self.time(self.inner.finish(session, expected_seq, finish))
-            .await
-    }
-    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.reopen(session).await
-    }
-    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-        self.inner.replay(session, from_seq)
-    }
-    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.get(session).await
-    }
-    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
-        self.inner.list(filter).await
-    }
-    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
-        self.inner.resume_point(session).await
-    }
-    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
-        self.inner.fork(session, at_seq).await
-    }
-    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
-        self.inner.put_blob(bytes).await
-    }
-    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_blob(address).await
+
+    fn after(&self, started: Option<Instant>, _committed: bool) {
+        if let Some(started) = started {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.nanos
+                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -389,15 +350,14 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
         inner,
         nanos: nanos.clone(),
     });
-    let timed_store = Arc::new(TimedStore {
-        inner: Arc::new(
+    let timed_store = Arc::new(HookedStore::new(
+        Arc::new(
             SqliteStore::open(dir.join("real.db"))
                 .await
                 .map_err(|e| e.to_string())?,
         ),
-        writes: AtomicU64::new(0),
-        nanos: AtomicU64::new(0),
-    });
+        WriteTimer::default(),
+    ));
     let store: Arc<dyn SessionStore> = timed_store.clone();
     let started = Instant::now();
     for i in 0..SESSIONS {
@@ -416,8 +376,8 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
     }
     let wall = started.elapsed().as_secs_f64();
     let in_model = nanos.load(Ordering::Relaxed) as f64 / 1e9;
-    let store_ms = timed_store.nanos.load(Ordering::Relaxed) as f64 / 1e6;
-    let writes = timed_store.writes.load(Ordering::Relaxed);
+    let store_ms = timed_store.hook().nanos.load(Ordering::Relaxed) as f64 / 1e6;
+    let writes = timed_store.hook().writes.load(Ordering::Relaxed);
     println!(
         "# real model: {SESSIONS} sessions, wall {:.1} ms, in the model {:.1} ms, outside {:.2} ms; \
          store writes {writes} taking {store_ms:.2} ms in all (waited for or overlapped)",

@@ -15,7 +15,7 @@ use agentrt_core_loop::{
 };
 use agentrt_session_store::{SessionStatus, SessionStore, SqliteStore};
 use futures::StreamExt;
-use loop_support::{Add, Fails, FlakyStore, Panics, Sleeps, kinds, memory, replay, tool_results};
+use loop_support::{Add, Fails, Panics, Sleeps, flaky_store, kinds, memory, replay, tool_results};
 use tokio_util::sync::CancellationToken;
 
 fn always_calls_add() -> ScriptedModel {
@@ -503,8 +503,8 @@ async fn steering_is_delivered_at_the_next_turn_boundary_and_recorded() {
 
 #[tokio::test]
 async fn an_unpersistable_final_is_an_error_not_a_silent_success() {
-    let flaky = FlakyStore::new(memory());
-    flaky.fail_finish.store(true, Ordering::SeqCst);
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_finish.store(true, Ordering::SeqCst);
     let store: Arc<dyn SessionStore> = flaky.clone();
     let model = ScriptedModel::new([ScriptedTurn::text("done")]);
     let err = run_tool_loop(ToolLoop::new(Arc::new(model), "m", store).user("hi"))

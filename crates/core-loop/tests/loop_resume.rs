@@ -15,7 +15,7 @@ use agentrt_core_loop::{
 };
 use agentrt_session_store::{SessionStatus, SessionStore};
 use futures::StreamExt;
-use loop_support::{Add, FlakyStore, Sleeps, kinds, memory, replay, tool_results};
+use loop_support::{Add, Sleeps, flaky_store, kinds, memory, replay, tool_results};
 use tokio_util::sync::CancellationToken;
 
 /// A model whose turn depends only on how many tool results it has seen, so that an
@@ -216,8 +216,8 @@ async fn an_interrupted_idempotent_tool_is_rerun_on_resume() {
 
 #[tokio::test]
 async fn a_failed_result_persist_stops_the_loop_and_resume_restores_the_result_without_rerunning() {
-    let flaky = FlakyStore::new(memory());
-    flaky.fail_appends_with_kind("tool.result");
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_appends_with_kind("tool.result");
     let store: Arc<dyn SessionStore> = flaky.clone();
     let add = Add::default();
     let model = ScriptedModel::new([
@@ -249,7 +249,7 @@ async fn a_failed_result_persist_stops_the_loop_and_resume_restores_the_result_w
         "the result is not in the log"
     );
 
-    flaky.heal();
+    flaky.hook().heal();
     let resumed_model = ScriptedModel::new([ScriptedTurn::text("42")]);
     let outcome = resume_tool_loop(
         store.clone(),
@@ -280,9 +280,9 @@ async fn a_failed_result_persist_stops_the_loop_and_resume_restores_the_result_w
 
 #[tokio::test]
 async fn when_the_store_is_down_the_call_is_reconciled_as_interrupted_never_rerun() {
-    let flaky = FlakyStore::new(memory());
-    flaky.fail_appends_with_kind("tool.result");
-    flaky.fail_finish.store(true, Ordering::SeqCst);
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_appends_with_kind("tool.result");
+    flaky.hook().fail_finish.store(true, Ordering::SeqCst);
     let store: Arc<dyn SessionStore> = flaky.clone();
     let add = Add::default();
     let model = ScriptedModel::new([
@@ -307,7 +307,7 @@ async fn when_the_store_is_down_the_call_is_reconciled_as_interrupted_never_reru
         SessionStatus::Running
     );
 
-    flaky.heal();
+    flaky.hook().heal();
     let outcome = resume_tool_loop(
         store.clone(),
         session,
@@ -328,10 +328,10 @@ async fn when_the_store_is_down_the_call_is_reconciled_as_interrupted_never_reru
 
 #[tokio::test]
 async fn a_call_whose_start_was_never_persisted_runs_on_resume() {
-    let flaky = FlakyStore::new(memory());
+    let flaky = flaky_store(memory());
     // Persisting the start of the second call fails (with the first call's result in the
     // same batch): c1 ran, its result is lost; c2 never started.
-    flaky.fail_appends_where(|events| {
+    flaky.hook().fail_appends_where(|events| {
         events
             .iter()
             .any(|e| e.kind == "tool.call" && e.payload["call"]["id"] == "c2")
@@ -354,7 +354,7 @@ async fn a_call_whose_start_was_never_persisted_runs_on_resume() {
         "c2 did not run before its call was persisted"
     );
 
-    flaky.heal();
+    flaky.hook().heal();
     let model = ScriptedModel::new([ScriptedTurn::text("5 and 20")]);
     let outcome = resume_tool_loop(
         store.clone(),

@@ -13,92 +13,59 @@ use std::time::Duration;
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{StopReason, ToolLoop, ToolRegistry, run_tool_loop, stream_tool_loop};
 use agentrt_session_store::{
-    BlobAddress, Event, EventStream, Finish, NewEvent, NewSession, Page, ResumePoint, Session,
-    SessionFilter, SessionId, SessionStatus, SessionStore, StoreError,
+    HookedStore, SessionStatus, SessionStore, StoreError, StoreWrite, WriteHook,
 };
 use async_trait::async_trait;
 use futures::StreamExt;
-use loop_support::{Add, FlakyStore, kinds, memory, replay};
+use loop_support::{Add, flaky_store, kinds, memory, replay};
 
-/// A store whose appends take `delay`, and which records which kinds of events are durable.
-struct SlowStore {
-    inner: Arc<dyn SessionStore>,
+/// Appends that take `delay`, recording which kinds of events are durable.
+struct Slow {
     delay: Duration,
     durable_request: AtomicBool,
     durable_result: AtomicBool,
 }
 
-impl SlowStore {
-    fn new(delay: Duration) -> Arc<Self> {
-        Arc::new(SlowStore {
-            inner: memory(),
-            delay,
-            durable_request: AtomicBool::new(false),
-            durable_result: AtomicBool::new(false),
-        })
+#[async_trait]
+impl WriteHook for Slow {
+    /// Whether the append carries a model request, a tool result.
+    type Ticket = (bool, bool);
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(bool, bool), StoreError> {
+        if !matches!(write, StoreWrite::Append { .. }) {
+            return Ok((false, false));
+        }
+        tokio::time::sleep(self.delay).await;
+        Ok((
+            write.appends_kind("model.request"),
+            write.appends_kind("tool.result"),
+        ))
+    }
+
+    fn after(&self, (request, result): (bool, bool), committed: bool) {
+        if committed && request {
+            self.durable_request.store(true, Ordering::SeqCst);
+        }
+        if committed && result {
+            self.durable_result.store(true, Ordering::SeqCst);
+        }
     }
 }
 
-#[async_trait]
-impl SessionStore for SlowStore {
-    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        self.inner.create(new).await
-    }
-    async fn append(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-    ) -> Result<u64, StoreError> {
-        tokio::time::sleep(self.delay).await;
-        let request = events.iter().any(|e| e.kind == "model.request");
-        let result = events.iter().any(|e| e.kind == "tool.result");
-        let next = self.inner.append(session, expected_seq, events).await?;
-        if request {
-            self.durable_request.store(true, Ordering::SeqCst);
-        }
-        if result {
-            self.durable_result.store(true, Ordering::SeqCst);
-        }
-        Ok(next)
-    }
-    async fn finish(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        finish: Finish,
-    ) -> Result<Event, StoreError> {
-        self.inner.finish(session, expected_seq, finish).await
-    }
-    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.reopen(session).await
-    }
-    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-        self.inner.replay(session, from_seq)
-    }
-    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.get(session).await
-    }
-    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
-        self.inner.list(filter).await
-    }
-    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
-        self.inner.resume_point(session).await
-    }
-    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
-        self.inner.fork(session, at_seq).await
-    }
-    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
-        self.inner.put_blob(bytes).await
-    }
-    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_blob(address).await
-    }
+fn slow_store(delay: Duration) -> Arc<HookedStore<Slow>> {
+    Arc::new(HookedStore::new(
+        memory(),
+        Slow {
+            delay,
+            durable_request: AtomicBool::new(false),
+            durable_result: AtomicBool::new(false),
+        },
+    ))
 }
 
 #[tokio::test]
 async fn the_model_request_is_written_while_the_model_works_and_tool_results_before_it_sees_them() {
-    let slow = SlowStore::new(Duration::from_millis(150));
+    let slow = slow_store(Duration::from_millis(150));
     let store: Arc<dyn SessionStore> = slow.clone();
     // Per model call: (was the first model request durable, was a tool result durable).
     let seen: Arc<Mutex<Vec<(bool, bool)>>> = Arc::default();
@@ -107,8 +74,8 @@ async fn the_model_request_is_written_while_the_model_works_and_tool_results_bef
         let seen = seen.clone();
         ScriptedModel::from_fn(move |request| {
             seen.lock().unwrap().push((
-                slow.durable_request.load(Ordering::SeqCst),
-                slow.durable_result.load(Ordering::SeqCst),
+                slow.hook().durable_request.load(Ordering::SeqCst),
+                slow.hook().durable_result.load(Ordering::SeqCst),
             ));
             let answered = request
                 .messages
@@ -179,8 +146,8 @@ async fn the_model_request_is_written_while_the_model_works_and_tool_results_bef
 
 #[tokio::test]
 async fn a_write_behind_that_fails_fails_the_run_and_the_failure_is_persisted() {
-    let flaky = FlakyStore::new(memory());
-    flaky.fail_appends_with_kind("model.request");
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_appends_with_kind("model.request");
     let store: Arc<dyn SessionStore> = flaky.clone();
     let add = Add::default();
     let model = ScriptedModel::new([

@@ -12,6 +12,8 @@
 //!   tells a loop where to continue after a crash; [`SessionStore::fork`] starts a new session
 //!   from a prefix of another.
 //! - Everything written passes through a [`Redactor`] first.
+//! - [`HookedStore`] wraps any store and shows each write to a [`WriteHook`] first, to fail,
+//!   delay or time it: fault injection and measurement without re-implementing the trait.
 //!
 //! # Example
 //!
@@ -59,6 +61,7 @@
 
 mod config;
 mod error;
+mod hooked;
 mod memory;
 mod migrations;
 mod postgres;
@@ -70,6 +73,7 @@ mod types;
 
 pub use config::StoreConfig;
 pub use error::StoreError;
+pub use hooked::{HookedStore, StoreWrite, WriteHook};
 pub use memory::{MemoryStore, REOPENED_KIND};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use redact::{REDACTED, Redactor};

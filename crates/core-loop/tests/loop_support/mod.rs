@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use agentrt_core_loop::{RecordedEvent, RuntimeEvent, ToolError, TypedTool};
 use agentrt_session_store::{
-    BlobAddress, Event, EventStream, Finish, MemoryStore, NewEvent, NewSession, Page, ResumePoint,
-    Session, SessionFilter, SessionId, SessionStore, StoreError,
+    Event, HookedStore, MemoryStore, NewEvent, SessionId, SessionStore, StoreError, StoreWrite,
+    WriteHook,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -123,25 +123,24 @@ impl TypedTool for Sleeps {
 
 type AppendRule = Box<dyn FnMut(&[NewEvent]) -> bool + Send>;
 
-/// A store that delegates to a real one, failing appends (chosen by a rule) or finishes on
-/// demand with a `Database` error — nothing is written when it fails.
-pub struct FlakyStore {
-    pub inner: Arc<dyn SessionStore>,
+/// A real store that fails appends (chosen by a rule) or finishes on demand with a `Database`
+/// error — nothing is written when it fails. Its switches are on [`HookedStore::hook`].
+pub type FlakyStore = HookedStore<Flaky>;
+
+/// The switches of a [`FlakyStore`].
+#[derive(Default)]
+pub struct Flaky {
     fail_append: Mutex<Option<AppendRule>>,
     pub fail_finish: AtomicBool,
     pub appends_failed: AtomicUsize,
 }
 
-impl FlakyStore {
-    pub fn new(inner: Arc<dyn SessionStore>) -> Arc<Self> {
-        Arc::new(FlakyStore {
-            inner,
-            fail_append: Mutex::new(None),
-            fail_finish: AtomicBool::new(false),
-            appends_failed: AtomicUsize::new(0),
-        })
-    }
+/// A flaky store over `inner`, healthy until told otherwise.
+pub fn flaky_store(inner: Arc<dyn SessionStore>) -> Arc<FlakyStore> {
+    Arc::new(HookedStore::new(inner, Flaky::default()))
+}
 
+impl Flaky {
     /// Fails every append whose batch contains an event of `kind` (while set).
     pub fn fail_appends_with_kind(&self, kind: &'static str) {
         *self.fail_append.lock().unwrap() = Some(Box::new(move |events| {
@@ -166,65 +165,28 @@ impl FlakyStore {
     }
 }
 
-fn injected() -> StoreError {
-    StoreError::Database("injected failure: disk unavailable".into())
-}
-
 #[async_trait]
-impl SessionStore for FlakyStore {
-    async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        self.inner.create(new).await
-    }
-    async fn append(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        events: Vec<NewEvent>,
-    ) -> Result<u64, StoreError> {
-        let fail = match self.fail_append.lock().unwrap().as_mut() {
-            Some(rule) => rule(&events),
-            None => false,
+impl WriteHook for Flaky {
+    type Ticket = ();
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        let fail = match write {
+            StoreWrite::Append { events, .. } => match self.fail_append.lock().unwrap().as_mut() {
+                Some(rule) => rule(events),
+                None => false,
+            },
+            StoreWrite::Finish { .. } => self.fail_finish.load(Ordering::SeqCst),
+            _ => false,
         };
         if fail {
-            self.appends_failed.fetch_add(1, Ordering::SeqCst);
-            return Err(injected());
+            if matches!(write, StoreWrite::Append { .. }) {
+                self.appends_failed.fetch_add(1, Ordering::SeqCst);
+            }
+            return Err(StoreError::Database(
+                "injected failure: disk unavailable".into(),
+            ));
         }
-        self.inner.append(session, expected_seq, events).await
-    }
-    async fn finish(
-        &self,
-        session: &SessionId,
-        expected_seq: u64,
-        finish: Finish,
-    ) -> Result<Event, StoreError> {
-        if self.fail_finish.load(Ordering::SeqCst) {
-            return Err(injected());
-        }
-        self.inner.finish(session, expected_seq, finish).await
-    }
-    async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.reopen(session).await
-    }
-    fn replay(&self, session: &SessionId, from_seq: u64) -> EventStream {
-        self.inner.replay(session, from_seq)
-    }
-    async fn get(&self, session: &SessionId) -> Result<Session, StoreError> {
-        self.inner.get(session).await
-    }
-    async fn list(&self, filter: SessionFilter) -> Result<Page<Session>, StoreError> {
-        self.inner.list(filter).await
-    }
-    async fn resume_point(&self, session: &SessionId) -> Result<ResumePoint, StoreError> {
-        self.inner.resume_point(session).await
-    }
-    async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError> {
-        self.inner.fork(session, at_seq).await
-    }
-    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {
-        self.inner.put_blob(bytes).await
-    }
-    async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
-        self.inner.get_blob(address).await
+        Ok(())
     }
 }
 
