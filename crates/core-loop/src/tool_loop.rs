@@ -168,8 +168,9 @@ pub struct ToolLoop {
     metadata: Value,
     cleanup: Option<CleanupFn>,
     resume: Option<SessionId>,
-    /// `messages[0]` is the profile's system prompt (from [`ToolLoop::from_profile`]).
-    profile_system: bool,
+    /// The profile's system prompt (from [`ToolLoop::from_profile`]): it opens a new session's
+    /// conversation; a resumed session already has it in its history.
+    profile_system: Option<String>,
 }
 
 impl std::fmt::Debug for ToolLoop {
@@ -215,7 +216,7 @@ impl ToolLoop {
             metadata: Value::Null,
             cleanup: None,
             resume: None,
-            profile_system: false,
+            profile_system: None,
         }
     }
 
@@ -240,10 +241,7 @@ impl ToolLoop {
             (None, Some(i)) => Some(i.clone()),
             (None, None) => None,
         };
-        if let Some(system) = system {
-            this.messages.push(Message::System { content: system });
-            this.profile_system = true;
-        }
+        this.profile_system = system;
         this.temperature = profile.model.temperature.map(|t| t as f32);
         this.max_tokens = profile.model.max_tokens;
         this.budget = Budget::new(BudgetLimits::from_profile(&profile.budget))?;
@@ -780,7 +778,12 @@ impl Run {
         let session = self.store.create(new).await?;
         self.session = session.id;
         self.next_seq = session.next_seq;
-        self.messages = cfg.messages;
+        self.messages = cfg
+            .profile_system
+            .map(|content| Message::System { content })
+            .into_iter()
+            .chain(cfg.messages)
+            .collect();
         self.pending.push(RuntimeEvent::SessionStarted {
             model: self.model_id.clone(),
             provider: self.provider.clone(),
@@ -807,9 +810,7 @@ impl Run {
         // The configuration is checked before anything is written: a refused resume leaves the
         // session as it found it.
         let mut extra = Vec::new();
-        // A profile's system prompt (`from_profile`) is already in the session's history.
-        let skip = usize::from(cfg.profile_system);
-        for m in cfg.messages.into_iter().skip(skip) {
+        for m in cfg.messages {
             match m {
                 Message::User { content } => extra.push(content),
                 other => {
