@@ -134,8 +134,8 @@ fn a_provider_the_cli_cannot_reach_is_named() {
     );
 }
 
-#[test]
-fn a_model_the_profile_does_not_allow_is_refused_before_any_call() {
+#[tokio::test]
+async fn a_model_the_profile_does_not_allow_is_refused_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let profile = write_profile(dir.path(), real_profile("small"));
     let db = dir.path().join("runs.db");
@@ -150,7 +150,21 @@ fn a_model_the_profile_does_not_allow_is_refused_before_any_call() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("gpt-huge"), "{stderr}");
+    assert_eq!(
+        stderr.matches("\"gpt-huge\" is not allowed").count(),
+        1,
+        "{stderr}"
+    );
+    // Refused before the loop started: no session was even created.
+    let store = SqliteStore::open(&db).await.unwrap();
+    assert!(
+        store
+            .list(SessionFilter::new())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[test]

@@ -113,9 +113,16 @@ pub enum Error {
     /// recorded did not take effect.
     #[error("spawn journal: {0}")]
     Journal(String),
-    /// An I/O error (binding a socket, spawning a process).
+    /// An I/O error (binding a socket, spawning a process). (Its message is part of this one,
+    /// so it is not also a `source()`: an error chain prints it once.)
     #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 impl Error {

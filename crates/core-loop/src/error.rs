@@ -13,12 +13,13 @@ pub enum Error {
     /// A budget refused work (which dimension, and how).
     #[error(transparent)]
     BudgetExhausted(#[from] crate::budget::BudgetExhausted),
-    /// The session store failed.
+    /// The session store failed. (Its message is part of this one, so it is not also a
+    /// `source()`: an error chain prints it once.)
     #[error("session store: {0}")]
-    Store(#[from] agentrt_session_store::StoreError),
+    Store(agentrt_session_store::StoreError),
     /// The profile does not allow the requested model (or is otherwise unusable).
     #[error("profile: {0}")]
-    Profile(#[from] agentrt_profiles::ProfileError),
+    Profile(agentrt_profiles::ProfileError),
     /// A session cannot continue into another model call: tool calls were persisted without
     /// their results and have not been reconciled.
     #[error(
@@ -125,4 +126,16 @@ pub enum Error {
         /// How the run ended.
         reason: String,
     },
+}
+
+impl From<agentrt_session_store::StoreError> for Error {
+    fn from(e: agentrt_session_store::StoreError) -> Self {
+        Error::Store(e)
+    }
+}
+
+impl From<agentrt_profiles::ProfileError> for Error {
+    fn from(e: agentrt_profiles::ProfileError) -> Self {
+        Error::Profile(e)
+    }
 }
