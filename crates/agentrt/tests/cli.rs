@@ -132,3 +132,108 @@ fn a_malformed_session_id_or_status_is_a_clear_error_not_a_panic() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("\"done\""), "{stderr}");
 }
+
+#[tokio::test]
+async fn sessions_prune_deletes_finished_sessions_by_age_and_status_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = SqliteStore::open(&db).await.unwrap();
+    let mut ended = Vec::new();
+    for finish in [
+        Finish::completed(NewEvent::new("run.completed", json!({}))),
+        Finish::completed(NewEvent::new("run.completed", json!({}))),
+        Finish::failed(NewEvent::new("run.failed", json!({})), json!("boom")),
+    ] {
+        let s = store.create(NewSession::new()).await.unwrap();
+        store.finish(&s.id, 0, finish).await.unwrap();
+        ended.push(s.id.to_string());
+    }
+    let running = store
+        .create(NewSession::new())
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    drop(store);
+    let db = db.to_str().unwrap();
+    let ids = |out: &Output| -> Vec<String> {
+        String::from_utf8(out.stdout.clone())
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let young = agentrt(&["sessions", "prune", "--store", db, "--older-than", "1h"]);
+    assert!(young.status.success(), "{young:?}");
+    assert!(ids(&young).is_empty());
+    assert!(String::from_utf8_lossy(&young.stderr).contains("pruned 0 sessions (0 events)"));
+
+    let failed = agentrt(&[
+        "sessions",
+        "prune",
+        "--store",
+        db,
+        "--older-than",
+        "0s",
+        "--status",
+        "failed",
+    ]);
+    assert!(failed.status.success(), "{failed:?}");
+    assert_eq!(ids(&failed), [ended[2].clone()]);
+
+    // Two sessions left to prune, one per transaction: the command goes on until none is left.
+    let rest = agentrt(&[
+        "sessions",
+        "prune",
+        "--store",
+        db,
+        "--older-than",
+        "0s",
+        "--batch",
+        "1",
+    ]);
+    assert!(rest.status.success(), "{rest:?}");
+    let mut got = ids(&rest);
+    got.sort();
+    let mut want = ended[..2].to_vec();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(String::from_utf8_lossy(&rest.stderr).contains("pruned 2 sessions (2 events)"));
+
+    let list = agentrt(&["sessions", "list", "--store", db]);
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        list.contains(&running),
+        "a running session is never pruned: {list}"
+    );
+    assert_eq!(list.lines().count(), 2, "{list}");
+}
+
+#[test]
+fn sessions_prune_rejects_a_bad_age_or_a_running_status_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let db = db.to_str().unwrap();
+    let out = agentrt(&["sessions", "prune", "--store", db, "--older-than", "soon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("'soon'") && stderr.contains("--older-than"),
+        "{stderr}"
+    );
+
+    let out = agentrt(&[
+        "sessions",
+        "prune",
+        "--store",
+        db,
+        "--older-than",
+        "1d",
+        "--status",
+        "running",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("not running"), "{stderr}");
+}

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
+    Session, SessionFilter, SessionId,
 };
 
 /// A write about to reach the store.
@@ -48,6 +48,8 @@ pub enum StoreWrite<'a> {
     },
     /// [`SessionStore::put_blob`].
     PutBlob(&'a [u8]),
+    /// [`SessionStore::prune`].
+    Prune(&'a Retention),
 }
 
 impl StoreWrite<'_> {
@@ -191,6 +193,11 @@ impl<H: WriteHook + 'static> SessionStore for HookedStore<H> {
 
     async fn get_blob(&self, address: &BlobAddress) -> Result<Vec<u8>, StoreError> {
         self.inner.get_blob(address).await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
+        let ticket = self.hook.before(&StoreWrite::Prune(&retention)).await?;
+        self.answer(ticket, self.inner.prune(retention)).await
     }
 }
 

@@ -10,7 +10,8 @@
 //!   keeping a run's primary error and its cleanup error side by side.
 //! - [`SessionStore::replay`] streams a session back in seq order; [`SessionStore::resume_point`]
 //!   tells a loop where to continue after a crash; [`SessionStore::fork`] starts a new session
-//!   from a prefix of another.
+//!   from a prefix of another; [`SessionStore::prune`] deletes finished sessions by a
+//!   [`Retention`] policy.
 //! - Everything written passes through a [`Redactor`] first.
 //! - [`HookedStore`] wraps any store and shows each write to a [`WriteHook`] first, to fail,
 //!   delay or time it: fault injection and measurement without re-implementing the trait.
@@ -81,6 +82,6 @@ pub use sql::WriterStats;
 pub use sqlite::{Durability, SqliteConfig, SqliteStore};
 pub use store::{EventStream, SessionStore};
 pub use types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Payload, ResumePoint, Session,
-    SessionFilter, SessionId, SessionStatus,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Payload, Pruned, ResumePoint,
+    Retention, Session, SessionFilter, SessionId, SessionStatus,
 };

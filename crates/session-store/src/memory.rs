@@ -1,6 +1,6 @@
 //! The in-memory backend: for unit tests and offline examples. Nothing survives the process.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -11,8 +11,8 @@ use crate::config::{PreparedEvent, StoreConfig, now_ms};
 use crate::error::StoreError;
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId, SessionStatus,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
+    Session, SessionFilter, SessionId, SessionStatus,
 };
 
 /// A [`SessionStore`] held in process memory, with the same semantics as the durable backends.
@@ -259,6 +259,39 @@ impl SessionStore for MemoryStore {
             },
         );
         Ok(child)
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
+        let limit = retention.resolved()? as usize;
+        let mut inner = self.lock();
+        let mut pruned = Pruned::default();
+        // In rounds, as the SQL backends do: deleting forks can make their parents prunable.
+        while pruned.sessions.len() < limit {
+            let parents: HashSet<SessionId> = inner
+                .sessions
+                .values()
+                .filter_map(|e| e.session.parent)
+                .collect();
+            let mut round: Vec<(i64, SessionId)> = inner
+                .sessions
+                .values()
+                .map(|e| &e.session)
+                .filter(|s| retention.selects(s) && !parents.contains(&s.id))
+                .map(|s| (s.updated_at_ms, s.id))
+                .collect();
+            if round.is_empty() {
+                break;
+            }
+            round.sort_unstable();
+            round.truncate(limit - pruned.sessions.len());
+            for (_, id) in round {
+                if let Some(entry) = inner.sessions.remove(&id) {
+                    pruned.events += entry.events.len() as u64;
+                    pruned.sessions.push(id);
+                }
+            }
+        }
+        Ok(pruned)
     }
 
     async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {

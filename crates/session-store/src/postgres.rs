@@ -16,12 +16,12 @@ use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
     Cmd, EventRow, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats,
-    plan_append_run, replay_stream, run_writer, send, session_from_row,
+    parse_id, plan_append_run, prunable_sql, replay_stream, run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId, SessionStatus,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
+    Session, SessionFilter, SessionId, SessionStatus,
 };
 
 /// Settings of a [`PostgresStore`].
@@ -502,6 +502,34 @@ impl WriteConn for PgWriter {
         .execute(&mut **self.conn()?)
         .await?;
         Ok(())
+    }
+
+    async fn prunable(
+        &mut self,
+        retention: &Retention,
+        limit: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        // Row locks make a concurrent fork of a candidate (from another process) wait for us.
+        let rows: Vec<(String,)> = sqlx::query_as(concat!(prunable_sql!(), " FOR UPDATE"))
+            .bind(retention.ended_before_ms)
+            .bind(retention.status.map(|s| s.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&mut **self.conn()?)
+            .await?;
+        rows.into_iter().map(|(id,)| parse_id(&id)).collect()
+    }
+
+    async fn delete_session(&mut self, id: &SessionId) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let events = sqlx::query("DELETE FROM events WHERE session_id = $1")
+            .bind(id.to_string())
+            .execute(&mut **conn)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut **conn)
+            .await?;
+        Ok(events.rows_affected())
     }
 }
 

@@ -15,7 +15,7 @@ use crate::config::{PreparedEvent, PreparedFinish, StoreConfig, now_ms, to_seq};
 use crate::error::StoreError;
 use crate::memory::{check_fork_point, reopen_event};
 use crate::store::EventStream;
-use crate::types::{BlobAddress, Event, Session, SessionId, SessionStatus};
+use crate::types::{BlobAddress, Event, Pruned, Retention, Session, SessionId, SessionStatus};
 
 /// Counters of the group-commit writer of a SQL backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,6 +78,11 @@ pub(crate) enum Cmd {
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<BlobAddress, StoreError>>,
     },
+    Prune {
+        retention: Retention,
+        limit: u32,
+        reply: oneshot::Sender<Result<Pruned, StoreError>>,
+    },
 }
 
 impl Cmd {
@@ -108,6 +113,10 @@ enum Pending {
         oneshot::Sender<Result<BlobAddress, StoreError>>,
         Result<BlobAddress, StoreError>,
     ),
+    Pruned(
+        oneshot::Sender<Result<Pruned, StoreError>>,
+        Result<Pruned, StoreError>,
+    ),
 }
 
 impl Pending {
@@ -117,7 +126,8 @@ impl Pending {
             Pending::Session(_, Err(e))
             | Pending::Seq(_, Err(e))
             | Pending::Event(_, Err(e))
-            | Pending::Blob(_, Err(e)) => e,
+            | Pending::Blob(_, Err(e))
+            | Pending::Pruned(_, Err(e)) => e,
             _ => return None,
         };
         match err {
@@ -135,6 +145,7 @@ impl Pending {
             Pending::Seq(tx, r) => drop(tx.send(r)),
             Pending::Event(tx, r) => drop(tx.send(r)),
             Pending::Blob(tx, r) => drop(tx.send(r)),
+            Pending::Pruned(tx, r) => drop(tx.send(r)),
         }
     }
 
@@ -144,6 +155,7 @@ impl Pending {
             Pending::Seq(tx, _) => drop(tx.send(Err(e))),
             Pending::Event(tx, _) => drop(tx.send(Err(e))),
             Pending::Blob(tx, _) => drop(tx.send(Err(e))),
+            Pending::Pruned(tx, _) => drop(tx.send(Err(e))),
         }
     }
 }
@@ -230,6 +242,52 @@ pub(crate) trait WriteConn: Send + 'static {
     ) -> Result<(), StoreError>;
     /// Stores a blob unless present.
     async fn insert_blob(&mut self, address: &BlobAddress, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Up to `limit` sessions that `retention` selects and that no session names as its fork
+    /// parent, oldest first, their rows locked until commit (the query is `prunable_sql!()`).
+    async fn prunable(
+        &mut self,
+        retention: &Retention,
+        limit: u32,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Deletes a session and its events; returns how many events went.
+    async fn delete_session(&mut self, id: &SessionId) -> Result<u64, StoreError>;
+}
+
+/// The candidates of a prune (see [`WriteConn::prunable`]); binds: cutoff, status or NULL, limit.
+/// A macro so a backend can extend it at compile time (`concat!`).
+macro_rules! prunable_sql {
+    () => {
+        "SELECT s.id FROM sessions s \
+         WHERE s.status <> 'running' AND s.updated_at_ms < $1 AND ($2 IS NULL OR s.status = $2) \
+         AND NOT EXISTS (SELECT 1 FROM sessions c WHERE c.parent_id = s.id) \
+         ORDER BY s.updated_at_ms, s.id LIMIT $3"
+    };
+}
+pub(crate) use prunable_sql;
+
+/// Prunes in rounds until `limit` sessions went or none qualifies: deleting forks can make their
+/// parents prunable, so an old chain goes in one call, leaves first.
+async fn prune<W: WriteConn>(
+    conn: &mut W,
+    retention: &Retention,
+    limit: u32,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    loop {
+        let left = limit.saturating_sub(u32::try_from(pruned.sessions.len()).unwrap_or(u32::MAX));
+        if left == 0 {
+            break;
+        }
+        let round = conn.prunable(retention, left).await?;
+        if round.is_empty() {
+            break;
+        }
+        for id in round {
+            pruned.events += conn.delete_session(&id).await?;
+            pruned.sessions.push(id);
+        }
+    }
+    Ok(pruned)
 }
 
 /// Runs the writer: takes requests from `rx`, batches whatever is queued (up to `max_batch`
@@ -341,6 +399,7 @@ fn pending_of(cmd: Cmd) -> Pending {
         Cmd::Append { reply, .. } => Pending::Seq(reply, Err(StoreError::Closed)),
         Cmd::Finish { reply, .. } => Pending::Event(reply, Err(StoreError::Closed)),
         Cmd::PutBlob { reply, .. } => Pending::Blob(reply, Err(StoreError::Closed)),
+        Cmd::Prune { reply, .. } => Pending::Pruned(reply, Err(StoreError::Closed)),
     }
 }
 
@@ -383,6 +442,11 @@ async fn apply_one<W: WriteConn>(conn: &mut W, config: &StoreConfig, cmd: Cmd) -
             let r = conn.insert_blob(&address, &bytes).await.map(|()| address);
             Pending::Blob(reply, r)
         }
+        Cmd::Prune {
+            retention,
+            limit,
+            reply,
+        } => Pending::Pruned(reply, prune(conn, &retention, limit).await),
     }
 }
 
@@ -941,6 +1005,16 @@ macro_rules! sql_session_store {
                 send(&self.inner.writer, |reply| Cmd::Fork {
                     id: *session,
                     at_seq,
+                    reply,
+                })
+                .await
+            }
+
+            async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
+                let limit = retention.resolved()?;
+                send(&self.inner.writer, |reply| Cmd::Prune {
+                    retention,
+                    limit,
                     reply,
                 })
                 .await

@@ -18,13 +18,13 @@ use crate::error::StoreError;
 use crate::memory::{page, verify_blob};
 use crate::migrations;
 use crate::sql::{
-    Cmd, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, plan_append_run, run_writer,
-    send, session_from_row,
+    Cmd, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, parse_id, plan_append_run,
+    prunable_sql, run_writer, send, session_from_row,
 };
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId, SessionStatus,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
+    Session, SessionFilter, SessionId, SessionStatus,
 };
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
@@ -450,6 +450,34 @@ impl WriteConn for SqliteWriter {
         .execute(&mut **self.conn()?)
         .await?;
         Ok(())
+    }
+
+    async fn prunable(
+        &mut self,
+        retention: &Retention,
+        limit: u32,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        // The write lock taken by BEGIN IMMEDIATE keeps the candidates as found until commit.
+        let rows: Vec<(String,)> = sqlx::query_as(prunable_sql!())
+            .bind(retention.ended_before_ms)
+            .bind(retention.status.map(|s| s.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&mut **self.conn()?)
+            .await?;
+        rows.into_iter().map(|(id,)| parse_id(&id)).collect()
+    }
+
+    async fn delete_session(&mut self, id: &SessionId) -> Result<u64, StoreError> {
+        let conn = self.conn()?;
+        let events = sqlx::query("DELETE FROM events WHERE session_id = $1")
+            .bind(id.to_string())
+            .execute(&mut **conn)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut **conn)
+            .await?;
+        Ok(events.rows_affected())
     }
 }
 

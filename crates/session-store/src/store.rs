@@ -5,8 +5,8 @@ use futures::stream::BoxStream;
 
 use crate::error::StoreError;
 use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, ResumePoint, Session, SessionFilter,
-    SessionId,
+    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
+    Session, SessionFilter, SessionId,
 };
 
 /// A stream of replayed events, in seq order. The first item is
@@ -93,6 +93,16 @@ pub trait SessionStore: Send + Sync {
     /// point. The parent is unchanged. Errors: [`StoreError::NotFound`],
     /// [`StoreError::InvalidInput`] if `at_seq` is beyond the parent's next seq.
     async fn fork(&self, session: &SessionId, at_seq: u64) -> Result<Session, StoreError>;
+
+    /// Deletes the finished sessions `retention` selects, each with all its events, in one
+    /// transaction: a session is either gone with every event or untouched.
+    ///
+    /// Never deletes a running session, nor a session that a remaining session was forked from
+    /// (its forks go first; a chain of old forks goes in one call, leaves first). Blobs stay.
+    /// At most the retention's limit of sessions go per call: call again until
+    /// [`Pruned::sessions`] comes back shorter than the limit.
+    /// Errors: [`StoreError::InvalidInput`] for a `Running` status or a zero limit.
+    async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
 
     /// Stores bytes under their sha256 content address (idempotent).
     /// Errors: [`StoreError::PayloadTooLarge`].

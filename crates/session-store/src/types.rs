@@ -518,6 +518,94 @@ impl SessionFilter {
     }
 }
 
+/// Which finished sessions [`SessionStore::prune`](crate::SessionStore::prune) deletes.
+///
+/// A session is pruned when it has ended (any status but `Running`), it was last updated strictly
+/// before [`Retention::ended_before_ms`], it has [`Retention::status`] if one is given, and no
+/// session that stays names it as its fork parent (a fork's parent goes only after its forks).
+/// Blobs are never pruned: they are content-addressed and may be shared by any number of sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Delete sessions last updated (for a finished session: finished) strictly before this time,
+    /// in ms since the epoch.
+    pub ended_before_ms: i64,
+    /// Only sessions in this status; `None` means every final status. `Running` is invalid: a
+    /// running session may still be appended to.
+    pub status: Option<SessionStatus>,
+    /// At most this many sessions in one call (one transaction); `None` means
+    /// [`Retention::DEFAULT_LIMIT`], capped at [`Retention::MAX_LIMIT`]; `0` is invalid.
+    pub limit: Option<u32>,
+}
+
+impl Retention {
+    /// Sessions pruned by one call when no limit is given.
+    pub const DEFAULT_LIMIT: u32 = 1_000;
+    /// Largest accepted limit: one call is one transaction, and it should stay short.
+    pub const MAX_LIMIT: u32 = 100_000;
+
+    /// Every finished session that ended before `ended_before_ms` (ms since the epoch).
+    pub fn ended_before(ended_before_ms: i64) -> Self {
+        Retention {
+            ended_before_ms,
+            status: None,
+            limit: None,
+        }
+    }
+
+    /// Every finished session that ended more than `age` ago.
+    pub fn older_than(age: std::time::Duration) -> Self {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        Self::ended_before(crate::config::now_ms().saturating_sub(age_ms))
+    }
+
+    /// Only sessions in this status.
+    pub fn status(mut self, status: SessionStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// At most this many sessions in one call.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The validated limit.
+    pub(crate) fn resolved(&self) -> Result<u32, StoreError> {
+        if self.status == Some(SessionStatus::Running) {
+            return Err(StoreError::InvalidInput(
+                "retention status must be a final status (completed, failed or cancelled), \
+                 not running: a running session may still be appended to"
+                    .into(),
+            ));
+        }
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(0) => Err(StoreError::InvalidInput(
+                "retention limit must be at least 1".into(),
+            )),
+            Some(n) => Ok(n.min(Self::MAX_LIMIT)),
+        }
+    }
+
+    /// Whether `s` is a candidate by its own record (the fork-parent rule is the caller's).
+    pub(crate) fn selects(&self, s: &Session) -> bool {
+        s.status.is_final()
+            && s.updated_at_ms < self.ended_before_ms
+            && self.status.is_none_or(|st| st == s.status)
+    }
+}
+
+/// What one [`SessionStore::prune`](crate::SessionStore::prune) deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// The deleted sessions, in the order they were deleted: oldest first, a fork always before
+    /// its parent.
+    pub sessions: Vec<SessionId>,
+    /// How many events went with them.
+    pub events: u64,
+}
+
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use agentrt_session_store::{
-    Event, Finish, NewEvent, NewSession, REOPENED_KIND, SessionFilter, SessionId, SessionStatus,
-    SessionStore, StoreError,
+    Event, Finish, NewEvent, NewSession, REOPENED_KIND, Retention, SessionFilter, SessionId,
+    SessionStatus, SessionStore, StoreError,
 };
 use common::{Backend, TEST_BLOB_LIMIT, TEST_PAYLOAD_LIMIT, TEST_SECRET};
 use futures::TryStreamExt;
@@ -29,6 +29,57 @@ fn seqs(events: &[Event]) -> Vec<u64> {
 
 async fn new_session(store: &dyn SessionStore) -> SessionId {
     store.create(NewSession::new()).await.unwrap().id
+}
+
+/// A session with `events` events that then ends with `finish` (one more event).
+async fn ended_session(
+    store: &dyn SessionStore,
+    events: u64,
+    finish: fn(NewEvent) -> Finish,
+) -> SessionId {
+    let id = new_session(store).await;
+    let evs = (0..events).map(|n| ev("step", n)).collect();
+    store.append(&id, 0, evs).await.unwrap();
+    store
+        .finish(&id, events, finish(ev("end", events)))
+        .await
+        .unwrap();
+    id
+}
+
+fn completed(e: NewEvent) -> Finish {
+    Finish::completed(e)
+}
+
+fn failed(e: NewEvent) -> Finish {
+    Finish::failed(e, json!("boom"))
+}
+
+/// A cutoff after every session written so far, and before any written from now on.
+async fn cutoff_now(store: &dyn SessionStore, after: &SessionId) -> i64 {
+    let t = store.get(after).await.unwrap().updated_at_ms + 1;
+    // Sessions written next must end at a later millisecond than the cutoff.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    t
+}
+
+async fn is_gone(store: &dyn SessionStore, id: &SessionId) -> bool {
+    let gone = |r: &Result<_, StoreError>| matches!(r, Err(StoreError::NotFound(x)) if x == id);
+    let get = store.get(id).await.map(|_| ());
+    let point = store.resume_point(id).await.map(|_| ());
+    let replay = store
+        .replay(id, 0)
+        .try_collect::<Vec<_>>()
+        .await
+        .map(|_| ());
+    let listed = store
+        .list(SessionFilter::new())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|s| s.id == *id);
+    gone(&get) && gone(&point) && gone(&replay) && !listed
 }
 
 mod cases {
@@ -692,6 +743,120 @@ mod cases {
             assert!(stored.contains(&c.to_string()));
         }
     }
+
+    pub async fn prune_deletes_sessions_that_ended_before_the_cutoff_with_their_events(
+        b: &Backend,
+    ) {
+        let s = &*b.store;
+        let a = ended_session(s, 2, completed).await;
+        let f = ended_session(s, 0, failed).await;
+        let running = new_session(s).await;
+        s.append(&running, 0, vec![ev("step", 0)]).await.unwrap();
+        let cutoff = cutoff_now(s, &f).await;
+        let late = ended_session(s, 1, completed).await;
+
+        let pruned = s.prune(Retention::ended_before(cutoff)).await.unwrap();
+        let mut ids = pruned.sessions.clone();
+        ids.sort();
+        let mut want = vec![a, f];
+        want.sort();
+        assert_eq!(ids, want, "[{}]", b.name);
+        assert_eq!(pruned.events, 3 + 1, "[{}]", b.name);
+        assert!(is_gone(s, &a).await && is_gone(s, &f).await, "[{}]", b.name);
+        // A running session is never pruned, however old; a later one is untouched.
+        assert_eq!(seqs(&replay_all(s, &running, 0).await), [0]);
+        assert_eq!(s.append(&running, 1, vec![ev("step", 1)]).await.unwrap(), 2);
+        assert_eq!(seqs(&replay_all(s, &late, 0).await), [0, 1]);
+        // Nothing left to do: an empty report, not an error.
+        let again = s.prune(Retention::ended_before(cutoff)).await.unwrap();
+        assert!(again.sessions.is_empty() && again.events == 0, "{again:?}");
+        // A pruned id is free: nothing of the old session lingers.
+        let reborn = s.create(NewSession::new().with_id(a)).await.unwrap();
+        assert_eq!(reborn.next_seq, 0);
+        assert!(replay_all(s, &a, 0).await.is_empty());
+    }
+
+    pub async fn prune_selects_by_status_and_stops_at_its_limit_oldest_first(b: &Backend) {
+        let s = &*b.store;
+        let mut done = Vec::new();
+        for _ in 0..3 {
+            done.push(ended_session(s, 1, completed).await);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let broken = [
+            ended_session(s, 0, failed).await,
+            ended_session(s, 0, failed).await,
+        ];
+        let cutoff = cutoff_now(s, &broken[1]).await;
+        let only_failed = Retention::ended_before(cutoff).status(SessionStatus::Failed);
+        let mut pruned = s.prune(only_failed).await.unwrap().sessions;
+        pruned.sort();
+        let mut want = broken.to_vec();
+        want.sort();
+        assert_eq!(pruned, want, "[{}]", b.name);
+        for id in &done {
+            assert_eq!(s.get(id).await.unwrap().status, SessionStatus::Completed);
+        }
+        let first = s
+            .prune(Retention::ended_before(cutoff).limit(2))
+            .await
+            .unwrap();
+        assert_eq!(first.sessions, done[..2], "[{}] oldest first", b.name);
+        assert_eq!(first.events, 4);
+        let rest = s
+            .prune(Retention::ended_before(cutoff).limit(2))
+            .await
+            .unwrap();
+        assert_eq!(rest.sessions, done[2..], "[{}]", b.name);
+    }
+
+    pub async fn prune_keeps_a_fork_parent_until_its_forks_are_gone(b: &Backend) {
+        let s = &*b.store;
+        let root = ended_session(s, 2, completed).await;
+        let child = s.fork(&root, 2).await.unwrap().id;
+        let all = || Retention::ended_before(i64::MAX);
+        // The child is running: it stays, and so does the parent it names.
+        assert!(s.prune(all()).await.unwrap().sessions.is_empty());
+        s.finish(&child, 2, Finish::completed(ev("end", 2)))
+            .await
+            .unwrap();
+        let grandchild = s.fork(&child, 1).await.unwrap().id;
+        s.finish(&grandchild, 1, Finish::cancelled(ev("end", 1)))
+            .await
+            .unwrap();
+        // A limit that stops the chain midway leaves the parents of what stays.
+        let one = s.prune(all().limit(1)).await.unwrap();
+        assert_eq!(one.sessions, [grandchild], "[{}]", b.name);
+        assert!(s.get(&child).await.is_ok() && s.get(&root).await.is_ok());
+        // One call takes a whole finished chain, leaves first.
+        let grandchild2 = s.fork(&child, 3).await.unwrap().id;
+        s.finish(&grandchild2, 3, Finish::completed(ev("end", 3)))
+            .await
+            .unwrap();
+        let chain = s.prune(all()).await.unwrap();
+        assert_eq!(chain.sessions, [grandchild2, child, root], "[{}]", b.name);
+        assert_eq!(chain.events, 4 + 3 + 3, "[{}]", b.name);
+        for id in [root, child, grandchild, grandchild2] {
+            assert!(is_gone(s, &id).await, "[{}] {id}", b.name);
+        }
+    }
+
+    pub async fn prune_refuses_a_running_status_and_a_zero_limit(b: &Backend) {
+        let s = &*b.store;
+        let id = ended_session(s, 0, completed).await;
+        for bad in [
+            Retention::ended_before(i64::MAX).status(SessionStatus::Running),
+            Retention::ended_before(i64::MAX).limit(0),
+        ] {
+            let r = s.prune(bad.clone()).await;
+            assert!(
+                matches!(&r, Err(StoreError::InvalidInput(m)) if !m.is_empty()),
+                "[{}] {bad:?}: {r:?}",
+                b.name
+            );
+        }
+        assert!(s.get(&id).await.is_ok(), "nothing was deleted");
+    }
 }
 
 macro_rules! conformance {
@@ -726,6 +891,10 @@ macro_rules! conformance {
             case!(concurrent_appenders_on_distinct_sessions_all_commit);
             case!(contending_writers_on_one_session_never_leave_gaps_or_duplicates);
             case!(a_burst_of_mixed_appends_answers_each_request_on_its_own);
+            case!(prune_deletes_sessions_that_ended_before_the_cutoff_with_their_events);
+            case!(prune_selects_by_status_and_stops_at_its_limit_oldest_first);
+            case!(prune_keeps_a_fork_parent_until_its_forks_are_gone);
+            case!(prune_refuses_a_running_status_and_a_zero_limit);
         }
     };
 }

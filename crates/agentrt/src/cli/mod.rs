@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use agentrt::profiles::{AgentProfile, ProfileError};
 use agentrt::session_store::{
-    Event, PostgresStore, Session, SessionFilter, SessionId, SessionStatus, SessionStore,
-    SqliteStore,
+    Event, PostgresStore, Retention, Session, SessionFilter, SessionId, SessionStatus,
+    SessionStore, SqliteStore,
 };
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -117,13 +117,30 @@ enum SessionsCommand {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
-    /// Start a new session whose history is the given session's events up to and including a seq.
+    /// Delete finished sessions that ended more than a given time ago, with their events.
+    ///
+    /// Running sessions and the parents of remaining forks are kept; blobs are kept. Prints each
+    /// deleted session id on stdout and a summary on stderr.
+    Prune {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Delete sessions that ended longer ago than this, e.g. `30days`, `12h`, `90min`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Only sessions with this final status (completed, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many sessions in one transaction; pruning goes on until none is left.
+        #[arg(long, default_value_t = Retention::DEFAULT_LIMIT)]
+        batch: u32,
+    },
+    /// Start a new session whose history is the given session's events before a seq.
     Fork {
         #[command(flatten)]
         store: StoreArgs,
         /// The session id.
         id: String,
-        /// The last sequence number the fork keeps.
+        /// The fork keeps the events before this sequence number (`--at 0`: none of them).
         #[arg(long)]
         at: u64,
     },
@@ -245,6 +262,33 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
             while let Some(event) = events.try_next().await? {
                 writeln!(out, "{}", event_line(&event)?)?;
             }
+        }
+        SessionsCommand::Prune {
+            store,
+            older_than,
+            status,
+            batch,
+        } => {
+            let store = open_store(&store.store).await?;
+            let batch = batch.min(Retention::MAX_LIMIT);
+            // One cutoff for every batch: sessions that end while pruning runs are not chased.
+            let mut retention = Retention::older_than(older_than).limit(batch);
+            if let Some(status) = status {
+                retention = retention.status(status.parse()?);
+            }
+            let (mut sessions, mut events) = (0u64, 0u64);
+            loop {
+                let pruned = store.prune(retention.clone()).await?;
+                for id in &pruned.sessions {
+                    writeln!(out, "{id}")?;
+                }
+                sessions += pruned.sessions.len() as u64;
+                events += pruned.events;
+                if pruned.sessions.len() < batch as usize {
+                    break;
+                }
+            }
+            eprintln!("pruned {sessions} sessions ({events} events)");
         }
         SessionsCommand::Fork { store, id, at } => {
             let store = open_store(&store.store).await?;
