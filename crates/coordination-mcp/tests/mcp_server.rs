@@ -553,14 +553,23 @@ async fn our_mcp_client_reaches_our_http_server_with_a_bearer_header() {
 /// Drives the example server through `ours`, the test's end of the server's stdin and stdout:
 /// initialize, then list tools; returns the tool names.
 fn list_tools_over(ours: &std::os::unix::net::UnixStream) -> Vec<String> {
-    use std::io::{BufRead, Write};
-    let mut writer = ours.try_clone().unwrap();
-    let mut reader = std::io::BufReader::new(ours.try_clone().unwrap());
-    let send = |w: &mut std::os::unix::net::UnixStream, v: Value| {
-        writeln!(w, "{v}").unwrap();
+    list_tools_through(
+        ours.try_clone().unwrap(),
+        std::io::BufReader::new(ours.try_clone().unwrap()),
+    )
+}
+
+/// Initialize, then list tools, writing requests to `writer` (the server's stdin) and reading
+/// answers from `reader` (its stdout); returns the tool names.
+fn list_tools_through(
+    mut writer: impl std::io::Write,
+    mut reader: impl std::io::BufRead,
+) -> Vec<String> {
+    let mut send = |v: Value| {
+        writeln!(writer, "{v}").unwrap();
+        writer.flush().unwrap();
     };
     send(
-        &mut writer,
         json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
             "clientInfo": {"name": "socket-test", "version": "1"}}}),
@@ -569,14 +578,8 @@ fn list_tools_over(ours: &std::os::unix::net::UnixStream) -> Vec<String> {
     reader.read_line(&mut line).unwrap();
     let init: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(init["id"], 1, "{init}");
-    send(
-        &mut writer,
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-    );
-    send(
-        &mut writer,
-        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-    );
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}));
     line.clear();
     reader.read_line(&mut line).unwrap();
     let listed: Value = serde_json::from_str(&line).unwrap();
@@ -586,6 +589,72 @@ fn list_tools_over(ours: &std::os::unix::net::UnixStream) -> Vec<String> {
         .iter()
         .map(|t| t["name"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Whether an open file description is in non-blocking mode, read from the kernel's
+/// `/proc/self/fdinfo` (its `flags:` line, octal) through a descriptor that shares it.
+fn is_nonblocking(fd: &impl std::os::fd::AsRawFd) -> bool {
+    const O_NONBLOCK: u32 = 0o4000;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+        .unwrap();
+    flags & O_NONBLOCK != 0
+}
+
+/// Waits (bounded) for the child to exit by itself and asserts it succeeded.
+fn wait_for_exit(child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit at EOF"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stdio_pipes_are_served_non_blocking_and_handed_back_blocking() {
+    // The test keeps a second descriptor of each pipe end it gives the server: file status flags
+    // live on the shared open file description, so it sees what the server set on its own.
+    let (stdin_rx, stdin_tx) = std::io::pipe().unwrap();
+    let (stdout_rx, stdout_tx) = std::io::pipe().unwrap();
+    let (server_in, server_out) = (
+        stdin_rx.try_clone().unwrap(),
+        stdout_tx.try_clone().unwrap(),
+    );
+    let mut child = std::process::Command::new(common::example_server())
+        .arg("--stdio")
+        .stdin(stdin_rx)
+        .stdout(stdout_tx)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(!is_nonblocking(&server_in) && !is_nonblocking(&server_out));
+    let mut reader = std::io::BufReader::new(stdout_rx);
+    let names = list_tools_through(&stdin_tx, &mut reader);
+    assert!(names.contains(&"observe_agent".to_owned()), "{names:?}");
+    assert!(
+        is_nonblocking(&server_in) && is_nonblocking(&server_out),
+        "while serving, both pipes are read through the reactor"
+    );
+    drop(stdin_tx);
+    wait_for_exit(&mut child);
+    assert!(
+        !is_nonblocking(&server_in),
+        "stdin is handed back in blocking mode"
+    );
+    assert!(
+        !is_nonblocking(&server_out),
+        "stdout is handed back in blocking mode: a later println! must not see WouldBlock"
+    );
 }
 
 #[test]
@@ -606,16 +675,5 @@ fn stdio_that_is_a_socket_not_a_pipe_is_served_too() {
     let names = list_tools_over(&ours);
     assert!(names.contains(&"observe_agent".to_owned()), "{names:?}");
     ours.shutdown(std::net::Shutdown::Both).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not exit at EOF"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_exit(&mut child);
 }
