@@ -6,8 +6,15 @@
 //!   group-committed by the store's writer task;
 //! - `raw_batched_insert_per_s`: plain sqlx `INSERT`s of the same events into the same table,
 //!   with the same durability settings, committed in transactions of the batch size the group
-//!   writer achieved (the baseline); `group_vs_raw` is the ratio;
-//! - `replay_per_s`: reading a 1,000,000-event session back (100,000 with `--quick`).
+//!   writer achieved (the baseline); `group_vs_raw` is the ratio. "The same events" includes
+//!   their keys: as many sessions as the group has writers, interleaved as the writers interleave.
+//!   (Into one session the rows land on one B-tree leaf after another and each commit writes a
+//!   few pages instead of one per session; on SQLite that baseline ran about twice as fast.)
+//! - `replay_per_s`: reading a 1,000,000-event session back (100,000 with `--quick`);
+//! - `prune_sessions_per_s`: `SessionStore::prune` deleting 20,000 finished sessions of 20 events
+//!   in one call (2,000 with `--quick`); its baseline `raw_delete_sessions_per_s` deletes the same
+//!   number of such sessions, by id, with plain sqlx `DELETE`s in one transaction;
+//!   `prune_vs_raw` is the ratio.
 //!
 //! The same figures for Postgres are prefixed `store.pg_`. `--quick` runs reduced sizes.
 //! Postgres: `AGENTRT_PG_URL` (default `postgres://postgres@127.0.0.1:5432/test`); the suite uses
@@ -19,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentrt_session_store::{
-    NewEvent, NewSession, PostgresConfig, PostgresStore, SessionId, SessionStore, SqliteConfig,
-    SqliteStore, WriterStats,
+    Finish, NewEvent, NewSession, PostgresConfig, PostgresStore, Retention, SessionId,
+    SessionStore, SqliteConfig, SqliteStore, WriterStats,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -37,7 +44,11 @@ struct Sizes {
     group_writers: usize,
     group_per_writer: usize,
     replay: usize,
+    prune_sessions: usize,
 }
+
+/// Events in each session the prune figures delete.
+const PRUNE_EVENTS: u64 = 20;
 
 fn payload(i: u64) -> Value {
     json!({
@@ -134,6 +145,106 @@ async fn replay(store: &dyn SessionStore, id: &SessionId, n: usize) -> f64 {
     rate(n, start.elapsed())
 }
 
+/// `n` finished sessions of [`PRUNE_EVENTS`] events each (the last is the final event), written
+/// by 64 concurrent writers.
+async fn fill_ended(store: Arc<dyn SessionStore>, n: usize) -> Vec<SessionId> {
+    let writers = 64.min(n.max(1));
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in (w..n).step_by(writers) {
+                    let id = store.create(NewSession::new()).await.unwrap().id;
+                    let events = (0..PRUNE_EVENTS - 1)
+                        .map(|i| NewEvent::new("e", payload(i)))
+                        .collect();
+                    let next = store.append(&id, 0, events).await.unwrap();
+                    let end = Finish::completed(NewEvent::new("end", payload(next)));
+                    store.finish(&id, next, end).await.unwrap();
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    ids
+}
+
+/// Sessions per second that one `prune` call deletes: `n` fresh finished sessions, every one
+/// of them selected.
+async fn prune_rate(store: Arc<dyn SessionStore>, n: usize) -> f64 {
+    fill_ended(store.clone(), n).await;
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let retention = Retention::ended_before(i64::MAX).limit(n as u32);
+    let start = Instant::now();
+    let pruned = store.prune(retention).await.unwrap();
+    let elapsed = start.elapsed();
+    assert_eq!(pruned.sessions.len(), n);
+    assert_eq!(pruned.events, n as u64 * PRUNE_EVENTS);
+    rate(n, elapsed)
+}
+
+/// The prune baseline: the same sessions deleted by id with plain statements in one transaction.
+macro_rules! raw_delete_rate {
+    ($conn:expr, $ids:expr) => {{
+        let ids: Vec<String> = $ids.iter().map(|id| id.to_string()).collect();
+        let start = Instant::now();
+        let mut tx = $conn.begin().await.unwrap();
+        for id in &ids {
+            let events = sqlx::query("DELETE FROM events WHERE session_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            assert_eq!(events.rows_affected(), PRUNE_EVENTS);
+            sqlx::query("DELETE FROM sessions WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        rate(ids.len(), start.elapsed())
+    }};
+}
+
+/// Prints the three prune figures, with `prefix` (`""` or `"pg_"`).
+async fn prune_figures(prefix: &str, prune: f64, raw: f64) {
+    bench(
+        &format!("{prefix}prune_sessions_per_s"),
+        prune,
+        "sessions/s",
+    );
+    bench(
+        &format!("{prefix}raw_delete_sessions_per_s"),
+        raw,
+        "sessions/s",
+    );
+    bench(&format!("{prefix}prune_vs_raw"), prune / raw, "ratio");
+}
+
+/// The sessions the raw baseline inserts into: as many as the group has writers, created through
+/// the store (the events table's foreign key needs them), as id strings.
+async fn raw_sessions(store: &dyn SessionStore, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        ids.push(
+            store
+                .create(NewSession::new())
+                .await
+                .unwrap()
+                .id
+                .to_string(),
+        );
+    }
+    ids
+}
+
 fn raw_rows(n: usize) -> Vec<String> {
     (0..n).map(|i| payload(i as u64).to_string()).collect()
 }
@@ -153,7 +264,7 @@ async fn sqlite_suite(s: &Sizes) {
 
     // Group commit and its baseline run in alternating rounds (best of each is reported), so
     // a burst of load on this shared machine does not land on one side only.
-    let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
+    let raw_sessions = raw_sessions(&*dynstore, s.group_writers).await;
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&path)
         .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
@@ -163,8 +274,8 @@ async fn sqlite_suite(s: &Sizes) {
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await
         .unwrap();
-    let sid = raw_session.to_string();
-    let (mut group, mut raw, mut batch, mut seq) = (0f64, 0f64, 1usize, 0i64);
+    let mut seqs = vec![0i64; raw_sessions.len()];
+    let (mut group, mut raw, mut batch) = (0f64, 0f64, 1usize);
     for _ in 0..ROUNDS {
         let before = store.writer_stats();
         let g = append_group(
@@ -178,19 +289,21 @@ async fn sqlite_suite(s: &Sizes) {
         // Baseline: plain sqlx inserts into the same table, same settings, same batch size.
         let rows = raw_rows(s.group_writers * (s.group_per_writer / ROUNDS));
         let start = Instant::now();
-        for chunk in rows.chunks(batch) {
+        for (c, chunk) in rows.chunks(batch).enumerate() {
             let mut tx = conn.begin().await.unwrap();
-            for p in chunk {
+            for (i, p) in chunk.iter().enumerate() {
+                // Row k goes to session k mod writers, as the group's writers interleave.
+                let w = (c * batch + i) % raw_sessions.len();
                 sqlx::query(RAW_INSERT)
-                    .bind(sid.as_str())
-                    .bind(seq)
+                    .bind(raw_sessions[w].as_str())
+                    .bind(seqs[w])
                     .bind(0i64)
                     .bind("e")
                     .bind(p.as_str())
                     .execute(&mut *tx)
                     .await
                     .unwrap();
-                seq += 1;
+                seqs[w] += 1;
             }
             tx.commit().await.unwrap();
         }
@@ -208,6 +321,15 @@ async fn sqlite_suite(s: &Sizes) {
         replay(&*dynstore, &id, s.replay).await,
         "events/s",
     );
+
+    let ids = fill_ended(dynstore.clone(), s.prune_sessions).await;
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let raw = raw_delete_rate!(conn, ids);
+    conn.close().await.unwrap();
+    let prune = prune_rate(dynstore.clone(), s.prune_sessions).await;
+    prune_figures("", prune, raw).await;
 }
 
 async fn pg_suite(s: &Sizes) {
@@ -226,13 +348,13 @@ async fn pg_suite(s: &Sizes) {
         "events/s",
     );
     // Group commit and its baseline run in alternating rounds (best of each is reported).
-    let raw_session = dynstore.create(NewSession::new()).await.unwrap().id;
+    let raw_sessions = raw_sessions(&*dynstore, s.group_writers).await;
     let options = sqlx::postgres::PgConnectOptions::from_str(&url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
     let mut conn = sqlx::PgConnection::connect_with(&options).await.unwrap();
-    let sid = raw_session.to_string();
-    let (mut group, mut raw, mut batch, mut seq) = (0f64, 0f64, 1usize, 0i64);
+    let mut seqs = vec![0i64; raw_sessions.len()];
+    let (mut group, mut raw, mut batch) = (0f64, 0f64, 1usize);
     for _ in 0..ROUNDS {
         let before = store.writer_stats();
         let g = append_group(
@@ -246,19 +368,21 @@ async fn pg_suite(s: &Sizes) {
         // Baseline: plain sqlx inserts into the same table, same settings, same batch size.
         let rows = raw_rows(s.group_writers * (s.group_per_writer / ROUNDS));
         let start = Instant::now();
-        for chunk in rows.chunks(batch) {
+        for (c, chunk) in rows.chunks(batch).enumerate() {
             let mut tx = conn.begin().await.unwrap();
-            for p in chunk {
+            for (i, p) in chunk.iter().enumerate() {
+                // Row k goes to session k mod writers, as the group's writers interleave.
+                let w = (c * batch + i) % raw_sessions.len();
                 sqlx::query(RAW_INSERT)
-                    .bind(sid.as_str())
-                    .bind(seq)
+                    .bind(raw_sessions[w].as_str())
+                    .bind(seqs[w])
                     .bind(0i64)
                     .bind("e")
                     .bind(p.as_str())
                     .execute(&mut *tx)
                     .await
                     .unwrap();
-                seq += 1;
+                seqs[w] += 1;
             }
             tx.commit().await.unwrap();
         }
@@ -275,6 +399,11 @@ async fn pg_suite(s: &Sizes) {
         replay(&*dynstore, &id, s.replay).await,
         "events/s",
     );
+
+    let ids = fill_ended(dynstore.clone(), s.prune_sessions).await;
+    let raw = raw_delete_rate!(conn, ids);
+    let prune = prune_rate(dynstore.clone(), s.prune_sessions).await;
+    prune_figures("pg_", prune, raw).await;
 
     drop(dynstore);
     drop(store);
@@ -294,6 +423,7 @@ fn main() {
             group_writers: 64,
             group_per_writer: 60,
             replay: 100_000,
+            prune_sessions: 2_000,
         }
     } else {
         Sizes {
@@ -301,6 +431,7 @@ fn main() {
             group_writers: 64,
             group_per_writer: 400,
             replay: 1_000_000,
+            prune_sessions: 20_000,
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

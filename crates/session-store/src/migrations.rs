@@ -158,12 +158,12 @@ mod tests {
         assert_eq!(version, LATEST);
         let (indexes,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' \
-             AND name IN ('sessions_by_parent', 'sessions_by_updated')",
+             AND name = 'sessions_by_parent'",
         )
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        assert_eq!(indexes, 2);
+        assert_eq!(indexes, 1);
     }
 
     #[test]
