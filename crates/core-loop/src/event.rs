@@ -287,6 +287,10 @@ pub struct SessionUsage {
     pub calls_with_unknown_tokens: u32,
     /// Calls whose cost is unknown (no price, or usage unknown).
     pub calls_with_unknown_cost: u32,
+    /// Calls that did not report cached tokens (many servers never do). Absent from sessions
+    /// recorded before it was counted, which read back as 0.
+    #[serde(default)]
+    pub calls_with_unknown_cached_tokens: u32,
 }
 
 impl SessionUsage {
@@ -295,7 +299,10 @@ impl SessionUsage {
         self.calls += 1;
         self.input_tokens += usage.input_tokens.unwrap_or(0);
         self.output_tokens += usage.output_tokens.unwrap_or(0);
-        self.cached_tokens += usage.cached_tokens.unwrap_or(0);
+        match usage.cached_tokens {
+            Some(cached) => self.cached_tokens += cached,
+            None => self.calls_with_unknown_cached_tokens += 1,
+        }
         if usage.input_tokens.is_none() || usage.output_tokens.is_none() {
             self.calls_with_unknown_tokens += 1;
         }
@@ -308,6 +315,11 @@ impl SessionUsage {
     /// Total tokens, if every call reported its tokens.
     pub fn total_tokens(&self) -> Option<u64> {
         (self.calls_with_unknown_tokens == 0).then_some(self.input_tokens + self.output_tokens)
+    }
+
+    /// Total cached tokens, if every call reported them.
+    pub fn total_cached_tokens(&self) -> Option<u64> {
+        (self.calls_with_unknown_cached_tokens == 0).then_some(self.cached_tokens)
     }
 
     /// Total cost, if every call's cost is known.
@@ -340,5 +352,52 @@ fn error_kind(error: &crate::Error) -> &'static str {
         Error::NoAnswer { .. } => "no_answer",
         #[allow(unreachable_patterns)]
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn usage(input: Option<u64>, output: Option<u64>, cached: Option<u64>) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cached_tokens: cached,
+        }
+    }
+
+    #[test]
+    fn unreported_usage_is_counted_as_unknown_never_summed_as_zero() {
+        let mut total = SessionUsage::default();
+        total.add(&usage(Some(100), Some(10), Some(40)), Some(0.5));
+        assert_eq!(total.total_tokens(), Some(110));
+        assert_eq!(total.total_cached_tokens(), Some(40));
+        assert_eq!(total.total_cost(), Some(0.5));
+
+        // A second call that reported tokens but neither cached tokens nor a price.
+        total.add(&usage(Some(50), Some(5), None), None);
+        assert_eq!(total.total_tokens(), Some(165));
+        assert_eq!(total.total_cached_tokens(), None);
+        assert_eq!(total.total_cost(), None);
+        assert_eq!(
+            (total.cached_tokens, total.calls_with_unknown_cached_tokens),
+            (40, 1),
+            "the known part is kept beside the count of unknowns"
+        );
+
+        total.add(&usage(None, Some(5), Some(0)), Some(0.1));
+        assert_eq!(total.total_tokens(), None);
+        assert_eq!(total.calls, 3);
+    }
+
+    #[test]
+    fn a_usage_record_written_before_cached_tokens_were_counted_still_reads() {
+        let old = r#"{"calls":1,"input_tokens":3,"output_tokens":4,"cached_tokens":0,
+            "cost_dollars":0.0,"calls_with_unknown_tokens":0,"calls_with_unknown_cost":1}"#;
+        let usage: SessionUsage = serde_json::from_str(old).unwrap();
+        assert_eq!(usage.calls_with_unknown_cached_tokens, 0);
+        assert_eq!(usage.total_tokens(), Some(7));
     }
 }
