@@ -237,3 +237,142 @@ fn sessions_prune_rejects_a_bad_age_or_a_running_status_by_name() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("not running"), "{stderr}");
 }
+
+#[tokio::test]
+async fn top_once_shows_running_sessions_most_recent_first_with_their_last_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = SqliteStore::open(&db).await.unwrap();
+    let quiet = store.create(NewSession::new()).await.unwrap().id;
+    let busy = store
+        .create(NewSession::new().with_profile("sha256:abc"))
+        .await
+        .unwrap()
+        .id;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let events = vec![
+        NewEvent::new("turn.started", json!({})),
+        NewEvent::new("tool.call", json!({"name": "calculator"})),
+    ];
+    store.append(&busy, 0, events).await.unwrap();
+    let done = store.create(NewSession::new()).await.unwrap().id;
+    store
+        .finish(
+            &done,
+            0,
+            Finish::completed(NewEvent::new("run.completed", json!({}))),
+        )
+        .await
+        .unwrap();
+    drop(store);
+
+    let out = agentrt(&["top", "--store", db.to_str().unwrap(), "--once"]);
+    assert!(out.status.success(), "{out:?}");
+    let frame = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = frame.lines().collect();
+    assert_eq!(lines[0], "2 running sessions, - events/s in all", "{frame}");
+    assert!(
+        lines[2].starts_with(&busy.to_string()),
+        "busiest first: {frame}"
+    );
+    assert!(
+        lines[2].contains("tool.call") && lines[2].contains("sha256:abc"),
+        "{frame}"
+    );
+    assert!(lines[3].starts_with(&quiet.to_string()), "{frame}");
+    assert!(
+        !frame.contains(&done.to_string()),
+        "a finished session is not shown: {frame}"
+    );
+
+    let out = agentrt(&[
+        "top",
+        "--store",
+        db.to_str().unwrap(),
+        "--once",
+        "--limit",
+        "1",
+    ]);
+    let frame = String::from_utf8(out.stdout).unwrap();
+    assert!(frame.ends_with("(and 1 more)\n"), "{frame}");
+}
+
+#[test]
+fn top_rejects_a_bad_interval_by_name() {
+    let out = agentrt(&["top", "--interval", "often", "--once"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("'often'") && stderr.contains("--interval"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn top_refreshes_with_event_rates_until_interrupted() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("runs.db");
+    let store = SqliteStore::open(&db).await.unwrap();
+    let busy = store.create(NewSession::new()).await.unwrap().id;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args(["top", "--store", db.to_str().unwrap(), "--interval", "50ms"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                lines.lock().unwrap().push(line.unwrap());
+            }
+        })
+    };
+    let frames = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with("1 running sessions"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // Keep the session busy while top samples it, until it has shown a few frames (by then its
+    // Ctrl-C handler is installed: it listens from the first frame on).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut next = 0;
+    while frames(&lines.lock().unwrap()).len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "top showed no frames");
+        next = store
+            .append(&busy, next, vec![NewEvent::new("tick", json!({}))])
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top did not stop on Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    reader.join().unwrap();
+    assert!(status.success(), "Ctrl-C ends top cleanly: {status}");
+    let lines = lines.lock().unwrap().clone();
+    let summaries = frames(&lines);
+    assert_eq!(summaries[0], "1 running sessions, - events/s in all");
+    assert!(
+        summaries[1..].iter().any(|l| !l.contains(", - events/s")),
+        "later frames measure a rate: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("tick")), "{lines:?}");
+}

@@ -18,6 +18,7 @@ mod provider;
 mod run;
 mod serve;
 mod supervise;
+mod top;
 mod workers;
 
 /// agentrt: run agent profiles exactly, and inspect what they did.
@@ -59,6 +60,9 @@ enum Command {
     /// profile's model. Everything is journaled; `--run` resumes a run after a crash. Exit 0
     /// when a worker was delivered (its output on stdout), 1 when none was.
     Supervise(supervise::SuperviseArgs),
+    /// A live view of the running sessions in a store: events, event rate, idle time and the
+    /// last event of each, the most recently active first; refreshed until Ctrl-C.
+    Top(top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +159,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Supervise(args) => supervise::run(args).await,
+        Command::Top(args) => top::top(args).await,
     }
 }
 
