@@ -15,6 +15,15 @@ fn agentrt(args: &[&str]) -> Output {
         .expect("the agentrt binary runs")
 }
 
+/// Asserts the command exited with `code` and that its stderr names each of `needles`.
+fn assert_fails_saying(out: Output, code: i32, needles: &[&str]) {
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+}
+
 fn examples_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/profiles")
 }
@@ -35,11 +44,11 @@ fn profile_check_names_every_problem_and_exits_non_zero() {
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "name = \"\"\nbogus = 1\n").unwrap();
     let out = agentrt(&["profile", "check", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("bogus: unknown field"), "{stderr}");
-    assert!(stderr.contains("name: got \"\""), "{stderr}");
-    assert!(stderr.contains("model: missing"), "{stderr}");
+    assert_fails_saying(
+        out,
+        1,
+        &["bogus: unknown field", "name: got \"\"", "model: missing"],
+    );
 }
 
 #[test]
@@ -120,17 +129,10 @@ fn a_malformed_session_id_or_status_is_a_clear_error_not_a_panic() {
     let db = dir.path().join("runs.db");
     let db = db.to_str().unwrap();
     let out = agentrt(&["sessions", "show", "--store", db, "nonsense"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("\"nonsense\" is not a session id"),
-        "{stderr}"
-    );
+    assert_fails_saying(out, 1, &["\"nonsense\" is not a session id"]);
 
     let out = agentrt(&["sessions", "list", "--store", db, "--status", "done"]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("\"done\""), "{stderr}");
+    assert_fails_saying(out, 1, &["\"done\""]);
 }
 
 #[tokio::test]
@@ -216,12 +218,7 @@ fn sessions_prune_rejects_a_bad_age_or_a_running_status_by_name() {
     let db = dir.path().join("runs.db");
     let db = db.to_str().unwrap();
     let out = agentrt(&["sessions", "prune", "--store", db, "--older-than", "soon"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("'soon'") && stderr.contains("--older-than"),
-        "{stderr}"
-    );
+    assert_fails_saying(out, 2, &["'soon'", "--older-than"]);
 
     let out = agentrt(&[
         "sessions",
@@ -233,9 +230,7 @@ fn sessions_prune_rejects_a_bad_age_or_a_running_status_by_name() {
         "--status",
         "running",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("not running"), "{stderr}");
+    assert_fails_saying(out, 1, &["not running"]);
 }
 
 #[tokio::test]
@@ -300,12 +295,7 @@ async fn top_once_shows_running_sessions_most_recent_first_with_their_last_event
 #[test]
 fn top_rejects_a_bad_interval_by_name() {
     let out = agentrt(&["top", "--interval", "often", "--once"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("'often'") && stderr.contains("--interval"),
-        "{stderr}"
-    );
+    assert_fails_saying(out, 2, &["'often'", "--interval"]);
 }
 
 #[tokio::test]

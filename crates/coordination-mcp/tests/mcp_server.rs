@@ -604,6 +604,20 @@ fn is_nonblocking(fd: &impl std::os::fd::AsRawFd) -> bool {
     flags & O_NONBLOCK != 0
 }
 
+/// Starts the example server with `--stdio` on the given stdin and stdout.
+fn spawn_stdio_server(
+    stdin: impl Into<std::process::Stdio>,
+    stdout: impl Into<std::process::Stdio>,
+) -> std::process::Child {
+    std::process::Command::new(common::example_server())
+        .arg("--stdio")
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits (bounded) for the child to exit by itself and asserts it succeeded.
 fn wait_for_exit(child: &mut std::process::Child) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -630,13 +644,7 @@ fn stdio_pipes_are_served_non_blocking_and_handed_back_blocking() {
         stdin_rx.try_clone().unwrap(),
         stdout_tx.try_clone().unwrap(),
     );
-    let mut child = std::process::Command::new(common::example_server())
-        .arg("--stdio")
-        .stdin(stdin_rx)
-        .stdout(stdout_tx)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_stdio_server(stdin_rx, stdout_tx);
     assert!(!is_nonblocking(&server_in) && !is_nonblocking(&server_out));
     let mut reader = std::io::BufReader::new(stdout_rx);
     let names = list_tools_through(&stdin_tx, &mut reader);
@@ -663,13 +671,7 @@ fn stdio_that_is_a_socket_not_a_pipe_is_served_too() {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let stdin = std::os::fd::OwnedFd::from(theirs.try_clone().unwrap());
     let stdout = std::os::fd::OwnedFd::from(theirs);
-    let mut child = std::process::Command::new(common::example_server())
-        .arg("--stdio")
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_stdio_server(stdin, stdout);
     ours.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let names = list_tools_over(&ours);
