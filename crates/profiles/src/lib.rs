@@ -75,7 +75,7 @@ pub use canonical::ContentAddress;
 pub use error::{FieldError, FieldErrorKind, Format, ProfileError, ValidationErrors};
 pub use profile::{
     AgentProfile, BudgetDefaults, Harness, McpServer, McpTransport, ModelSpec, Permissions,
-    Resources, Skill, SkillSource, ToolSpec,
+    Resources, Skill, SkillSource, StackSettings, ToolCallMode, ToolSpec,
 };
 
 impl Format {

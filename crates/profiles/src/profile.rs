@@ -130,6 +130,88 @@ pub struct ModelSpec {
     /// Maximum output tokens per model call, at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// How the model is asked for tool calls (default [`ToolCallMode::Native`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tool_calls: ToolCallMode,
+    /// Timeouts, retries and limits of the middleware stack every call to this model goes
+    /// through. Absent fields take the runtime's documented defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub stack: StackSettings,
+}
+
+/// How a model is asked for tool calls. Serialized in kebab case (`"structured"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolCallMode {
+    /// The provider's own tool-calling API (`tools` in the request, tool calls in the reply).
+    #[default]
+    Native,
+    /// For servers and models without dependable native tool calling: the request carries a
+    /// JSON schema whose alternatives are "answer with text" and "call tool X with arguments
+    /// matching X's schema" for each tool, and the reply is mapped back to ordinary tool calls.
+    Structured,
+}
+
+impl ToolCallMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [ToolCallMode; 2] = [ToolCallMode::Native, ToolCallMode::Structured];
+
+    /// The name used in profile files, e.g. `"structured"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolCallMode::Native => "native",
+            ToolCallMode::Structured => "structured",
+        }
+    }
+}
+
+impl std::fmt::Display for ToolCallMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Settings of the model middleware stack (`[model.stack]`): timeouts, retries and limits.
+/// Every field is optional; the runtime documents the default it uses for an absent one, and
+/// a caller (a CLI flag, say) may override any of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackSettings {
+    /// Milliseconds to establish the connection to the provider, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Milliseconds from sending a request to its response's status and headers (time to
+    /// first byte), per attempt, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_timeout_ms: Option<u64>,
+    /// Milliseconds allowed between two chunks of a streamed response, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Attempts per call, the first included (1 means no retry), at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Calls streaming at once through one model, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Attempts started per minute, at least 1. Absent: no rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+}
+
+impl StackSettings {
+    /// `self` with every field that `overrides` sets replaced by the override.
+    pub fn overridden_by(self, overrides: StackSettings) -> StackSettings {
+        StackSettings {
+            connect_timeout_ms: overrides.connect_timeout_ms.or(self.connect_timeout_ms),
+            first_byte_timeout_ms: overrides
+                .first_byte_timeout_ms
+                .or(self.first_byte_timeout_ms),
+            idle_timeout_ms: overrides.idle_timeout_ms.or(self.idle_timeout_ms),
+            max_attempts: overrides.max_attempts.or(self.max_attempts),
+            max_concurrency: overrides.max_concurrency.or(self.max_concurrency),
+            requests_per_minute: overrides.requests_per_minute.or(self.requests_per_minute),
+        }
+    }
 }
 
 impl ModelSpec {

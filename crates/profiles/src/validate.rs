@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Map, Value};
 
 use crate::error::{FieldError, FieldErrorKind, render_list};
-use crate::profile::Harness;
+use crate::profile::{Harness, ToolCallMode};
 
 /// Largest integer a profile holds: TOML integers are signed 64-bit.
 const MAX_INT: u64 = i64::MAX as u64;
@@ -37,6 +37,8 @@ const MODEL_FIELDS: &[&str] = &[
     "base_url",
     "temperature",
     "max_tokens",
+    "tool_calls",
+    "stack",
 ];
 const SKILL_FIELDS: &[&str] = &["name", "description", "text", "path"];
 const TOOL_FIELDS: &[&str] = &["name", "config"];
@@ -44,6 +46,14 @@ const MCP_FIELDS: &[&str] = &["name", "command", "args", "env", "url", "headers"
 const PERMISSION_FIELDS: &[&str] = &["network", "write_roots", "exec"];
 const RESOURCE_FIELDS: &[&str] = &["cpus", "memory_mb", "wall_time_secs"];
 const BUDGET_FIELDS: &[&str] = &["tokens", "dollars", "wall_secs", "turns"];
+const STACK_FIELDS: &[&str] = &[
+    "connect_timeout_ms",
+    "first_byte_timeout_ms",
+    "idle_timeout_ms",
+    "max_attempts",
+    "max_concurrency",
+    "requests_per_minute",
+];
 
 const NAME_RULE: &str =
     "a name of 1 to 64 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit";
@@ -419,6 +429,8 @@ impl Checker<'_> {
                 "base_url" => self.url(&p, v),
                 "temperature" => self.number_in(&p, v, 0.0, true, 2.0),
                 "max_tokens" => self.positive_int(&p, v, u64::from(u32::MAX)),
+                "tool_calls" => self.tool_call_mode(&p, v),
+                "stack" => self.stack(&p, v),
                 _ => {}
             }
         }
@@ -627,6 +639,37 @@ impl Checker<'_> {
             match *field {
                 "cpus" => self.number_in(&p, v, 0.0, false, 4096.0),
                 _ => self.positive_int(&p, v, MAX_INT),
+            }
+        }
+    }
+
+    fn tool_call_mode(&mut self, path: &str, value: &Value) {
+        let names: Vec<String> = ToolCallMode::ALL
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect();
+        let expected = format!("one of {}", render_list(&names));
+        let Some(s) = self.string(path, value, &expected) else {
+            return;
+        };
+        if !names.iter().any(|n| n == s) {
+            self.invalid(path, value, &expected);
+        }
+    }
+
+    fn stack(&mut self, path: &str, value: &Value) {
+        let Some(map) = self.object(path, value, "the model stack section", STACK_FIELDS, &[])
+        else {
+            return;
+        };
+        for field in STACK_FIELDS {
+            let Some(v) = map.get(*field) else { continue };
+            let p = child_path(path, field);
+            match *field {
+                "connect_timeout_ms" | "first_byte_timeout_ms" | "idle_timeout_ms" => {
+                    self.positive_int(&p, v, MAX_INT)
+                }
+                _ => self.positive_int(&p, v, u64::from(u32::MAX)),
             }
         }
     }

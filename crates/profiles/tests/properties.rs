@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use agentrt_profiles::{
     AgentProfile, BudgetDefaults, Format, Harness, McpServer, McpTransport, ModelSpec, Permissions,
-    ProfileError, Resources, Skill, SkillSource, ToolSpec,
+    ProfileError, Resources, Skill, SkillSource, StackSettings, ToolCallMode, ToolSpec,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -94,6 +94,8 @@ fn model() -> impl Strategy<Value = ModelSpec> {
                     base_url,
                     temperature,
                     max_tokens,
+                    tool_calls: ToolCallMode::default(),
+                    stack: StackSettings::default(),
                 }
             },
         )

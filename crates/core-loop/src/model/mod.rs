@@ -7,6 +7,7 @@ mod http;
 mod meter;
 mod openai;
 mod price;
+mod profile;
 mod retry;
 mod scripted;
 mod stack;
@@ -16,6 +17,11 @@ pub use anthropic::{Anthropic, AnthropicBuilder};
 pub use meter::{UsageMeter, UsageTotals};
 pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};
 pub use price::{ModelPrice, PriceTable};
+pub use profile::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, ModelOptions, PROVIDERS, ResolvedStack,
+    model_from_profile, stack_for,
+};
 pub use retry::{ModelRetry, RetryPolicy};
 pub use scripted::{ScriptedModel, ScriptedTurn};
 pub use stack::{
