@@ -7,16 +7,18 @@
 //! ```
 //!
 //! `OPENAI_MODEL` picks the model (default: the first one the server lists at `/models`).
-//! The run streams its events (each printed after it was persisted), then replays the session
-//! from the SQLite store.
+//! The agent is a profile, and its model is built the one way every front door builds one:
+//! `model_from_profile`, which wraps the provider's client in the middleware stack (timeouts,
+//! retry honouring Retry-After, limits, tracing). The run streams its events (each printed after
+//! it was persisted), then replays the session from the SQLite store.
 
 use std::sync::Arc;
 
-use agentrt_core_loop::model::{ChatModel, OpenAiCompatible};
+use agentrt_core_loop::model::{ModelOptions, model_from_profile};
 use agentrt_core_loop::{
-    Budget, BudgetLimits, RuntimeEvent, ToolError, ToolLoop, ToolRegistry, TypedTool,
-    stream_tool_loop,
+    RuntimeEvent, ToolError, ToolLoop, ToolRegistry, TypedTool, stream_tool_loop,
 };
+use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{SessionStore, SqliteStore};
 use futures::{StreamExt, TryStreamExt};
 use schemars::JsonSchema;
@@ -84,11 +86,24 @@ async fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("{url} lists no model; set OPENAI_MODEL"))?
         }
     };
-    let model: Arc<dyn ChatModel> = Arc::new(
-        OpenAiCompatible::builder(base_url.clone())
-            .api_key(api_key)
-            .build()?,
-    );
+    // The agent as data. Budget turns also bound the loop; `[model.stack]` could tune the
+    // timeouts and retries (see `StackSettings`), here the documented defaults apply.
+    let profile = AgentProfile::from_toml_str(&format!(
+        r#"
+name = "real-model-clock"
+harness = "router"
+system_prompt = "You are a helpful assistant. Use the clock tool when asked about the time."
+[model]
+provider = "openai-compatible"
+default = {model_id:?}
+max_tokens = 256
+[budget]
+tokens = 20000
+turns = 4
+"#
+    ))?;
+    // Keys and OPENAI_BASE_URL come from the environment, never from the profile.
+    let model = model_from_profile(&profile, &ModelOptions::from_env())?;
 
     let tmp = tempfile::tempdir()?;
     let path = match std::env::args().nth(1) {
@@ -97,15 +112,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(&path).await?);
 
-    let config = ToolLoop::new(model, model_id.clone(), store.clone())
-        .system("You are a helpful assistant. Use the clock tool when asked about the time.")
+    let config = ToolLoop::from_profile(&profile, model, store.clone())?
         .user("What time is it, as a Unix timestamp?")
-        .tools(ToolRegistry::new().with_typed(Clock))
-        .budget(Budget::new(
-            BudgetLimits::unlimited().tokens(20_000).turns(4),
-        )?)
-        .max_tokens(256)
-        .max_turns(4);
+        .tools(ToolRegistry::new().with_typed(Clock));
 
     println!(
         "== {model_id} at {base_url}; events persisted to {}",

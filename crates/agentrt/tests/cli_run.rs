@@ -128,7 +128,7 @@ fn a_provider_the_cli_cannot_reach_is_named() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
-        stderr.contains("provider `scripted` cannot be run")
+        stderr.contains("model.provider `scripted` cannot be reached")
             && stderr.contains("openai-compatible"),
         "{stderr}"
     );

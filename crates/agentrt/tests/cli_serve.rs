@@ -275,3 +275,96 @@ fn agentrt_serve_over_http_takes_a_python_sdk_supervisor_and_stops_on_ctrl_c() {
     assert_one_real_worker_delivered(&out);
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn supervise_over_a_profiles_directory_runs_each_named_profile_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_url = std::env::var("AGENTRT_LLM_BASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8089/v1".to_owned());
+    // The supervisor allows the workers' models; each worker profile names its own.
+    let boss = dir.path().join("boss.json");
+    std::fs::write(
+        &boss,
+        json!({"name": "boss", "harness": "cli-base",
+               "model": {"provider": "openai-compatible", "default": "boss-model",
+                         "allowed": ["boss-model", "writer-model", "critic-model"],
+                         "base_url": base_url}})
+        .to_string(),
+    )
+    .unwrap();
+    let profiles = dir.path().join("profiles");
+    std::fs::create_dir(&profiles).unwrap();
+    let mut workers = Vec::new();
+    for name in ["writer", "critic"] {
+        let text = format!(
+            "name = \"{name}\"\nharness = \"router\"\nsystem_prompt = \"You are the {name}.\"\n\
+             [model]\nprovider = \"openai-compatible\"\ndefault = \"{name}-model\"\n\
+             base_url = \"{base_url}\"\nmax_tokens = 16\ntemperature = 0.0\n"
+        );
+        std::fs::write(profiles.join(format!("{name}.toml")), &text).unwrap();
+        workers.push(agentrt::profiles::AgentProfile::from_toml_str(&text).unwrap());
+    }
+    let db = dir.path().join("runs.db");
+    let brain = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/brain.py");
+    let python = python();
+    let out = Command::new(env!("CARGO_BIN_EXE_agentrt"))
+        .args([
+            "supervise",
+            boss.to_str().unwrap(),
+            "Say hello.",
+            "--store",
+            db.to_str().unwrap(),
+            "--tokens",
+            "10000",
+            "--turns",
+            "20",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--",
+            python.to_str().unwrap(),
+            brain.to_str().unwrap(),
+        ])
+        .env_remove("AGENTRT_STORE")
+        .env("AGENTRT_BRAIN_PROFILES", "writer,critic,!ghost")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 of 2 delivered"), "{stderr}");
+    assert!(
+        stderr.contains("refused ghost:") && stderr.contains("no profile named `ghost`"),
+        "an unknown name is a tool error the brain sees: {stderr}"
+    );
+
+    // Each worker's session records its own profile and the model it requested.
+    let store = SqliteStore::open(&db).await.unwrap();
+    for worker in &workers {
+        let address = worker.content_address().to_string();
+        let sessions = store
+            .list(agentrt::session_store::SessionFilter {
+                profile: Some(address.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(sessions.len(), 1, "one session ran {}", worker.name);
+        let events: Vec<_> = store
+            .replay(&sessions[0].id, 0)
+            .try_collect()
+            .await
+            .unwrap();
+        let started: Value = events[0].payload.parse().unwrap();
+        assert_eq!(
+            started["model"],
+            format!("{}-model", worker.name),
+            "{started}"
+        );
+        let system = started["messages"][0]["content"]
+            .as_str()
+            .unwrap_or_default();
+        assert_eq!(system, format!("You are the {}.", worker.name), "{started}");
+    }
+}

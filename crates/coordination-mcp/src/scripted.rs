@@ -116,6 +116,11 @@ impl WorkerFactory for ScriptedWorkerFactory {
         }
     }
 
+    /// Scripted workers call no model.
+    fn model_for(&self, _target: &AgentTarget) -> Option<String> {
+        None
+    }
+
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         let script = self.script_for(&spec.task);
         for turn in 1..=script.turns {

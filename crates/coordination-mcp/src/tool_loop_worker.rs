@@ -1,13 +1,14 @@
 //! Workers that run a real core-loop tool loop: a model calling tools until it answers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_core_loop::model::ChatModel;
+use agentrt_core_loop::model::ProfileModels;
 use agentrt_core_loop::{
     Budget, BudgetLimits, SteeringHandle, StopReason, ToolLoop, ToolRegistry, run_tool_loop,
 };
-use agentrt_profiles::AgentProfile;
+use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
@@ -19,9 +20,33 @@ use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 /// How often queued steering is forwarded to a running loop's steering handle.
 const STEER_POLL: Duration = Duration::from_millis(10);
 
-/// A [`WorkerFactory`] whose workers run [`run_tool_loop`]: the task is the user message, the
-/// model's final answer is the worker's output, and every model call and tool call is recorded
-/// in the session store as the loop's session.
+/// A [`WorkerFactory`] whose workers run [`run_tool_loop`] as the profile their spawn names:
+/// the task is the user message, the model's final answer is the worker's output, and every
+/// model call and tool call is recorded in the session store as the loop's session (which
+/// records the profile's content address, the requested model and the model the server
+/// reported).
+///
+/// # Exact execution
+///
+/// A spawn's target resolves to one profile — `profile: NAME` through the
+/// [`profiles`](ToolLoopWorkerFactory::profiles) registry (or the supervisor profile itself, by
+/// its name), `subagent: NAME` to that subagent of the
+/// [`supervisor_profile`](ToolLoopWorkerFactory::supervisor_profile) — and the worker runs
+/// exactly that profile through [`ToolLoop::from_profile`]: its provider and default model
+/// (built once per profile by [`ProfileModels`]), its system prompt and instructions, its
+/// sampling settings, and the tools of its MCP servers (started for the worker's loop beside
+/// the factory-wide [`tools`](ToolLoopWorkerFactory::tools), shut down when it ends; one that
+/// cannot be reached fails the worker). A name that resolves to nothing is refused at spawn
+/// time with [`Error::InvalidRequest`] naming the field and the known names.
+///
+/// # Allowed-models guard
+///
+/// Every spawn is checked at validation time (before anything is spawned or reserved): the
+/// model must be allowed by the target's own profile and, with a supervisor profile set, by
+/// the supervisor's profile too. A refusal is [`Error::ModelNotAllowed`] naming the model and
+/// the allowed set — never a silent fallback.
+///
+/// # Budget
 ///
 /// The loop runs inside the agent's reservation: its turn limit is the reserved turns and its
 /// core-loop [`Budget`] is limited to the reserved tokens. Afterwards the loop's turns and
@@ -29,133 +54,146 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 /// whole token reservation spent (unknown never becomes zero). Steering reaches the model as a
 /// user message at the loop's next turn boundary.
 ///
-/// A `subagent` target of the supervisor's profile runs with that subagent's own system prompt
-/// and instructions instead of the factory-wide [`system`](ToolLoopWorkerFactory::system)
-/// prompt, and with the tools of the MCP servers that subagent names (started for the worker's
-/// loop beside the factory-wide [`tools`](ToolLoopWorkerFactory::tools), shut down when it ends;
-/// one that cannot be reached fails the worker).
-///
 /// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
 /// then decides delivery); budget exhaustion, cancellation and failure fail it.
-///
-/// # Allowed-models guard
-///
-/// With [`supervisor_profile`](ToolLoopWorkerFactory::supervisor_profile) set, every spawn is
-/// checked at validation time (before anything is spawned or reserved): the workers' model must
-/// be allowed by the supervisor's profile, a `subagent` target must name one of its subagents,
-/// and the model must also be allowed by that subagent's own profile. A refusal is
-/// [`Error::ModelNotAllowed`] naming the model and the allowed set — never a silent fallback.
 #[derive(Clone)]
 pub struct ToolLoopWorkerFactory {
-    model: Arc<dyn ChatModel>,
-    model_id: String,
+    models: ProfileModels,
     store: Arc<dyn SessionStore>,
     tools: ToolRegistry,
-    system: Option<String>,
-    profile: Option<Arc<AgentProfile>>,
+    registry: Arc<ProfileRegistry>,
+    supervisor: Option<Arc<AgentProfile>>,
+    overrides: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for ToolLoopWorkerFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ToolLoopWorkerFactory")
-            .field("model_id", &self.model_id)
+            .field("profiles", &self.registry.names().collect::<Vec<_>>())
+            .field("supervisor", &self.supervisor.as_ref().map(|p| &p.name))
             .field("tools", &self.tools)
             .finish_non_exhaustive()
     }
 }
 
 impl ToolLoopWorkerFactory {
-    /// Workers running `model_id` on `model`, recording into `store`, with no tools.
-    pub fn new(
-        model: Arc<dyn ChatModel>,
-        model_id: impl Into<String>,
-        store: Arc<dyn SessionStore>,
-    ) -> Self {
+    /// Workers whose profiles get their models from `models`, recording into `store`; no
+    /// profiles to resolve yet, no extra tools.
+    pub fn new(models: ProfileModels, store: Arc<dyn SessionStore>) -> Self {
         ToolLoopWorkerFactory {
-            model,
-            model_id: model_id.into(),
+            models,
             store,
             tools: ToolRegistry::new(),
-            system: None,
-            profile: None,
+            registry: Arc::new(ProfileRegistry::new()),
+            supervisor: None,
+            overrides: HashMap::new(),
         }
     }
 
-    /// The tools every worker's loop offers.
+    /// Tools every worker's loop offers besides its profile's own.
     pub fn tools(mut self, tools: ToolRegistry) -> Self {
         self.tools = tools;
         self
     }
 
-    /// A system prompt for every worker.
-    pub fn system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
+    /// The profiles a `profile: NAME` spawn resolves through.
+    pub fn profiles(mut self, registry: ProfileRegistry) -> Self {
+        self.registry = Arc::new(registry);
         self
     }
 
-    /// The supervisor's profile, whose allowed-models guard (and subagents) every spawn is
-    /// checked against; see the type's documentation.
+    /// The supervisor's profile: its subagents can be spawned by name, it can be spawned by its
+    /// own name, and its allowed-models guard applies to every spawn.
     pub fn supervisor_profile(mut self, profile: AgentProfile) -> Self {
-        self.profile = Some(Arc::new(profile));
+        self.supervisor = Some(Arc::new(profile));
         self
     }
 
-    /// The model every worker runs.
-    pub fn model_id(&self) -> &str {
-        &self.model_id
+    /// Workers of the profile named `profile` run `model` instead of its default (the profile
+    /// must allow it; checked on every spawn).
+    pub fn model_override(mut self, profile: impl Into<String>, model: impl Into<String>) -> Self {
+        self.overrides.insert(profile.into(), model.into());
+        self
     }
 
-    /// The system prompt of a worker running `target`: a subagent of the supervisor's profile
-    /// speaks with its own voice (its system prompt, then its instructions), in place of the
-    /// factory-wide prompt; other targets, and a subagent that declares neither, get the
-    /// factory-wide prompt.
-    fn system_for(&self, target: &AgentTarget) -> Option<String> {
-        let own = self.subagent(target).and_then(|s| {
-            let parts: Vec<&str> = [s.system_prompt.as_deref(), s.instructions.as_deref()]
-                .into_iter()
-                .flatten()
-                .filter(|part| !part.trim().is_empty())
-                .collect();
-            (!parts.is_empty()).then(|| parts.join("\n\n"))
-        });
-        own.or_else(|| self.system.clone())
-    }
-
-    /// The supervisor profile's subagent that `target` names, if it is one.
-    fn subagent(&self, target: &AgentTarget) -> Option<&AgentProfile> {
-        match (target, &self.profile) {
-            (AgentTarget::Subagent(name), Some(profile)) => profile.subagent(name),
-            _ => None,
+    /// The profile a spawn of `target` runs.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRequest`] (field `profile` or `subagent`) when nothing of that name is
+    /// known, listing what is.
+    pub fn profile_for(&self, target: &AgentTarget) -> Result<&AgentProfile, Error> {
+        match target {
+            AgentTarget::Subagent(name) => {
+                let Some(supervisor) = &self.supervisor else {
+                    return Err(Error::invalid(
+                        "subagent",
+                        format!("no supervisor profile is set, so subagent `{name}` is unknown"),
+                    ));
+                };
+                supervisor.subagent(name).ok_or_else(|| {
+                    let known: Vec<&str> = supervisor
+                        .subagents
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    Error::invalid(
+                        "subagent",
+                        format!(
+                            "profile `{}` has no subagent `{name}` (subagents: [{}])",
+                            supervisor.name,
+                            known.join(", ")
+                        ),
+                    )
+                })
+            }
+            AgentTarget::Profile(name) => {
+                if let Some(profile) = self.registry.get(name) {
+                    return Ok(profile);
+                }
+                match &self.supervisor {
+                    Some(supervisor) if supervisor.name == *name => Ok(supervisor),
+                    supervisor => {
+                        let mut known: Vec<&str> = self.registry.names().collect();
+                        if let Some(s) = supervisor {
+                            known.push(&s.name);
+                        }
+                        known.sort_unstable();
+                        Err(Error::invalid(
+                            "profile",
+                            format!(
+                                "no profile named `{name}` (profiles: [{}])",
+                                known.join(", ")
+                            ),
+                        ))
+                    }
+                }
+            }
         }
+    }
+
+    /// The model a worker of `profile` runs: its override, else its default.
+    fn model_id(&self, profile: &AgentProfile) -> String {
+        self.overrides
+            .get(&profile.name)
+            .cloned()
+            .unwrap_or_else(|| profile.model.default.clone())
     }
 }
 
 #[async_trait]
 impl WorkerFactory for ToolLoopWorkerFactory {
     fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
-        let Some(profile) = &self.profile else {
-            return Ok(());
-        };
-        Error::ensure_model_allowed(profile, &self.model_id)?;
-        if let AgentTarget::Subagent(name) = target {
-            let subagent = profile.subagent(name).ok_or_else(|| {
-                let known: Vec<&str> = profile.subagents.iter().map(|s| s.name.as_str()).collect();
-                Error::invalid(
-                    "subagent",
-                    format!(
-                        "profile `{}` has no subagent `{name}` (subagents: [{}])",
-                        profile.name,
-                        known.join(", ")
-                    ),
-                )
-            })?;
-            Error::ensure_model_allowed(subagent, &self.model_id)?;
+        let profile = self.profile_for(target)?;
+        let model = self.model_id(profile);
+        Error::ensure_model_allowed(profile, &model)?;
+        if let Some(supervisor) = &self.supervisor {
+            Error::ensure_model_allowed(supervisor, &model)?;
         }
         Ok(())
     }
 
-    fn model_for(&self, _target: &AgentTarget) -> Option<String> {
-        Some(self.model_id.clone())
+    fn model_for(&self, target: &AgentTarget) -> Option<String> {
+        self.profile_for(target).ok().map(|p| self.model_id(p))
     }
 
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
@@ -163,20 +201,17 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         let budget = Budget::new(BudgetLimits::unlimited().tokens(spec.budget.tokens))
             .map_err(|e| Error::Worker(format!("budget: {e}")))?;
         let steering = SteeringHandle::new();
-        let mut config = ToolLoop::new(
-            self.model.clone(),
-            self.model_id.clone(),
-            self.store.clone(),
-        );
-        if let Some(system) = self.system_for(&spec.target) {
-            config = config.system(system);
-        }
-        // A subagent's own MCP servers are started (or connected) for this worker's loop and
+        let profile = self.profile_for(&spec.target)?.clone();
+        let model = self
+            .models
+            .model_for(&profile)
+            .map_err(|e| Error::Worker(format!("profile `{}`: {e}", profile.name)))?;
+        let config = ToolLoop::from_profile(&profile, model, self.store.clone())
+            .map_err(|e| Error::Worker(format!("profile `{}`: {e}", profile.name)))?
+            .model_id(self.model_id(&profile));
+        // The profile's own MCP servers are started (or connected) for this worker's loop and
         // shut down when it ends.
-        let servers = match self.subagent(&spec.target) {
-            Some(subagent) => McpToolset::connect_profile(subagent).await?,
-            None => McpToolset::default(),
-        };
+        let servers = McpToolset::connect_profile(&profile).await?;
         let mut tools = self.tools.clone();
         servers.register_into(&mut tools);
         let config = config
@@ -252,6 +287,7 @@ system_prompt = "You are the boss."
 [model]
 provider = "openai-compatible"
 default = "small"
+allowed = ["small", "tiny"]
 
 [[subagents]]
 name = "critic"
@@ -260,7 +296,7 @@ system_prompt = "You are the critic."
 instructions = "Answer in one line."
 [subagents.model]
 provider = "openai-compatible"
-default = "small"
+default = "tiny"
 
 [[subagents]]
 name = "plain"
@@ -273,25 +309,30 @@ default = "small"
         .unwrap()
     }
 
-    /// Runs one worker whose model answers with the system prompt it was given.
-    async fn system_prompt_seen_by(profile: Option<&str>, subagent: Option<&str>) -> String {
-        let model = ScriptedModel::from_fn(|request| {
-            let system: Vec<&str> = request
-                .messages
-                .iter()
-                .filter_map(|m| match m {
-                    Message::System { content } => Some(content.as_str()),
-                    _ => None,
-                })
-                .collect();
-            ScriptedTurn::text(system.join(" | ")).with_usage(1, 1)
+    /// A factory whose models answer with the system prompt they were given, prefixed by
+    /// the model id their profile runs.
+    fn factory() -> ToolLoopWorkerFactory {
+        let models = ProfileModels::from_fn(|profile| {
+            let model = profile.model.default.clone();
+            Ok(Arc::new(ScriptedModel::from_fn(move |request| {
+                let system: Vec<&str> = request
+                    .messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        Message::System { content } => Some(content.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                ScriptedTurn::text(format!("[{model}] {}", system.join(" | "))).with_usage(1, 1)
+            })))
         });
-        let factory =
-            ToolLoopWorkerFactory::new(Arc::new(model), "small", Arc::new(MemoryStore::new()))
-                .system("You are a generic worker.")
-                .supervisor_profile(boss());
+        ToolLoopWorkerFactory::new(models, Arc::new(MemoryStore::new())).supervisor_profile(boss())
+    }
+
+    /// Runs one worker and returns its output, or the spawn's refusal.
+    async fn output_of(profile: Option<&str>, subagent: Option<&str>) -> Result<String, Error> {
         let supervisor = Supervisor::new(
-            Arc::new(factory),
+            Arc::new(factory()),
             crate::SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
         );
         let id = supervisor
@@ -299,11 +340,10 @@ default = "small"
                 profile: profile.map(str::to_owned),
                 subagent: subagent.map(str::to_owned),
                 task: "review".into(),
-                completion_check: Some(CompletionCheck::OutputContains { text: "You".into() }),
+                completion_check: Some(CompletionCheck::OutputContains { text: "[".into() }),
                 ..SpawnAgent::default()
             })
-            .await
-            .unwrap()
+            .await?
             .id;
         let done = supervisor
             .await_agent(AwaitAgent {
@@ -314,27 +354,48 @@ default = "small"
             .await
             .unwrap();
         assert!(done.settled[0].status.is_delivered(), "{done:?}");
-        done.settled[0].output.clone()
+        Ok(done.settled[0].output.clone())
     }
 
     #[tokio::test]
-    async fn a_subagent_runs_with_its_own_system_prompt_and_instructions() {
+    async fn a_subagent_runs_with_its_own_model_system_prompt_and_instructions() {
         assert_eq!(
-            system_prompt_seen_by(None, Some("critic")).await,
-            "You are the critic.\n\nAnswer in one line.",
-            "the subagent's own prompt replaces the factory-wide one"
+            output_of(None, Some("critic")).await.unwrap(),
+            "[tiny] You are the critic.\n\nAnswer in one line."
+        );
+        assert_eq!(
+            output_of(None, Some("plain")).await.unwrap(),
+            "[small] ",
+            "a profile without a prompt gets none, not another profile's"
         );
     }
 
     #[tokio::test]
-    async fn profiles_and_subagents_without_a_prompt_get_the_factory_wide_prompt() {
+    async fn a_spawn_of_the_supervisor_profile_by_name_runs_that_profile() {
         assert_eq!(
-            system_prompt_seen_by(None, Some("plain")).await,
-            "You are a generic worker."
+            output_of(Some("boss"), None).await.unwrap(),
+            "[small] You are the boss."
         );
-        assert_eq!(
-            system_prompt_seen_by(Some("anyone"), None).await,
-            "You are a generic worker."
+    }
+
+    #[tokio::test]
+    async fn unknown_names_are_refused_at_spawn_naming_what_is_known() {
+        let err = output_of(Some("anyone"), None).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidRequest {
+                    field: "profile",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("profiles: [boss]"), "{err}");
+        let err = output_of(None, Some("nobody")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("subagents: [critic, plain]"),
+            "{err}"
         );
     }
 }

@@ -46,13 +46,11 @@ pub trait WorkerFactory: Send + Sync + 'static {
         Ok(())
     }
 
-    /// The model this factory's workers run for `target`, when they run one (scripted workers
-    /// run none). [`supervise`](crate::supervise) checks it against the supervisor profile's
-    /// allowed-models guard at spawn time. The default is `None`.
-    fn model_for(&self, target: &AgentTarget) -> Option<String> {
-        let _ = target;
-        None
-    }
+    /// The model this factory's workers run for `target`: `Some(model)`, or `None` only for
+    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervise)
+    /// checks it against the supervisor profile's allowed-models guard at spawn time, so every
+    /// factory must say — there is deliberately no default.
+    fn model_for(&self, target: &AgentTarget) -> Option<String>;
 
     /// Run the worker to completion. An `Err` marks the agent failed.
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error>;

@@ -8,8 +8,8 @@ use agentrt_coordination_mcp::{
     AwaitAgent, BudgetAmount, CompletionCheck, Coordinator, Error, SpawnAgent, Supervisor,
     SupervisorOptions, ToolLoopWorkerFactory,
 };
-use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
-use agentrt_profiles::AgentProfile;
+use agentrt_core_loop::model::{ProfileModels, ScriptedModel, ScriptedTurn};
+use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::MemoryStore;
 
 fn profile() -> AgentProfile {
@@ -33,11 +33,24 @@ default = "medium"
     .unwrap()
 }
 
-fn supervisor_running(model_id: &str) -> Supervisor {
-    let model = ScriptedModel::from_fn(|_| ScriptedTurn::text("done: ok").with_usage(3, 2));
-    let factory =
-        ToolLoopWorkerFactory::new(Arc::new(model), model_id, Arc::new(MemoryStore::new()))
-            .supervisor_profile(profile());
+/// A supervisor whose `worker` profile runs `worker_model`, and whose subagent `narrow` runs
+/// `narrow_model`.
+fn supervisor_with(worker_model: &str, narrow_model: &str) -> Supervisor {
+    let models = ProfileModels::from_fn(|_| {
+        Ok(Arc::new(ScriptedModel::from_fn(|_| {
+            ScriptedTurn::text("done: ok").with_usage(3, 2)
+        })))
+    });
+    let worker = AgentProfile::from_toml_str(&format!(
+        "name = \"worker\"\nharness = \"router\"\n[model]\nprovider = \"openai-compatible\"\ndefault = \"{worker_model}\""
+    ))
+    .unwrap();
+    let mut registry = ProfileRegistry::new();
+    registry.insert(worker).unwrap();
+    let factory = ToolLoopWorkerFactory::new(models, Arc::new(MemoryStore::new()))
+        .profiles(registry)
+        .supervisor_profile(profile())
+        .model_override("narrow", narrow_model);
     Supervisor::new(
         Arc::new(factory),
         SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
@@ -58,7 +71,7 @@ fn spawn(profile: Option<&str>, subagent: Option<&str>) -> SpawnAgent {
 
 #[tokio::test]
 async fn a_model_outside_the_profiles_allowed_set_is_refused_loudly_and_nothing_is_spawned() {
-    let supervisor = supervisor_running("huge");
+    let supervisor = supervisor_with("huge", "medium");
     let before = supervisor.budget();
     let error = supervisor
         .spawn_agent(spawn(Some("worker"), None))
@@ -88,7 +101,7 @@ async fn a_model_outside_the_profiles_allowed_set_is_refused_loudly_and_nothing_
 
 #[tokio::test]
 async fn an_allowed_model_spawns_and_is_delivered() {
-    let supervisor = supervisor_running("medium");
+    let supervisor = supervisor_with("medium", "medium");
     let spawned = supervisor
         .spawn_agent(spawn(Some("worker"), None))
         .await
@@ -107,7 +120,7 @@ async fn an_allowed_model_spawns_and_is_delivered() {
 #[tokio::test]
 async fn a_subagents_own_allowed_set_is_also_enforced() {
     // "small" is allowed by the supervisor, but the subagent allows only its default "medium".
-    let supervisor = supervisor_running("small");
+    let supervisor = supervisor_with("small", "small");
     let before = supervisor.budget();
     let error = supervisor
         .spawn_agent(spawn(None, Some("narrow")))
@@ -128,14 +141,14 @@ async fn a_subagents_own_allowed_set_is_also_enforced() {
     assert!(supervisor.agents().is_empty());
     assert_eq!(supervisor.budget(), before);
 
-    let ok = supervisor_running("medium");
+    let ok = supervisor_with("small", "medium");
     ok.spawn_agent(spawn(None, Some("narrow"))).await.unwrap();
     ok.stop_all("test over").await;
 }
 
 #[tokio::test]
 async fn an_unknown_subagent_is_a_typed_request_error_naming_the_known_ones() {
-    let supervisor = supervisor_running("small");
+    let supervisor = supervisor_with("small", "medium");
     let error = supervisor
         .spawn_agent(spawn(None, Some("ghost")))
         .await

@@ -53,6 +53,10 @@ impl Counting {
 
 #[async_trait]
 impl WorkerFactory for Counting {
+    fn model_for(&self, _target: &agentrt_coordination_mcp::AgentTarget) -> Option<String> {
+        None
+    }
+
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         *self
             .runs
@@ -593,6 +597,10 @@ struct Lead {
 
 #[async_trait]
 impl WorkerFactory for Lead {
+    fn model_for(&self, _target: &agentrt_coordination_mcp::AgentTarget) -> Option<String> {
+        None
+    }
+
     async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sub = ctx

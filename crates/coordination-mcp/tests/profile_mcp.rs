@@ -14,7 +14,7 @@ use agentrt_coordination_mcp::{
     SuperviseOptions, ToolLoopWorkerFactory, supervise,
 };
 use agentrt_core_loop::StopReason;
-use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::model::{ProfileModels, ScriptedModel, ScriptedTurn};
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::MemoryStore;
 use serde_json::{Value, json};
@@ -178,8 +178,7 @@ async fn a_subagent_worker_gets_the_tools_of_its_own_mcp_servers() {
         "the adder finished",
     );
     let workers = ToolLoopWorkerFactory::new(
-        Arc::new(adding_model()),
-        "brain",
+        ProfileModels::from_fn(|_| Ok(Arc::new(adding_model()))),
         Arc::new(MemoryStore::new()),
     )
     .supervisor_profile(profile.clone());

@@ -22,6 +22,10 @@ struct Recursive {
 
 #[async_trait]
 impl WorkerFactory for Recursive {
+    fn model_for(&self, _target: &agentrt_coordination_mcp::AgentTarget) -> Option<String> {
+        None
+    }
+
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
         if !spec.task.starts_with("lead") {
             ctx.begin_turn()?;
@@ -195,6 +199,10 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
     struct Lead;
     #[async_trait]
     impl WorkerFactory for Lead {
+        fn model_for(&self, _target: &agentrt_coordination_mcp::AgentTarget) -> Option<String> {
+            None
+        }
+
         async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
             let sub = ctx
                 .sub_supervisor(

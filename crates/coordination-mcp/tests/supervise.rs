@@ -138,10 +138,27 @@ async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_no
     use agentrt_coordination_mcp::ToolLoopWorkerFactory;
     use agentrt_session_store::MemoryStore;
 
-    let worker_model = ScriptedModel::from_fn(|_| ScriptedTurn::text("done: x"));
-    // The factory itself has no guard configured: supervise enforces the profile's anyway.
+    use agentrt_core_loop::model::ProfileModels;
+    use agentrt_profiles::ProfileRegistry;
+
+    let models = ProfileModels::from_fn(|_| {
+        Ok(Arc::new(ScriptedModel::from_fn(|_| {
+            ScriptedTurn::text("done: x")
+        })))
+    });
+    // The worker profile allows its own model; the factory has no supervisor guard configured:
+    // supervise enforces the supervisor profile's anyway.
+    let mut registry = ProfileRegistry::new();
+    registry
+        .insert(
+            AgentProfile::from_toml_str(
+                "name = \"w\"\nharness = \"router\"\n[model]\nprovider = \"openai-compatible\"\ndefault = \"huge\"",
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let workers =
-        ToolLoopWorkerFactory::new(Arc::new(worker_model), "huge", Arc::new(MemoryStore::new()));
+        ToolLoopWorkerFactory::new(models, Arc::new(MemoryStore::new())).profiles(registry);
     let brain = ScriptedModel::from_fn(|request| {
         match common::tool_results(request).first() {
         None => ScriptedTurn::tool_call(

@@ -13,8 +13,11 @@ use agentrt_coordination_mcp::{
     McpServerConfig, McpToolset, McpTransportConfig, SpawnAgent, SpawnBudget, SteerAgent,
     Supervisor, SupervisorOptions, ToolLoopWorkerFactory,
 };
-use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::model::{
+    ChatModel, ChatRequest, Message, ProfileModels, ScriptedModel, ScriptedTurn,
+};
 use agentrt_core_loop::{Tool, ToolCallError, ToolRegistry};
+use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::MemoryStore;
 
 fn python_tools() -> McpServerConfig {
@@ -31,6 +34,22 @@ fn python_tools() -> McpServerConfig {
             env: BTreeMap::new(),
         },
     }
+}
+
+/// Workers that can run one profile, `name`, on `model`.
+fn factory_of(name: &str, model: ScriptedModel) -> ToolLoopWorkerFactory {
+    let profile = AgentProfile::from_toml_str(&format!(
+        "name = \"{name}\"\nharness = \"router\"\n[model]\nprovider = \"openai-compatible\"\ndefault = \"scripted\""
+    ))
+    .unwrap();
+    let mut registry = ProfileRegistry::new();
+    registry.insert(profile).unwrap();
+    let model: Arc<dyn ChatModel> = Arc::new(model);
+    ToolLoopWorkerFactory::new(
+        ProfileModels::from_fn(move |_| Ok(model.clone())),
+        Arc::new(MemoryStore::new()),
+    )
+    .profiles(registry)
 }
 
 fn last_tool_result(request: &ChatRequest) -> Option<String> {
@@ -53,12 +72,7 @@ async fn a_tool_loop_worker_calls_an_external_mcp_tool_and_is_delivered_by_its_c
         }
         Some(sum) => ScriptedTurn::text(format!("the sum is {sum}")).with_usage(12, 4),
     });
-    let factory = ToolLoopWorkerFactory::new(
-        Arc::new(model.clone()),
-        "scripted",
-        Arc::new(MemoryStore::new()),
-    )
-    .tools(tools);
+    let factory = factory_of("adder", model.clone()).tools(tools);
     let supervisor = Supervisor::new(
         Arc::new(factory),
         SupervisorOptions::with_root_budget(BudgetAmount::new(10_000, 50)),
@@ -147,9 +161,7 @@ async fn steering_reaches_the_model_of_a_tool_loop_worker_once() {
             .with_usage(1, 1),
         }
     });
-    let factory =
-        ToolLoopWorkerFactory::new(Arc::new(model), "scripted", Arc::new(MemoryStore::new()))
-            .tools(ToolRegistry::new().with_tool(Arc::new(Pause)));
+    let factory = factory_of("p", model).tools(ToolRegistry::new().with_tool(Arc::new(Pause)));
     let supervisor = Supervisor::new(
         Arc::new(factory),
         SupervisorOptions::with_root_budget(BudgetAmount::new(10_000, 500)),

@@ -57,6 +57,33 @@ pub enum ProfileError {
         /// The models the profile allows.
         allowed: Vec<String>,
     },
+    /// A profile was asked for by a name the registry does not hold.
+    #[error("no profile named {name:?}; known profiles: {}", render_list(known))]
+    UnknownProfile {
+        /// The name asked for.
+        name: String,
+        /// The names the registry holds.
+        known: Vec<String>,
+    },
+    /// Two profiles given to one registry have the same name.
+    #[error("two profiles are named {name:?}: {first} and {second}")]
+    DuplicateProfile {
+        /// The shared name.
+        name: String,
+        /// Where the first came from (a file path, or `given in code`).
+        first: String,
+        /// Where the second came from.
+        second: String,
+    },
+    /// A profile file in a directory given to a registry failed to load.
+    #[error("in profile file {}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: Box<ProfileError>,
+    },
     /// A string that is not `sha256:` followed by 64 hex digits was parsed as a
     /// [`ContentAddress`](crate::ContentAddress).
     #[error("{input:?} is not a content address, expected `sha256:` followed by 64 hex digits")]

@@ -67,6 +67,7 @@ mod canonical;
 mod error;
 mod parse;
 mod profile;
+mod registry;
 mod validate;
 
 use std::path::Path;
@@ -77,6 +78,7 @@ pub use profile::{
     AgentProfile, BudgetDefaults, Harness, McpServer, McpTransport, ModelSpec, Permissions,
     Resources, Skill, SkillSource, StackSettings, ToolCallMode, ToolSpec,
 };
+pub use registry::ProfileRegistry;
 
 impl Format {
     /// The format a file's extension names: `.toml` or `.json` (in any case).

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentrt::coordination_mcp::McpToolset;
+use agentrt::core_loop::model::model_from_profile;
 use agentrt::core_loop::{
     RuntimeEvent, SessionUsage, StopReason, ToolLoop, ToolRegistry, stream_tool_loop,
 };
@@ -14,7 +15,7 @@ use clap::Args;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::provider::model_for;
+use super::provider::ModelArgs;
 use super::{StoreArgs, load_profile, open_store, parse_id};
 
 /// Arguments of `agentrt run`.
@@ -29,9 +30,8 @@ pub(super) struct RunArgs {
     /// Run this model instead of the profile's default; the profile must allow it.
     #[arg(long)]
     model: Option<String>,
-    /// The provider's base URL, instead of the profile's `model.base_url`.
-    #[arg(long, env = "AGENTRT_BASE_URL")]
-    base_url: Option<String>,
+    #[command(flatten)]
+    model_args: ModelArgs,
     /// Continue this stopped session (after a crash or a cancel) instead of starting one.
     #[arg(long, value_name = "SESSION_ID")]
     resume: Option<String>,
@@ -61,6 +61,8 @@ fn progress_line(event: &RuntimeEvent) -> Option<String> {
 /// Runs `agentrt run`: exit 0 when the model answered, 1 when the loop stopped for any other
 /// reason (the reason on stderr; the session records it either way).
 pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
+    // Flags first: a bad flag is named even when the profile is missing too.
+    let model_options = args.model_args.options()?;
     let Some(profile) = load_profile(&args.profile) else {
         return Ok(ExitCode::from(1));
     };
@@ -69,7 +71,7 @@ pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
         bail!("the task is empty: give it as the second argument");
     }
     let resume = args.resume.as_deref().map(parse_id).transpose()?;
-    let model = model_for(&profile, args.base_url)?;
+    let model = model_from_profile(&profile, &model_options)?;
     let store = open_store(&args.store.store).await?;
 
     let mut config = ToolLoop::from_profile(&profile, model, store)

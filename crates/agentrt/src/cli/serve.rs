@@ -19,9 +19,9 @@ use super::{StoreArgs, load_profile, open_store};
 /// Arguments of `agentrt serve`.
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
-    /// The supervisor profile (.toml or .json): its model runs every worker, its subagents can
-    /// be spawned by name, its allowed-models guard applies to every spawn, and its MCP servers'
-    /// tools are offered to every worker.
+    /// The supervisor profile (.toml or .json): it can be spawned by its name, its subagents by
+    /// theirs (and the profiles of --profiles), each worker running exactly the profile it names;
+    /// its allowed-models guard applies to every spawn.
     profile: PathBuf,
     #[command(flatten)]
     store: StoreArgs,
@@ -52,13 +52,12 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let store = open_store(&args.store.store).await?;
     let Workers {
         factory,
-        servers,
         budget,
         run,
         ..
-    } = args.supervision.workers(&profile, store.clone()).await?;
+    } = args.supervision.workers(&profile, store.clone())?;
     let checker = DefaultChecker::new().with_predicate("non_empty", |out| !out.trim().is_empty());
-    let opened = Supervisor::open(
+    let supervisor = Supervisor::open(
         Arc::new(factory),
         Arc::new(checker),
         SupervisorOptions::with_root_budget(budget),
@@ -66,14 +65,7 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
         run,
     )
     .await
-    .with_context(|| format!("opening the journal run {run}"));
-    let supervisor = match opened {
-        Ok(supervisor) => supervisor,
-        Err(error) => {
-            servers.shutdown().await;
-            return Err(error);
-        }
-    };
+    .with_context(|| format!("opening the journal run {run}"))?;
     eprintln!("journal run {run} (resume it with --run {run})");
 
     let coordinator = Arc::new(supervisor.clone());
@@ -83,7 +75,6 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     // Workers still running are stopped (and journaled as stopped) with the server.
     supervisor.stop_all("the server shut down").await;
-    servers.shutdown().await;
     served.map(|()| ExitCode::SUCCESS)
 }
 

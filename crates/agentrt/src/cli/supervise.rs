@@ -40,15 +40,15 @@ pub(super) async fn run(args: SuperviseArgs) -> Result<ExitCode> {
         bail!("the task is empty: give it as the second argument");
     }
     let store = open_store(&args.store.store).await?;
-    // Workers get the profile's MCP servers' tools (the brain gets them from `supervise`).
+    // Each worker starts the MCP servers of the profile it runs; the brain gets the supervisor
+    // profile's from `supervise`.
     let Workers {
         factory,
         model,
         model_id,
-        servers,
         budget,
         run,
-    } = args.supervision.workers(&profile, store.clone()).await?;
+    } = args.supervision.workers(&profile, store.clone())?;
     let mut options = SuperviseOptions::new(budget, model, Arc::new(factory))
         .store(store)
         .run(run);
@@ -57,9 +57,7 @@ pub(super) async fn run(args: SuperviseArgs) -> Result<ExitCode> {
         options = options.external_command(args.external);
     }
     eprintln!("journal run {run} (resume it with --run {run})");
-    let result = supervise(&profile, &args.task, options).await;
-    servers.shutdown().await;
-    let result = result?;
+    let result = supervise(&profile, &args.task, options).await?;
 
     eprintln!(
         "supervisor: {}{}",

@@ -1,20 +1,20 @@
-//! What `agentrt serve` and `agentrt supervise` share: the root budget and run flags, and the
-//! workers that run a profile's model with its MCP servers' tools.
+//! What `agentrt serve` and `agentrt supervise` share: the root budget and run flags, the
+//! profiles a spawn may name, and the workers that run exactly the profile a spawn names.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use agentrt::coordination_mcp::{BudgetAmount, McpToolset, ToolLoopWorkerFactory};
-use agentrt::core_loop::ToolRegistry;
-use agentrt::core_loop::model::ChatModel;
-use agentrt::profiles::AgentProfile;
+use agentrt::coordination_mcp::{BudgetAmount, ToolLoopWorkerFactory};
+use agentrt::core_loop::model::{ChatModel, ProfileModels};
+use agentrt::profiles::{AgentProfile, ProfileRegistry};
 use agentrt::session_store::{SessionId, SessionStore};
 use anyhow::{Context, Result};
 use clap::Args;
 
 use super::parse_id;
-use super::provider::model_for;
+use super::provider::ModelArgs;
 
-/// The root budget, the journal run and the model of a supervision.
+/// The root budget, the journal run, the profiles and the models of a supervision.
 #[derive(Debug, Args)]
 pub(super) struct SupervisionArgs {
     /// The root budget in tokens: every spawn reserves from it, and all workers together never
@@ -28,24 +28,27 @@ pub(super) struct SupervisionArgs {
     /// doubt or redispatched); without it, a new run whose id is printed on stderr.
     #[arg(long, value_name = "RUN_ID")]
     run: Option<String>,
-    /// Run on this model instead of the profile's default; the profile must allow it.
+    /// Run the supervisor profile on this model instead of its default (its brain, and workers
+    /// spawned as that profile); the profile must allow it.
     #[arg(long)]
     model: Option<String>,
-    /// The provider's base URL, instead of the profile's `model.base_url`.
-    #[arg(long, env = "AGENTRT_BASE_URL")]
-    base_url: Option<String>,
+    /// A directory of profiles (.toml / .json) that spawns may name with `profile`, besides
+    /// the supervisor profile itself (by its name) and its subagents (with `subagent`). Each
+    /// worker runs exactly the profile it names: its model, prompt and MCP servers.
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
+    #[command(flatten)]
+    model_args: ModelArgs,
 }
 
-/// Workers ready to serve a supervision, and what must be shut down with it.
+/// Workers ready to serve a supervision.
 pub(super) struct Workers {
-    /// The worker factory: the profile's model, its MCP tools, its allowed-models guard.
+    /// The worker factory: the profile a spawn names, its model, its MCP tools, the guards.
     pub factory: ToolLoopWorkerFactory,
-    /// The model (for a brain on the same provider).
+    /// The supervisor profile's model (for a brain on it), with the same middleware stack.
     pub model: Arc<dyn ChatModel>,
-    /// The model id the workers (and a brain) run.
+    /// The model id the supervisor profile runs.
     pub model_id: String,
-    /// The profile's MCP servers, started for the run.
-    pub servers: McpToolset,
     /// The root budget.
     pub budget: BudgetAmount,
     /// The journal run.
@@ -53,33 +56,40 @@ pub(super) struct Workers {
 }
 
 impl SupervisionArgs {
-    /// Checks the flags against `profile` and starts what the workers need.
-    pub(super) async fn workers(
+    /// Checks the flags against `profile` and builds the workers.
+    pub(super) fn workers(
         self,
         profile: &AgentProfile,
         store: Arc<dyn SessionStore>,
     ) -> Result<Workers> {
-        let model_id = self.model.unwrap_or_else(|| profile.model.default.clone());
+        let model_id = self
+            .model
+            .clone()
+            .unwrap_or_else(|| profile.model.default.clone());
         agentrt::profiles::ensure_model_allowed(profile, &model_id)
             .with_context(|| format!("profile `{}`", profile.name))?;
         let run = match &self.run {
             Some(run) => parse_id(run)?,
             None => SessionId::new(),
         };
-        let model = model_for(profile, self.base_url)?;
-        let servers = McpToolset::connect_profile(profile)
-            .await
-            .with_context(|| format!("profile `{}`: connecting its MCP servers", profile.name))?;
-        let mut tools = ToolRegistry::new();
-        servers.register_into(&mut tools);
-        let factory = ToolLoopWorkerFactory::new(model.clone(), model_id.clone(), store)
-            .tools(tools)
+        let mut registry = ProfileRegistry::new();
+        if let Some(dir) = &self.profiles {
+            registry
+                .load_dir(dir)
+                .with_context(|| format!("--profiles {}", dir.display()))?;
+        }
+        let models = ProfileModels::new(self.model_args.options()?);
+        let model = models.model_for(profile)?;
+        let mut factory = ToolLoopWorkerFactory::new(models, store)
+            .profiles(registry)
             .supervisor_profile(profile.clone());
+        if let Some(model) = &self.model {
+            factory = factory.model_override(profile.name.clone(), model.clone());
+        }
         Ok(Workers {
             factory,
             model,
             model_id,
-            servers,
             budget: BudgetAmount::new(self.tokens, self.turns),
             run,
         })

@@ -19,8 +19,8 @@ pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};
 pub use price::{ModelPrice, PriceTable};
 pub use profile::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, ModelOptions, PROVIDERS, ResolvedStack,
-    model_from_profile, stack_for,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, ModelOptions, PROVIDERS, ProfileModels,
+    ResolvedStack, model_from_profile, stack_for,
 };
 pub use retry::{ModelRetry, RetryPolicy};
 pub use scripted::{ScriptedModel, ScriptedTurn};

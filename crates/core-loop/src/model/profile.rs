@@ -3,11 +3,11 @@
 //! overrides and documented defaults. Every front door (the CLI, supervision's workers and
 //! brain, the examples) builds its models here, so none of them talks to a provider bare.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use agentrt_profiles::{AgentProfile, ModelSpec, StackSettings};
+use agentrt_profiles::{AgentProfile, ContentAddress, ModelSpec, StackSettings};
 
 use super::http::Secret;
 use super::{Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy, UsageMeter};
@@ -269,6 +269,62 @@ pub fn model_from_profile(
     Ok(Arc::new(
         stack_for(raw, &settings, options.meter.clone()).build(),
     ))
+}
+
+/// Builds (and keeps) one model per distinct profile: what runs many profiles — a supervisor's
+/// workers, an evaluation — resolves each profile's model here, so the same profile gets the
+/// same model (and shares its concurrency and rate limits) however many workers run it.
+///
+/// [`ProfileModels::new`] builds through [`model_from_profile`]; [`ProfileModels::from_fn`]
+/// takes a caller's builder (scripted models for tests and offline demos), whose models are used
+/// as returned.
+#[derive(Clone)]
+pub struct ProfileModels {
+    build: Arc<BuildFn>,
+    cache: Arc<Mutex<HashMap<ContentAddress, Arc<dyn ChatModel>>>>,
+}
+
+type BuildFn = dyn Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, Error> + Send + Sync;
+
+impl std::fmt::Debug for ProfileModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = self.cache.lock().map_or(0, |cache| cache.len());
+        f.debug_struct("ProfileModels")
+            .field("built", &built)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProfileModels {
+    /// Models built by [`model_from_profile`] with `options`.
+    pub fn new(options: ModelOptions) -> Self {
+        Self::from_fn(move |profile| model_from_profile(profile, &options))
+    }
+
+    /// Models built by `build`, once per distinct profile (by content address).
+    pub fn from_fn(
+        build: impl Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, Error> + Send + Sync + 'static,
+    ) -> Self {
+        ProfileModels {
+            build: Arc::new(build),
+            cache: Arc::default(),
+        }
+    }
+
+    /// The model `profile` runs on.
+    ///
+    /// # Errors
+    /// What the builder returns for it (see [`model_from_profile`]).
+    pub fn model_for(&self, profile: &AgentProfile) -> Result<Arc<dyn ChatModel>, Error> {
+        let key = profile.content_address();
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(model) = cache.get(&key) {
+            return Ok(model.clone());
+        }
+        let model = (self.build)(profile)?;
+        cache.insert(key, model.clone());
+        Ok(model)
+    }
 }
 
 /// The stack [`model_from_profile`] puts around a provider client, for a model built by hand
