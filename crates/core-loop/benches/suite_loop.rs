@@ -22,11 +22,12 @@ use std::time::{Duration, Instant};
 
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
-    OpenAiCompatible, StreamItem, ToolCall, Usage,
+    OpenAiCompatible, ResolvedStack, StreamItem, ToolCall, Usage, stack_for,
 };
 use agentrt_core_loop::{
     Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
 };
+use agentrt_profiles::StackSettings;
 use agentrt_session_store::{
     Finish, HookedStore, NewEvent, NewSession, SessionStore, SqliteStore, StoreError, StoreWrite,
     WriteHook,
@@ -346,10 +347,20 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
             .map_err(|e| e.to_string())?,
     );
     let nanos = Arc::new(AtomicU64::new(0));
-    let model: Arc<dyn ChatModel> = Arc::new(Timed {
+    // The stack every front door puts around a provider (model_from_profile's defaults) sits
+    // outside the timed part: its cost counts as overhead, as it does for a user's run.
+    let timed: Arc<dyn ChatModel> = Arc::new(Timed {
         inner,
         nanos: nanos.clone(),
     });
+    let model: Arc<dyn ChatModel> = Arc::new(
+        stack_for(
+            timed,
+            &ResolvedStack::from_settings(StackSettings::default()),
+            None,
+        )
+        .build(),
+    );
     let timed_store = Arc::new(HookedStore::new(
         Arc::new(
             SqliteStore::open(dir.join("real.db"))
