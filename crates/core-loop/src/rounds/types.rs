@@ -329,6 +329,12 @@ pub struct RunContext {
     /// The session in the box that carries the work context (continued across refine rounds
     /// under session continuity, inherited by forks).
     pub worker_session: Option<WorkerSessionId>,
+    /// The agent session this run continues: set when the run continues its parent's box and
+    /// session ([`Provision::Continued`]) and the parent's run reported one
+    /// ([`AgentRun::agent_session`]). A runner resumes it instead of starting a new
+    /// conversation ([`crate::rounds::ToolLoopRunner`] does, and refuses to continue without
+    /// it).
+    pub agent_session: Option<StoreSessionId>,
     /// How the box was provided.
     pub provision: Provision,
     /// The budget this run spends from (a pool carved for this run when the config sets a

@@ -54,6 +54,8 @@ pub struct FakeBackend {
     pub can_fork: AtomicBool,
     /// When set, every box answers "unknown" to session status questions.
     pub forget_sessions: Arc<AtomicBool>,
+    /// When set, destroying a box fails (the box stays live).
+    pub fail_destroy: Arc<AtomicBool>,
     /// Time each fork takes (so concurrent forks overlap).
     pub fork_delay: Duration,
     /// Called with the number of forks started so far, as each fork starts.
@@ -66,6 +68,7 @@ impl FakeBackend {
             counters: Arc::new(Counters::default()),
             can_fork: AtomicBool::new(can_fork),
             forget_sessions: Arc::new(AtomicBool::new(false)),
+            fail_destroy: Arc::new(AtomicBool::new(false)),
             fork_delay: Duration::from_millis(5),
             on_fork: None,
         }
@@ -79,6 +82,7 @@ impl FakeBackend {
             id,
             counters: self.counters.clone(),
             forget: self.forget_sessions.clone(),
+            fail_destroy: self.fail_destroy.clone(),
             state: Mutex::new(snapshot),
             destroyed: AtomicBool::new(false),
             checkpoints: Mutex::new(Vec::new()),
@@ -135,6 +139,7 @@ pub struct FakeBox {
     id: String,
     counters: Arc<Counters>,
     forget: Arc<AtomicBool>,
+    fail_destroy: Arc<AtomicBool>,
     state: Mutex<Snapshot>,
     destroyed: AtomicBool,
     checkpoints: Mutex<Vec<Snapshot>>,
@@ -239,6 +244,12 @@ impl WorkerBox for FakeBox {
     }
 
     async fn destroy(&self) -> Result<(), Error> {
+        if self.fail_destroy.load(Ordering::SeqCst) {
+            return Err(Error::Worker {
+                kind: WorkerFailure::Backend,
+                message: format!("box {} would not go", self.id),
+            });
+        }
         if !self.destroyed.swap(true, Ordering::SeqCst) {
             self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
             self.counters.live.lock().unwrap().remove(&self.id);
