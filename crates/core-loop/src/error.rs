@@ -108,7 +108,8 @@ pub enum Error {
     /// The model middleware stack can no longer serve calls (e.g. its buffer worker stopped).
     #[error("model service unavailable: {0}")]
     ModelUnavailable(String),
-    /// A worker box operation failed (see [`crate::worker::WorkerFailure`] for the kind).
+    /// A worker box operation failed, or the lineage refused to continue one (a box session or
+    /// an agent session that is gone); see [`crate::worker::WorkerFailure`] for the kind.
     #[error("worker {kind:?}: {message}")]
     Worker {
         /// What kind of failure it was.

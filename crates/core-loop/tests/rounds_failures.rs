@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use agentrt_core_loop::rounds::{
     AgentRun, Iteration, LoopUntil, RunContext, TextOutput, ValidationContext, Validator, Verdict,
 };
-use agentrt_core_loop::worker::WorkerSpec;
-use agentrt_core_loop::{Error, LineageOptions, RoundsConfig, RoundsStop, Workers, loop_until};
+use agentrt_core_loop::worker::BoxSpec;
+use agentrt_core_loop::{Boxes, Error, LineageOptions, RoundsConfig, RoundsStop, loop_until};
 use agentrt_session_store::{
     HookedStore, MemoryStore, SessionStatus, SessionStore, StoreError, StoreWrite, WriteHook,
 };
@@ -77,9 +77,9 @@ async fn a_cleanup_error_beside_a_primary_failure_is_recorded_and_the_primary_fa
         backend.fail_destroy.store(true, Ordering::SeqCst);
         let mut config = RoundsConfig::new(broken, TextOutput)
             .validator(Never)
-            .workers(Workers::Backend {
+            .boxes(Boxes::Backend {
                 backend: backend.clone(),
-                spec: WorkerSpec::default(),
+                spec: BoxSpec::default(),
             })
             .store(store.clone());
         if let Some(options) = lineage {

@@ -12,10 +12,10 @@ use agentrt_core_loop::rounds::{
     Iteration, LoopUntil, Provision, TextOutput, ToolLoopRunner, ValidationContext, Validator,
     Verdict,
 };
-use agentrt_core_loop::worker::{WorkerFailure, WorkerSpec};
+use agentrt_core_loop::worker::{BoxSpec, WorkerFailure};
 use agentrt_core_loop::{
-    Budget, BudgetLimits, Error, LineageOptions, RoundsConfig, RoundsStop, ToolError, ToolLoop,
-    ToolRegistry, TypedTool, Workers, loop_until,
+    Boxes, Budget, BudgetLimits, Error, LineageOptions, RoundsConfig, RoundsStop, ToolError,
+    ToolLoop, ToolRegistry, TypedTool, loop_until,
 };
 use agentrt_session_store::{MemoryStore, Retention, SessionStatus, SessionStore};
 use rounds_support::FakeBackend;
@@ -150,9 +150,9 @@ fn continued_refine(
     });
     RoundsConfig::new(runner, TextOutput)
         .validator(SaysGood)
-        .workers(Workers::Backend {
+        .boxes(Boxes::Backend {
             backend: backend.clone(),
-            spec: WorkerSpec::default(),
+            spec: BoxSpec::default(),
         })
         .lineage(LineageOptions {
             session_continuity: true,

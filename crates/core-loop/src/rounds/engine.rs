@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::map_with_concurrency;
-use super::config::{RoundsConfig, Workers};
+use super::config::{Boxes, RoundsConfig};
 use super::lineage::{BoxLineage, Slot, Stats, Want, fresh_box};
 use super::record::{Recorder, kind};
 use super::types::{
@@ -19,7 +19,7 @@ use crate::{Budget, BudgetExhausted, Error, FailureInfo};
 /// Runs rounds of agent work until the driver is done, stops, or a limit ends the run.
 ///
 /// Each round: the driver [plans](RoundDriver::plan) work items; each item gets a worker box
-/// (see [`Workers`] and [`crate::LineageOptions`]) and one agent run through the configured
+/// (see [`Boxes`] and [`crate::LineageOptions`]) and one agent run through the configured
 /// [`crate::rounds::AgentRunner`], at most `max_concurrency` at a time; the raw output is parsed and,
 /// while the box is still alive, judged by the validator; then the driver
 /// [decides](RoundDriver::decide) whether to continue.
@@ -62,8 +62,8 @@ where
     .await?;
     let mut state = State {
         history: RoundHistory::default(),
-        lineage: match (&config.workers, lineage_options) {
-            (Workers::Backend { backend, spec }, Some(options)) => Some(BoxLineage::new(
+        lineage: match (&config.boxes, lineage_options) {
+            (Boxes::Backend { backend, spec }, Some(options)) => Some(BoxLineage::new(
                 backend.clone(),
                 spec.clone(),
                 options,
@@ -83,7 +83,7 @@ where
                 "task": task,
                 "max_concurrency": config.max_concurrency,
                 "max_rounds": config.max_rounds,
-                "workers": config.workers.kind(),
+                "boxes": config.boxes.kind(),
                 "lineage": lineage_options,
                 "parent_authoring": driver.parent_authoring(),
                 "validator": config.validator.as_ref().map(|v| v.id().to_owned()),
@@ -99,13 +99,13 @@ where
         state.cleanup.extend(errors);
     }
     let cleanup_error = (!state.cleanup.is_empty()).then(|| state.cleanup.join("; "));
-    let workers = state.stats.snapshot();
+    let boxes = state.stats.snapshot();
     let summary = json!({
         "iterations": state.history.len(),
         "rounds": state.history.rounds(),
         "agent_runs": state.agent_runs,
         "not_started": state.not_started,
-        "workers": workers,
+        "boxes": boxes,
         "cleanup_error": cleanup_error,
     });
     match result {
@@ -139,7 +139,7 @@ where
                 history: state.history,
                 agent_runs: state.agent_runs,
                 not_started: state.not_started,
-                workers,
+                boxes,
                 cleanup_error,
             })
         }
@@ -513,13 +513,17 @@ async fn run_item<O: Send + Sync>(
         slot,
         agent_session,
     } = input.work;
-    let (worker, worker_session, provision) = match (slot, &config.workers) {
+    let (worker_box, box_session, provision) = match (slot, &config.boxes) {
         (Some(slot), _) => (Some(slot.worker), Some(slot.session), slot.provision),
-        (None, Workers::None) => (None, None, Provision::None),
-        (None, Workers::Owned { worker, session }) => {
-            (Some(worker.clone()), session.clone(), Provision::Owned)
-        }
-        (None, Workers::Backend { backend, spec }) => {
+        (None, Boxes::None) => (None, None, Provision::None),
+        (
+            None,
+            Boxes::Owned {
+                worker_box,
+                session,
+            },
+        ) => (Some(worker_box.clone()), session.clone(), Provision::Owned),
+        (None, Boxes::Backend { backend, spec }) => {
             let spec = item.spec.as_ref().unwrap_or(spec);
             let name = format!("round-{}-item-{}", input.round, input.index);
             match fresh_box(backend.as_ref(), spec, &name, stats).await {
@@ -553,8 +557,8 @@ async fn run_item<O: Send + Sync>(
         index: input.index,
         item: item.clone(),
         parent,
-        worker: worker.clone(),
-        worker_session: worker_session.clone(),
+        worker_box: worker_box.clone(),
+        box_session: box_session.clone(),
         agent_session,
         provision,
         budget,
@@ -566,7 +570,7 @@ async fn run_item<O: Send + Sync>(
         item,
         parent,
         provision,
-        box_id: worker.as_ref().map(|w| w.id().to_owned()),
+        box_id: worker_box.as_ref().map(|w| w.id().to_owned()),
         raw_output: None,
         output: None,
         parse_error: None,
@@ -593,7 +597,7 @@ async fn run_item<O: Send + Sync>(
             iteration.failure = Some(FailureInfo::from_error(&e));
         }
         Err(e) => {
-            let cleanup = release(&worker).await;
+            let cleanup = release(&worker_box).await;
             return hard(e, cleanup);
         }
     }
@@ -605,19 +609,19 @@ async fn run_item<O: Send + Sync>(
             index: iteration.index,
             item: &iteration.item,
             raw_output: raw,
-            worker: worker.as_ref(),
-            worker_session: worker_session.as_ref(),
+            worker_box: worker_box.as_ref(),
+            box_session: box_session.as_ref(),
         };
         match validator.validate(output, vctx).await {
             Ok(verdict) => iteration.verdict = Some(verdict),
             Err(e) if is_soft(&e) => iteration.failure = Some(FailureInfo::from_error(&e)),
             Err(e) => {
-                let cleanup = release(&worker).await;
+                let cleanup = release(&worker_box).await;
                 return hard(e, cleanup);
             }
         }
     }
-    let cleanup = release(&worker).await;
+    let cleanup = release(&worker_box).await;
     let payload = json!({
         "round": iteration.round,
         "index": iteration.index,

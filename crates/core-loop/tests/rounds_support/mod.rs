@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecOutcome, ExecRequest, OutputChunk, SessionId, SessionStatus,
-    WorkerBackend, WorkerBox, WorkerFailure, WorkerSpec,
+    BoxSessionId, BoxSessionStatus, BoxSpec, Capabilities, CheckpointId, ExecOutcome, ExecRequest,
+    OutputChunk, WorkerBackend, WorkerBox, WorkerFailure,
 };
 use agentrt_core_loop::{Amounts, Error, Spend};
 use agentrt_session_store::{Event, SessionId as StoreSessionId, SessionStore};
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, Default, Clone)]
 struct Snapshot {
     files: BTreeMap<String, Vec<u8>>,
-    sessions: BTreeMap<SessionId, String>,
+    sessions: BTreeMap<BoxSessionId, String>,
 }
 
 /// Counters of one fake backend.
@@ -35,7 +35,7 @@ pub struct Counters {
     pub forks_in_flight: AtomicUsize,
     pub fork_peak: AtomicUsize,
     pub live: Mutex<HashSet<String>>,
-    pub specs: Mutex<Vec<WorkerSpec>>,
+    pub specs: Mutex<Vec<BoxSpec>>,
 }
 
 impl Counters {
@@ -99,7 +99,7 @@ impl WorkerBackend for FakeBackend {
         }
     }
 
-    async fn create(&self, spec: &WorkerSpec) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error> {
         self.counters.created.fetch_add(1, Ordering::SeqCst);
         self.counters.specs.lock().unwrap().push(spec.clone());
         Ok(self.make_box(Snapshot::default()))
@@ -204,14 +204,14 @@ impl WorkerBox for FakeBox {
         Ok(())
     }
 
-    async fn open_session(&self, name: &str) -> Result<SessionId, Error> {
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, Error> {
         let mut st = self.state.lock().unwrap();
-        let id = SessionId(format!("{}-s{}", self.id, st.sessions.len()));
+        let id = BoxSessionId(format!("{}-s{}", self.id, st.sessions.len()));
         st.sessions.insert(id.clone(), name.to_owned());
         Ok(id)
     }
 
-    async fn session_status(&self, id: &SessionId) -> Result<Option<SessionStatus>, Error> {
+    async fn session_status(&self, id: &BoxSessionId) -> Result<Option<BoxSessionStatus>, Error> {
         self.counters.session_checks.fetch_add(1, Ordering::SeqCst);
         if self.destroyed.load(Ordering::SeqCst) || self.forget.load(Ordering::SeqCst) {
             return Ok(None);
@@ -222,7 +222,7 @@ impl WorkerBox for FakeBox {
             .unwrap()
             .sessions
             .get(id)
-            .map(|name| SessionStatus {
+            .map(|name| BoxSessionStatus {
                 id: id.clone(),
                 name: name.clone(),
                 cwd: String::new(),
