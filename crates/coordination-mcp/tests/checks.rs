@@ -271,11 +271,12 @@ async fn a_command_check_runs_in_the_workers_box_directory() {
 
 #[tokio::test]
 async fn a_command_check_runs_inside_the_workers_box_when_the_supervisor_has_it() {
-    use agentrt_sandbox_lineage::{BoxSpec, LocalDirBackend, Sandbox};
+    use agentrt_core_loop::worker::BoxSpec;
+    use agentrt_sandbox_lineage::LocalDirBackend;
 
     let state = tempfile::tempdir().unwrap();
     let backend = LocalDirBackend::new(state.path()).unwrap();
-    let worker_box = Arc::new(backend.create(&BoxSpec::default()).await.unwrap());
+    let worker_box = Arc::new(backend.create_box(&BoxSpec::default()).await.unwrap());
     worker_box.write_file("marker.txt", b"built").await.unwrap();
     let ctx = CheckContext::new().worker_box(worker_box.clone());
     let checker = DefaultChecker::new().allow_commands(true);

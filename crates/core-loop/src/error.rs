@@ -31,8 +31,8 @@ pub enum Error {
         /// The ids of the calls without a persisted result.
         tool_call_ids: Vec<String>,
     },
-    /// A persisted session cannot be resumed (already completed, or its events are not a
-    /// tool-loop history).
+    /// A persisted session cannot be resumed (completed with no new message to continue
+    /// with, or its events are not a tool-loop history).
     #[error("session {session} cannot be resumed: {reason}")]
     NotResumable {
         /// The session.
@@ -108,7 +108,8 @@ pub enum Error {
     /// The model middleware stack can no longer serve calls (e.g. its buffer worker stopped).
     #[error("model service unavailable: {0}")]
     ModelUnavailable(String),
-    /// A worker box operation failed (see [`crate::worker::WorkerFailure`] for the kind).
+    /// A worker box operation failed, or the lineage refused to continue one (a box session or
+    /// an agent session that is gone); see [`crate::worker::WorkerFailure`] for the kind.
     #[error("worker {kind:?}: {message}")]
     Worker {
         /// What kind of failure it was.
@@ -117,6 +118,24 @@ pub enum Error {
         message: String,
     },
     // ---- round errors (owned by the rounds half) ----
+    /// A run of rounds ended, but its final event (`rounds.final`) and status could not be
+    /// persisted, so the store does not know how it ended. Exactly one of `stop` (the run
+    /// ended without a hard failure) and `primary` (the run's own failure, kept typed: it is
+    /// still the primary failure) is set; `source` is the store's error.
+    #[error(
+        "final event of rounds session {session} not persisted ({}): {source}",
+        rounds_ending(.stop.as_deref(), .primary.as_deref())
+    )]
+    RoundsFinalNotPersisted {
+        /// The run's session.
+        session: String,
+        /// How the run stopped, when it did not fail.
+        stop: Option<Box<crate::rounds::RoundsStop>>,
+        /// The run's primary failure, when it failed.
+        primary: Option<Box<Error>>,
+        /// Why persisting failed.
+        source: agentrt_session_store::StoreError,
+    },
     /// An agent run of a round ended without an answer (turn limit reached, or cancelled):
     /// a soft failure of that iteration, never an empty output.
     #[error("agent run in session {session} ended without an answer: {reason}")]
@@ -126,6 +145,14 @@ pub enum Error {
         /// How the run ended.
         reason: String,
     },
+}
+
+fn rounds_ending(stop: Option<&crate::rounds::RoundsStop>, primary: Option<&Error>) -> String {
+    match (stop, primary) {
+        (_, Some(e)) => format!("failed: {e}"),
+        (Some(stop), None) => format!("{stop:?}"),
+        (None, None) => "unknown".to_owned(),
+    }
 }
 
 impl From<agentrt_session_store::StoreError> for Error {

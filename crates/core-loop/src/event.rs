@@ -339,6 +339,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         Error::UnreconciledToolCalls { .. } => "unreconciled_tool_calls",
         Error::NotResumable { .. } => "not_resumable",
         Error::FinalNotPersisted { .. } => "final_not_persisted",
+        Error::RoundsFinalNotPersisted { .. } => "rounds_final_not_persisted",
         Error::Cleanup(_) => "cleanup",
         Error::Auth(_) => "auth",
         Error::ModelNotFound(_) => "model_not_found",

@@ -18,8 +18,8 @@ pub use budget::{
 pub use error::Error;
 pub use event::{FailureInfo, RecordedEvent, RuntimeEvent, SessionUsage, StopReason};
 pub use rounds::{
-    Decision, LineageOptions, RoundDriver, RoundsConfig, RoundsOutcome, RoundsStop, WorkItem,
-    Workers, fanout, loop_until, map_with_concurrency, panel, pipeline, run_agent_rounds,
+    Boxes, Decision, LineageOptions, RoundDriver, RoundsConfig, RoundsOutcome, RoundsStop,
+    WorkItem, fanout, loop_until, map_with_concurrency, panel, pipeline, run_agent_rounds,
 };
 pub use tool::{Tool, ToolCallError, ToolError, ToolRegistry, ToolResult, ToolStatus, TypedTool};
 pub use tool_loop::{

@@ -379,10 +379,24 @@ impl ToolLoop {
 
     /// Continue the stopped session `id` instead of starting a new one (see
     /// [`resume_tool_loop`]). Messages added to this builder are delivered as steering
-    /// messages (they must be user messages); a profile's system prompt
-    /// ([`ToolLoop::from_profile`]) is not added again, the session already has it.
+    /// messages (they must be user messages; a completed session needs at least one); a
+    /// profile's system prompt ([`ToolLoop::from_profile`]) is not added again, the session
+    /// already has it. The turn limit ([`ToolLoop::max_turns`]) counts the session's earlier
+    /// turns too.
     pub fn resume(mut self, id: SessionId) -> Self {
         self.resume = Some(id);
+        self
+    }
+
+    /// The store the loop records into.
+    pub(crate) fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// Drops the system messages added so far: a resumed session already has its own.
+    pub(crate) fn without_system_messages(mut self) -> Self {
+        self.messages
+            .retain(|m| !matches!(m, Message::System { .. }));
         self
     }
 
@@ -417,6 +431,9 @@ pub struct LoopOutcome {
     pub turns: u32,
     /// Usage over the session.
     pub usage: SessionUsage,
+    /// Usage of this run alone: the model calls it made, without those of the session's earlier
+    /// runs (equal to `usage` for a new session).
+    pub run_usage: SessionUsage,
     /// The typed primary error when the loop failed.
     pub error: Option<Error>,
     /// The cleanup error, if cleanup failed.
@@ -453,7 +470,9 @@ pub fn stream_tool_loop(config: ToolLoop) -> LoopStream {
 /// The conversation is rebuilt exactly from the events (system and user messages, assistant
 /// turns with their tool calls, tool results, steering messages). A failed or cancelled session
 /// is reopened; a session left `running` by a crash is continued in place; a completed session
-/// cannot be resumed ([`Error::NotResumable`]).
+/// continues its conversation when the config adds a user message (the follow-up, delivered
+/// as steering before the next model call) and is refused without one
+/// ([`Error::NotResumable`]: there is nothing to continue).
 ///
 /// Tool calls the model asked for but that have no persisted result are reconciled before the
 /// next model call: a call that never started runs now; a call whose result was recorded in the
@@ -676,7 +695,10 @@ struct Run {
     sink: Option<Sink>,
     messages: Vec<Message>,
     turns: u32,
+    /// Usage over the session, earlier runs included.
     usage: SessionUsage,
+    /// Usage of this run's own model calls.
+    run_usage: SessionUsage,
     answer: Option<String>,
     /// Results that ran but could not be persisted.
     unpersisted: Vec<ToolResult>,
@@ -761,6 +783,7 @@ impl Run {
             messages: Vec::new(),
             turns: 0,
             usage: SessionUsage::default(),
+            run_usage: SessionUsage::default(),
             answer: None,
             unpersisted: Vec::new(),
             to_reconcile: Vec::new(),
@@ -798,15 +821,6 @@ impl Run {
     async fn reopen(&mut self, id: SessionId, cfg: ToolLoop) -> Result<(), Error> {
         let session = self.store.get(&id).await?;
         let previous_status = session.status;
-        match previous_status {
-            SessionStatus::Completed => {
-                return Err(Error::NotResumable {
-                    session: id.to_string(),
-                    reason: "it completed; fork it to continue from its history".into(),
-                });
-            }
-            SessionStatus::Failed | SessionStatus::Cancelled | SessionStatus::Running => {}
-        }
         // The configuration is checked before anything is written: a refused resume leaves the
         // session as it found it.
         let mut extra = Vec::new();
@@ -820,11 +834,19 @@ impl Run {
                 }
             }
         }
+        if previous_status == SessionStatus::Completed && extra.is_empty() {
+            return Err(Error::NotResumable {
+                session: id.to_string(),
+                reason: "it completed and no new user message was given, so there is nothing to \
+                         continue; add a user message to continue its conversation, or fork it"
+                    .into(),
+            });
+        }
         match previous_status {
-            SessionStatus::Failed | SessionStatus::Cancelled => {
+            SessionStatus::Failed | SessionStatus::Cancelled | SessionStatus::Completed => {
                 self.store.reopen(&id).await?;
             }
-            SessionStatus::Running | SessionStatus::Completed => {}
+            SessionStatus::Running => {}
         }
         let events: Vec<_> = self.store.replay(&id, 0).try_collect().await?;
         let history = History::rebuild(&id, &events)?;
@@ -1214,6 +1236,7 @@ impl Run {
             turns: 1,
         });
         self.usage.add(&usage, cost);
+        self.run_usage.add(&usage, cost);
         self.emit(RuntimeEvent::ModelResponse {
             turn,
             content: response.content.clone(),
@@ -1376,6 +1399,7 @@ impl Run {
                     answer: self.answer,
                     turns: self.turns,
                     usage: self.usage,
+                    run_usage: self.run_usage,
                     error,
                     cleanup_error,
                     final_seq: event.seq,

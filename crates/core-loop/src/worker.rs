@@ -13,6 +13,10 @@
 //!
 //! Capabilities are answered by a fail-closed probe: any error while probing means "cannot".
 //!
+//! Words: a *worker* is an agent doing a piece of work; it runs in a *worker box* provided by a
+//! *worker backend*. A box has *box sessions* ([`BoxSessionId`]), which are not the session
+//! store's sessions.
+//!
 //! This module only defines data and traits; the implementations live in
 //! `agentrt-sandbox-lineage`.
 
@@ -37,7 +41,7 @@ pub struct Capabilities {
 
 /// Resource limits of every process run in a box. `None` means "no limit from us".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerLimits {
+pub struct BoxLimits {
     /// CPU time per exec, in seconds (`RLIMIT_CPU`).
     pub cpu_seconds: Option<u64>,
     /// Address-space size per process, in bytes (`RLIMIT_AS`).
@@ -49,9 +53,10 @@ pub struct WorkerLimits {
     pub wall_time: Option<Duration>,
 }
 
-/// How to create a fresh box.
+/// How to create a fresh box: its workspace seed, environment, network and limits. (A box spec,
+/// not an agent spawn: what an agent is asked to do is the coordination layer's business.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerSpec {
+pub struct BoxSpec {
     /// A directory whose contents are copied into the new box's workspace.
     pub workspace_seed: Option<PathBuf>,
     /// Names of host environment variables passed through to processes in the box (when set
@@ -62,7 +67,7 @@ pub struct WorkerSpec {
     /// Whether processes may use the network. Off by default.
     pub network: bool,
     /// Resource limits of each exec.
-    pub limits: WorkerLimits,
+    pub limits: BoxLimits,
 }
 
 /// One command to run in a box.
@@ -82,7 +87,7 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     /// Run inside this session; an unknown session is a validation error, never a silent
     /// session-less run.
-    pub session: Option<SessionId>,
+    pub session: Option<BoxSessionId>,
 }
 
 impl ExecRequest {
@@ -132,21 +137,23 @@ impl ExecOutcome {
     }
 }
 
-/// The id of a session: a named working context recorded in a box.
+/// The id of a *box session*: a named working context recorded in a box (its working directory
+/// and exec count). Not a session of the session store — an agent's conversation is recorded
+/// there under `agentrt_session_store::SessionId`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SessionId(pub String);
+pub struct BoxSessionId(pub String);
 
-impl std::fmt::Display for SessionId {
+impl std::fmt::Display for BoxSessionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// What a box knows about one of its sessions.
+/// What a box knows about one of its box sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionStatus {
+pub struct BoxSessionStatus {
     /// The session's id.
-    pub id: SessionId,
+    pub id: BoxSessionId,
     /// The name given when the session was opened.
     pub name: String,
     /// Working directory of the session, relative to the workspace root.
@@ -207,11 +214,11 @@ pub trait WorkerBox: Send + Sync + std::fmt::Debug {
     async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), Error>;
 
     /// Opens a session named `name` and returns its id.
-    async fn open_session(&self, name: &str) -> Result<SessionId, Error>;
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, Error>;
 
     /// The session's status, or `None` when the box does not know it (never opened, ended,
     /// or the box is gone).
-    async fn session_status(&self, id: &SessionId) -> Result<Option<SessionStatus>, Error>;
+    async fn session_status(&self, id: &BoxSessionId) -> Result<Option<BoxSessionStatus>, Error>;
 
     /// Seals the current workspace state; later forks start from it.
     async fn checkpoint(&self) -> Result<CheckpointId, Error>;
@@ -228,7 +235,7 @@ pub trait WorkerBackend: Send + Sync {
     async fn capabilities(&self) -> Capabilities;
 
     /// Creates a fresh box from a spec.
-    async fn create(&self, spec: &WorkerSpec) -> Result<Arc<dyn WorkerBox>, Error>;
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error>;
 
     /// Starts a child box from a checkpoint. The child inherits the parent's spec (image,
     /// environment, limits) and its sessions as they were at the checkpoint.

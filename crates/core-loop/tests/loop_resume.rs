@@ -397,7 +397,50 @@ async fn a_call_whose_start_was_never_persisted_runs_on_resume() {
 }
 
 #[tokio::test]
-async fn a_completed_session_is_not_resumable_and_user_messages_can_be_added_on_resume() {
+async fn a_completed_session_continues_its_conversation_with_a_follow_up_message() {
+    let store = memory();
+    let first = run_tool_loop(
+        ToolLoop::new(Arc::new(two_tools_then_answer()), "m", store.clone())
+            .system("sys")
+            .user("add things")
+            .tools(ToolRegistry::new().with_typed(Add::default())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.stop, StopReason::Answered);
+    let model = ScriptedModel::new([ScriptedTurn::text("10").with_usage(20, 1)]);
+    let outcome = resume_tool_loop(
+        store.clone(),
+        first.session_id,
+        ToolLoop::new(Arc::new(model.clone()), "m", memory())
+            .tools(ToolRegistry::new().with_typed(Add::default()))
+            .user("and together?"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.session_id, first.session_id, "the same session");
+    assert_eq!(outcome.answer.as_deref(), Some("10"));
+    // The follow-up's first request is the whole first conversation, tool calls and results
+    // exactly as they were, then the new message.
+    let mut expected = first.messages.clone();
+    expected.push(Message::User {
+        content: "and together?".into(),
+    });
+    assert_eq!(model.requests()[0].messages, expected);
+    assert_eq!(outcome.turns, first.turns + 1);
+    let status = store.get(&first.session_id).await.unwrap().status;
+    assert_eq!(status, SessionStatus::Completed);
+    let kinds = kinds(&store, &first.session_id).await;
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "session.final").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"session.resumed"), "{kinds:?}");
+}
+
+#[tokio::test]
+async fn a_completed_session_without_a_new_message_is_not_resumable_and_others_take_follow_ups() {
     let store = memory();
     let done = run_tool_loop(
         ToolLoop::new(
@@ -416,7 +459,13 @@ async fn a_completed_session_is_not_resumable_and_user_messages_can_be_added_on_
     )
     .await
     .unwrap_err();
+    // Without a new message there is nothing to continue.
     assert!(matches!(err, Error::NotResumable { .. }), "{err}");
+    assert_eq!(
+        store.get(&done.session_id).await.unwrap().status,
+        SessionStatus::Completed,
+        "a refused resume leaves the session as it was"
+    );
 
     // A failed session continues with a follow-up user message, recorded as steering.
     let failed = run_tool_loop(

@@ -15,9 +15,9 @@ use agentrt_core_loop::rounds::{
     AgentRun, Candidate, Fanout, Iteration, LoopUntil, ParentAuthoring, Provision, RoundHistory,
     RunContext, TextOutput, ValidationContext, Validator, Verdict, selector_fn,
 };
-use agentrt_core_loop::worker::{SessionId, WorkerBackend, WorkerFailure, WorkerSpec};
+use agentrt_core_loop::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerFailure};
 use agentrt_core_loop::{
-    Decision, Error, LineageOptions, RoundDriver, RoundsConfig, RoundsStop, WorkItem, Workers,
+    Boxes, Decision, Error, LineageOptions, RoundDriver, RoundsConfig, RoundsStop, WorkItem,
     fanout, loop_until, run_agent_rounds,
 };
 use agentrt_session_store::{MemoryStore, SessionStatus, SessionStore};
@@ -107,24 +107,24 @@ impl Validator<String> for Check {
     }
 }
 
-fn on(backend: &Arc<FakeBackend>) -> Workers {
-    Workers::Backend {
+fn on(backend: &Arc<FakeBackend>) -> Boxes {
+    Boxes::Backend {
         backend: backend.clone(),
-        spec: WorkerSpec::default(),
+        spec: BoxSpec::default(),
     }
 }
 
 /// Appends the prompt to `log.txt` in the box and answers with the whole log; records the
 /// work session it was given.
 fn logging_runner(
-    sessions: Arc<Mutex<Vec<Option<SessionId>>>>,
+    sessions: Arc<Mutex<Vec<Option<BoxSessionId>>>>,
 ) -> impl Fn(RunContext) -> futures::future::BoxFuture<'static, Result<AgentRun, Error>> + Send + Sync
 {
     move |ctx: RunContext| {
         let sessions = sessions.clone();
         Box::pin(async move {
-            sessions.lock().unwrap().push(ctx.worker_session.clone());
-            let worker = ctx.worker.expect("a box");
+            sessions.lock().unwrap().push(ctx.box_session.clone());
+            let worker = ctx.worker_box.expect("a box");
             let mut log = worker.read_file("log.txt").await.unwrap_or_default();
             log.extend_from_slice(format!("{}\n", ctx.item.prompt).as_bytes());
             worker.write_file("log.txt", &log).await?;
@@ -139,7 +139,7 @@ async fn session_continuity_continues_the_same_box_and_session_after_a_liveness_
     let c = backend.counters.clone();
     let sessions = Arc::new(Mutex::new(Vec::new()));
     let config = RoundsConfig::new(logging_runner(sessions.clone()), TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(CONTINUITY)
         .validator(Check(Box::new(|o| o.lines().count() == 3)));
     let spec = LoopUntil::new(5, |_: &str, prev: Option<&Iteration<String>>| {
@@ -166,7 +166,7 @@ async fn session_continuity_continues_the_same_box_and_session_after_a_liveness_
         c.get(&c.session_checks) >= 2,
         "liveness was checked before each continuation"
     );
-    assert_eq!(out.workers.continued, 2);
+    assert_eq!(out.boxes.continued, 2);
     assert_eq!(c.live(), 0, "teardown destroyed the box");
 }
 
@@ -187,7 +187,7 @@ async fn session_continuity_fails_hard_when_the_box_no_longer_knows_the_session(
     };
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(CONTINUITY)
         .store(store.clone())
         .validator(Check(Box::new(|_| false)));
@@ -222,7 +222,7 @@ async fn session_continuity_fails_hard_when_the_box_no_longer_knows_the_session(
 }
 
 /// Round 0 writes a seed into one box; round 1 fans out four items building on it.
-fn seed_then_fanout(backend: &Arc<FakeBackend>, special: WorkerSpec) -> Driver {
+fn seed_then_fanout(backend: &Arc<FakeBackend>, special: BoxSpec) -> Driver {
     Driver::new(backend, 2, move |h| {
         if h.is_empty() {
             vec![WorkItem::new("seed")]
@@ -235,7 +235,7 @@ fn seed_then_fanout(backend: &Arc<FakeBackend>, special: WorkerSpec) -> Driver {
 }
 
 async fn seed_runner(ctx: RunContext) -> Result<AgentRun, Error> {
-    let worker = ctx.worker.expect("a box");
+    let worker = ctx.worker_box.expect("a box");
     if ctx.item.prompt == "seed" {
         worker.write_file("seed.txt", b"seeded").await?;
         return Ok(AgentRun::new("seeded"));
@@ -247,7 +247,7 @@ async fn seed_runner(ctx: RunContext) -> Result<AgentRun, Error> {
         .unwrap_or_else(|_| "no seed".into());
     Ok(AgentRun::new(format!(
         "{seen}|{}",
-        ctx.worker_session.map(|s| s.0).unwrap_or_default()
+        ctx.box_session.map(|s| s.0).unwrap_or_default()
     )))
 }
 
@@ -255,9 +255,9 @@ async fn seed_runner(ctx: RunContext) -> Result<AgentRun, Error> {
 async fn fork_fanout_forks_every_child_from_one_checkpoint_when_the_backend_can_fork() {
     let backend = Arc::new(FakeBackend::new(true));
     let c = backend.counters.clone();
-    let driver = seed_then_fanout(&backend, WorkerSpec::default());
+    let driver = seed_then_fanout(&backend, BoxSpec::default());
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS);
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
     let children = out.history.round(1);
@@ -290,7 +290,7 @@ async fn fork_fanout_forks_every_child_from_one_checkpoint_when_the_backend_can_
     let backend = Arc::new(FakeBackend::new(true));
     let c = backend.counters.clone();
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS);
     let selector = selector_fn("sel", |_: &str, c: &[Candidate<'_, String>]| {
         (!c.is_empty()).then_some(0)
@@ -313,13 +313,13 @@ async fn fork_fanout_forks_every_child_from_one_checkpoint_when_the_backend_can_
 async fn fork_fanout_falls_back_to_fresh_boxes_when_the_backend_cannot_fork() {
     let backend = Arc::new(FakeBackend::new(false));
     let c = backend.counters.clone();
-    let special = WorkerSpec {
+    let special = BoxSpec {
         network: true,
-        ..WorkerSpec::default()
+        ..BoxSpec::default()
     };
     let driver = seed_then_fanout(&backend, special.clone());
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS);
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
     for child in out.history.round(1) {
@@ -349,7 +349,7 @@ async fn bounded_fork_peak_never_exceeds_max_concurrency() {
     let backend = Arc::new(backend);
     let c = backend.counters.clone();
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS)
         .max_concurrency(3);
     let selector = selector_fn("sel", |_: &str, _: &[Candidate<'_, String>]| None);
@@ -399,7 +399,7 @@ async fn mid_loop_prune_destroys_boxes_no_future_round_can_descend_from() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let driver = three_rounds(&backend, false);
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS)
         .store(store.clone());
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
@@ -407,7 +407,7 @@ async fn mid_loop_prune_destroys_boxes_no_future_round_can_descend_from() {
     // Before rounds 1 and 2 only the previous round's head box is alive.
     assert_eq!(*driver.live_at_plan.lock().unwrap(), vec![0, 1, 1]);
     assert_eq!(out.history.round(2)[0].parent, out.history.head_of(1));
-    assert_eq!(out.workers.pruned, 6);
+    assert_eq!(out.boxes.pruned, 6);
     assert_eq!(c.get(&c.destroyed), 7);
     let events = events(&store, out.session.unwrap()).await;
     let points: Vec<Value> = events
@@ -426,7 +426,7 @@ async fn no_prune_under_driver_authored_parents() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let driver = three_rounds(&backend, true);
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS)
         .store(store.clone());
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
@@ -439,7 +439,7 @@ async fn no_prune_under_driver_authored_parents() {
             .iter()
             .all(|i| i.parent == Some(1) && i.provision == Provision::Forked)
     );
-    assert_eq!(out.workers.pruned, 0);
+    assert_eq!(out.boxes.pruned, 0);
     assert_eq!(c.get(&c.destroyed), 7, "all destroyed at teardown");
     let kinds = kinds(&store, out.session.unwrap()).await;
     assert_eq!(
@@ -466,7 +466,7 @@ async fn abort_under_lineage_stops_forking_between_waves_and_tears_down() {
     let c = backend.counters.clone();
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(on(&backend))
+        .boxes(on(&backend))
         .lineage(FORKS)
         .max_concurrency(2)
         .cancellation(cancel)
@@ -538,14 +538,14 @@ async fn default_off_lineage_is_identical_to_the_fresh_box_path() {
         });
         // Outputs name no box or session ids (those are unique per box).
         let runner = |ctx: RunContext| async move {
-            ctx.worker
+            ctx.worker_box
                 .expect("a box")
                 .write_file("out.txt", ctx.item.prompt.as_bytes())
                 .await?;
             Ok(AgentRun::new(ctx.item.prompt))
         };
         let mut config = RoundsConfig::new(runner, TextOutput)
-            .workers(on(&backend))
+            .boxes(on(&backend))
             .store(store.clone());
         if let Some(l) = lineage {
             config = config.lineage(l);
@@ -568,7 +568,7 @@ async fn default_off_lineage_is_identical_to_the_fresh_box_path() {
         (
             normalized(&store, out.session.unwrap()).await,
             boxes,
-            out.workers,
+            out.boxes,
             provisions,
         )
     };
@@ -594,11 +594,11 @@ async fn default_off_lineage_is_identical_to_the_fresh_box_path() {
 #[tokio::test]
 async fn lineage_with_a_caller_owned_box_is_refused_with_a_configuration_error() {
     let backend = Arc::new(FakeBackend::new(true));
-    let owned = backend.create(&WorkerSpec::default()).await.unwrap();
+    let owned = backend.create(&BoxSpec::default()).await.unwrap();
     let driver = Driver::new(&backend, 1, |_| vec![WorkItem::new("x")]);
     let config = RoundsConfig::new(seed_runner, TextOutput)
-        .workers(Workers::Owned {
-            worker: owned.clone(),
+        .boxes(Boxes::Owned {
+            worker_box: owned.clone(),
             session: None,
         })
         .lineage(CONTINUITY);
@@ -608,8 +608,8 @@ async fn lineage_with_a_caller_owned_box_is_refused_with_a_configuration_error()
         "{err}"
     );
     // Without lineage the caller's box is used and never destroyed by the loop.
-    let config = RoundsConfig::new(seed_runner, TextOutput).workers(Workers::Owned {
-        worker: owned.clone(),
+    let config = RoundsConfig::new(seed_runner, TextOutput).boxes(Boxes::Owned {
+        worker_box: owned.clone(),
         session: None,
     });
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();

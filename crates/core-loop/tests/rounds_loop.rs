@@ -13,10 +13,10 @@ use agentrt_core_loop::rounds::{
     AgentRun, Fanout, Iteration, LoopUntil, Panel, ParentAuthoring, Provision, RoundHistory,
     RunContext, Stage, TextOutput, ValidationContext, Validator, Verdict, selector_fn,
 };
-use agentrt_core_loop::worker::{WorkerFailure, WorkerSpec};
+use agentrt_core_loop::worker::{BoxSpec, WorkerFailure};
 use agentrt_core_loop::{
-    Budget, BudgetDimension, BudgetLimits, Decision, Error, RoundDriver, RoundsConfig, RoundsStop,
-    WorkItem, Workers, fanout, loop_until, panel, pipeline, run_agent_rounds,
+    Boxes, Budget, BudgetDimension, BudgetLimits, Decision, Error, RoundDriver, RoundsConfig,
+    RoundsStop, WorkItem, fanout, loop_until, panel, pipeline, run_agent_rounds,
 };
 use agentrt_session_store::{MemoryStore, SessionStatus, SessionStore};
 use rounds_support::{FakeBackend, kinds, spend};
@@ -275,7 +275,7 @@ async fn the_validator_judges_while_the_box_is_alive_and_boxes_go_after() {
         |_| Decision::Done,
     );
     let runner = |ctx: RunContext| async move {
-        let worker = ctx.worker.expect("a box");
+        let worker = ctx.worker_box.expect("a box");
         worker
             .write_file("answer.txt", ctx.item.prompt.as_bytes())
             .await?;
@@ -292,8 +292,8 @@ async fn the_validator_judges_while_the_box_is_alive_and_boxes_go_after() {
             output: &String,
             ctx: ValidationContext<'_>,
         ) -> Result<Verdict, Error> {
-            let worker = ctx.worker.expect("the box is handed to the validator");
-            let session = ctx.worker_session.expect("a work session");
+            let worker = ctx.worker_box.expect("the box is handed to the validator");
+            let session = ctx.box_session.expect("a work session");
             assert!(
                 worker.session_status(session).await?.is_some(),
                 "the box still knows its session"
@@ -308,9 +308,9 @@ async fn the_validator_judges_while_the_box_is_alive_and_boxes_go_after() {
     }
     let config = RoundsConfig::new(runner, TextOutput)
         .validator(InBox)
-        .workers(Workers::Backend {
+        .boxes(Boxes::Backend {
             backend: backend.clone(),
-            spec: WorkerSpec::default(),
+            spec: BoxSpec::default(),
         });
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
     let passed: Vec<bool> = out
@@ -329,8 +329,8 @@ async fn the_validator_judges_while_the_box_is_alive_and_boxes_go_after() {
     assert_eq!(counters.get(&counters.created), 3);
     assert_eq!(counters.get(&counters.destroyed), 3);
     assert_eq!(counters.live(), 0);
-    assert_eq!(out.workers.fresh, 3);
-    assert_eq!(out.workers.destroyed, 3);
+    assert_eq!(out.boxes.fresh, 3);
+    assert_eq!(out.boxes.destroyed, 3);
 }
 
 #[tokio::test]
@@ -794,7 +794,7 @@ async fn equal_compute_under_a_short_budget_both_shapes_stop_at_the_same_run_cou
 async fn per_item_specs_apply_to_fresh_boxes() {
     let backend = Arc::new(FakeBackend::new(false));
     let counters = backend.counters.clone();
-    let mut special = WorkerSpec::default();
+    let mut special = BoxSpec::default();
     special.env.insert("ROLE".into(), "special".into());
     let s = special.clone();
     let driver = FnDriver::new(
@@ -808,11 +808,11 @@ async fn per_item_specs_apply_to_fresh_boxes() {
     );
     let config = RoundsConfig::new(echo, TextOutput)
         .max_concurrency(1)
-        .workers(Workers::Backend {
+        .boxes(Boxes::Backend {
             backend,
-            spec: WorkerSpec::default(),
+            spec: BoxSpec::default(),
         });
     run_agent_rounds("t", &driver, &config).await.unwrap();
     let specs = counters.specs.lock().unwrap().clone();
-    assert_eq!(specs, vec![WorkerSpec::default(), special]);
+    assert_eq!(specs, vec![BoxSpec::default(), special]);
 }

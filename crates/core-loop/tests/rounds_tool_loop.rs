@@ -1,17 +1,24 @@
 //! The real per-item runner: each work item is a tool loop (`run_tool_loop`) over a scripted
-//! model, spending from the run's budget and recorded in its own session.
+//! model, spending from the run's budget and recorded in its own session; a continued round
+//! resumes the agent's own session, and one that cannot be resumed fails loud.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod rounds_support;
 
 use std::sync::Arc;
 
-use agentrt_core_loop::model::{ChatModel, Message, ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::model::{ChatModel, Message, ScriptedModel, ScriptedTurn, ToolCall};
 use agentrt_core_loop::rounds::{
-    Iteration, LoopUntil, TextOutput, ToolLoopRunner, ValidationContext, Validator, Verdict,
+    Iteration, LoopUntil, Provision, TextOutput, ToolLoopRunner, ValidationContext, Validator,
+    Verdict,
 };
+use agentrt_core_loop::worker::{BoxSpec, WorkerFailure};
 use agentrt_core_loop::{
-    Budget, BudgetLimits, Error, RoundsConfig, RoundsStop, ToolLoop, loop_until,
+    Boxes, Budget, BudgetLimits, Error, LineageOptions, RoundsConfig, RoundsStop, ToolError,
+    ToolLoop, ToolRegistry, TypedTool, loop_until,
 };
-use agentrt_session_store::{MemoryStore, SessionStatus, SessionStore};
+use agentrt_session_store::{MemoryStore, Retention, SessionStatus, SessionStore};
+use rounds_support::FakeBackend;
 
 struct SaysGood;
 
@@ -126,4 +133,205 @@ async fn a_tool_loop_without_an_answer_is_a_soft_failure_never_an_empty_output()
             it.failure
         );
     }
+}
+
+/// A refine loop of `rounds` rounds over tool loops under session continuity (one fake box,
+/// continued), with the judge's feedback as the next prompt.
+fn continued_refine(
+    model: Arc<dyn ChatModel>,
+    store: Arc<dyn SessionStore>,
+    backend: &Arc<FakeBackend>,
+) -> RoundsConfig<String> {
+    let runner = ToolLoopRunner::new(move |_ctx| {
+        Ok(ToolLoop::new(model.clone(), "scripted", store.clone())
+            .system("You refine drafts.")
+            .tools(ToolRegistry::new().with_typed(Count))
+            .max_turns(8))
+    });
+    RoundsConfig::new(runner, TextOutput)
+        .validator(SaysGood)
+        .boxes(Boxes::Backend {
+            backend: backend.clone(),
+            spec: BoxSpec::default(),
+        })
+        .lineage(LineageOptions {
+            session_continuity: true,
+            fork_fanout: false,
+        })
+}
+
+fn feedback_prompt(task: &str, prev: Option<&Iteration<String>>) -> String {
+    match prev.and_then(|p| p.verdict.as_ref()) {
+        Some(v) => format!("{task} ({})", v.feedback.clone().unwrap_or_default()),
+        None => task.to_owned(),
+    }
+}
+
+/// Counts the characters of its argument.
+struct Count;
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct CountArgs {
+    text: String,
+}
+
+#[async_trait::async_trait]
+impl TypedTool for Count {
+    type Args = CountArgs;
+    fn name(&self) -> &str {
+        "count"
+    }
+    fn description(&self) -> &str {
+        "Counts characters."
+    }
+    async fn call(&self, args: CountArgs) -> Result<String, ToolError> {
+        Ok(args.text.chars().count().to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_continued_round_resumes_the_agents_own_session_with_its_history_exact() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let backend = Arc::new(FakeBackend::new(false));
+    // Round 1: a tool call, then "meh". Round 2 (the judge's feedback arrives): "good".
+    let scripted = ScriptedModel::from_fn(|req| {
+        let has_result = req
+            .messages
+            .iter()
+            .any(|m| matches!(m, Message::Tool { .. }));
+        if last_user(&req.messages).contains("say good") {
+            ScriptedTurn::text("good").with_usage(30, 2)
+        } else if has_result {
+            ScriptedTurn::text("meh").with_usage(20, 2)
+        } else {
+            ScriptedTurn::tool_call("c1", "count", r#"{"text": "draft"}"#).with_usage(10, 2)
+        }
+    });
+    let model: Arc<dyn ChatModel> = Arc::new(scripted.clone());
+    let config = continued_refine(model, store.clone(), &backend);
+    let out = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
+        .await
+        .unwrap();
+    assert_eq!(out.stop, RoundsStop::Done);
+    let its = out.history.iterations();
+    assert_eq!(
+        its.iter().map(|i| i.provision).collect::<Vec<_>>(),
+        [Provision::Fresh, Provision::Continued]
+    );
+    // One agent session across both rounds, in the same box.
+    let session = its[0].agent_session.unwrap();
+    assert_eq!(its[1].agent_session, Some(session));
+    assert_eq!(its[0].box_id, its[1].box_id);
+
+    // The first model request of round 2 is round 1's conversation exactly (system prompt
+    // once, the tool call and its result, the answer), then the round's prompt.
+    let requests = scripted.requests();
+    assert_eq!(requests.len(), 3);
+    let round1_user = Message::User {
+        content: "write".into(),
+    };
+    let round2 = &requests[2].messages;
+    assert_eq!(
+        &round2[..round2.len() - 1],
+        &[
+            Message::System {
+                content: "You refine drafts.".into()
+            },
+            round1_user,
+            Message::Assistant {
+                content: None,
+                tool_calls: vec![ToolCall {
+                    id: "c1".into(),
+                    name: "count".into(),
+                    arguments: r#"{"text": "draft"}"#.into(),
+                }],
+            },
+            Message::Tool {
+                tool_call_id: "c1".into(),
+                content: "5".into(),
+            },
+            Message::Assistant {
+                content: Some("meh".into()),
+                tool_calls: Vec::new(),
+            },
+        ]
+    );
+    assert_eq!(
+        round2.last(),
+        Some(&Message::User {
+            content: "write (say good)".into()
+        })
+    );
+    // Each iteration reports its own run's usage, not the session's running total.
+    assert_eq!(its[0].usage.unwrap().input_tokens, 30);
+    assert_eq!(its[1].usage.unwrap().input_tokens, 30);
+    let recorded = store.get(&session).await.unwrap();
+    assert_eq!(recorded.status, SessionStatus::Completed);
+}
+
+/// Fails every output, then prunes every completed session of its store.
+struct ThenPrune(Arc<dyn SessionStore>);
+
+#[async_trait::async_trait]
+impl Validator<String> for ThenPrune {
+    fn id(&self) -> &str {
+        "judge"
+    }
+    async fn validate(&self, _: &String, _: ValidationContext<'_>) -> Result<Verdict, Error> {
+        let retention = Retention::ended_before(i64::MAX).status(SessionStatus::Completed);
+        let pruned = self.0.prune(retention).await?;
+        assert_eq!(pruned.sessions.len(), 1, "the agent's session was removed");
+        Ok(Verdict::fail("say good"))
+    }
+}
+
+#[tokio::test]
+async fn a_removed_agent_session_fails_the_continued_round_loud() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let backend = Arc::new(FakeBackend::new(false));
+    let model: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
+        ScriptedTurn::text("meh").with_usage(5, 1)
+    }));
+    let rounds_store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    // After judging round 1, retention removes the agent's finished session.
+    let config = continued_refine(model, store.clone(), &backend)
+        .validator(ThenPrune(store.clone()))
+        .store(rounds_store.clone());
+    let err = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
+        .await
+        .unwrap_err();
+    let Error::Worker {
+        kind: WorkerFailure::Validation,
+        message,
+    } = &err
+    else {
+        panic!("expected a validation error, got {err}");
+    };
+    assert!(message.contains("not in the store"), "{message}");
+    // The failure is replayable: the run's session ended failed with this error.
+    let sessions = rounds_store.list(Default::default()).await.unwrap().items;
+    assert_eq!(sessions[0].status, SessionStatus::Failed);
+    assert_eq!(
+        sessions[0].error.as_ref().unwrap()["kind"],
+        serde_json::json!("worker")
+    );
+}
+
+#[tokio::test]
+async fn a_continued_round_whose_parent_run_did_not_answer_fails_loud() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let backend = Arc::new(FakeBackend::new(false));
+    // Round 1's model fails (a soft failure of that iteration): there is no agent to continue.
+    let model: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
+        ScriptedTurn::fail(Error::Connect("refused".into()))
+    }));
+    let config = continued_refine(model, store.clone(), &backend);
+    let err = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Worker { kind: WorkerFailure::Validation, message }
+            if message.contains("reported no agent session")),
+        "{err}"
+    );
 }

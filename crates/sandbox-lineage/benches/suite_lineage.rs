@@ -20,9 +20,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentrt_sandbox_lineage::{
-    BackendOptions, BoxSpec, BubblewrapBackend, ExecRequest, Sandbox, SandboxBox,
-};
+use agentrt_core_loop::worker::{BoxSpec, ExecRequest};
+use agentrt_sandbox_lineage::{BackendOptions, BubblewrapBackend, SandboxBox};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -63,7 +62,7 @@ async fn box_start(backend: &BubblewrapBackend, runs: usize) -> AnyResult<(f64, 
     let mut create = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        let b = backend.create(&BoxSpec::default()).await?;
+        let b = backend.create_box(&BoxSpec::default()).await?;
         create.push(ms(t.elapsed()));
         sh(&b, "true").await?;
         start.push(ms(t.elapsed()));
@@ -74,7 +73,7 @@ async fn box_start(backend: &BubblewrapBackend, runs: usize) -> AnyResult<(f64, 
 
 /// Returns (median fork ms, first seal ms).
 async fn fork_cost(backend: &BubblewrapBackend, mib: usize, forks: usize) -> AnyResult<(f64, f64)> {
-    let parent = backend.create(&BoxSpec::default()).await?;
+    let parent = backend.create_box(&BoxSpec::default()).await?;
     fill(&parent, mib).await?;
     let t = Instant::now();
     let first = parent.checkpoint().await?;
@@ -85,7 +84,7 @@ async fn fork_cost(backend: &BubblewrapBackend, mib: usize, forks: usize) -> Any
         parent.write_file(&format!("step-{i}.txt"), b"x").await?;
         let t = Instant::now();
         let checkpoint = parent.checkpoint().await?;
-        let child = backend.fork(&checkpoint).await?;
+        let child = backend.fork_box(&checkpoint).await?;
         samples.push(ms(t.elapsed()));
         // The child really sees the parent's data.
         if child.read_file("data/f1").await?.len() != (mib / 16).max(1) << 20 {
@@ -98,7 +97,7 @@ async fn fork_cost(backend: &BubblewrapBackend, mib: usize, forks: usize) -> Any
 }
 
 async fn copy_cost(copy_backend: &BubblewrapBackend, mib: usize, runs: usize) -> AnyResult<f64> {
-    let parent = copy_backend.create(&BoxSpec::default()).await?;
+    let parent = copy_backend.create_box(&BoxSpec::default()).await?;
     fill(&parent, mib).await?;
     let mut samples = Vec::new();
     for _ in 0..runs {

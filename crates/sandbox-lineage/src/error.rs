@@ -35,17 +35,6 @@ pub enum Error {
     /// The box was destroyed (or pruned) before this operation.
     #[error("box {0} was destroyed")]
     Destroyed(String),
-    /// The lineage does not know this box index.
-    #[error("no box with index {0} in this lineage")]
-    UnknownBox(usize),
-    /// A pruning branch point went backwards; it must be monotonic.
-    #[error("branch point {given} is below the previous branch point {previous}")]
-    NonMonotonicBranchPoint {
-        /// The branch point passed in.
-        given: usize,
-        /// The highest branch point seen so far.
-        previous: usize,
-    },
     /// The backend cannot do this on this machine (the probe said no, or a tool is missing).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -65,9 +54,6 @@ pub enum Error {
         /// The maximum this store mounts.
         max: usize,
     },
-    /// The operation was cancelled.
-    #[error("cancelled")]
-    Cancelled,
     /// Spawning or waiting for a process failed.
     #[error("exec of {program:?} failed: {source}")]
     Spawn {
@@ -116,16 +102,12 @@ impl Error {
     /// The worker-failure kind the round loop sees for this error.
     pub fn failure_kind(&self) -> WorkerFailure {
         match self {
-            Error::UnknownSession { .. }
-            | Error::Invalid { .. }
-            | Error::UnknownBox(_)
-            | Error::NonMonotonicBranchPoint { .. } => WorkerFailure::Validation,
+            Error::UnknownSession { .. } | Error::Invalid { .. } => WorkerFailure::Validation,
             Error::PathEscape { .. } => WorkerFailure::PathEscape,
             Error::Unsupported(_)
             | Error::LimitUnenforceable { .. }
             | Error::ChainTooDeep { .. } => WorkerFailure::Unsupported,
             Error::Destroyed(_) => WorkerFailure::Destroyed,
-            Error::Cancelled => WorkerFailure::Cancelled,
             Error::Spawn { .. } | Error::Mount { .. } | Error::Io { .. } => WorkerFailure::Backend,
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentrt_core_loop::worker::{ExecOutcome, OutputChunk, WorkerLimits};
+use agentrt_core_loop::worker::{BoxLimits, ExecOutcome, OutputChunk};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -51,7 +51,7 @@ pub(crate) struct Launch<'a> {
     pub cwd_rel: &'a Path,
     pub env: &'a BTreeMap<String, String>,
     pub network: bool,
-    pub limits: &'a WorkerLimits,
+    pub limits: &'a BoxLimits,
 }
 
 impl Runner {

@@ -1,5 +1,6 @@
-//! Where workers run: the [`Sandbox`] trait, a local-directory and a bubblewrap backend, and
-//! copy-on-write lineage over overlayfs (checkpoint, fork, prune).
+//! Where workers run: the backends behind core-loop's worker traits — a local-directory and a
+//! bubblewrap backend — with copy-on-write layers over overlayfs and a fail-closed capability
+//! probe.
 //!
 //! - [`LocalDirBackend`]: a directory per box, no isolation, portable; forks copy.
 //! - [`BubblewrapBackend`]: Linux namespaces via `bwrap` (no network unless granted, read-only
@@ -9,10 +10,15 @@
 //!   grow with the workspace. Chains are at most [`MAX_CHAIN_DEPTH`] layers deep.
 //! - [`CapabilityReport`]: the memoized, fail-closed probe (`can_fork`,
 //!   `can_checkpoint_process`) the round loop asks instead of naming a backend.
-//! - [`SandboxLineage`]: start / continue / fork / prune / teardown over any [`Sandbox`].
 //!
-//! Both backends also implement `agentrt_core_loop::worker::WorkerBackend`, and
-//! [`SandboxBox`] implements `WorkerBox`.
+//! Both backends implement `agentrt_core_loop::worker::WorkerBackend` and [`SandboxBox`]
+//! implements `WorkerBox`: that one trait pair is how boxes are driven. The lineage policy
+//! (start, continue after a liveness check, fork in bounded waves, prune, teardown) lives once,
+//! in core-loop's rounds (`agentrt_core_loop::LineageOptions`), over those traits. The box
+//! types (`BoxSpec`, `ExecRequest`, `BoxSessionId`, …) are core-loop's
+//! (`agentrt_core_loop::worker`); this crate re-exports none of them. The inherent methods
+//! ([`BubblewrapBackend::create_box`], [`SandboxBox::checkpoint`], …) give typed access to the
+//! concrete box (its workspace path, layer depth, sealed checkpoints).
 //!
 //! # What the machine needs
 //!
@@ -21,9 +27,9 @@
 //!   bound at `/workspace`).
 //! - overlayfs and `CAP_SYS_ADMIN` (root) for overlay lineage. Without them the probe says
 //!   `can_fork = false` with the reason, and boxes use plain directories (checkpoint and fork
-//!   copy). The lineage then degrades to fresh boxes.
-//! - A writable pids cgroup (v1 `pids` hierarchy or v2) to enforce
-//!   [`WorkerLimits::pids`] as root; when none exists a pids limit is refused with
+//!   copy). The round loop's lineage then degrades to fresh boxes.
+//! - A writable pids cgroup (v1 `pids` hierarchy or v2) to enforce a pids limit
+//!   (`BoxLimits::pids`) as root; when none exists a pids limit is refused with
 //!   [`Error::LimitUnenforceable`] rather than ignored.
 //! - `criu` is optional: `can_checkpoint_process` is true only when `criu check` passes.
 //!
@@ -31,21 +37,29 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use agentrt_sandbox_lineage::{BoxSpec, BubblewrapBackend, LineageOptions, SandboxLineage};
+//! use agentrt_core_loop::rounds::{AgentRun, LoopUntil, RunContext, TextOutput};
+//! use agentrt_core_loop::worker::{BoxSpec, ExecRequest};
+//! use agentrt_core_loop::{Boxes, LineageOptions, RoundsConfig, loop_until};
+//! use agentrt_sandbox_lineage::BubblewrapBackend;
 //!
-//! # async fn demo() -> agentrt_sandbox_lineage::Result<()> {
+//! # async fn demo(check: impl agentrt_core_loop::rounds::Validator<String> + 'static)
+//! # -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = Arc::new(BubblewrapBackend::new("/tmp")?);
-//! let lineage = SandboxLineage::new(backend, LineageOptions::default())?;
-//! let root = lineage.start(&BoxSpec::default(), "refine").await?;
-//! root.sandbox_box.write_file("draft.md", b"v1").await?;
-//! // Next round: same box, same session (checked to be alive first).
-//! let same = lineage.continue_session(root.index, &root.session).await?;
-//! // Breadth: three children on one checkpoint of the parent (or fresh boxes if the probe
-//! // says the backend cannot fork).
-//! let children = lineage.fork(same.index, 3, None).await?;
-//! // Nothing before the newest round can be descended from any more.
-//! lineage.prune(children.children[0].index).await?;
-//! lineage.teardown().await?;
+//! // Each refine round continues the same box and box session (checked to be alive first).
+//! let runner = |ctx: RunContext| async move {
+//!     let worker_box = ctx.worker_box.expect("a box");
+//!     let mut request = ExecRequest::new(["/bin/sh", "-c", "echo draft >> notes.txt; cat notes.txt"]);
+//!     request.session = ctx.box_session;
+//!     let outcome = worker_box.exec(request, None).await?;
+//!     Ok(AgentRun::new(String::from_utf8_lossy(&outcome.stdout)))
+//! };
+//! let config = RoundsConfig::new(runner, TextOutput)
+//!     .validator(check)
+//!     .boxes(Boxes::Backend { backend, spec: BoxSpec::default() })
+//!     .lineage(LineageOptions { session_continuity: true, fork_fanout: false });
+//! let spec = LoopUntil::new(3, |task: &str, _: Option<&_>| task.to_owned());
+//! let outcome = loop_until("take notes", &spec, &config).await?;
+//! println!("{:?}: {} boxes made", outcome.stop, outcome.boxes.fresh);
 //! # Ok(())
 //! # }
 //! ```
@@ -54,23 +68,13 @@
 mod error;
 mod exec;
 mod layers;
-mod lineage;
 mod paths;
 mod probe;
 mod sandbox;
 mod sys;
 mod worker_impl;
 
-pub use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecOutcome, ExecRequest, OutputChunk, SessionId, SessionStatus,
-    WorkerLimits,
-};
 pub use error::{Error, Result};
 pub use layers::{MAX_CHAIN_DEPTH, OverlayLineage};
-pub use lineage::{
-    ForkMode, ForkOutcome, LineageBox, LineageOptions, ParentAuthoring, PruneReport, SandboxLineage,
-};
 pub use probe::CapabilityReport;
-pub use sandbox::{
-    BackendOptions, BoxSpec, BubblewrapBackend, Checkpoint, LocalDirBackend, Sandbox, SandboxBox,
-};
+pub use sandbox::{BackendOptions, BubblewrapBackend, Checkpoint, LocalDirBackend, SandboxBox};

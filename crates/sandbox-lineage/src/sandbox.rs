@@ -1,12 +1,12 @@
-//! The `Sandbox` trait, the box handle and the two backends.
+//! The box handle and the two backends. Both are driven through core-loop's worker traits
+//! (`worker_impl.rs`); the inherent methods here give typed access to the concrete box.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecOutcome, ExecRequest, OutputChunk, SessionId, SessionStatus,
-    WorkerSpec,
+    BoxSessionId, BoxSessionStatus, BoxSpec, CheckpointId, ExecOutcome, ExecRequest, OutputChunk,
 };
 use tokio::sync::{OnceCell, RwLock, mpsc};
 
@@ -17,38 +17,6 @@ use crate::layers::{
 };
 use crate::paths;
 use crate::probe::{self, CapabilityReport};
-
-/// How to create a box: workspace seed, environment allow-list, network, resource limits.
-/// The same type the round loop hands its worker backend.
-pub type BoxSpec = WorkerSpec;
-
-/// A place where boxes are created: a backend.
-///
-/// Capabilities are asked, never assumed from the backend's name: [`Sandbox::probe`] answers
-/// once per backend and fails closed.
-#[async_trait::async_trait]
-pub trait Sandbox: Send + Sync + 'static {
-    /// A short name for logs (`"local-dir"`, `"bubblewrap"`).
-    fn name(&self) -> &'static str;
-
-    /// The memoized, fail-closed capability report.
-    async fn probe(&self) -> CapabilityReport;
-
-    /// The capability booleans of [`Sandbox::probe`].
-    async fn capabilities(&self) -> Capabilities {
-        self.probe().await.capabilities()
-    }
-
-    /// Creates a fresh box from `spec`.
-    async fn create(&self, spec: &BoxSpec) -> Result<SandboxBox>;
-
-    /// Starts a child box from a checkpoint. The child inherits the parent's spec (image,
-    /// environment, network, limits) and its sessions as they were at the checkpoint; there is
-    /// no per-child spec on this path. With overlay lineage this mounts a fresh upper layer
-    /// over the sealed chain (cost independent of workspace size); in copy mode it copies the
-    /// snapshot.
-    async fn fork(&self, from: &Checkpoint) -> Result<SandboxBox>;
-}
 
 /// Options shared by both backends.
 #[derive(Debug, Clone)]
@@ -272,7 +240,7 @@ struct CheckpointInner {
     sealed: Sealed,
     spec: BoxSpec,
     env: BTreeMap<String, String>,
-    sessions: BTreeMap<SessionId, SessionStatus>,
+    sessions: BTreeMap<BoxSessionId, BoxSessionStatus>,
 }
 
 enum Sealed {
@@ -323,7 +291,7 @@ struct BoxInner {
     core: Arc<BackendCore>,
     spec: BoxSpec,
     env: BTreeMap<String, String>,
-    sessions: Mutex<BTreeMap<SessionId, SessionStatus>>,
+    sessions: Mutex<BTreeMap<BoxSessionId, BoxSessionStatus>>,
     /// `None` once destroyed. Execs hold it shared; checkpoint and destroy exclusively.
     workspace: RwLock<Option<Workspace>>,
     root: PathBuf,
@@ -344,7 +312,7 @@ impl SandboxBox {
         id: String,
         spec: BoxSpec,
         env: BTreeMap<String, String>,
-        sessions: BTreeMap<SessionId, SessionStatus>,
+        sessions: BTreeMap<BoxSessionId, BoxSessionStatus>,
         workspace: Workspace,
     ) -> Self {
         let root = workspace.root();
@@ -466,7 +434,7 @@ impl SandboxBox {
         Ok(outcome)
     }
 
-    fn require_session(&self, id: &SessionId) -> Result<SessionStatus> {
+    fn require_session(&self, id: &BoxSessionId) -> Result<BoxSessionStatus> {
         self.session_status(id)
             .ok_or_else(|| Error::UnknownSession {
                 box_id: self.inner.id.clone(),
@@ -526,21 +494,21 @@ impl SandboxBox {
 
     /// Opens a session: a named working context recorded in the box (its working directory
     /// and exec count). Forks inherit the sessions known at the checkpoint.
-    pub async fn open_session(&self, name: &str) -> Result<SessionId> {
+    pub async fn open_session(&self, name: &str) -> Result<BoxSessionId> {
         self.open_session_in(name, "").await
     }
 
     /// Opens a session whose execs run in `cwd` (relative to the workspace root, created if
     /// missing) unless a request names its own.
-    pub async fn open_session_in(&self, name: &str, cwd: &str) -> Result<SessionId> {
+    pub async fn open_session_in(&self, name: &str, cwd: &str) -> Result<BoxSessionId> {
         let guard = self.inner.workspace.read().await;
         if guard.is_none() {
             return Err(Error::Destroyed(self.inner.id.clone()));
         }
         let dir = paths::confine_dir(&self.inner.root, cwd)?;
         std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
-        let id = SessionId(uuid::Uuid::new_v4().to_string());
-        let status = SessionStatus {
+        let id = BoxSessionId(uuid::Uuid::new_v4().to_string());
+        let status = BoxSessionStatus {
             id: id.clone(),
             name: name.to_string(),
             cwd: cwd.to_string(),
@@ -554,7 +522,7 @@ impl SandboxBox {
 
     /// The session's status, or `None` when this box does not know it (never opened here,
     /// closed, or the box is destroyed).
-    pub fn session_status(&self, id: &SessionId) -> Option<SessionStatus> {
+    pub fn session_status(&self, id: &BoxSessionId) -> Option<BoxSessionStatus> {
         self.inner.sessions.lock().ok()?.get(id).cloned()
     }
 
@@ -565,7 +533,7 @@ impl SandboxBox {
     }
 
     /// Forgets a session; returns whether it was known.
-    pub fn close_session(&self, id: &SessionId) -> bool {
+    pub fn close_session(&self, id: &BoxSessionId) -> bool {
         self.inner
             .sessions
             .lock()
@@ -717,28 +685,36 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-macro_rules! impl_sandbox {
+macro_rules! impl_backend {
     ($backend:ty) => {
-        #[async_trait::async_trait]
-        impl Sandbox for $backend {
-            fn name(&self) -> &'static str {
+        impl $backend {
+            /// A short name for logs (`"local-dir"`, `"bubblewrap"`).
+            pub fn name(&self) -> &'static str {
                 self.core.name
             }
 
-            async fn probe(&self) -> CapabilityReport {
+            /// The memoized, fail-closed capability report, with the reason behind every "no".
+            /// Its booleans are what [`WorkerBackend::capabilities`](agentrt_core_loop::worker::WorkerBackend::capabilities) answers.
+            pub async fn probe(&self) -> CapabilityReport {
                 self.core.probe().await
             }
 
-            async fn create(&self, spec: &BoxSpec) -> Result<SandboxBox> {
+            /// Creates a fresh box from `spec`, as the concrete [`SandboxBox`] (what
+            /// [`WorkerBackend::create`](agentrt_core_loop::worker::WorkerBackend::create) hands out behind the trait).
+            pub async fn create_box(&self, spec: &BoxSpec) -> Result<SandboxBox> {
                 self.core.create(spec).await
             }
 
-            async fn fork(&self, from: &Checkpoint) -> Result<SandboxBox> {
+            /// Starts a child box from a checkpoint, as the concrete [`SandboxBox`] (what
+            /// [`WorkerBackend::fork`](agentrt_core_loop::worker::WorkerBackend::fork) does for a checkpoint id). The child inherits the
+            /// parent's spec (image, environment, network, limits) and its sessions as they
+            /// were at the checkpoint; there is no per-child spec on this path. With overlay
+            /// lineage this mounts a fresh upper layer over the sealed chain (cost independent
+            /// of workspace size); in copy mode it copies the snapshot.
+            pub async fn fork_box(&self, from: &Checkpoint) -> Result<SandboxBox> {
                 self.core.fork(from).await
             }
-        }
 
-        impl $backend {
             pub(crate) fn core(&self) -> &Arc<BackendCore> {
                 &self.core
             }
@@ -746,5 +722,5 @@ macro_rules! impl_sandbox {
     };
 }
 
-impl_sandbox!(LocalDirBackend);
-impl_sandbox!(BubblewrapBackend);
+impl_backend!(LocalDirBackend);
+impl_backend!(BubblewrapBackend);

@@ -4,13 +4,13 @@ use std::sync::Arc;
 
 use agentrt_core_loop::Error as LoopError;
 use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecOutcome, ExecRequest, OutputChunk, SessionId, SessionStatus,
-    WorkerBackend, WorkerBox, WorkerSpec,
+    BoxSessionId, BoxSessionStatus, BoxSpec, Capabilities, CheckpointId, ExecOutcome, ExecRequest,
+    OutputChunk, WorkerBackend, WorkerBox,
 };
 use tokio::sync::mpsc;
 
 use crate::error::Error;
-use crate::sandbox::{BubblewrapBackend, LocalDirBackend, Sandbox, SandboxBox};
+use crate::sandbox::{BubblewrapBackend, LocalDirBackend, SandboxBox};
 
 #[async_trait::async_trait]
 impl WorkerBox for SandboxBox {
@@ -34,11 +34,14 @@ impl WorkerBox for SandboxBox {
         Ok(SandboxBox::write_file(self, path, contents).await?)
     }
 
-    async fn open_session(&self, name: &str) -> Result<SessionId, LoopError> {
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, LoopError> {
         Ok(SandboxBox::open_session(self, name).await?)
     }
 
-    async fn session_status(&self, id: &SessionId) -> Result<Option<SessionStatus>, LoopError> {
+    async fn session_status(
+        &self,
+        id: &BoxSessionId,
+    ) -> Result<Option<BoxSessionStatus>, LoopError> {
         Ok(SandboxBox::session_status(self, id))
     }
 
@@ -61,11 +64,11 @@ macro_rules! impl_worker_backend {
         #[async_trait::async_trait]
         impl WorkerBackend for $backend {
             async fn capabilities(&self) -> Capabilities {
-                Sandbox::capabilities(self).await
+                self.probe().await.capabilities()
             }
 
-            async fn create(&self, spec: &WorkerSpec) -> Result<Arc<dyn WorkerBox>, LoopError> {
-                Ok(Arc::new(Sandbox::create(self, spec).await?))
+            async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, LoopError> {
+                Ok(Arc::new(self.create_box(spec).await?))
             }
 
             async fn fork(
@@ -88,7 +91,7 @@ macro_rules! impl_worker_backend {
                     }
                     .into());
                 };
-                Ok(Arc::new(Sandbox::fork(self, &found).await?))
+                Ok(Arc::new(self.fork_box(&found).await?))
             }
 
             async fn release_checkpoint(&self, checkpoint: &CheckpointId) -> Result<(), LoopError> {

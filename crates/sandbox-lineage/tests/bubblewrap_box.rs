@@ -7,14 +7,15 @@ mod common;
 use std::io::Read;
 use std::time::Duration;
 
-use agentrt_sandbox_lineage::{BoxSpec, Error, ExecRequest, OutputChunk, Sandbox, WorkerLimits};
+use agentrt_core_loop::worker::{BoxLimits, BoxSpec, ExecRequest, OutputChunk, WorkerBackend};
+use agentrt_sandbox_lineage::Error;
 use common::{bubblewrap, run, sh, state_dir, stdout};
 
 #[tokio::test]
 async fn writing_outside_the_workspace_is_denied() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     // A host directory that exists but is not bound into the box.
     let host = tempfile::Builder::new()
         .prefix("sbx-host-")
@@ -74,7 +75,7 @@ async fn connecting_to_a_host_loopback_server_is_denied_without_network() {
     let mut request = ExecRequest::new(["/bin/bash", "-c", &script]);
     request.timeout = Some(Duration::from_secs(30));
 
-    let isolated = backend.create(&BoxSpec::default()).await.unwrap();
+    let isolated = backend.create_box(&BoxSpec::default()).await.unwrap();
     let out = isolated.exec(request.clone()).await.unwrap();
     assert!(!out.success(), "connection must fail: {}", stdout(&out));
     assert_ne!(stdout(&out), "connected");
@@ -86,7 +87,7 @@ async fn connecting_to_a_host_loopback_server_is_denied_without_network() {
     // Control: the same command with network granted does reach the server, so the denial
     // above is the sandbox's doing.
     let networked = backend
-        .create(&BoxSpec {
+        .create_box(&BoxSpec {
             network: true,
             ..BoxSpec::default()
         })
@@ -117,7 +118,7 @@ async fn reading_host_files_outside_the_binds_is_denied() {
     let in_tmp = host.path().join("secret");
     std::fs::write(&in_tmp, &secret).unwrap();
 
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let script = format!(
         "cat {a}; cat {b}; cat /etc/shadow; ls /root; ls {state}",
         a = under_root.display(),
@@ -145,7 +146,7 @@ async fn other_processes_environments_are_not_readable_through_proc() {
         std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR for tests");
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let out = run(
         &b,
         "for f in /proc/[0-9]*/environ; do cat $f 2>/dev/null | tr '\\0' '\\n'; done; echo; \
@@ -179,7 +180,7 @@ async fn env_allow_list_is_honoured() {
         ..BoxSpec::default()
     };
     spec.env.insert("EXPLICIT".into(), "yes".into());
-    let b = backend.create(&spec).await.unwrap();
+    let b = backend.create_box(&spec).await.unwrap();
     let mut request = sh("env");
     request.env.insert("PER_EXEC".into(), "1".into());
     let out = b.exec(request).await.unwrap();
@@ -205,7 +206,7 @@ async fn env_allow_list_is_honoured() {
 async fn exec_timeout_kills_the_process_tree() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let mut request = sh("(sleep 5; echo late > /workspace/late) & sleep 30");
     request.timeout = Some(Duration::from_millis(500));
     let started = std::time::Instant::now();
@@ -229,12 +230,12 @@ async fn exec_timeout_kills_the_process_tree() {
 async fn spec_wall_time_limit_applies_to_every_exec() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let limits = WorkerLimits {
+    let limits = BoxLimits {
         wall_time: Some(Duration::from_millis(300)),
-        ..WorkerLimits::default()
+        ..BoxLimits::default()
     };
     let b = backend
-        .create(&BoxSpec {
+        .create_box(&BoxSpec {
             limits,
             ..BoxSpec::default()
         })
@@ -249,19 +250,19 @@ async fn memory_limit_is_enforced() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
     let script = "dd if=/dev/zero of=/dev/null bs=200M count=1 && echo allocated";
-    let unlimited = backend.create(&BoxSpec::default()).await.unwrap();
+    let unlimited = backend.create_box(&BoxSpec::default()).await.unwrap();
     assert_eq!(
         stdout(&run(&unlimited, script).await),
         "allocated",
         "control: 200 MiB is fine unlimited"
     );
 
-    let limits = WorkerLimits {
+    let limits = BoxLimits {
         memory_bytes: Some(64 << 20),
-        ..WorkerLimits::default()
+        ..BoxLimits::default()
     };
     let limited = backend
-        .create(&BoxSpec {
+        .create_box(&BoxSpec {
             limits,
             ..BoxSpec::default()
         })
@@ -280,12 +281,12 @@ async fn memory_limit_is_enforced() {
 async fn cpu_time_limit_is_enforced() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let limits = WorkerLimits {
+    let limits = BoxLimits {
         cpu_seconds: Some(1),
-        ..WorkerLimits::default()
+        ..BoxLimits::default()
     };
     let b = backend
-        .create(&BoxSpec {
+        .create_box(&BoxSpec {
             limits,
             ..BoxSpec::default()
         })
@@ -305,7 +306,7 @@ async fn cpu_time_limit_is_enforced() {
 async fn the_box_has_no_privileges_to_remount_or_escalate() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let out = run(
         &b,
         "mount -o remount,rw /usr 2>/dev/null && echo remounted; \
@@ -327,16 +328,16 @@ async fn pids_limit_is_enforced() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
     let script = "ok=0; for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 1 & [ $? -eq 0 ] && ok=$((ok+1)); done; wait; echo spawned=$ok";
-    let unlimited = backend.create(&BoxSpec::default()).await.unwrap();
+    let unlimited = backend.create_box(&BoxSpec::default()).await.unwrap();
     let out = run(&unlimited, script).await;
     assert_eq!(stdout(&out), "spawned=12", "control");
 
-    let limits = WorkerLimits {
+    let limits = BoxLimits {
         pids: Some(4),
-        ..WorkerLimits::default()
+        ..BoxLimits::default()
     };
     let limited = backend
-        .create(&BoxSpec {
+        .create_box(&BoxSpec {
             limits,
             ..BoxSpec::default()
         })
@@ -359,7 +360,7 @@ async fn pids_limit_is_enforced() {
 async fn output_is_streamed_as_it_is_produced() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let mut request = sh("echo one; echo oops >&2; sleep 0.2; echo two");
     request.stdin = None;
@@ -382,7 +383,7 @@ async fn output_is_streamed_as_it_is_produced() {
 async fn stdin_is_delivered_and_exit_codes_are_reported() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let mut request = sh("tr a-z A-Z; exit 3");
     request.stdin = Some(b"shout".to_vec());
     let out = b.exec(request).await.unwrap();
@@ -395,7 +396,7 @@ async fn stdin_is_delivered_and_exit_codes_are_reported() {
 async fn file_access_is_confined_to_the_workspace() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     b.write_file("sub/dir/note.txt", b"hi").await.unwrap();
     assert_eq!(
         run(&b, "cat /workspace/sub/dir/note.txt").await.stdout,
@@ -448,7 +449,7 @@ async fn workspace_seed_is_copied_in_and_the_seed_stays_untouched() {
         workspace_seed: Some(seed.path().to_path_buf()),
         ..BoxSpec::default()
     };
-    let b = backend.create(&spec).await.unwrap();
+    let b = backend.create_box(&spec).await.unwrap();
     assert_eq!(run(&b, "cat src/main.txt").await.stdout, b"seeded");
     run(&b, "echo changed > src/main.txt").await;
     assert_eq!(
@@ -461,7 +462,7 @@ async fn workspace_seed_is_copied_in_and_the_seed_stays_untouched() {
 async fn destroyed_boxes_refuse_work_and_forget_sessions() {
     let dir = state_dir();
     let backend = bubblewrap(&dir);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let session = b.open_session("main").await.unwrap();
     let root = b.workspace_path().to_path_buf();
     b.destroy().await.unwrap();

@@ -5,9 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use agentrt_sandbox_lineage::{
-    BackendOptions, BoxSpec, Error, ExecRequest, LocalDirBackend, Sandbox,
-};
+use agentrt_core_loop::worker::{BoxSpec, ExecRequest};
+use agentrt_sandbox_lineage::{BackendOptions, Error, LocalDirBackend};
 use common::{bubblewrap, run, sh, state_dir, stdout};
 
 #[tokio::test]
@@ -21,7 +20,7 @@ async fn local_backend_runs_in_a_directory_and_forks_by_copying() {
     );
     assert!(report.fork_reason.is_some());
 
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     assert_eq!(
         stdout(&run(&b, "pwd").await),
         b.workspace_path().display().to_string()
@@ -30,7 +29,7 @@ async fn local_backend_runs_in_a_directory_and_forks_by_copying() {
     let checkpoint = b.checkpoint().await.unwrap();
     assert_eq!(checkpoint.layer_depth(), None, "copy mode");
     run(&b, "echo after > d/file").await;
-    let child = backend.fork(&checkpoint).await.unwrap();
+    let child = backend.fork_box(&checkpoint).await.unwrap();
     assert_eq!(child.read_file("d/file").await.unwrap(), b"data\n");
     assert_eq!(b.read_file("d/file").await.unwrap(), b"after\n");
     let mut request = sh("sleep 20");
@@ -43,11 +42,11 @@ async fn local_backend_can_use_overlay_lineage_when_asked() {
     let dir = state_dir();
     let backend = LocalDirBackend::with_options(BackendOptions::new(dir.path())).unwrap();
     assert!(backend.probe().await.can_fork);
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     b.write_file("x", b"1").await.unwrap();
     let checkpoint = b.checkpoint().await.unwrap();
     assert_eq!(checkpoint.layer_depth(), Some(1));
-    let child = backend.fork(&checkpoint).await.unwrap();
+    let child = backend.fork_box(&checkpoint).await.unwrap();
     assert_eq!(stdout(&run(&child, "cat x").await), "1");
 }
 
@@ -60,7 +59,7 @@ async fn bad_specs_and_requests_get_typed_errors() {
         ..BoxSpec::default()
     };
     assert!(matches!(
-        backend.create(&missing).await,
+        backend.create_box(&missing).await,
         Err(Error::Invalid {
             field: "workspace_seed",
             ..
@@ -71,10 +70,10 @@ async fn bad_specs_and_requests_get_typed_errors() {
         ..BoxSpec::default()
     };
     assert!(matches!(
-        backend.create(&bad_env).await,
+        backend.create_box(&bad_env).await,
         Err(Error::Invalid { field: "env", .. })
     ));
-    let b = backend.create(&BoxSpec::default()).await.unwrap();
+    let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let empty = ExecRequest::default();
     assert!(matches!(
         b.exec(empty).await,

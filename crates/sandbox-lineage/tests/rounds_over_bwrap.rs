@@ -15,18 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_core_loop::rounds::{
-    AgentRun, Candidate, Fanout, Iteration, LoopUntil, Provision, RoundHistory, RunContext,
-    TextOutput, ValidationContext, Validator, Verdict, WorkerStats, selector_fn,
+    AgentRun, BoxStats, Candidate, Fanout, Iteration, LoopUntil, Provision, RoundHistory,
+    RunContext, TextOutput, ValidationContext, Validator, Verdict, selector_fn,
 };
 use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecRequest, SessionId, WorkerBackend, WorkerBox, WorkerFailure,
-    WorkerSpec,
+    BoxSessionId, BoxSpec, Capabilities, CheckpointId, ExecRequest, WorkerBackend, WorkerBox,
+    WorkerFailure,
 };
 use agentrt_core_loop::{
-    Decision, Error, FailureInfo, LineageOptions, RoundDriver, RoundsConfig, RoundsStop, WorkItem,
-    Workers, fanout, loop_until, run_agent_rounds,
+    Boxes, Decision, Error, FailureInfo, LineageOptions, RoundDriver, RoundsConfig, RoundsStop,
+    WorkItem, fanout, loop_until, run_agent_rounds,
 };
-use agentrt_sandbox_lineage::{BackendOptions, BubblewrapBackend, Sandbox, SandboxBox};
+use agentrt_sandbox_lineage::{BackendOptions, BubblewrapBackend, SandboxBox};
 
 const CONTINUITY: LineageOptions = LineageOptions {
     session_continuity: true,
@@ -57,7 +57,7 @@ fn bubblewrap(dir: &tempfile::TempDir, overlay: bool) -> Arc<BubblewrapBackend> 
 /// A bubblewrap backend whose probe must say it can fork (root + overlayfs).
 async fn forking_bubblewrap(dir: &tempfile::TempDir) -> Arc<BubblewrapBackend> {
     let backend = bubblewrap(dir, true);
-    let report = Sandbox::probe(backend.as_ref()).await;
+    let report = backend.probe().await;
     assert!(
         report.can_fork,
         "overlay lineage must work here (root + overlayfs): {report:?}"
@@ -72,15 +72,15 @@ fn live_boxes(store_root: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn on(backend: Arc<dyn WorkerBackend>, spec: WorkerSpec) -> Workers {
-    Workers::Backend { backend, spec }
+fn on(backend: Arc<dyn WorkerBackend>, spec: BoxSpec) -> Boxes {
+    Boxes::Backend { backend, spec }
 }
 
 /// Runs `script` with `sh -c` inside the box, in the run's work session; fails the run (with a
 /// structural error) when the command fails.
 async fn sh(
     worker: &Arc<dyn WorkerBox>,
-    session: Option<&SessionId>,
+    session: Option<&BoxSessionId>,
     script: &str,
 ) -> Result<String, Error> {
     let mut request = ExecRequest::new(["/bin/sh", "-c", script]);
@@ -152,10 +152,10 @@ impl RoundDriver<String> for Driver {
 }
 
 /// A spec that sets `CHILD_SPEC=applied` in the box: visible only where per-item specs apply.
-fn per_item_spec() -> WorkerSpec {
-    WorkerSpec {
+fn per_item_spec() -> BoxSpec {
+    BoxSpec {
         env: BTreeMap::from([("CHILD_SPEC".to_owned(), "applied".to_owned())]),
-        ..WorkerSpec::default()
+        ..BoxSpec::default()
     }
 }
 
@@ -183,8 +183,8 @@ fn parent_child_runner(
     move |ctx: RunContext| {
         let barrier = barrier.clone();
         Box::pin(async move {
-            let worker = ctx.worker.clone().expect("a box");
-            let session = ctx.worker_session.clone();
+            let worker = ctx.worker_box.clone().expect("a box");
+            let session = ctx.box_session.clone();
             if ctx.item.prompt == "parent" {
                 sh(
                     &worker,
@@ -222,18 +222,18 @@ async fn fork_fanout_forks_children_that_see_the_parents_checkpoint_and_not_each
     let dir = state_dir();
     let backend = forking_bubblewrap(&dir).await;
     let store_root = backend.lineage_store().root().to_owned();
-    let sessions: Arc<Mutex<Vec<SessionId>>> = Arc::default();
+    let sessions: Arc<Mutex<Vec<BoxSessionId>>> = Arc::default();
     let driver = parent_then_children(&store_root, 3);
     let runner = parent_child_runner(3);
     let record = sessions.clone();
     let runner = move |ctx: RunContext| {
-        if let Some(s) = &ctx.worker_session {
+        if let Some(s) = &ctx.box_session {
             record.lock().unwrap().push(s.clone());
         }
         runner(ctx)
     };
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(backend.clone(), WorkerSpec::default()))
+        .boxes(on(backend.clone(), BoxSpec::default()))
         .lineage(FORKS)
         .max_concurrency(3);
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
@@ -268,8 +268,8 @@ async fn fork_fanout_forks_children_that_see_the_parents_checkpoint_and_not_each
     box_ids.dedup();
     assert_eq!(box_ids.len(), 4, "every child has its own box");
     assert_eq!(
-        out.workers,
-        WorkerStats {
+        out.boxes,
+        BoxStats {
             fresh: 1,
             forked: 3,
             checkpoints: 1,
@@ -295,22 +295,22 @@ async fn fanout_combinator_forks_its_attempts_from_one_seeded_root_box() {
     let seed = state_dir();
     std::fs::write(seed.path().join("seed.txt"), b"from-the-root\n").unwrap();
     let runner = |ctx: RunContext| async move {
-        let worker = ctx.worker.clone().expect("a box");
+        let worker = ctx.worker_box.clone().expect("a box");
         let label = ctx.item.label.clone().unwrap_or_default();
         let out = sh(
             &worker,
-            ctx.worker_session.as_ref(),
+            ctx.box_session.as_ref(),
             &format!("echo {label} > {label}.txt; cat seed.txt; ls -1 | tr '\\n' ' '"),
         )
         .await?;
         Ok(AgentRun::new(out))
     };
-    let root_spec = WorkerSpec {
+    let root_spec = BoxSpec {
         workspace_seed: Some(seed.path().to_owned()),
-        ..WorkerSpec::default()
+        ..BoxSpec::default()
     };
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(backend.clone(), root_spec))
+        .boxes(on(backend.clone(), root_spec))
         .lineage(FORKS)
         .max_concurrency(2);
     let shortest = selector_fn("shortest", |_: &str, c: &[Candidate<'_, String>]| {
@@ -337,7 +337,7 @@ async fn fanout_combinator_forks_its_attempts_from_one_seeded_root_box() {
         );
     }
     assert!(out.selected_iteration().is_some());
-    let w = out.rounds.workers;
+    let w = out.rounds.boxes;
     assert_eq!((w.fresh, w.checkpoints, w.forked), (1, 1, 3));
     assert_eq!(live_boxes(&store_root), 0);
 }
@@ -356,7 +356,7 @@ impl Validator<String> for HasLines {
         ctx: ValidationContext<'_>,
     ) -> Result<Verdict, Error> {
         // The box is still alive while the check runs.
-        let worker = ctx.worker.expect("a box");
+        let worker = ctx.worker_box.expect("a box");
         let on_disk = worker.read_file("log.txt").await?;
         assert_eq!(String::from_utf8(on_disk).unwrap().trim(), output.as_str());
         Ok(if output.lines().count() >= self.0 {
@@ -373,15 +373,15 @@ async fn session_continuity_carries_the_box_session_and_files_across_refine_roun
     let backend = forking_bubblewrap(&dir).await;
     let store_root = backend.lineage_store().root().to_owned();
     // Per run: its work session, the session's exec count, boxes live on disk.
-    type Seen = Vec<(Option<SessionId>, u64, usize)>;
+    type Seen = Vec<(Option<BoxSessionId>, u64, usize)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let record = seen.clone();
     let root = store_root.clone();
     let runner = move |ctx: RunContext| {
         let (record, root) = (record.clone(), root.clone());
         async move {
-            let worker = ctx.worker.clone().expect("a box");
-            let session = ctx.worker_session.clone();
+            let worker = ctx.worker_box.clone().expect("a box");
+            let session = ctx.box_session.clone();
             let log = sh(
                 &worker,
                 session.as_ref(),
@@ -401,7 +401,7 @@ async fn session_continuity_carries_the_box_session_and_files_across_refine_roun
         }
     };
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(backend.clone(), WorkerSpec::default()))
+        .boxes(on(backend.clone(), BoxSpec::default()))
         .lineage(CONTINUITY)
         .validator(HasLines(3));
     let spec = LoopUntil::new(5, |t: &str, _: Option<&Iteration<String>>| t.to_owned());
@@ -434,12 +434,12 @@ async fn session_continuity_carries_the_box_session_and_files_across_refine_roun
     );
     assert!(seen.iter().all(|(_, _, live)| *live == 1), "{seen:?}");
     assert_eq!(
-        out.workers,
-        WorkerStats {
+        out.boxes,
+        BoxStats {
             fresh: 1,
             continued: 2,
             destroyed: 1,
-            ..WorkerStats::default()
+            ..BoxStats::default()
         }
     );
     assert_eq!(live_boxes(&store_root), 0);
@@ -457,8 +457,8 @@ impl WorkerBackend for Tracked {
     async fn capabilities(&self) -> Capabilities {
         WorkerBackend::capabilities(self.inner.as_ref()).await
     }
-    async fn create(&self, spec: &WorkerSpec) -> Result<Arc<dyn WorkerBox>, Error> {
-        let made = Sandbox::create(self.inner.as_ref(), spec).await?;
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error> {
+        let made = self.inner.create_box(spec).await?;
         self.boxes.lock().unwrap().push(made.clone());
         Ok(Arc::new(made))
     }
@@ -479,15 +479,15 @@ async fn a_session_closed_between_rounds_ends_the_run_with_a_worker_validation_e
         inner,
         boxes: Mutex::new(Vec::new()),
     });
-    let sessions: Arc<Mutex<Vec<SessionId>>> = Arc::default();
+    let sessions: Arc<Mutex<Vec<BoxSessionId>>> = Arc::default();
     let runs = Arc::new(AtomicUsize::new(0));
     let (record, count) = (sessions.clone(), runs.clone());
     let runner = move |ctx: RunContext| {
         let (record, count) = (record.clone(), count.clone());
         async move {
             count.fetch_add(1, Ordering::SeqCst);
-            let worker = ctx.worker.clone().expect("a box");
-            let session = ctx.worker_session.clone().expect("a work session");
+            let worker = ctx.worker_box.clone().expect("a box");
+            let session = ctx.box_session.clone().expect("a work session");
             sh(&worker, Some(&session), "echo draft > draft.txt").await?;
             record.lock().unwrap().push(session);
             Ok(AgentRun::new("draft"))
@@ -508,7 +508,7 @@ async fn a_session_closed_between_rounds_ends_the_run_with_a_worker_validation_e
         }
     }));
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(tracked.clone(), WorkerSpec::default()))
+        .boxes(on(tracked.clone(), BoxSpec::default()))
         .lineage(CONTINUITY);
     let err = run_agent_rounds("t", &driver, &config).await.unwrap_err();
     assert!(
@@ -548,11 +548,11 @@ async fn pruning_keeps_live_boxes_flat_across_fork_rounds() {
     let runner = move |ctx: RunContext| {
         let (peak, root) = (peak.clone(), root.clone());
         async move {
-            let worker = ctx.worker.clone().expect("a box");
+            let worker = ctx.worker_box.clone().expect("a box");
             let name = ctx.item.prompt.clone();
             let out = sh(
                 &worker,
-                ctx.worker_session.as_ref(),
+                ctx.box_session.as_ref(),
                 &format!("echo {name} > {name}.txt; ls -1 | tr '\\n' ' '"),
             )
             .await?;
@@ -561,7 +561,7 @@ async fn pruning_keeps_live_boxes_flat_across_fork_rounds() {
         }
     };
     let config = RoundsConfig::new(runner, TextOutput)
-        .workers(on(backend.clone(), WorkerSpec::default()))
+        .boxes(on(backend.clone(), BoxSpec::default()))
         .lineage(FORKS)
         .max_concurrency(3);
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
@@ -585,9 +585,11 @@ async fn pruning_keeps_live_boxes_flat_across_fork_rounds() {
         expected.sort();
         assert_eq!(it.output.as_deref(), Some(expected.join(" ").as_str()));
     }
-    assert_eq!(out.workers.pruned, 6);
-    assert_eq!(out.workers.destroyed, 7);
+    assert_eq!(out.boxes.pruned, 6);
+    assert_eq!(out.boxes.destroyed, 7);
     assert_eq!(live_boxes(&store_root), 0);
+    // Pruned boxes' sealed layers stayed while descendants stood on them, and went with them.
+    assert_eq!(backend.lineage_store().live_layers(), 0);
 }
 
 #[tokio::test]
@@ -595,12 +597,12 @@ async fn fork_fanout_falls_back_to_fresh_boxes_when_the_overlay_is_disabled() {
     let dir = state_dir();
     let backend = bubblewrap(&dir, false);
     let store_root = backend.lineage_store().root().to_owned();
-    let report = Sandbox::probe(backend.as_ref()).await;
+    let report = backend.probe().await;
     assert!(!report.can_fork, "{report:?}");
     assert!(!WorkerBackend::capabilities(backend.as_ref()).await.can_fork);
     let driver = parent_then_children(&store_root, 3);
     let config = RoundsConfig::new(parent_child_runner(3), TextOutput)
-        .workers(on(backend.clone(), WorkerSpec::default()))
+        .boxes(on(backend.clone(), BoxSpec::default()))
         .lineage(FORKS)
         .max_concurrency(3);
     let out = run_agent_rounds("t", &driver, &config).await.unwrap();
@@ -624,7 +626,7 @@ async fn fork_fanout_falls_back_to_fresh_boxes_when_the_overlay_is_disabled() {
     sessions.sort();
     sessions.dedup();
     assert_eq!(sessions.len(), 3, "each fresh box opened its own session");
-    let w = out.workers;
+    let w = out.boxes;
     assert_eq!((w.fresh, w.forked, w.checkpoints), (4, 0, 0));
     assert_eq!(live_boxes(&store_root), 0);
 }
@@ -642,18 +644,18 @@ async fn default_off_lineage_gives_k_fresh_independent_boxes_like_no_lineage_at_
         });
         // Lists the workspace before writing to it: a fresh box starts empty.
         let runner = |ctx: RunContext| async move {
-            let worker = ctx.worker.clone().expect("a box");
+            let worker = ctx.worker_box.clone().expect("a box");
             let name = ctx.item.prompt.clone();
             let out = sh(
                 &worker,
-                ctx.worker_session.as_ref(),
+                ctx.box_session.as_ref(),
                 &format!("ls -A | wc -l; echo {name} > {name}.txt"),
             )
             .await?;
             Ok(AgentRun::new(format!("{name}:{out}")))
         };
         let mut config = RoundsConfig::new(runner, TextOutput)
-            .workers(on(backend.clone(), WorkerSpec::default()))
+            .boxes(on(backend.clone(), BoxSpec::default()))
             .max_concurrency(3);
         if let Some(l) = lineage {
             config = config.lineage(l);
@@ -670,7 +672,7 @@ async fn default_off_lineage_gives_k_fresh_independent_boxes_like_no_lineage_at_
             its.iter()
                 .map(|i| i.output.clone().unwrap())
                 .collect::<Vec<_>>(),
-            out.workers,
+            out.boxes,
             live_at_plan,
             box_ids.len(),
         )
@@ -686,10 +688,10 @@ async fn default_off_lineage_gives_k_fresh_independent_boxes_like_no_lineage_at_
     assert_eq!(distinct_boxes, 7, "3 + 1 + 3 independent boxes");
     assert_eq!(
         workers,
-        WorkerStats {
+        BoxStats {
             fresh: 7,
             destroyed: 7,
-            ..WorkerStats::default()
+            ..BoxStats::default()
         }
     );
     // Each box is destroyed right after its run: none outlives its round.

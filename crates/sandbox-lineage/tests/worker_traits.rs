@@ -6,8 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
+use agentrt_core_loop::worker::{BoxSessionId, BoxSpec, ExecRequest};
 use agentrt_core_loop::worker::{WorkerBackend, WorkerFailure};
-use agentrt_sandbox_lineage::{BoxSpec, ExecRequest, LocalDirBackend, SessionId};
+use agentrt_sandbox_lineage::LocalDirBackend;
 use common::{bubblewrap, state_dir};
 
 #[tokio::test]
@@ -29,7 +30,7 @@ async fn backends_serve_the_round_loop_through_the_worker_traits() {
         );
         assert!(
             worker
-                .session_status(&SessionId("nope".into()))
+                .session_status(&BoxSessionId("nope".into()))
                 .await
                 .unwrap()
                 .is_none()
@@ -43,7 +44,7 @@ async fn backends_serve_the_round_loop_through_the_worker_traits() {
         assert!(rx.recv().await.is_some(), "streamed");
 
         let mut stranger = ExecRequest::new(["true"]);
-        stranger.session = Some(SessionId("nope".into()));
+        stranger.session = Some(BoxSessionId("nope".into()));
         let err = worker.exec(stranger, None).await.unwrap_err();
         assert!(matches!(
             err,

@@ -361,19 +361,19 @@ pub const REOPENED_KIND: &str = "session.reopened";
 /// The event recording a reopen, or the error if the session cannot be reopened.
 pub(crate) fn reopen_event(s: &Session) -> Result<NewEvent, StoreError> {
     match s.status {
-        SessionStatus::Failed | SessionStatus::Cancelled => Ok(NewEvent::new(
-            REOPENED_KIND,
-            json!({
-                "previous_status": s.status.as_str(),
-                "previous_error": s.error.clone().unwrap_or(Value::Null),
-                "previous_cleanup_error": s.cleanup_error.clone().unwrap_or(Value::Null),
-            }),
-        )),
-        SessionStatus::Running | SessionStatus::Completed => {
-            Err(StoreError::InvalidInput(format!(
-                "session {} is {}: only failed or cancelled sessions can be reopened",
-                s.id, s.status
-            )))
+        SessionStatus::Failed | SessionStatus::Cancelled | SessionStatus::Completed => {
+            Ok(NewEvent::new(
+                REOPENED_KIND,
+                json!({
+                    "previous_status": s.status.as_str(),
+                    "previous_error": s.error.clone().unwrap_or(Value::Null),
+                    "previous_cleanup_error": s.cleanup_error.clone().unwrap_or(Value::Null),
+                }),
+            ))
         }
+        SessionStatus::Running => Err(StoreError::InvalidInput(format!(
+            "session {} is running: only a finished session can be reopened",
+            s.id
+        ))),
     }
 }

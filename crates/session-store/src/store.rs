@@ -64,11 +64,14 @@ pub trait SessionStore: Send + Sync {
         finish: Finish,
     ) -> Result<Event, StoreError>;
 
-    /// Sets a failed or cancelled session back to `Running` so a loop can continue it.
+    /// Sets a finished session back to `Running` so a loop can continue it: a failed or
+    /// cancelled one to try again, a completed one to continue its conversation (a follow-up
+    /// message, the next round of a refine loop). Nothing committed changes; the session takes
+    /// events again after the ones it had.
     ///
     /// Appends a `session.reopened` event whose payload records the previous status, error and
     /// cleanup error, then clears the session's error fields. Errors: [`StoreError::NotFound`],
-    /// [`StoreError::InvalidInput`] if the session is running or completed.
+    /// [`StoreError::InvalidInput`] if the session is running.
     async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError>;
 
     /// The events of a session with `seq >= from_seq`, in seq order.

@@ -61,7 +61,7 @@ impl FromStr for SessionId {
 ///
 /// A session starts `Running`; [`SessionStore::finish`](crate::SessionStore::finish) moves it to
 /// one of the three final states; [`SessionStore::reopen`](crate::SessionStore::reopen) moves a
-/// failed or cancelled session back to `Running`.
+/// finished session back to `Running`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionStatus {

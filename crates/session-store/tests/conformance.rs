@@ -270,7 +270,7 @@ mod cases {
         assert_eq!(last.payload["error"], primary);
     }
 
-    pub async fn reopen_lets_a_loop_continue_a_failed_session(b: &Backend) {
+    pub async fn reopen_lets_a_loop_continue_a_finished_session(b: &Backend) {
         let s = &*b.store;
         let id = new_session(s).await;
         s.finish(&id, 0, Finish::failed(ev("run.failed", 0), json!("boom")))
@@ -294,19 +294,25 @@ mod cases {
             3
         );
 
-        // Running and completed sessions cannot be reopened.
+        // A running session cannot be reopened.
         assert!(matches!(
             s.reopen(&id).await,
             Err(StoreError::InvalidInput(_))
         ));
+        assert_eq!(s.resume_point(&id).await.unwrap().next_seq, 3);
+
+        // A completed one can: its conversation continues after everything it had.
         s.finish(&id, 3, Finish::completed(ev("done", 3)))
             .await
             .unwrap();
-        assert!(matches!(
-            s.reopen(&id).await,
-            Err(StoreError::InvalidInput(_))
-        ));
-        assert_eq!(s.resume_point(&id).await.unwrap().next_seq, 4);
+        let re = s.reopen(&id).await.unwrap();
+        assert_eq!((re.status, re.next_seq), (SessionStatus::Running, 5));
+        let all = replay_all(s, &id, 0).await;
+        assert_eq!(
+            all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["run.failed", REOPENED_KIND, "retry", "done", REOPENED_KIND]
+        );
+        assert_eq!(all[4].payload["previous_status"], json!("completed"));
     }
 
     pub async fn resume_point_reports_the_next_seq_and_status(b: &Backend) {
@@ -879,7 +885,7 @@ macro_rules! conformance {
             case!(finish_commits_the_final_event_and_status_together);
             case!(finishing_as_running_is_invalid);
             case!(a_failed_run_is_replayable_with_its_primary_and_cleanup_errors);
-            case!(reopen_lets_a_loop_continue_a_failed_session);
+            case!(reopen_lets_a_loop_continue_a_finished_session);
             case!(resume_point_reports_the_next_seq_and_status);
             case!(fork_copies_a_prefix_and_leaves_the_parent_unchanged);
             case!(list_filters_by_status_profile_and_time_and_paginates);

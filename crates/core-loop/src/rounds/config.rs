@@ -8,12 +8,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::types::{AgentRunner, OutputParser, Validator};
-use crate::worker::{SessionId as WorkerSessionId, WorkerBackend, WorkerBox, WorkerSpec};
+use crate::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerBox};
 use crate::{Budget, BudgetLimits, Error};
 
 /// Where work items run.
 #[derive(Clone, Default)]
-pub enum Workers {
+pub enum Boxes {
     /// No worker boxes: runners get no box (pure model work).
     #[default]
     None,
@@ -22,41 +22,44 @@ pub enum Workers {
         /// The backend (asked for its capabilities, never named).
         backend: Arc<dyn WorkerBackend>,
         /// The spec of fresh boxes when a work item has none.
-        spec: WorkerSpec,
+        spec: BoxSpec,
     },
     /// Every work item runs in this caller-owned box, which the loop never destroys. Refused
     /// together with lineage (both would own boxes).
     Owned {
         /// The box.
-        worker: Arc<dyn WorkerBox>,
+        worker_box: Arc<dyn WorkerBox>,
         /// The session runs use, if any.
-        session: Option<WorkerSessionId>,
+        session: Option<BoxSessionId>,
     },
 }
 
-impl std::fmt::Debug for Workers {
+impl std::fmt::Debug for Boxes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Workers::None => f.write_str("Workers::None"),
-            Workers::Backend { spec, .. } => f
-                .debug_struct("Workers::Backend")
+            Boxes::None => f.write_str("Boxes::None"),
+            Boxes::Backend { spec, .. } => f
+                .debug_struct("Boxes::Backend")
                 .field("spec", spec)
                 .finish_non_exhaustive(),
-            Workers::Owned { worker, session } => f
-                .debug_struct("Workers::Owned")
-                .field("worker", &worker.id())
+            Boxes::Owned {
+                worker_box,
+                session,
+            } => f
+                .debug_struct("Boxes::Owned")
+                .field("worker_box", &worker_box.id())
                 .field("session", session)
                 .finish(),
         }
     }
 }
 
-impl Workers {
+impl Boxes {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Workers::None => "none",
-            Workers::Backend { .. } => "backend",
-            Workers::Owned { .. } => "owned",
+            Boxes::None => "none",
+            Boxes::Backend { .. } => "backend",
+            Boxes::Owned { .. } => "owned",
         }
     }
 }
@@ -67,10 +70,12 @@ impl Workers {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineageOptions {
     /// A refine round (a single work item building on an earlier iteration) continues that
-    /// iteration's box and session instead of a fresh box. Before continuing, the loop asks the
-    /// box whether it still knows the session; an unknown session is a structural
+    /// iteration's box and box session instead of a fresh box. Before continuing, the loop asks
+    /// the box whether it still knows the box session; an unknown one is a structural
     /// [`crate::worker::WorkerFailure::Validation`] error that ends the run — never a soft empty
-    /// iteration and never a turn without its context.
+    /// iteration and never a turn without its context. The agent continues too: the runner gets
+    /// the parent's agent session ([`crate::rounds::RunContext::agent_session`]), which
+    /// [`crate::rounds::ToolLoopRunner`] resumes (and refuses, the same way, when it is gone).
     pub session_continuity: bool,
     /// A fanout round (several work items building on the same iteration, or on nothing in
     /// round 0) checkpoints the parent box once and forks every child from that checkpoint,
@@ -103,7 +108,7 @@ pub struct RoundsConfig<O> {
     pub(crate) cancel: CancellationToken,
     pub(crate) budget: Budget,
     pub(crate) per_run: Option<BudgetLimits>,
-    pub(crate) workers: Workers,
+    pub(crate) boxes: Boxes,
     pub(crate) lineage: Option<LineageOptions>,
     pub(crate) store: Option<Arc<dyn SessionStore>>,
     pub(crate) metadata: Value,
@@ -120,7 +125,7 @@ impl<O> Clone for RoundsConfig<O> {
             cancel: self.cancel.clone(),
             budget: self.budget.clone(),
             per_run: self.per_run,
-            workers: self.workers.clone(),
+            boxes: self.boxes.clone(),
             lineage: self.lineage,
             store: self.store.clone(),
             metadata: self.metadata.clone(),
@@ -138,7 +143,7 @@ impl<O> std::fmt::Debug for RoundsConfig<O> {
             .field("max_concurrency", &self.max_concurrency)
             .field("max_rounds", &self.max_rounds)
             .field("per_run", &self.per_run)
-            .field("workers", &self.workers)
+            .field("boxes", &self.boxes)
             .field("lineage", &self.lineage)
             .field("store", &self.store.is_some())
             .finish_non_exhaustive()
@@ -157,7 +162,7 @@ impl<O> RoundsConfig<O> {
             cancel: CancellationToken::new(),
             budget: Budget::unlimited(),
             per_run: None,
-            workers: Workers::None,
+            boxes: Boxes::None,
             lineage: None,
             store: None,
             metadata: Value::Null,
@@ -211,12 +216,12 @@ impl<O> RoundsConfig<O> {
     }
 
     /// Where work items run.
-    pub fn workers(mut self, workers: Workers) -> Self {
-        self.workers = workers;
+    pub fn boxes(mut self, boxes: Boxes) -> Self {
+        self.boxes = boxes;
         self
     }
 
-    /// Opt-in lineage (needs [`Workers::Backend`]; refused with [`Workers::Owned`]).
+    /// Opt-in lineage (needs [`Boxes::Backend`]; refused with [`Boxes::Owned`]).
     pub fn lineage(mut self, lineage: LineageOptions) -> Self {
         self.lineage = Some(lineage);
         self
@@ -251,21 +256,20 @@ impl<O> RoundsConfig<O> {
             ));
         }
         if self.active_lineage().is_some() {
-            match &self.workers {
-                Workers::Owned { .. } => {
+            match &self.boxes {
+                Boxes::Owned { .. } => {
                     return Err(Error::InvalidConfig(
                         "rounds lineage: lineage cannot be combined with a caller-owned worker \
-                         box (both would own the boxes); use Workers::Backend or turn lineage off"
+                         box (both would own the boxes); use Boxes::Backend or turn lineage off"
                             .to_owned(),
                     ));
                 }
-                Workers::None => {
+                Boxes::None => {
                     return Err(Error::InvalidConfig(
-                        "rounds lineage: lineage needs worker boxes; set Workers::Backend"
-                            .to_owned(),
+                        "rounds lineage: lineage needs worker boxes; set Boxes::Backend".to_owned(),
                     ));
                 }
-                Workers::Backend { .. } => {}
+                Boxes::Backend { .. } => {}
             }
         }
         Ok(())

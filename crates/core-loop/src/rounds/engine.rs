@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use agentrt_session_store::{Finish, NewEvent};
+use agentrt_session_store::{Finish, NewEvent, SessionId as StoreSessionId};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::map_with_concurrency;
-use super::config::{RoundsConfig, Workers};
+use super::config::{Boxes, RoundsConfig};
 use super::lineage::{BoxLineage, Slot, Stats, Want, fresh_box};
 use super::record::{Recorder, kind};
 use super::types::{
@@ -19,7 +19,7 @@ use crate::{Budget, BudgetExhausted, Error, FailureInfo};
 /// Runs rounds of agent work until the driver is done, stops, or a limit ends the run.
 ///
 /// Each round: the driver [plans](RoundDriver::plan) work items; each item gets a worker box
-/// (see [`Workers`] and [`crate::LineageOptions`]) and one agent run through the configured
+/// (see [`Boxes`] and [`crate::LineageOptions`]) and one agent run through the configured
 /// [`crate::rounds::AgentRunner`], at most `max_concurrency` at a time; the raw output is parsed and,
 /// while the box is still alive, judged by the validator; then the driver
 /// [decides](RoundDriver::decide) whether to continue.
@@ -41,7 +41,9 @@ use crate::{Budget, BudgetExhausted, Error, FailureInfo};
 ///   the primary one) before this function returns.
 ///
 /// Errors: [`Error::InvalidConfig`] for an invalid config (including lineage with a
-/// caller-owned box) or invalid work items; any structural failure of the run.
+/// caller-owned box) or invalid work items; any structural failure of the run (persisted as the
+/// session's error first); [`Error::RoundsFinalNotPersisted`] when the final event could not be
+/// persisted (carrying how the run ended, or its primary failure).
 pub async fn run_agent_rounds<O, D>(
     task: &str,
     driver: &D,
@@ -60,8 +62,8 @@ where
     .await?;
     let mut state = State {
         history: RoundHistory::default(),
-        lineage: match (&config.workers, lineage_options) {
-            (Workers::Backend { backend, spec }, Some(options)) => Some(BoxLineage::new(
+        lineage: match (&config.boxes, lineage_options) {
+            (Boxes::Backend { backend, spec }, Some(options)) => Some(BoxLineage::new(
                 backend.clone(),
                 spec.clone(),
                 options,
@@ -81,7 +83,7 @@ where
                 "task": task,
                 "max_concurrency": config.max_concurrency,
                 "max_rounds": config.max_rounds,
-                "workers": config.workers.kind(),
+                "boxes": config.boxes.kind(),
                 "lineage": lineage_options,
                 "parent_authoring": driver.parent_authoring(),
                 "validator": config.validator.as_ref().map(|v| v.id().to_owned()),
@@ -97,13 +99,13 @@ where
         state.cleanup.extend(errors);
     }
     let cleanup_error = (!state.cleanup.is_empty()).then(|| state.cleanup.join("; "));
-    let workers = state.stats.snapshot();
+    let boxes = state.stats.snapshot();
     let summary = json!({
         "iterations": state.history.len(),
         "rounds": state.history.rounds(),
         "agent_runs": state.agent_runs,
         "not_started": state.not_started,
-        "workers": workers,
+        "boxes": boxes,
         "cleanup_error": cleanup_error,
     });
     match result {
@@ -123,14 +125,21 @@ where
             if let Some(c) = &cleanup_error {
                 finish = finish.with_cleanup_error(json!(c));
             }
-            recorder.finish(finish).await?;
+            if let Err(source) = recorder.finish(finish).await {
+                return Err(Error::RoundsFinalNotPersisted {
+                    session: recorder.session_label(),
+                    stop: Some(Box::new(stop)),
+                    primary: None,
+                    source,
+                });
+            }
             Ok(RoundsOutcome {
                 session: recorder.session(),
                 stop,
                 history: state.history,
                 agent_runs: state.agent_runs,
                 not_started: state.not_started,
-                workers,
+                boxes,
                 cleanup_error,
             })
         }
@@ -150,11 +159,17 @@ where
             if let Some(c) = &cleanup_error {
                 finish = finish.with_cleanup_error(json!(c));
             }
-            // The primary failure wins: a failure to persist it is logged, not returned instead.
-            if let Err(store_error) = recorder.finish(finish).await {
-                tracing::warn!(%store_error, %error, "rounds: the failed final event was not persisted");
+            // The caller never sees a failure the store does not know: when the failed final
+            // cannot be persisted, the error says so and still carries the primary failure.
+            match recorder.finish(finish).await {
+                Ok(()) => Err(error),
+                Err(source) => Err(Error::RoundsFinalNotPersisted {
+                    session: recorder.session_label(),
+                    stop: None,
+                    primary: Some(Box::new(error)),
+                    source,
+                }),
             }
-            Err(error)
         }
     }
 }
@@ -269,49 +284,60 @@ where
             .iter()
             .map(|s| s.as_ref().map(|s| s.box_index))
             .collect();
+        // A continued box continues its parent's agent too: the runner gets the agent session
+        // the parent's run reported.
+        let agent_sessions: Vec<Option<StoreSessionId>> = slots
+            .iter()
+            .zip(&parents)
+            .map(|(slot, parent)| match (slot, parent) {
+                (Some(slot), Some(p)) if slot.provision == Provision::Continued => {
+                    state.history.get(*p).and_then(|it| it.agent_session)
+                }
+                _ => None,
+            })
+            .collect();
 
         // Run the items, bounded.
         let launch = run_token.child_token();
         let mut refused: Option<BudgetExhausted> = None;
-        let work: Vec<(WorkItem, Option<usize>, Option<Slot>)> = items
+        let work: Vec<Work> = items
             .into_iter()
             .zip(parents)
             .zip(slots)
-            .map(|((item, parent), slot)| (item, parent, slot))
+            .zip(agent_sessions)
+            .map(|(((item, parent), slot), agent_session)| Work {
+                item,
+                parent,
+                slot,
+                agent_session,
+            })
             .collect();
         let stats = &state.stats;
-        let out = map_with_concurrency(
-            work,
-            config.max_concurrency,
-            &launch,
-            |pos, (item, parent, slot)| {
-                let budget = match &config.per_run {
-                    Some(limits) => match config.budget.carve(*limits) {
-                        Ok(b) => Ok(b),
-                        Err(Error::BudgetExhausted(exhausted)) => {
-                            refused.get_or_insert(exhausted);
-                            launch.cancel();
-                            Err(None)
-                        }
-                        Err(e) => {
-                            launch.cancel();
-                            Err(Some(e))
-                        }
-                    },
-                    None => Ok(config.budget.clone()),
-                };
-                let ctx = ItemInput {
-                    task: task_arc.clone(),
-                    round,
-                    index: base + pos,
-                    item,
-                    parent,
-                    slot,
-                    budget,
-                };
-                run_item(config, recorder, stats, &run_token, ctx)
-            },
-        )
+        let out = map_with_concurrency(work, config.max_concurrency, &launch, |pos, work: Work| {
+            let budget = match &config.per_run {
+                Some(limits) => match config.budget.carve(*limits) {
+                    Ok(b) => Ok(b),
+                    Err(Error::BudgetExhausted(exhausted)) => {
+                        refused.get_or_insert(exhausted);
+                        launch.cancel();
+                        Err(None)
+                    }
+                    Err(e) => {
+                        launch.cancel();
+                        Err(Some(e))
+                    }
+                },
+                None => Ok(config.budget.clone()),
+            };
+            let ctx = ItemInput {
+                task: task_arc.clone(),
+                round,
+                index: base + pos,
+                work,
+                budget,
+            };
+            run_item(config, recorder, stats, &run_token, ctx)
+        })
         .await?;
 
         let mut iterations = Vec::new();
@@ -437,13 +463,20 @@ fn resolve_parents<O>(
         .collect()
 }
 
+/// One planned item with what the round provides it.
+struct Work {
+    item: WorkItem,
+    parent: Option<usize>,
+    slot: Option<Slot>,
+    /// The parent's agent session, when this item continues the parent's box and session.
+    agent_session: Option<StoreSessionId>,
+}
+
 struct ItemInput {
     task: Arc<str>,
     round: usize,
     index: usize,
-    item: WorkItem,
-    parent: Option<usize>,
-    slot: Option<Slot>,
+    work: Work,
     budget: Result<Budget, Option<Error>>,
 }
 
@@ -474,14 +507,24 @@ async fn run_item<O: Send + Sync>(
     };
     // The box: from the lineage, the caller's, none, or a fresh one owned by this item.
     let mut fresh_owned = false;
-    let (worker, worker_session, provision) = match (input.slot, &config.workers) {
+    let Work {
+        item,
+        parent,
+        slot,
+        agent_session,
+    } = input.work;
+    let (worker_box, box_session, provision) = match (slot, &config.boxes) {
         (Some(slot), _) => (Some(slot.worker), Some(slot.session), slot.provision),
-        (None, Workers::None) => (None, None, Provision::None),
-        (None, Workers::Owned { worker, session }) => {
-            (Some(worker.clone()), session.clone(), Provision::Owned)
-        }
-        (None, Workers::Backend { backend, spec }) => {
-            let spec = input.item.spec.as_ref().unwrap_or(spec);
+        (None, Boxes::None) => (None, None, Provision::None),
+        (
+            None,
+            Boxes::Owned {
+                worker_box,
+                session,
+            },
+        ) => (Some(worker_box.clone()), session.clone(), Provision::Owned),
+        (None, Boxes::Backend { backend, spec }) => {
+            let spec = item.spec.as_ref().unwrap_or(spec);
             let name = format!("round-{}-item-{}", input.round, input.index);
             match fresh_box(backend.as_ref(), spec, &name, stats).await {
                 Ok((worker, session)) => {
@@ -512,10 +555,11 @@ async fn run_item<O: Send + Sync>(
         task: input.task,
         round: input.round,
         index: input.index,
-        item: input.item.clone(),
-        parent: input.parent,
-        worker: worker.clone(),
-        worker_session: worker_session.clone(),
+        item: item.clone(),
+        parent,
+        worker_box: worker_box.clone(),
+        box_session: box_session.clone(),
+        agent_session,
         provision,
         budget,
         cancel: run_token.clone(),
@@ -523,10 +567,10 @@ async fn run_item<O: Send + Sync>(
     let mut iteration = Iteration {
         round: input.round,
         index: input.index,
-        item: input.item,
-        parent: input.parent,
+        item,
+        parent,
         provision,
-        box_id: worker.as_ref().map(|w| w.id().to_owned()),
+        box_id: worker_box.as_ref().map(|w| w.id().to_owned()),
         raw_output: None,
         output: None,
         parse_error: None,
@@ -553,7 +597,7 @@ async fn run_item<O: Send + Sync>(
             iteration.failure = Some(FailureInfo::from_error(&e));
         }
         Err(e) => {
-            let cleanup = release(&worker).await;
+            let cleanup = release(&worker_box).await;
             return hard(e, cleanup);
         }
     }
@@ -565,19 +609,19 @@ async fn run_item<O: Send + Sync>(
             index: iteration.index,
             item: &iteration.item,
             raw_output: raw,
-            worker: worker.as_ref(),
-            worker_session: worker_session.as_ref(),
+            worker_box: worker_box.as_ref(),
+            box_session: box_session.as_ref(),
         };
         match validator.validate(output, vctx).await {
             Ok(verdict) => iteration.verdict = Some(verdict),
             Err(e) if is_soft(&e) => iteration.failure = Some(FailureInfo::from_error(&e)),
             Err(e) => {
-                let cleanup = release(&worker).await;
+                let cleanup = release(&worker_box).await;
                 return hard(e, cleanup);
             }
         }
     }
-    let cleanup = release(&worker).await;
+    let cleanup = release(&worker_box).await;
     let payload = json!({
         "round": iteration.round,
         "index": iteration.index,

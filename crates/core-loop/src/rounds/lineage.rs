@@ -12,11 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::concurrency::map_with_concurrency;
 use super::config::LineageOptions;
-use super::types::{Provision, WorkerStats};
+use super::types::{BoxStats, Provision};
 use crate::Error;
-use crate::worker::{
-    SessionId as WorkerSessionId, WorkerBackend, WorkerBox, WorkerFailure, WorkerSpec,
-};
+use crate::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerBox, WorkerFailure};
 
 /// Counters of box operations, shared by concurrent item runs.
 #[derive(Debug, Default)]
@@ -34,8 +32,8 @@ impl Stats {
         counter.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(crate) fn snapshot(&self) -> WorkerStats {
-        WorkerStats {
+    pub(crate) fn snapshot(&self) -> BoxStats {
+        BoxStats {
             fresh: self.fresh.load(Ordering::SeqCst),
             forked: self.forked.load(Ordering::SeqCst),
             checkpoints: self.checkpoints.load(Ordering::SeqCst),
@@ -49,10 +47,10 @@ impl Stats {
 /// Creates a fresh box and opens its work session.
 pub(crate) async fn fresh_box(
     backend: &dyn WorkerBackend,
-    spec: &WorkerSpec,
+    spec: &BoxSpec,
     session_name: &str,
     stats: &Stats,
-) -> Result<(Arc<dyn WorkerBox>, WorkerSessionId), Error> {
+) -> Result<(Arc<dyn WorkerBox>, BoxSessionId), Error> {
     let worker = backend.create(spec).await?;
     Stats::bump(&stats.fresh);
     match worker.open_session(session_name).await {
@@ -68,33 +66,33 @@ pub(crate) async fn fresh_box(
 }
 
 /// A provisioned box with its work session, or why provisioning failed.
-type Provisioned = Result<(Arc<dyn WorkerBox>, WorkerSessionId), Error>;
+type Provisioned = Result<(Arc<dyn WorkerBox>, BoxSessionId), Error>;
 
 /// A box provided for one work item by the lineage.
 #[derive(Debug, Clone)]
 pub(crate) struct Slot {
     pub(crate) box_index: usize,
     pub(crate) worker: Arc<dyn WorkerBox>,
-    pub(crate) session: WorkerSessionId,
+    pub(crate) session: BoxSessionId,
     pub(crate) provision: Provision,
 }
 
 #[derive(Debug)]
 struct Node {
     worker: Option<Arc<dyn WorkerBox>>,
-    session: WorkerSessionId,
+    session: BoxSessionId,
 }
 
 /// One planned item, as the lineage sees it.
 pub(crate) struct Want<'a> {
     pub(crate) parent: Option<usize>,
-    pub(crate) spec: Option<&'a WorkerSpec>,
+    pub(crate) spec: Option<&'a BoxSpec>,
 }
 
 /// The boxes of one run and the iterations that use them.
 pub(crate) struct BoxLineage {
     backend: Arc<dyn WorkerBackend>,
-    base_spec: WorkerSpec,
+    base_spec: BoxSpec,
     options: LineageOptions,
     max_concurrency: usize,
     nodes: Vec<Node>,
@@ -112,7 +110,7 @@ fn validation(message: String) -> Error {
 impl BoxLineage {
     pub(crate) fn new(
         backend: Arc<dyn WorkerBackend>,
-        base_spec: WorkerSpec,
+        base_spec: BoxSpec,
         options: LineageOptions,
         max_concurrency: usize,
     ) -> Self {
@@ -127,7 +125,7 @@ impl BoxLineage {
         }
     }
 
-    fn register(&mut self, worker: Arc<dyn WorkerBox>, session: WorkerSessionId) -> usize {
+    fn register(&mut self, worker: Arc<dyn WorkerBox>, session: BoxSessionId) -> usize {
         self.nodes.push(Node {
             worker: Some(worker),
             session,
@@ -144,7 +142,7 @@ impl BoxLineage {
     fn parent_box(
         &self,
         parent: usize,
-    ) -> Result<(usize, Arc<dyn WorkerBox>, WorkerSessionId), Error> {
+    ) -> Result<(usize, Arc<dyn WorkerBox>, BoxSessionId), Error> {
         let b = *self.iteration_box.get(&parent).ok_or_else(|| {
             validation(format!(
                 "iteration {parent} has no box in this run's lineage"

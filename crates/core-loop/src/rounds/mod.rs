@@ -39,11 +39,11 @@ pub use combinators::{
     selector_fn,
 };
 pub use concurrency::{MapOutcome, map_with_concurrency};
-pub use config::{LineageOptions, RoundsConfig, Workers};
+pub use config::{Boxes, LineageOptions, RoundsConfig};
 pub use engine::run_agent_rounds;
 pub use runner::{BuildToolLoop, ToolLoopRunner};
 pub use types::{
-    AgentRun, AgentRunner, Decision, Iteration, OutputParser, ParentAuthoring, Provision,
+    AgentRun, AgentRunner, BoxStats, Decision, Iteration, OutputParser, ParentAuthoring, Provision,
     RoundDriver, RoundHistory, RoundsOutcome, RoundsStop, RunContext, TextOutput,
-    ValidationContext, Validator, Verdict, WorkItem, WorkerStats,
+    ValidationContext, Validator, Verdict, WorkItem,
 };

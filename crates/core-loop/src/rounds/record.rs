@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agentrt_session_store::{Finish, NewEvent, NewSession, SessionId, SessionStore};
+use agentrt_session_store::{Finish, NewEvent, NewSession, SessionId, SessionStore, StoreError};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
@@ -53,6 +53,12 @@ impl Recorder {
         self.session
     }
 
+    /// The session's id for error messages.
+    pub(crate) fn session_label(&self) -> String {
+        self.session
+            .map_or_else(|| "(none)".to_owned(), |s| s.to_string())
+    }
+
     /// Appends one event; a store failure is a hard failure of the run.
     pub(crate) async fn append(&self, kind: &str, payload: Value) -> Result<(), Error> {
         let (Some(store), Some(session)) = (&self.store, &self.session) else {
@@ -65,8 +71,9 @@ impl Recorder {
         Ok(())
     }
 
-    /// Writes the final event and status.
-    pub(crate) async fn finish(&self, finish: Finish) -> Result<(), Error> {
+    /// Writes the final event and status. The store's error is returned as it is: the caller
+    /// wraps it together with how the run ended ([`Error::RoundsFinalNotPersisted`]).
+    pub(crate) async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
         let (Some(store), Some(session)) = (&self.store, &self.session) else {
             return Ok(());
         };

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::worker::{SessionId as WorkerSessionId, WorkerBox, WorkerSpec};
+use crate::worker::{BoxSessionId, BoxSpec, WorkerBox};
 use crate::{Budget, BudgetExhausted, Error, FailureInfo, SessionUsage};
 
 /// One unit of work planned for a round: one agent run in one worker.
@@ -25,7 +25,7 @@ pub struct WorkItem {
     pub parent: Option<usize>,
     /// A per-item box spec. It applies only when the item gets a *fresh* box; a forked or
     /// continued box inherits its parent's image, environment and limits.
-    pub spec: Option<WorkerSpec>,
+    pub spec: Option<BoxSpec>,
     /// Free-form caller data, recorded in events.
     pub metadata: Value,
 }
@@ -52,7 +52,7 @@ impl WorkItem {
     }
 
     /// Sets the per-item box spec (fresh boxes only).
-    pub fn with_spec(mut self, spec: WorkerSpec) -> Self {
+    pub fn with_spec(mut self, spec: BoxSpec) -> Self {
         self.spec = Some(spec);
         self
     }
@@ -325,10 +325,16 @@ pub struct RunContext {
     /// The iteration it builds on.
     pub parent: Option<usize>,
     /// The worker box (alive until the validator has run).
-    pub worker: Option<Arc<dyn WorkerBox>>,
+    pub worker_box: Option<Arc<dyn WorkerBox>>,
     /// The session in the box that carries the work context (continued across refine rounds
     /// under session continuity, inherited by forks).
-    pub worker_session: Option<WorkerSessionId>,
+    pub box_session: Option<BoxSessionId>,
+    /// The agent session this run continues: set when the run continues its parent's box and
+    /// session ([`Provision::Continued`]) and the parent's run reported one
+    /// ([`AgentRun::agent_session`]). A runner resumes it instead of starting a new
+    /// conversation ([`crate::rounds::ToolLoopRunner`] does, and refuses to continue without
+    /// it).
+    pub agent_session: Option<StoreSessionId>,
     /// How the box was provided.
     pub provision: Provision,
     /// The budget this run spends from (a pool carved for this run when the config sets a
@@ -406,9 +412,9 @@ pub struct ValidationContext<'a> {
     /// The agent's raw output.
     pub raw_output: &'a str,
     /// The worker box, still alive.
-    pub worker: Option<&'a Arc<dyn WorkerBox>>,
+    pub worker_box: Option<&'a Arc<dyn WorkerBox>>,
     /// The work session in the box.
-    pub worker_session: Option<&'a WorkerSessionId>,
+    pub box_session: Option<&'a BoxSessionId>,
 }
 
 /// Judges a parsed output while the worker's box is still alive (so it can run tests in it).
@@ -452,7 +458,7 @@ pub enum RoundsStop {
 
 /// How many boxes a run made and what it did with them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerStats {
+pub struct BoxStats {
     /// Fresh boxes created (including lineage roots).
     pub fresh: usize,
     /// Child boxes forked from a checkpoint.
@@ -481,7 +487,7 @@ pub struct RoundsOutcome<O> {
     /// Work items planned but never started (cancellation or budget).
     pub not_started: usize,
     /// Boxes made and destroyed.
-    pub workers: WorkerStats,
+    pub boxes: BoxStats,
     /// Errors of cleanup steps (destroying boxes), recorded beside the outcome.
     pub cleanup_error: Option<String>,
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_core_loop::worker::{
-    Capabilities, CheckpointId, ExecOutcome, ExecRequest, OutputChunk, SessionId, SessionStatus,
-    WorkerBackend, WorkerBox, WorkerFailure, WorkerSpec,
+    BoxSessionId, BoxSessionStatus, BoxSpec, Capabilities, CheckpointId, ExecOutcome, ExecRequest,
+    OutputChunk, WorkerBackend, WorkerBox, WorkerFailure,
 };
 use agentrt_core_loop::{Amounts, Error, Spend};
 use agentrt_session_store::{Event, SessionId as StoreSessionId, SessionStore};
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 #[derive(Debug, Default, Clone)]
 struct Snapshot {
     files: BTreeMap<String, Vec<u8>>,
-    sessions: BTreeMap<SessionId, String>,
+    sessions: BTreeMap<BoxSessionId, String>,
 }
 
 /// Counters of one fake backend.
@@ -35,7 +35,7 @@ pub struct Counters {
     pub forks_in_flight: AtomicUsize,
     pub fork_peak: AtomicUsize,
     pub live: Mutex<HashSet<String>>,
-    pub specs: Mutex<Vec<WorkerSpec>>,
+    pub specs: Mutex<Vec<BoxSpec>>,
 }
 
 impl Counters {
@@ -54,6 +54,8 @@ pub struct FakeBackend {
     pub can_fork: AtomicBool,
     /// When set, every box answers "unknown" to session status questions.
     pub forget_sessions: Arc<AtomicBool>,
+    /// When set, destroying a box fails (the box stays live).
+    pub fail_destroy: Arc<AtomicBool>,
     /// Time each fork takes (so concurrent forks overlap).
     pub fork_delay: Duration,
     /// Called with the number of forks started so far, as each fork starts.
@@ -66,6 +68,7 @@ impl FakeBackend {
             counters: Arc::new(Counters::default()),
             can_fork: AtomicBool::new(can_fork),
             forget_sessions: Arc::new(AtomicBool::new(false)),
+            fail_destroy: Arc::new(AtomicBool::new(false)),
             fork_delay: Duration::from_millis(5),
             on_fork: None,
         }
@@ -79,6 +82,7 @@ impl FakeBackend {
             id,
             counters: self.counters.clone(),
             forget: self.forget_sessions.clone(),
+            fail_destroy: self.fail_destroy.clone(),
             state: Mutex::new(snapshot),
             destroyed: AtomicBool::new(false),
             checkpoints: Mutex::new(Vec::new()),
@@ -95,7 +99,7 @@ impl WorkerBackend for FakeBackend {
         }
     }
 
-    async fn create(&self, spec: &WorkerSpec) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error> {
         self.counters.created.fetch_add(1, Ordering::SeqCst);
         self.counters.specs.lock().unwrap().push(spec.clone());
         Ok(self.make_box(Snapshot::default()))
@@ -135,6 +139,7 @@ pub struct FakeBox {
     id: String,
     counters: Arc<Counters>,
     forget: Arc<AtomicBool>,
+    fail_destroy: Arc<AtomicBool>,
     state: Mutex<Snapshot>,
     destroyed: AtomicBool,
     checkpoints: Mutex<Vec<Snapshot>>,
@@ -199,14 +204,14 @@ impl WorkerBox for FakeBox {
         Ok(())
     }
 
-    async fn open_session(&self, name: &str) -> Result<SessionId, Error> {
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, Error> {
         let mut st = self.state.lock().unwrap();
-        let id = SessionId(format!("{}-s{}", self.id, st.sessions.len()));
+        let id = BoxSessionId(format!("{}-s{}", self.id, st.sessions.len()));
         st.sessions.insert(id.clone(), name.to_owned());
         Ok(id)
     }
 
-    async fn session_status(&self, id: &SessionId) -> Result<Option<SessionStatus>, Error> {
+    async fn session_status(&self, id: &BoxSessionId) -> Result<Option<BoxSessionStatus>, Error> {
         self.counters.session_checks.fetch_add(1, Ordering::SeqCst);
         if self.destroyed.load(Ordering::SeqCst) || self.forget.load(Ordering::SeqCst) {
             return Ok(None);
@@ -217,7 +222,7 @@ impl WorkerBox for FakeBox {
             .unwrap()
             .sessions
             .get(id)
-            .map(|name| SessionStatus {
+            .map(|name| BoxSessionStatus {
                 id: id.clone(),
                 name: name.clone(),
                 cwd: String::new(),
@@ -239,6 +244,12 @@ impl WorkerBox for FakeBox {
     }
 
     async fn destroy(&self) -> Result<(), Error> {
+        if self.fail_destroy.load(Ordering::SeqCst) {
+            return Err(Error::Worker {
+                kind: WorkerFailure::Backend,
+                message: format!("box {} would not go", self.id),
+            });
+        }
         if !self.destroyed.swap(true, Ordering::SeqCst) {
             self.counters.destroyed.fetch_add(1, Ordering::SeqCst);
             self.counters.live.lock().unwrap().remove(&self.id);
