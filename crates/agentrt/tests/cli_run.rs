@@ -252,3 +252,145 @@ async fn run_resume_continues_a_cancelled_session_on_the_real_model() {
     assert!(kinds.contains(&"session.resumed"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"session.final"), "{kinds:?}");
 }
+
+/// Runs `agentrt run` on the real model and returns the recorded session's id.
+async fn record_on_the_real_model(profile: &str, task: &str, db: &Path) -> String {
+    let out = agentrt(&["run", profile, task, "--store", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let store = SqliteStore::open(db).await.unwrap();
+    let sessions = store.list(SessionFilter::new()).await.unwrap().items;
+    assert_eq!(sessions.len(), 1, "one recorded session");
+    sessions[0].id.to_string()
+}
+
+#[tokio::test]
+async fn rerun_of_a_real_model_session_is_identical_offline_and_a_changed_prompt_diverges_at_the_first_request()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write_profile(dir.path(), real_profile(MODEL));
+    let db = dir.path().join("runs.db");
+    let id = record_on_the_real_model(&profile, "Say hello.", &db).await;
+    let db = db.to_str().unwrap();
+
+    // Offline: the replay model answers; nothing is sent to the server.
+    let out = agentrt(&["sessions", "rerun", &id, "--store", db]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.starts_with("identical: "), "{stdout}");
+
+    let mut changed = real_profile(MODEL);
+    changed["system_prompt"] = json!("You are verbose.");
+    let changed_path = dir.path().join("changed.json");
+    std::fs::write(&changed_path, changed.to_string()).unwrap();
+    let out = agentrt(&[
+        "sessions",
+        "rerun",
+        &id,
+        "--store",
+        db,
+        "--profile",
+        changed_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("diverged at turn 1, model.request (seq ")
+            && stdout.contains(
+                r#"request.messages[0].content differs: recorded "You are brief.", re-run "You are verbose.""#
+            ),
+        "{stdout}"
+    );
+    // Neither re-run was kept: the store still holds only the recording.
+    let store = SqliteStore::open(db).await.unwrap();
+    assert_eq!(
+        store.list(SessionFilter::new()).await.unwrap().items.len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_fork_of_a_recorded_session_continues_with_run_resume_on_the_real_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = write_profile(dir.path(), real_profile(MODEL));
+    let db = dir.path().join("runs.db");
+    let id = record_on_the_real_model(&profile, "Say hello.", &db).await;
+    let store = SqliteStore::open(&db).await.unwrap();
+    let parent: Vec<_> = store
+        .replay(&id.parse().unwrap(), 0)
+        .try_collect()
+        .await
+        .unwrap();
+    let final_seq = parent.last().unwrap().seq;
+    assert_eq!(parent.last().unwrap().kind, "session.final");
+
+    // Back to just before the recording ended: its first turn kept, its end not.
+    let db = db.to_str().unwrap();
+    let out = agentrt(&[
+        "sessions",
+        "fork",
+        &id,
+        "--at",
+        &final_seq.to_string(),
+        "--store",
+        db,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let fork = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = agentrt(&[
+        "run",
+        &profile,
+        "Now say goodbye.",
+        "--resume",
+        &fork,
+        "--store",
+        db,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("answered after 2 turns"), "{stderr}");
+
+    let fork_id = fork.parse().unwrap();
+    let session = store.get(&fork_id).await.unwrap();
+    assert_eq!(session.status, SessionStatus::Completed);
+    assert_eq!(session.parent.map(|p| p.to_string()), Some(id.clone()));
+    let events: Vec<_> = store.replay(&fork_id, 0).try_collect().await.unwrap();
+    let history = |events: &[agentrt::session_store::Event]| -> Vec<_> {
+        events[..final_seq as usize]
+            .iter()
+            .map(|e| (e.seq, e.kind.clone(), e.payload.clone()))
+            .collect()
+    };
+    assert_eq!(
+        history(&events),
+        history(&parent),
+        "the fork keeps the recording's history"
+    );
+    let kinds: Vec<&str> = events[final_seq as usize..]
+        .iter()
+        .map(|e| e.kind.as_str())
+        .collect();
+    assert_eq!(
+        kinds[..3],
+        ["session.resumed", "steer.received", "turn.started"],
+        "{kinds:?}"
+    );
+    // The live model saw the whole first turn, then the new message.
+    let request = events
+        .iter()
+        .skip(final_seq as usize)
+        .find(|e| e.kind == "model.request")
+        .unwrap();
+    assert_eq!(request.payload["turn"], 2);
+    assert_eq!(
+        request.payload["messages"], 4,
+        "system, user, answer, new user"
+    );
+    assert_eq!(kinds.last(), Some(&"session.final"));
+    // The recording itself is untouched.
+    let after: Vec<_> = store
+        .replay(&id.parse().unwrap(), 0)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(after, parent);
+}

@@ -40,6 +40,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A recorded session cannot be re-run: its events are not a tool-loop history, or what a
+    /// re-run needs (its profile) is not in the store.
+    #[error("session {session} cannot be re-run: {reason}")]
+    NotReplayable {
+        /// The session.
+        session: String,
+        /// Why.
+        reason: String,
+    },
     /// The loop stopped, but its final event could not be persisted. `stop` is how the loop
     /// ended (including its primary failure, if any); `source` is the store's error.
     #[error("final event of session {session} not persisted ({stop}): {source}")]

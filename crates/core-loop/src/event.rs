@@ -60,6 +60,15 @@ pub enum RuntimeEvent {
         messages: usize,
         /// The names of the tools offered.
         tools: Vec<String>,
+        /// The sampling temperature sent, if set. With the messages (rebuilt from the events
+        /// before this one) and the tools (the session start's specs) it is the whole request,
+        /// so a re-run can compare requests exactly. Absent from sessions recorded before it
+        /// was recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        temperature: Option<f32>,
+        /// The maximum output tokens sent, if set (absent from older sessions too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_tokens: Option<u32>,
     },
     /// Streamed assistant text (coalesced, see [`TextDeltaMode`](crate::TextDeltaMode)).
     TextDelta {
@@ -338,6 +347,7 @@ fn error_kind(error: &crate::Error) -> &'static str {
         Error::Profile(_) => "profile",
         Error::UnreconciledToolCalls { .. } => "unreconciled_tool_calls",
         Error::NotResumable { .. } => "not_resumable",
+        Error::NotReplayable { .. } => "not_replayable",
         Error::FinalNotPersisted { .. } => "final_not_persisted",
         Error::RoundsFinalNotPersisted { .. } => "rounds_final_not_persisted",
         Error::Cleanup(_) => "cleanup",
@@ -391,6 +401,22 @@ mod tests {
         total.add(&usage(None, Some(5), Some(0)), Some(0.1));
         assert_eq!(total.total_tokens(), None);
         assert_eq!(total.calls, 3);
+    }
+
+    #[test]
+    fn a_model_request_recorded_before_its_parameters_were_still_reads() {
+        let old = r#"{"type":"model_request","turn":1,"model":"m","messages":2,"tools":[]}"#;
+        let event: RuntimeEvent = serde_json::from_str(old).unwrap();
+        assert!(matches!(
+            event,
+            RuntimeEvent::ModelRequest {
+                temperature: None,
+                max_tokens: None,
+                ..
+            }
+        ));
+        // Unset parameters are not written at all: the event costs what it did.
+        assert_eq!(serde_json::to_string(&event).unwrap(), old);
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod budget;
 mod error;
 mod event;
 pub mod model;
+mod rerun;
 pub mod rounds;
 mod tool;
 mod tool_loop;
@@ -17,6 +18,7 @@ pub use budget::{
 };
 pub use error::Error;
 pub use event::{FailureInfo, RecordedEvent, RuntimeEvent, SessionUsage, StopReason};
+pub use rerun::{Divergence, Rerun, RerunReport, first_divergence};
 pub use rounds::{
     Boxes, Decision, LineageOptions, RoundDriver, RoundsConfig, RoundsOutcome, RoundsStop,
     WorkItem, fanout, loop_until, map_with_concurrency, panel, pipeline, run_agent_rounds,

@@ -223,8 +223,9 @@ impl ToolLoop {
     /// A loop configured from a profile: its default model, system prompt (with its
     /// instructions appended), temperature and max tokens, and its budget defaults (tokens,
     /// dollars, wall time, turns — turns also become the turn limit). The session records the
-    /// profile's content address, and the profile's allowed-models guard is applied to the
-    /// model id when the loop starts (also after [`ToolLoop::model_id`]).
+    /// profile's content address, the store keeps the profile as a blob under it, and the
+    /// profile's allowed-models guard is applied to the model id when the loop starts (also
+    /// after [`ToolLoop::model_id`]).
     ///
     /// Errors: [`Error::Profile`] if the default model is not allowed,
     /// [`Error::InvalidConfig`] for unusable budget defaults.
@@ -235,13 +236,7 @@ impl ToolLoop {
     ) -> Result<Self, Error> {
         profile.ensure_model_allowed(&profile.model.default)?;
         let mut this = ToolLoop::new(model, profile.model.default.clone(), store);
-        let system = match (&profile.system_prompt, &profile.instructions) {
-            (Some(s), Some(i)) => Some(format!("{s}\n\n{i}")),
-            (Some(s), None) => Some(s.clone()),
-            (None, Some(i)) => Some(i.clone()),
-            (None, None) => None,
-        };
-        this.profile_system = system;
+        this.profile_system = profile_system(profile);
         this.temperature = profile.model.temperature.map(|t| t as f32);
         this.max_tokens = profile.model.max_tokens;
         this.budget = Budget::new(BudgetLimits::from_profile(&profile.budget))?;
@@ -414,6 +409,17 @@ impl ToolLoop {
             outcome: None,
             error: None,
         }
+    }
+}
+
+/// The system message a profile opens a session with: its system prompt, then its
+/// instructions.
+pub(crate) fn profile_system(profile: &AgentProfile) -> Option<String> {
+    match (&profile.system_prompt, &profile.instructions) {
+        (Some(s), Some(i)) => Some(format!("{s}\n\n{i}")),
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(i)) => Some(i.clone()),
+        (None, None) => None,
     }
 }
 
@@ -796,6 +802,12 @@ impl Run {
             new = new.with_id(id);
         }
         if let Some(profile) = &cfg.profile {
+            // The profile itself is kept as a blob under its content address, so the session
+            // says exactly what ran and can be re-run (see `Rerun`). Stored first: a refused
+            // start leaves no session behind.
+            self.store
+                .put_blob(profile.canonical_json().as_bytes())
+                .await?;
             new = new.with_profile(profile.content_address().to_string());
         }
         let session = self.store.create(new).await?;
@@ -1139,6 +1151,8 @@ impl Run {
                 model: self.model_id.clone(),
                 messages: self.messages.len(),
                 tools: self.specs.iter().map(|t| t.name.clone()).collect(),
+                temperature: self.temperature,
+                max_tokens: self.max_tokens,
             });
             if self.pending_needs_durability() {
                 // Tool results and steering are durable before the model is called.

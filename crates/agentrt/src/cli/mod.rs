@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
 mod provider;
+mod rerun;
 mod run;
 mod serve;
 mod supervise;
@@ -34,7 +35,7 @@ enum Command {
     /// Validate and inspect agent profiles.
     #[command(subcommand)]
     Profile(ProfileCommand),
-    /// List, show, replay and fork recorded sessions.
+    /// List, show, replay, re-run and fork recorded sessions.
     #[command(subcommand)]
     Sessions(SessionsCommand),
     /// Run a profile's agent on a task over its real model provider, recording every step.
@@ -138,6 +139,14 @@ enum SessionsCommand {
         #[arg(long, default_value_t = Retention::DEFAULT_LIMIT)]
         batch: u32,
     },
+    /// Run a recorded session again offline and print where it first departs from the
+    /// recording ("identical", or which turn, event and field differ).
+    ///
+    /// The recorded profile (or --profile) runs on the recorded task; every model call is
+    /// answered with the recorded response, the tools (the profile's MCP servers) run for real
+    /// and their results are compared too. Timings are not compared. Exit 0 when identical, 2
+    /// when it diverged.
+    Rerun(rerun::RerunArgs),
     /// Start a new session whose history is the given session's events before a seq.
     Fork {
         #[command(flatten)]
@@ -299,6 +308,10 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
             let store = open_store(&store.store).await?;
             let fork = store.fork(&parse_id(&id)?, at).await?;
             writeln!(out, "{}", fork.id)?;
+        }
+        SessionsCommand::Rerun(args) => {
+            drop(out);
+            return rerun::rerun(args).await;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! Chat models: the provider-neutral request/response types, the [`ChatModel`] trait and its
-//! implementations (OpenAI-compatible, Anthropic Messages, scripted), plus the tower layers that
-//! wrap them (timeout, retry, limits, usage accounting, tracing) and the price table.
+//! implementations (OpenAI-compatible, Anthropic Messages, scripted, the replay of a recorded
+//! session), plus the tower layers that wrap them (timeout, retry, limits, usage accounting,
+//! tracing) and the price table.
 
 mod anthropic;
 mod http;
@@ -8,6 +9,7 @@ mod meter;
 mod openai;
 mod price;
 mod profile;
+mod replay;
 mod retry;
 mod scripted;
 mod stack;
@@ -22,6 +24,7 @@ pub use profile::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, ModelOptions, PROVIDERS, ProfileModels,
     ResolvedStack, model_from_profile, stack_for,
 };
+pub use replay::ReplayModel;
 pub use retry::{ModelRetry, RetryPolicy};
 pub use scripted::{ScriptedModel, ScriptedTurn};
 pub use stack::{

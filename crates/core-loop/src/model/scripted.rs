@@ -24,7 +24,8 @@ pub struct ScriptedTurn {
     tool_calls: Vec<ToolCall>,
     usage: Usage,
     finish_reason: Option<FinishReason>,
-    reported_model: Option<String>,
+    /// `None`: report the requested model; `Some(None)`: report none.
+    reported_model: Option<Option<String>>,
     latency: Duration,
     chunk_delay: Duration,
     open_error: Option<Error>,
@@ -32,7 +33,7 @@ pub struct ScriptedTurn {
 }
 
 impl ScriptedTurn {
-    fn empty() -> Self {
+    pub(super) fn empty() -> Self {
         Self {
             content: None,
             tool_calls: Vec::new(),
@@ -116,7 +117,13 @@ impl ScriptedTurn {
 
     /// Overrides the model id reported in the response (default: the requested model).
     pub fn with_reported_model(mut self, model: impl Into<String>) -> Self {
-        self.reported_model = Some(model.into());
+        self.reported_model = Some(Some(model.into()));
+        self
+    }
+
+    /// Reports no model id in the response, as a server that does not say which model answered.
+    pub fn with_no_reported_model(mut self) -> Self {
+        self.reported_model = Some(None);
         self
     }
 
@@ -343,7 +350,7 @@ impl ChatModel for ScriptedModel {
                 tool_calls: std::mem::take(&mut turn.tool_calls),
                 finish_reason,
                 usage: turn.usage,
-                reported_model: Some(turn.reported_model.take().unwrap_or(request.model)),
+                reported_model: turn.reported_model.take().unwrap_or(Some(request.model)),
             })));
         }
         let stream = futures::stream::iter(items);
