@@ -54,6 +54,13 @@ fn check_summary(summary: &Value) {
             "stop_agent"
         ]
     );
+    // The official SDK's client, validating with the schema alone, accepts exactly one target.
+    assert_eq!(
+        summary["spawn_targets"],
+        json!({"neither": false, "profile": true, "subagent": true, "both": false,
+               "empty_profile": false}),
+        "{summary}"
+    );
     assert!(summary["agent"].as_str().unwrap().starts_with("agt-"));
     // 8 turns + the steer echo + the final line.
     assert_eq!(summary["output_lines"], 10, "{summary}");
