@@ -20,7 +20,7 @@ use crate::budget::PoolSnapshot;
 use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
 use crate::client::McpToolset;
 use crate::finalize::{
-    CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, keep_best_delivered,
+    BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, keep_best_delivered,
 };
 use crate::server::{HttpServerOptions, SERVER_INSTRUCTIONS, serve_http};
 use crate::strategy::Strategy;
@@ -83,7 +83,7 @@ pub struct SuperviseOptions {
     pub checker: Arc<dyn CompletionChecker>,
     /// The parent's deliverable; defaults to the `non_empty` predicate judged by the checker.
     pub deliverable: Deliverable,
-    /// Ranks delivered candidates; defaults to [`LeastSpentSelector`].
+    /// Ranks delivered candidates; defaults to [`BestScoreSelector`].
     pub selector: Arc<dyn CandidateSelector>,
     /// The supervisor loop's turn limit; defaults to 32.
     pub max_turns: u32,
@@ -144,7 +144,7 @@ impl SuperviseOptions {
                 judge: "checker:default".into(),
             },
             checker,
-            selector: Arc::new(LeastSpentSelector),
+            selector: Arc::new(BestScoreSelector),
             max_turns: 32,
             external_command: None,
             strategy: None,

@@ -361,7 +361,7 @@ pub struct AwaitAgent {
 }
 
 /// The result of an agent that reached a terminal state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentResult {
     /// The agent.
     pub id: AgentId,
@@ -377,7 +377,7 @@ pub struct AgentResult {
 }
 
 /// The answer to `await_agent`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AwaitAgentResult {
     /// Agents that reached a terminal state, in the order they were asked for.
     pub settled: Vec<AgentResult>,
