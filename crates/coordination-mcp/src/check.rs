@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_core_loop::model::{ChatModel, ChatRequest, Message};
+use agentrt_core_loop::rounds::DeciderId;
 use agentrt_core_loop::worker::{ExecRequest, WorkerBox};
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -66,12 +67,17 @@ pub enum CompletionCheck {
 }
 
 /// What a completion check concluded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CheckOutcome {
     /// Whether the check passed (the agent is delivered only if it did).
     pub passed: bool,
     /// Why, in words.
     pub detail: String,
+    /// How good the output is, higher is better, when the check grades rather than only passes
+    /// or fails (a host checker may; the built-in kinds do not). The keep-best finalizer ranks
+    /// delivered agents by it; absent means unknown, not zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
 }
 
 impl CheckOutcome {
@@ -80,6 +86,7 @@ impl CheckOutcome {
         CheckOutcome {
             passed: true,
             detail: detail.into(),
+            score: None,
         }
     }
 
@@ -88,7 +95,14 @@ impl CheckOutcome {
         CheckOutcome {
             passed: false,
             detail: detail.into(),
+            score: None,
         }
+    }
+
+    /// The same outcome with a score (higher is better).
+    pub fn with_score(mut self, score: f64) -> Self {
+        self.score = Some(score);
+        self
     }
 }
 
@@ -409,7 +423,7 @@ impl CompletionChecker for DefaultChecker {
     fn validate_in(&self, check: &CompletionCheck, ctx: &CheckContext) -> Result<(), Error> {
         self.validate(check)?;
         if let (CompletionCheck::Judge { model, .. }, Some(worker)) = (check, &ctx.worker_model)
-            && model.trim().eq_ignore_ascii_case(worker.trim())
+            && DeciderId::model(model) == DeciderId::model(worker)
         {
             return Err(Error::invalid(
                 "completion_check.model",

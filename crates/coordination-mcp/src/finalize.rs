@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use agentrt_core_loop::rounds::DeciderId;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +16,12 @@ use crate::verbs::{AgentId, AgentResult};
 ///
 /// A selector only *orders*; it never grades. Whether a candidate is good enough is decided by
 /// the parent's [`Deliverable`], whose judge must be someone else: the finalizer refuses a
-/// selector whose [`identity`](CandidateSelector::identity) equals the deliverable's
-/// [`judge`](Deliverable::judge) (selector is never judge).
+/// selector whose [`identity`](CandidateSelector::identity) is the same [`DeciderId`] as the
+/// deliverable's [`judge`](Deliverable::judge) (selector is never judge).
 #[async_trait]
 pub trait CandidateSelector: Send + Sync {
-    /// Who ranks (e.g. `"model:gpt-x"` for a model-based selector, or the rule's name).
+    /// Who ranks (e.g. `"model:gpt-x"` for a model-based selector, or the rule's name),
+    /// compared as a [`DeciderId`].
     fn identity(&self) -> &str;
 
     /// The order in which to try `candidates`, best first, as indices into `candidates`. It must
@@ -27,35 +29,67 @@ pub trait CandidateSelector: Send + Sync {
     async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, Error>;
 }
 
-/// A selector preferring the candidate that spent the fewest tokens, then the fewest turns,
-/// then the earliest (a rule, not a model; identity `"rule:least-spent"`).
+/// The definition of best: the highest completion-check score first, ties to the cheaper.
+///
+/// A candidate's score is its own completion check's [`CheckOutcome::score`] (higher is
+/// better). A check that gives no score (every built-in kind but a scoring host checker), or a
+/// score that is not a finite number, counts as unknown, and unknown ranks after every known
+/// score — never as zero, never as best. Among equal or unknown scores the cheaper comes first:
+/// fewer tokens spent, then fewer turns, then the earlier result. A rule, not a model; identity
+/// `"rule:best-score-then-cheaper"`. [`supervise`](crate::supervise) uses it unless told
+/// otherwise.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LeastSpentSelector;
+pub struct BestScoreSelector;
+
+impl BestScoreSelector {
+    /// `candidates`' indices, best first (see [`BestScoreSelector`]).
+    pub fn order(candidates: &[AgentResult]) -> Vec<usize> {
+        let score = |r: &AgentResult| {
+            r.check
+                .as_ref()
+                .and_then(|c| c.score)
+                .filter(|s| s.is_finite())
+        };
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ra, rb) = (&candidates[a], &candidates[b]);
+            // Known before unknown, then higher first; then cheaper; then earlier.
+            let by_score = match (score(ra), score(rb)) {
+                (Some(x), Some(y)) => y.total_cmp(&x),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            };
+            by_score
+                .then(ra.spent.tokens.cmp(&rb.spent.tokens))
+                .then(ra.spent.turns.cmp(&rb.spent.turns))
+                .then(a.cmp(&b))
+        });
+        order
+    }
+}
 
 #[async_trait]
-impl CandidateSelector for LeastSpentSelector {
+impl CandidateSelector for BestScoreSelector {
     fn identity(&self) -> &str {
-        "rule:least-spent"
+        "rule:best-score-then-cheaper"
     }
 
     async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, Error> {
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
-        order.sort_by_key(|&i| (candidates[i].spent.tokens, candidates[i].spent.turns, i));
-        Ok(order)
+        Ok(Self::order(candidates))
     }
 }
 
 /// The parent's deliverable: the check a finalized result must pass, evaluated by `checker`,
-/// and who judges (compared against the selector's identity).
+/// and who judges (compared with the selector's identity as a [`DeciderId`]).
 #[derive(Clone)]
 pub struct Deliverable {
     /// The check the chosen output must pass.
     pub check: CompletionCheck,
     /// What evaluates it.
     pub checker: Arc<dyn CompletionChecker>,
-    /// Who judges, e.g. `"checker:default"` or `"model:judge-x"`; must differ from the selector's
-    /// identity.
-    pub judge: String,
+    /// Who judges, e.g. `"checker:default"` or `"model:judge-x"`; must not be the selector.
+    pub judge: DeciderId,
 }
 
 impl std::fmt::Debug for Deliverable {
@@ -77,7 +111,7 @@ pub struct Rejection {
 }
 
 /// What the keep-best-delivered finalizer decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum FinalOutcome {
     /// The best-ranked delivered candidate that also passed the parent's deliverable.
@@ -110,12 +144,14 @@ impl FinalOutcome {
 /// Keep the best delivered candidate of `results` that also passes `deliverable`.
 ///
 /// Only candidates whose own completion check passed (status `settled` with `delivered: true`)
-/// are considered; `selector` orders them and each is checked against the parent's deliverable
-/// in that order until one passes. A deliverable check that cannot be evaluated counts as a
+/// are considered; `selector` orders them ([`BestScoreSelector`]: the best completion-check
+/// score first, ties to the cheaper) and each is checked against the parent's deliverable in
+/// that order until one passes. A deliverable check that cannot be evaluated counts as a
 /// failure for that candidate (never as delivery).
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] when the selector's identity equals the deliverable's judge, when
+/// [`Error::InvalidRequest`] when the selector is the deliverable's judge (the same
+/// [`DeciderId`]), when
 /// the deliverable check is invalid, or when the selector's ranking is not a permutation of the
 /// delivered candidates; the selector's own error is returned as is.
 pub async fn keep_best_delivered(
@@ -123,7 +159,7 @@ pub async fn keep_best_delivered(
     selector: &dyn CandidateSelector,
     deliverable: &Deliverable,
 ) -> Result<FinalOutcome, Error> {
-    if selector.identity() == deliverable.judge {
+    if DeciderId::new(selector.identity()) == deliverable.judge {
         return Err(Error::invalid(
             "selector",
             format!(

@@ -79,8 +79,7 @@ pub use client::{
 };
 pub use error::Error;
 pub use finalize::{
-    CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, Rejection,
-    keep_best_delivered,
+    BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, Rejection, keep_best_delivered,
 };
 pub use scripted::ScriptedWorkerFactory;
 pub use server::{

@@ -17,23 +17,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper_util::rt::TokioIo;
-use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{CallToolResult, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::ErrorData;
+use rmcp::handler::server::router::tool::{ToolRoute, ToolRouter};
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolResponse, CallToolResult, ContentBlock, Implementation, ServerCapabilities,
+    ServerConfig,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::{ServerHandler, ServiceExt, tool_handler};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::verbs::{
-    AwaitAgent, AwaitAgentResult, Coordinator, Observation, ObserveAgent, SpawnAgent,
-    SpawnAgentResult, SteerAck, SteerAgent, StopAgent, StopAgentResult,
-};
+use crate::verbs::{Coordinator, VerbFailure, call_verb, verb_specs};
 
 /// The standing instructions the server sends in its `initialize` result.
 pub const SERVER_INSTRUCTIONS: &str = "Supervise worker agents. spawn_agent starts a worker on a \
@@ -66,106 +68,51 @@ fn tool_error(error: Error) -> CallToolResult {
     }))
 }
 
-#[tool_router]
 impl CoordinationServer {
-    /// A server whose tools call `coordinator`.
+    /// A server whose tools call `coordinator`: the five verbs, from the one verb table that
+    /// [`verb_tools`](crate::verb_tools) reads too.
     pub fn new(coordinator: Arc<dyn Coordinator>) -> Self {
+        let mut tool_router = ToolRouter::new();
+        for verb in verb_specs() {
+            let tool =
+                rmcp::model::Tool::new(verb.name, verb.description, verb.input_schema.clone())
+                    .with_raw_output_schema(verb.output_schema.clone());
+            tool_router.add_route(ToolRoute::new_dyn(tool, call_route));
+        }
         CoordinationServer {
             coordinator,
-            tool_router: Self::tool_router(),
+            tool_router,
         }
     }
+}
 
-    /// `spawn_agent` as an MCP tool.
-    #[tool(
-        name = "spawn_agent",
-        description = "Start a worker agent on a task and return its id. Give exactly one of \
-`profile` or `subagent`. `budget` reserves tokens/turns from the supervisor's pool (omitted \
-dimensions take a default share). `completion_check` is the independent check that decides \
-delivery (kinds: output_contains, output_matches, predicate, command). Retrying with the same \
-`idempotency_key` returns the same agent."
-    )]
-    async fn spawn_agent(
-        &self,
-        Parameters(request): Parameters<SpawnAgent>,
-    ) -> Result<Json<SpawnAgentResult>, CallToolResult> {
-        self.coordinator
-            .spawn_agent(request)
-            .await
-            .map(Json)
-            .map_err(tool_error)
-    }
-
-    /// `observe_agent` as an MCP tool.
-    #[tool(
-        name = "observe_agent",
-        description = "Return an agent's status (running, settled with delivered true/false, \
-failed, stopped), its events with seq >= `since_cursor`, its whole output so far, budget \
-reserved and spent, and `next_cursor` to pass next time for only new events."
-    )]
-    async fn observe_agent(
-        &self,
-        Parameters(request): Parameters<ObserveAgent>,
-    ) -> Result<Json<Observation>, CallToolResult> {
-        self.coordinator
-            .observe_agent(request)
-            .await
-            .map(Json)
-            .map_err(tool_error)
-    }
-
-    /// `steer_agent` as an MCP tool.
-    #[tool(
-        name = "steer_agent",
-        description = "Send a message to a running agent; the worker receives it at its next \
-turn boundary. Idempotent per `operation_id`: a retry returns duplicate=true and the message is \
-delivered once. Steering a finished agent is an error."
-    )]
-    async fn steer_agent(
-        &self,
-        Parameters(request): Parameters<SteerAgent>,
-    ) -> Result<Json<SteerAck>, CallToolResult> {
-        self.coordinator
-            .steer_agent(request)
-            .await
-            .map(Json)
-            .map_err(tool_error)
-    }
-
-    /// `await_agent` as an MCP tool.
-    #[tool(
-        name = "await_agent",
-        description = "Wait up to `timeout_ms` for `all` (default) or `any` of the listed agents \
-to finish. Returns the results of finished agents (status, output, completion check, spend), the \
-ids still pending, and whether the timeout passed."
-    )]
-    async fn await_agent(
-        &self,
-        Parameters(request): Parameters<AwaitAgent>,
-    ) -> Result<Json<AwaitAgentResult>, CallToolResult> {
-        self.coordinator
-            .await_agent(request)
-            .await
-            .map(Json)
-            .map_err(tool_error)
-    }
-
-    /// `stop_agent` as an MCP tool.
-    #[tool(
-        name = "stop_agent",
-        description = "Stop a running agent with a reason; its unspent budget returns to the \
-pool. Stopping a finished agent changes nothing and says so (already_terminal=true)."
-    )]
-    async fn stop_agent(
-        &self,
-        Parameters(request): Parameters<StopAgent>,
-    ) -> Result<Json<StopAgentResult>, CallToolResult> {
-        self.coordinator
-            .stop_agent(request)
-            .await
-            .map(Json)
-            .map_err(tool_error)
-    }
+/// Every route's handler: the verb named by the call, through `call_verb`. Arguments that do
+/// not fit are a tool execution error (MCP 2025-11-25, SEP-1303) saying what was wrong; a verb
+/// that fails is a tool error with `{"error": {"code", "message"}}`.
+fn call_route(
+    mut context: ToolCallContext<'_, CoordinationServer>,
+) -> BoxFuture<'_, Result<CallToolResponse, ErrorData>> {
+    Box::pin(async move {
+        let arguments = serde_json::Value::Object(context.arguments.take().unwrap_or_default());
+        let coordinator = context.service.coordinator.clone();
+        let result = match call_verb(coordinator.as_ref(), &context.name, arguments).await {
+            Ok(value) => CallToolResult::structured(value),
+            Err(VerbFailure::Arguments(message)) => {
+                CallToolResult::error(vec![ContentBlock::text(message)])
+            }
+            Err(VerbFailure::Verb(error)) => tool_error(error),
+            Err(VerbFailure::UnknownVerb(name)) => {
+                return Err(ErrorData::invalid_params(
+                    format!("no tool named `{name}`"),
+                    None,
+                ));
+            }
+            Err(VerbFailure::Encode(message)) => {
+                return Err(ErrorData::internal_error(message, None));
+            }
+        };
+        Ok(result.into())
+    })
 }
 
 #[tool_handler(router = self.tool_router)]

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use agentrt_core_loop::RuntimeEvent;
 use agentrt_core_loop::model::ChatModel;
-use agentrt_core_loop::{StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop};
+use agentrt_core_loop::{
+    StopReason, Tool, ToolCallError, ToolError, ToolLoop, ToolRegistry, run_tool_loop,
+};
 use agentrt_profiles::{AgentProfile, Harness};
 use agentrt_session_store::{
     Finish, MemoryStore, NewEvent, SessionId, SessionStatus, SessionStore, StoreError,
@@ -18,15 +20,14 @@ use crate::budget::PoolSnapshot;
 use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
 use crate::client::McpToolset;
 use crate::finalize::{
-    CandidateSelector, Deliverable, FinalOutcome, LeastSpentSelector, keep_best_delivered,
+    BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, keep_best_delivered,
 };
 use crate::server::{HttpServerOptions, SERVER_INSTRUCTIONS, serve_http};
 use crate::strategy::Strategy;
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
-    AwaitAgent, AwaitMode, BudgetAmount, Coordinator, ObserveAgent, SpawnAgent, SteerAgent,
-    StopAgent,
+    AwaitAgent, AwaitMode, BudgetAmount, Coordinator, VerbFailure, VerbSpec, call_verb, verb_specs,
 };
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
@@ -82,7 +83,7 @@ pub struct SuperviseOptions {
     pub checker: Arc<dyn CompletionChecker>,
     /// The parent's deliverable; defaults to the `non_empty` predicate judged by the checker.
     pub deliverable: Deliverable,
-    /// Ranks delivered candidates; defaults to [`LeastSpentSelector`].
+    /// Ranks delivered candidates; defaults to [`BestScoreSelector`].
     pub selector: Arc<dyn CandidateSelector>,
     /// The supervisor loop's turn limit; defaults to 32.
     pub max_turns: u32,
@@ -143,7 +144,7 @@ impl SuperviseOptions {
                 judge: "checker:default".into(),
             },
             checker,
-            selector: Arc::new(LeastSpentSelector),
+            selector: Arc::new(BestScoreSelector),
             max_turns: 32,
             external_command: None,
             strategy: None,
@@ -401,83 +402,56 @@ pub fn supervisor_instructions(profile: &AgentProfile) -> String {
     text
 }
 
-macro_rules! verb_tool {
-    ($tool:ident, $args:ty, $name:literal, $method:ident, $idempotent:literal, $description:literal) => {
-        struct $tool(Arc<dyn Coordinator>);
-
-        #[async_trait]
-        impl TypedTool for $tool {
-            type Args = $args;
-            fn name(&self) -> &str {
-                $name
-            }
-            fn description(&self) -> &str {
-                $description
-            }
-            fn idempotent(&self) -> bool {
-                $idempotent
-            }
-            async fn call(&self, args: $args) -> Result<String, ToolError> {
-                let result = self
-                    .0
-                    .$method(args)
-                    .await
-                    .map_err(|e| ToolError::new(format!("{}: {e}", e.code())))?;
-                serde_json::to_string(&result).map_err(|e| ToolError::new(e.to_string()))
-            }
-        }
-    };
+/// One verb of the table as a core-loop tool: the table's name, description and argument
+/// schema, run through the same dispatcher as the MCP server's.
+struct VerbTool {
+    verb: &'static VerbSpec,
+    coordinator: Arc<dyn Coordinator>,
 }
 
-verb_tool!(
-    SpawnTool,
-    SpawnAgent,
-    "spawn_agent",
-    spawn_agent,
-    false,
-    "Start a worker agent (a profile or a subagent) on a task, with an optional budget and completion check. Returns its id."
-);
-verb_tool!(
-    ObserveTool,
-    ObserveAgent,
-    "observe_agent",
-    observe_agent,
-    true,
-    "Status, new events since a cursor, and output so far of an agent."
-);
-verb_tool!(
-    SteerTool,
-    SteerAgent,
-    "steer_agent",
-    steer_agent,
-    true,
-    "Send a message to a running agent, delivered at its next turn; idempotent per operation id."
-);
-verb_tool!(
-    AwaitTool,
-    AwaitAgent,
-    "await_agent",
-    await_agent,
-    true,
-    "Wait up to a timeout for agents to settle; returns their results."
-);
-verb_tool!(
-    StopTool,
-    StopAgent,
-    "stop_agent",
-    stop_agent,
-    true,
-    "Stop an agent, with a reason."
-);
+#[async_trait]
+impl Tool for VerbTool {
+    fn name(&self) -> &str {
+        self.verb.name
+    }
+    fn description(&self) -> &str {
+        self.verb.description
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.verb.input_schema.as_ref().clone())
+    }
+    fn idempotent(&self) -> bool {
+        self.verb.idempotent
+    }
+    async fn call(&self, arguments: serde_json::Value) -> Result<String, ToolCallError> {
+        match call_verb(self.coordinator.as_ref(), self.verb.name, arguments).await {
+            Ok(answer) => Ok(answer.to_string()),
+            Err(VerbFailure::Arguments(message)) => Err(ToolCallError::InvalidArguments(message)),
+            Err(VerbFailure::Verb(e)) => Err(ToolCallError::Failed(ToolError::new(format!(
+                "{}: {e}",
+                e.code()
+            )))),
+            Err(VerbFailure::UnknownVerb(name)) => Err(ToolCallError::Failed(ToolError::new(
+                format!("no verb named `{name}`"),
+            ))),
+            Err(VerbFailure::Encode(message)) => {
+                Err(ToolCallError::Failed(ToolError::new(message)))
+            }
+        }
+    }
+}
 
-/// The five verbs as core-loop tools over `coordinator`, for a supervisor's tool loop.
+/// The five verbs as core-loop tools over `coordinator`, for a supervisor's tool loop: the same
+/// names, descriptions and argument schemas as [`CoordinationServer`](crate::CoordinationServer)
+/// lists, from one table.
 pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
     let mut tools = ToolRegistry::new();
-    tools.insert_typed(SpawnTool(coordinator.clone()));
-    tools.insert_typed(ObserveTool(coordinator.clone()));
-    tools.insert_typed(SteerTool(coordinator.clone()));
-    tools.insert_typed(AwaitTool(coordinator.clone()));
-    tools.insert_typed(StopTool(coordinator));
+    for verb in verb_specs() {
+        tools.insert(Arc::new(VerbTool {
+            verb,
+            coordinator: coordinator.clone(),
+        }));
+    }
     tools
 }
 

@@ -1,8 +1,16 @@
-//! The five supervision verbs as plain, transport-independent request and response types.
+//! The five supervision verbs as plain, transport-independent request and response types, and
+//! the one table of them as tools.
 //!
 //! Every type here derives `serde` and `schemars::JsonSchema`; the doc comments become the
 //! descriptions in the JSON schemas that the MCP server publishes for its tools, so they are
 //! written for the reader of a tool list (a person or an LLM supervisor).
+//!
+//! `verb_specs` is that tool list — name, description, argument and answer schemas — and
+//! `call_verb` runs a call by name. The MCP server ([`crate::CoordinationServer`]) and the
+//! in-process brain ([`crate::verb_tools`]) both read them, so the two front doors offer the
+//! same tools and parse arguments the same way.
+
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use schemars::JsonSchema;
@@ -93,13 +101,18 @@ pub struct SpawnBudget {
 }
 
 /// `spawn_agent`: start a worker agent on a task. Give exactly one of `profile` or `subagent`.
+///
+/// Its JSON schema says so too ([`SpawnAgent::target`] enforces it either way).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = exactly_one_target)]
 pub struct SpawnAgent {
     /// Name of the agent profile the worker runs (exclusive with `subagent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", length(min = 1))]
     pub profile: Option<String>,
     /// Name of a subagent declared by the supervisor's own profile (exclusive with `profile`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String", length(min = 1))]
     pub subagent: Option<String>,
     /// The task, in words, for the worker.
     pub task: String,
@@ -114,6 +127,20 @@ pub struct SpawnAgent {
     /// second worker. Reusing a key for a different request is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// States "exactly one of `profile` or `subagent`" in [`SpawnAgent`]'s schema: if `profile` is
+/// given, `subagent` is not; otherwise `subagent` is. Written as `if`/`then`/`else` rather than
+/// `oneOf` because model APIs refuse tool schemas with `oneOf`/`anyOf`/`allOf` at the top level
+/// (Anthropic's Messages API; OpenAI's also refuses a top-level `not`), and this schema is sent
+/// to them as is — by our brain and by any MCP client that forwards our tool list.
+fn exactly_one_target(schema: &mut schemars::Schema) {
+    schema.insert("if".into(), serde_json::json!({"required": ["profile"]}));
+    schema.insert(
+        "then".into(),
+        serde_json::json!({"not": {"required": ["subagent"]}}),
+    );
+    schema.insert("else".into(), serde_json::json!({"required": ["subagent"]}));
 }
 
 /// What a worker runs: a profile or a named subagent of the supervisor's profile.
@@ -334,7 +361,7 @@ pub struct AwaitAgent {
 }
 
 /// The result of an agent that reached a terminal state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AgentResult {
     /// The agent.
     pub id: AgentId,
@@ -350,7 +377,7 @@ pub struct AgentResult {
 }
 
 /// The answer to `await_agent`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AwaitAgentResult {
     /// Agents that reached a terminal state, in the order they were asked for.
     pub settled: Vec<AgentResult>,
@@ -395,4 +422,167 @@ pub trait Coordinator: Send + Sync {
     async fn await_agent(&self, request: AwaitAgent) -> Result<AwaitAgentResult, Error>;
     /// Stop a running agent, releasing its unspent budget; see [`StopAgent`].
     async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, Error>;
+}
+
+/// One of the five verbs as a tool: what the MCP server lists and the in-process brain offers.
+#[derive(Debug, Clone)]
+pub(crate) struct VerbSpec {
+    /// The tool's name, e.g. `spawn_agent`.
+    pub name: &'static str,
+    /// What the tool does, for the model or person reading the tool list.
+    pub description: &'static str,
+    /// Whether calling it twice with the same arguments has the effect of calling it once (a
+    /// resumed brain re-runs such a call when it was interrupted).
+    pub idempotent: bool,
+    /// The JSON schema of its arguments (draft 2020-12, root `type: object`).
+    pub input_schema: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// The JSON schema of its answer.
+    pub output_schema: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Schemas as rmcp generates them for tool inputs and outputs (draft 2020-12, the wrapper's
+/// title and description stripped), so the table is exactly what an MCP client sees.
+fn spec<Args: JsonSchema + 'static, Answer: JsonSchema + 'static>(
+    name: &'static str,
+    idempotent: bool,
+    description: &'static str,
+) -> VerbSpec {
+    use rmcp::handler::server::tool::{schema_for_input, schema_for_output};
+    VerbSpec {
+        name,
+        description,
+        idempotent,
+        // The roots of these types are objects; the fallback only keeps a bug from panicking.
+        input_schema: schema_for_input::<Args>().unwrap_or_else(|_| {
+            Arc::new(serde_json::Map::from_iter([(
+                "type".to_owned(),
+                serde_json::json!("object"),
+            )]))
+        }),
+        output_schema: schema_for_output::<Answer>(),
+    }
+}
+
+static VERBS: LazyLock<Vec<VerbSpec>> = LazyLock::new(|| {
+    vec![
+        spec::<SpawnAgent, SpawnAgentResult>(
+            "spawn_agent",
+            false,
+            "Start a worker agent on a task and return its id. Give exactly one of `profile` or \
+             `subagent`. `budget` reserves tokens/turns from the supervisor's pool (omitted \
+             dimensions take a default share). `completion_check` is the independent check that \
+             decides delivery (kinds: output_contains, output_matches, predicate, command, \
+             judge). Retrying with the same `idempotency_key` returns the same agent.",
+        ),
+        spec::<ObserveAgent, Observation>(
+            "observe_agent",
+            true,
+            "Return an agent's status (running, settled with delivered true/false, failed, \
+             stopped, in_doubt), its events with seq >= `since_cursor`, its whole output so far, \
+             budget reserved and spent, and `next_cursor` to pass next time for only new events.",
+        ),
+        spec::<SteerAgent, SteerAck>(
+            "steer_agent",
+            true,
+            "Send a message to a running agent; the worker receives it at its next turn \
+             boundary. Idempotent per `operation_id`: a retry returns duplicate=true and the \
+             message is delivered once. Steering a finished agent is an error.",
+        ),
+        spec::<AwaitAgent, AwaitAgentResult>(
+            "await_agent",
+            true,
+            "Wait up to `timeout_ms` for `all` (default) or `any` of the listed agents to \
+             finish. Returns the results of finished agents (status, output, completion check, \
+             spend), the ids still pending, and whether the timeout passed.",
+        ),
+        spec::<StopAgent, StopAgentResult>(
+            "stop_agent",
+            true,
+            "Stop a running agent with a reason; its unspent budget returns to the pool. \
+             Stopping a finished agent changes nothing and says so (already_terminal=true).",
+        ),
+    ]
+});
+
+/// The five verbs as tools, in the order above; the one table both front doors read.
+pub(crate) fn verb_specs() -> &'static [VerbSpec] {
+    &VERBS
+}
+
+/// Why `call_verb` did not answer.
+#[derive(Debug)]
+pub(crate) enum VerbFailure {
+    /// No verb has that name.
+    UnknownVerb(String),
+    /// The arguments do not fit the verb's schema; the message says which and how.
+    Arguments(String),
+    /// The verb ran and failed (unknown agent, exhausted budget, ...).
+    Verb(Error),
+    /// The answer could not be encoded as JSON (a bug, not bad input).
+    Encode(String),
+}
+
+fn parse_args<T: serde::de::DeserializeOwned>(
+    verb: &str,
+    arguments: serde_json::Value,
+) -> Result<T, VerbFailure> {
+    serde_json::from_value(arguments)
+        .map_err(|e| VerbFailure::Arguments(format!("invalid arguments for `{verb}`: {e}")))
+}
+
+fn answer<T: Serialize>(result: Result<T, Error>) -> Result<serde_json::Value, VerbFailure> {
+    let value = result.map_err(VerbFailure::Verb)?;
+    serde_json::to_value(value).map_err(|e| VerbFailure::Encode(e.to_string()))
+}
+
+/// Run the verb `name` on `coordinator` with JSON `arguments` and answer in JSON: the one
+/// dispatcher behind both front doors.
+pub(crate) async fn call_verb(
+    coordinator: &dyn Coordinator,
+    name: &str,
+    arguments: serde_json::Value,
+) -> Result<serde_json::Value, VerbFailure> {
+    match name {
+        "spawn_agent" => answer(coordinator.spawn_agent(parse_args(name, arguments)?).await),
+        "observe_agent" => answer(
+            coordinator
+                .observe_agent(parse_args(name, arguments)?)
+                .await,
+        ),
+        "steer_agent" => answer(coordinator.steer_agent(parse_args(name, arguments)?).await),
+        "await_agent" => answer(coordinator.await_agent(parse_args(name, arguments)?).await),
+        "stop_agent" => answer(coordinator.stop_agent(parse_args(name, arguments)?).await),
+        other => Err(VerbFailure::UnknownVerb(other.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_the_five_verbs_with_object_schemas() {
+        let names: Vec<&str> = verb_specs().iter().map(|v| v.name).collect();
+        assert_eq!(
+            names,
+            [
+                "spawn_agent",
+                "observe_agent",
+                "steer_agent",
+                "await_agent",
+                "stop_agent"
+            ]
+        );
+        for verb in verb_specs() {
+            assert_eq!(
+                verb.input_schema.get("type"),
+                Some(&serde_json::json!("object"))
+            );
+            assert!(
+                verb.input_schema.contains_key("properties"),
+                "{}",
+                verb.name
+            );
+        }
+    }
 }

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_coordination_mcp::{CoordinationServer, HttpServerOptions, serve_http};
+use agentrt_coordination_mcp::{CoordinationServer, HttpServerOptions, serve_http, verb_tools};
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::ServiceError;
 use rmcp::transport::StreamableHttpClientTransport;
@@ -103,6 +103,65 @@ async fn the_five_verbs_are_listed_with_descriptions_and_object_schemas() {
         "budget",
     ] {
         assert!(schema.contains(word), "spawn_agent schema lacks {word}");
+    }
+    client.cancel().await.unwrap();
+}
+
+/// Name, description and argument schema of every tool, sorted by name.
+fn tool_list(tools: impl IntoIterator<Item = (String, Option<String>, Value)>) -> Vec<Value> {
+    let mut list: Vec<Value> = tools
+        .into_iter()
+        .map(|(name, description, schema)| json!({"name": name, "description": description, "schema": schema}))
+        .collect();
+    list.sort_by_key(|t| t["name"].as_str().unwrap_or_default().to_owned());
+    list
+}
+
+#[tokio::test]
+async fn the_mcp_server_and_the_in_process_brain_offer_identical_tools() {
+    let client = connected().await;
+    let served = tool_list(client.list_all_tools().await.unwrap().into_iter().map(|t| {
+        (
+            t.name.to_string(),
+            t.description.map(|d| d.to_string()),
+            Value::Object(t.input_schema.as_ref().clone()),
+        )
+    }));
+    let brain = tool_list(
+        verb_tools(Arc::new(common::scripted_supervisor()))
+            .specs()
+            .into_iter()
+            .map(|t| (t.name, Some(t.description), t.parameters)),
+    );
+    assert_eq!(served.len(), 5);
+    assert_eq!(served, brain);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn spawn_agents_schema_requires_exactly_one_target_in_a_form_model_apis_accept() {
+    let client = connected().await;
+    let tools = client.list_all_tools().await.unwrap();
+    let spawn = tools.iter().find(|t| t.name == "spawn_agent").unwrap();
+    let schema = Value::Object(spawn.input_schema.as_ref().clone());
+    // Given `profile`, `subagent` must be absent; otherwise `subagent` is required.
+    assert_eq!(schema["if"], json!({"required": ["profile"]}));
+    assert_eq!(schema["then"], json!({"not": {"required": ["subagent"]}}));
+    assert_eq!(schema["else"], json!({"required": ["subagent"]}));
+    for name in ["profile", "subagent"] {
+        assert_eq!(schema["properties"][name]["type"], "string", "{schema}");
+        assert_eq!(schema["properties"][name]["minLength"], 1, "{schema}");
+    }
+    // Anthropic refuses oneOf/anyOf/allOf at a tool schema's top level, OpenAI also enum, const
+    // and not: every tool here must be sendable to both as is.
+    for tool in &tools {
+        for keyword in ["oneOf", "anyOf", "allOf", "not", "enum", "const"] {
+            assert!(
+                !tool.input_schema.contains_key(keyword),
+                "{} has a top-level {keyword}",
+                tool.name
+            );
+        }
     }
     client.cancel().await.unwrap();
 }

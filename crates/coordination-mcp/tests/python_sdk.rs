@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use agentrt_coordination_mcp::{McpServerConfig, McpToolset, McpTransportConfig};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Run `sdk_client.py` with `args`; it asserts the whole scenario itself and prints a summary.
 async fn run_sdk_client(args: &[&str]) -> Value {
@@ -55,6 +54,13 @@ fn check_summary(summary: &Value) {
             "stop_agent"
         ]
     );
+    // The official SDK's client, validating with the schema alone, accepts exactly one target.
+    assert_eq!(
+        summary["spawn_targets"],
+        json!({"neither": false, "profile": true, "subagent": true, "both": false,
+               "empty_profile": false}),
+        "{summary}"
+    );
     assert!(summary["agent"].as_str().unwrap().starts_with("agt-"));
     // 8 turns + the steer echo + the final line.
     assert_eq!(summary["output_lines"], 10, "{summary}");
@@ -76,16 +82,7 @@ async fn python_sdk_client_drives_our_server_over_http() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the example printed its URL")
-        .unwrap()
-        .expect("the example printed a line");
-    let url = first
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first}"))
-        .to_owned();
+    let url = common::announced_url(child.stdout.take().unwrap()).await;
     let summary = run_sdk_client(&["http", &url, "py-token"]).await;
     check_summary(&summary);
     child.kill().await.unwrap();
@@ -169,40 +166,27 @@ async fn our_client_uses_a_python_sdk_server_over_stdio() {
 
 #[tokio::test]
 async fn our_client_uses_a_python_sdk_server_over_http() {
-    let port = common::free_port();
     let mut child = tokio::process::Command::new(common::python())
         .arg(common::py_script("sdk_tool_server.py"))
-        .args(["http", &port.to_string()])
-        .stdout(Stdio::null())
+        .arg("http")
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let url = format!("http://127.0.0.1:{port}/mcp");
+    // The server picks its own port and announces its URL once it serves MCP: that line is the
+    // readiness signal (a port that accepts, or one picked here and released, is not).
+    let url = common::announced_url(child.stdout.take().unwrap()).await;
     let config = McpServerConfig {
         name: "pyhttp".into(),
         transport: McpTransportConfig::Http {
-            url: url.clone(),
+            url,
             headers: BTreeMap::from([("x-agentrt-run".to_owned(), "test".to_owned())]),
         },
     };
-    // Wait (bounded) for uvicorn to accept connections.
-    let mut toolset = None;
-    for _ in 0..150 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            toolset = Some(
-                McpToolset::connect(std::slice::from_ref(&config))
-                    .await
-                    .unwrap(),
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let toolset = toolset.expect("the Python SDK HTTP server came up within 30 s");
+    let toolset = McpToolset::connect(std::slice::from_ref(&config))
+        .await
+        .unwrap();
     let shout = toolset.tool("pyhttp__shout").unwrap();
     let out = shout.call(json!({"text": "quiet please"})).await.unwrap();
     assert_eq!(out.text, "QUIET PLEASE");

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AgentTarget, BudgetAmount, CompletionCheck, Coordinator, DefaultChecker,
-    Deliverable, Error, FinalOutcome, LeastSpentSelector, ScriptedWorkerFactory, SpawnBudget,
+    AgentStatus, AgentTarget, BestScoreSelector, BudgetAmount, CompletionCheck, Coordinator,
+    DefaultChecker, Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnBudget,
     SpawnPlan, Strategy, StrategyStop, Supervisor, SupervisorOptions, breadth_strategy,
     depth_strategy, keep_best_delivered,
 };
@@ -119,7 +119,7 @@ async fn breadth_feeds_keep_best_delivered() {
         .unwrap();
     let outcome = keep_best_delivered(
         &run.results,
-        &LeastSpentSelector,
+        &BestScoreSelector,
         &deliverable(contains("turn 2/2: draft")),
     )
     .await
@@ -158,7 +158,7 @@ async fn depth_stops_at_the_first_delivered_round() {
 
     let outcome = keep_best_delivered(
         &run.results,
-        &LeastSpentSelector,
+        &BestScoreSelector,
         &deliverable(contains("done:")),
     )
     .await
@@ -195,7 +195,7 @@ async fn depth_gives_up_after_k_rounds_and_says_so() {
 
     let outcome = keep_best_delivered(
         &run.results,
-        &LeastSpentSelector,
+        &BestScoreSelector,
         &deliverable(contains("done:")),
     )
     .await

@@ -604,6 +604,26 @@ async fn fanout_refuses_a_selector_that_is_also_the_judge() {
 }
 
 #[tokio::test]
+async fn fanout_refuses_the_judges_model_as_selector_however_its_id_is_written() {
+    let config = RoundsConfig::new(echo, TextOutput).validator(Check::new("judge-x", |_| true));
+    let selector = selector_fn(
+        " model:Judge-X",
+        |_: &str, _: &[agentrt_core_loop::rounds::Candidate<'_, String>]| Some(0),
+    );
+    let err = fanout(
+        "t",
+        &Fanout::new(2, |t: &str, _| t.to_owned(), selector),
+        &config,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidConfig(ref m) if m.contains("judge")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn pipeline_feeds_each_stage_the_previous_stages_output() {
     let stages = vec![
         Stage::new("outline", |task: &str, _: Option<&Iteration<String>>| {

@@ -68,13 +68,20 @@ pub fn scripted_supervisor() -> Supervisor {
     )
 }
 
-/// A free loopback TCP port (bound and released; good enough for a test's child server).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// The URL a server child announces as its first line on stdout, `listening on <url>` — the line
+/// every server these tests start prints once it is ready (bounded wait: 60 s).
+pub async fn announced_url(stdout: tokio::process::ChildStdout) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the server announced its URL within 60 s")
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .expect("the server printed a line before exiting");
+    first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("expected `listening on <url>`, got {first:?}"))
+        .to_owned()
 }
 
 /// The tool results a scripted model has been sent so far, in order.

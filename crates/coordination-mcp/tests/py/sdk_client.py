@@ -13,6 +13,7 @@ import asyncio
 import json
 import sys
 
+import jsonschema
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -36,6 +37,21 @@ async def exercise(client: Client) -> dict:
         if tool.name in EXPECTED_TOOLS:
             assert tool.description, f"{tool.name} has no description"
             assert tool.input_schema.get("type") == "object", tool.input_schema
+
+    # What a client that reads only the schema learns about spawn_agent's targets (jsonschema is
+    # the validator the SDK itself depends on).
+    spawn_schema = next(t.input_schema for t in tools.tools if t.name == "spawn_agent")
+    validator = jsonschema.Draft202012Validator(spawn_schema)
+    spawn_targets = {
+        case: validator.is_valid({"task": "t", **args})
+        for case, args in {
+            "neither": {},
+            "profile": {"profile": "demo"},
+            "subagent": {"subagent": "helper"},
+            "both": {"profile": "demo", "subagent": "helper"},
+            "empty_profile": {"profile": ""},
+        }.items()
+    }
 
     spawned = structured(
         await client.call_tool(
@@ -101,6 +117,7 @@ async def exercise(client: Client) -> dict:
         "output_lines": result["output"].count("\n"),
         "spent": result["spent"],
         "protocol_version": client.protocol_version,
+        "spawn_targets": spawn_targets,
     }
 
 

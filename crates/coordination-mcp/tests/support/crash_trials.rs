@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator, DefaultChecker,
-    Deliverable, LeastSpentSelector, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, SteerAgent,
-    Supervisor, SupervisorOptions, keep_best_delivered,
+    AgentStatus, AwaitAgent, AwaitMode, BestScoreSelector, BudgetAmount, CompletionCheck,
+    Coordinator, DefaultChecker, Deliverable, ScriptedWorkerFactory, SpawnAgent, SpawnBudget,
+    SteerAgent, Supervisor, SupervisorOptions, keep_best_delivered,
 };
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
 use futures::TryStreamExt;
@@ -141,7 +141,7 @@ pub async fn child(db: &str, run: &str) {
         checker: checker(),
         judge: "checker:default".into(),
     };
-    let finalized = keep_best_delivered(&awaited.settled, &LeastSpentSelector, &deliverable)
+    let finalized = keep_best_delivered(&awaited.settled, &BestScoreSelector, &deliverable)
         .await
         .unwrap();
     let chosen = finalized.winner().map(|w| key_of[&w.id]);

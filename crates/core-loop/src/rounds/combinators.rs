@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::config::RoundsConfig;
 use super::engine::run_agent_rounds;
+use super::identity::DeciderId;
 use super::types::{Decision, Iteration, RoundDriver, RoundHistory, RoundsOutcome, WorkItem};
 use crate::Error;
 
@@ -127,11 +128,11 @@ pub struct Candidate<'a, O> {
 }
 
 /// Picks the best of several attempts. The selector is never the judge: it sees outputs only
-/// (no verdicts), and [`fanout`] refuses a selector whose [`Selector::id`] equals the
-/// validator's [`crate::rounds::Validator::id`].
+/// (no verdicts), and [`fanout`] refuses a selector whose [`Selector::id`] is the same
+/// [`DeciderId`] as the validator's [`crate::rounds::Validator::id`].
 #[async_trait::async_trait]
 pub trait Selector<O>: Send + Sync {
-    /// A stable identity (for example the selecting model's id).
+    /// A stable identity (for example the selecting model's id), compared as a [`DeciderId`].
     fn id(&self) -> &str;
 
     /// The position in `candidates` of the best attempt, or `None` to keep none.
@@ -259,8 +260,8 @@ impl<O: Send + Sync> RoundDriver<O> for FanoutDriver<'_, O> {
 /// any, is the judge: it grades every attempt while its box is alive, and the selector never
 /// sees those grades.
 ///
-/// Errors: [`Error::InvalidConfig`] for 0 attempts, or when the selector's id equals the
-/// validator's (the selector must not be the judge), or when the selector returns a position
+/// Errors: [`Error::InvalidConfig`] for 0 attempts, or when the selector's id is the same
+/// [`DeciderId`] as the validator's (the selector must not be the judge), or when the selector returns a position
 /// out of range; as [`run_agent_rounds`].
 pub async fn fanout<O: Send + Sync>(
     task: &str,
@@ -273,7 +274,7 @@ pub async fn fanout<O: Send + Sync>(
         ));
     }
     if let Some(judge) = &config.validator
-        && judge.id() == spec.selector.id()
+        && DeciderId::new(judge.id()) == DeciderId::new(spec.selector.id())
     {
         return Err(Error::InvalidConfig(format!(
             "fanout: the selector {:?} is also the judge (validator); the selector must not \

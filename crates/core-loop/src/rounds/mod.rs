@@ -28,6 +28,7 @@ mod combinators;
 mod concurrency;
 mod config;
 mod engine;
+mod identity;
 mod lineage;
 mod record;
 mod runner;
@@ -41,6 +42,7 @@ pub use combinators::{
 pub use concurrency::{MapOutcome, map_with_concurrency};
 pub use config::{Boxes, LineageOptions, RoundsConfig};
 pub use engine::run_agent_rounds;
+pub use identity::DeciderId;
 pub use runner::{BuildToolLoop, ToolLoopRunner};
 pub use types::{
     AgentRun, AgentRunner, BoxStats, Decision, Iteration, OutputParser, ParentAuthoring, Provision,

@@ -421,8 +421,9 @@ pub struct ValidationContext<'a> {
 /// Errors are classified like [`AgentRunner`] errors.
 #[async_trait::async_trait]
 pub trait Validator<O>: Send + Sync {
-    /// A stable identity of the judge (for example its model id). A combinator that also
-    /// selects refuses a selector with the same identity: the selector is never the judge.
+    /// A stable identity of the judge (for example its model id), compared as a
+    /// [`DeciderId`](crate::rounds::DeciderId). A combinator that also selects refuses a
+    /// selector with the same identity: the selector is never the judge.
     fn id(&self) -> &str;
 
     /// Judges `output`.
