@@ -107,8 +107,9 @@ pub enum UnknownUsagePolicy {
     /// Record the unknown spend (never as zero) and keep going.
     #[default]
     Track,
-    /// Refuse new work on a limited dimension once any spend on it is unknown, and refuse to
-    /// start work whose cost cannot be accounted (see [`Budget::ensure_accountable`]).
+    /// Refuse new work on a limited dimension once any spend on it is unknown — in this pool or
+    /// anywhere beneath it, and then in every pool beneath it too — and refuse to start work
+    /// whose cost cannot be accounted (see [`Budget::ensure_accountable`]).
     Refuse,
 }
 
@@ -373,20 +374,38 @@ impl Node {
                     cause: ExhaustionCause::Overdrawn { overdraft: over },
                 });
             }
-            let unknown = match d {
-                Dim::Tokens => st.unknown_tokens,
-                Dim::Dollars => st.unknown_dollars,
-                Dim::Turns => 0,
-            };
-            if unknown > 0 && self.policy == UnknownUsagePolicy::Refuse {
-                return Err(BudgetExhausted {
-                    dimension: d.public(),
-                    cause: ExhaustionCause::Unaccountable,
-                });
-            }
+        }
+        refuses_unaccountable(self, st)?;
+        // A pool under a refusing ancestor stops too: once the tree's total cannot be
+        // accounted, no part of it takes new work.
+        let mut above = self.parent.clone();
+        while let Some(pool) = above {
+            refuses_unaccountable(&pool, &pool.lock())?;
+            above = pool.parent.clone();
         }
         Ok(())
     }
+}
+
+/// Under [`UnknownUsagePolicy::Refuse`], a pool with unknown spend on a dimension it limits.
+fn refuses_unaccountable(node: &Node, st: &State) -> Result<(), BudgetExhausted> {
+    if node.policy != UnknownUsagePolicy::Refuse {
+        return Ok(());
+    }
+    for d in DIMS {
+        let unknown = match d {
+            Dim::Tokens => st.unknown_tokens,
+            Dim::Dollars => st.unknown_dollars,
+            Dim::Turns => 0,
+        };
+        if unknown > 0 && node.limit[idx(d)].is_some() {
+            return Err(BudgetExhausted {
+                dimension: d.public(),
+                cause: ExhaustionCause::Unaccountable,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Node {
@@ -889,6 +908,7 @@ mod tests {
         )
         .unwrap();
         let child = root.carve(BudgetLimits::unlimited().tokens(100)).unwrap();
+        let sibling = root.carve(BudgetLimits::unlimited().tokens(100)).unwrap();
         let grandchild = child.carve(BudgetLimits::unlimited().tokens(50)).unwrap();
         grandchild
             .reserve(Amounts::ZERO.with_tokens(5))
@@ -900,8 +920,13 @@ mod tests {
             root.carve(BudgetLimits::unlimited().tokens(10)),
             Err(Error::BudgetExhausted(_))
         ));
-        drop(grandchild);
-        drop(child);
+        let sibling_err = sibling.reserve(Amounts::ZERO.with_tokens(1)).unwrap_err();
+        assert_eq!(
+            sibling_err.cause,
+            ExhaustionCause::Unaccountable,
+            "a pool under the refusing root stops too"
+        );
+        drop((grandchild, child, sibling));
         assert_eq!(
             root.snapshot().unknown_token_commits,
             1,
