@@ -77,7 +77,7 @@ pub struct Rejection {
 }
 
 /// What the keep-best-delivered finalizer decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum FinalOutcome {
     /// The best-ranked delivered candidate that also passed the parent's deliverable.

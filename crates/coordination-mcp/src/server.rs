@@ -80,8 +80,9 @@ impl CoordinationServer {
     #[tool(
         name = "spawn_agent",
         description = "Start a worker agent on a task and return its id. Give exactly one of \
-`profile` or `subagent`. `budget` reserves tokens/turns from the supervisor's pool (omitted \
-dimensions take a default share). `completion_check` is the independent check that decides \
+`profile` or `subagent`. `budget` carves tokens, dollars, wall_time_ms and turns for it from \
+the supervisor's root budget (omitted dimensions take a default share; unspent budget returns \
+when it ends). `completion_check` is the independent check that decides \
 delivery (kinds: output_contains, output_matches, predicate, command). Retrying with the same \
 `idempotency_key` returns the same agent."
     )]

@@ -157,7 +157,7 @@ impl std::fmt::Display for StrategyStop {
 }
 
 /// What a strategy run produced: every worker's result in spawn order, and why it ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StrategyRun {
     /// One result per spawned worker, in spawn order.
     pub results: Vec<AgentResult>,

@@ -9,6 +9,7 @@ use agentrt_coordination_mcp::{
     LeastSpentSelector, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor,
     SupervisorOptions, keep_best_delivered,
 };
+use agentrt_core_loop::BudgetLimits;
 use async_trait::async_trait;
 
 fn result(id: &str, delivered: bool, output: &str, tokens: u64) -> AgentResult {
@@ -179,7 +180,7 @@ async fn an_invalid_deliverable_check_is_refused_before_anything_is_ranked() {
 async fn finalizing_real_supervisor_results() {
     let supervisor = Supervisor::new(
         Arc::new(ScriptedWorkerFactory::new().turns(1)),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10)),
     );
     let mut ids = Vec::new();
     for (task, check) in [("first", "done:"), ("second", "never-there")] {
@@ -191,6 +192,7 @@ async fn finalizing_real_supervisor_results() {
                     budget: Some(SpawnBudget {
                         tokens: Some(100),
                         turns: Some(2),
+                        ..SpawnBudget::default()
                     }),
                     completion_check: Some(CompletionCheck::OutputContains { text: check.into() }),
                     ..SpawnAgent::default()

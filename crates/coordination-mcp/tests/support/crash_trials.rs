@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator, DefaultChecker,
-    Deliverable, LeastSpentSelector, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, SteerAgent,
-    Supervisor, SupervisorOptions, keep_best_delivered,
+    AgentStatus, AwaitAgent, AwaitMode, CompletionCheck, Coordinator, DefaultChecker, Deliverable,
+    LeastSpentSelector, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, SteerAgent, Supervisor,
+    SupervisorOptions, keep_best_delivered,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
@@ -72,7 +73,7 @@ pub async fn child(db: &str, run: &str) {
     let supervisor = Supervisor::open(
         factory,
         checker(),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(100_000, 400))
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(100_000).turns(400))
             .detached_poll(Duration::from_millis(20)),
         store,
         run,
@@ -95,6 +96,7 @@ pub async fn child(db: &str, run: &str) {
                 budget: Some(SpawnBudget {
                     tokens: Some(1_000),
                     turns: Some(10),
+                    ..SpawnBudget::default()
                 }),
                 completion_check: check
                     .map(|text| CompletionCheck::OutputContains { text: text.into() }),
@@ -148,11 +150,13 @@ pub async fn child(db: &str, run: &str) {
         .iter()
         .map(|r| {
             // Where in the output a steer lands depends on timing; which lines it holds does not.
+            // Nor does what it spent, except its wall time.
             let mut lines: Vec<&str> = r.output.lines().collect();
             lines.sort_unstable();
+            let spent = json!([r.spent.tokens, r.spent.dollars, r.spent.turns]);
             (
                 key_of[&r.id],
-                json!({ "status": r.status, "lines": lines, "spent": r.spent }),
+                json!({ "status": r.status, "lines": lines, "spent": spent }),
             )
         })
         .collect();
