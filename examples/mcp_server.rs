@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    BudgetAmount, DefaultChecker, HttpServerOptions, ScriptedWorkerFactory, Supervisor,
-    SupervisorOptions, serve_http, serve_stdio,
+    DefaultChecker, HttpServerOptions, ScriptedWorkerFactory, Supervisor, SupervisorOptions,
+    serve_http, serve_stdio,
 };
+use agentrt_core_loop::BudgetLimits;
 use clap::Parser;
 
 /// Command-line options.
@@ -58,7 +59,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let supervisor = Supervisor::with_checker(
         Arc::new(factory),
         Arc::new(checker),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(args.root_tokens, args.root_turns)),
+        SupervisorOptions::with_root_budget(
+            BudgetLimits::unlimited()
+                .tokens(args.root_tokens)
+                .turns(args.root_turns),
+        ),
     );
     let coordinator = Arc::new(supervisor.clone());
     if let Some(addr) = args.http {

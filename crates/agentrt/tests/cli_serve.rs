@@ -159,11 +159,27 @@ fn serve_refuses_http_without_a_token_and_a_model_the_profile_does_not_allow() {
         "{out:?}"
     );
 
-    // The budget is required: clap names the missing flag.
+    // A supervision needs a bound: with neither a flag nor a `[budget]` in the profile it is
+    // refused, naming the flags.
     let out = agentrt(&["serve", &profile, "--stdio", "--store", db]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--tokens"),
+        stderr.contains("no budget") && stderr.contains("--wall-time"),
+        "{out:?}"
+    );
+    let out = agentrt(&[
+        "serve",
+        &profile,
+        "--stdio",
+        "--store",
+        db,
+        "--wall-time",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "clap names a bad duration");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--wall-time"),
         "{out:?}"
     );
 }
@@ -184,8 +200,12 @@ async fn supervise_with_an_external_brain_keeps_the_delivered_real_worker_and_re
         db.to_str().unwrap(),
         "--tokens",
         "10000",
-        "--turns",
-        "20",
+        "--wall-time",
+        "10m",
+        "--dollars",
+        "5",
+        "--unknown-usage",
+        "track",
         "--run",
         &run,
         "--",
@@ -204,6 +224,11 @@ async fn supervise_with_an_external_brain_keeps_the_delivered_real_worker_and_re
         "{stderr}"
     );
     assert!(stderr.contains("kept: agt-"), "{stderr}");
+    // One root budget over the tree, in every dimension given; the worker's real calls were
+    // spent from it (the model has no price, so its cost is unknown, never zero).
+    assert!(stderr.contains("of 10000 tokens"), "{stderr}");
+    assert!(stderr.contains("of $5 dollars"), "{stderr}");
+    assert!(stderr.contains("unknown usage"), "{stderr}");
 
     // The run is finished: supervising it again is refused, naming it.
     let again = agentrt(&args);
@@ -217,18 +242,24 @@ async fn supervise_with_an_external_brain_keeps_the_delivered_real_worker_and_re
 #[test]
 fn supervise_names_a_harness_it_cannot_run_without_a_brain_command() {
     let dir = tempfile::tempdir().unwrap();
-    let profile = profile_with_harness(dir.path(), "cli-base");
+    // No budget flags: the profile's `[budget]` section is the root budget.
+    let path = dir.path().join("boss.json");
+    let profile = json!({
+        "name": "boss",
+        "harness": "cli-base",
+        "model": {"provider": "openai-compatible", "default": "smollm2-135m",
+                  "base_url": "http://127.0.0.1:9/v1"},
+        "budget": {"tokens": 10, "turns": 1},
+    });
+    std::fs::write(&path, profile.to_string()).unwrap();
+    let profile = path.to_str().unwrap();
     let db = dir.path().join("runs.db");
     let out = agentrt(&[
         "supervise",
-        &profile,
+        profile,
         "anything",
         "--store",
         db.to_str().unwrap(),
-        "--tokens",
-        "10",
-        "--turns",
-        "1",
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -30,9 +30,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentrt_coordination_mcp::{
-    AwaitAgent, AwaitMode, BudgetAmount, Coordinator, ScriptedWorkerFactory, SpawnAgent,
-    SpawnBudget, Supervisor, SupervisorOptions, serve_stdio,
+    AwaitAgent, AwaitMode, Coordinator, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor,
+    SupervisorOptions, serve_stdio,
 };
+use agentrt_core_loop::BudgetLimits;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::TokioChildProcess;
 use rmcp::{RoleClient, ServiceExt};
@@ -48,8 +49,12 @@ fn scripted_supervisor() -> Supervisor {
                 .delay(Duration::ZERO)
                 .tokens_per_turn(1),
         ),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(u64::MAX / 2, u64::MAX / 2))
-            .default_spawn_budget(BudgetAmount::new(10, 2)),
+        SupervisorOptions::with_root_budget(
+            BudgetLimits::unlimited()
+                .tokens(u64::MAX / 2)
+                .turns(u64::MAX / 2),
+        )
+        .default_spawn_budget(BudgetLimits::unlimited().tokens(10).turns(2)),
     )
 }
 
@@ -168,8 +173,12 @@ async fn spawn_settle(agents: usize, journal: Option<&std::path::Path>) -> f64 {
                         .tokens_per_turn(1),
                 ),
                 Arc::new(agentrt_coordination_mcp::DefaultChecker::new()),
-                SupervisorOptions::with_root_budget(BudgetAmount::new(u64::MAX / 2, u64::MAX / 2))
-                    .default_spawn_budget(BudgetAmount::new(10, 2)),
+                SupervisorOptions::with_root_budget(
+                    BudgetLimits::unlimited()
+                        .tokens(u64::MAX / 2)
+                        .turns(u64::MAX / 2),
+                )
+                .default_spawn_budget(BudgetLimits::unlimited().tokens(10).turns(2)),
                 Arc::new(store),
                 agentrt_session_store::SessionId::new(),
             )
@@ -187,6 +196,7 @@ async fn spawn_settle(agents: usize, journal: Option<&std::path::Path>) -> f64 {
                 budget: Some(SpawnBudget {
                     tokens: Some(10),
                     turns: Some(2),
+                    ..SpawnBudget::default()
                 }),
                 completion_check: Some(agentrt_coordination_mcp::CompletionCheck::OutputContains {
                     text: "done:".into(),

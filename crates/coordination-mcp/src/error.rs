@@ -45,16 +45,11 @@ pub enum Error {
         /// Its current state, e.g. `"settled"`.
         state: String,
     },
-    /// A reservation or a charge does not fit in the budget that is left.
-    #[error("budget exhausted: {dimension}: requested {requested}, available {available}")]
-    BudgetExhausted {
-        /// `"tokens"` or `"turns"`.
-        dimension: &'static str,
-        /// What was asked for.
-        requested: u64,
-        /// What was left.
-        available: u64,
-    },
+    /// The budget refused work: a carve or a charge does not fit in what is left, the
+    /// wall-time deadline passed, or (under the `refuse` unknown-usage policy) spend somewhere in
+    /// the tree could not be accounted. Names the dimension and the cause.
+    #[error("{0}")]
+    BudgetExhausted(#[from] agentrt_core_loop::BudgetExhausted),
     /// A spawn asked for a model the supervisor's profile does not allow (the allowed-models
     /// guard). Nothing was spawned and no budget was reserved.
     #[error("model `{model}` is not allowed by profile `{profile}` (allowed: {})", allowed.join(", "))]
@@ -136,7 +131,7 @@ impl Error {
             Error::IdempotencyConflict { .. } => "idempotency_conflict",
             Error::OperationConflict { .. } => "operation_conflict",
             Error::NotRunning { .. } => "not_running",
-            Error::BudgetExhausted { .. } => "budget_exhausted",
+            Error::BudgetExhausted(_) => "budget_exhausted",
             Error::ModelNotAllowed { .. } => "model_not_allowed",
             Error::HarnessNotSupported { .. } => "harness_not_supported",
             Error::Worker(_) => "worker",

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
-use crate::verbs::{AgentId, AgentResult, BudgetAmount, SpawnAgent};
+use agentrt_core_loop::BudgetLimits;
+
+use crate::verbs::{AgentId, AgentResult, BudgetAmount, SpawnAgent, SpawnBudget};
 
 /// Event kinds of journal entries in the run's session.
 pub(crate) const KIND_PREFIX: &str = "coord.";
@@ -28,19 +30,26 @@ pub(crate) const KIND_PREFIX: &str = "coord.";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "entry", rename_all = "snake_case")]
 pub(crate) enum Entry {
-    /// The run began with this root budget (always the first entry).
-    Run { root: BudgetAmount },
+    /// The run began with this root budget (always the first entry), at `started_ms`
+    /// (milliseconds since the Unix epoch; absent in runs journaled before it was recorded):
+    /// a resumed run's wall time counts from there.
+    Run {
+        root: BudgetLimits,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_ms: Option<u64>,
+    },
     /// The coordinator was resumed from the journal (a marker for readers of the run).
     Resumed {
         in_doubt: Vec<AgentId>,
         redispatched: Vec<AgentId>,
         reattached: Vec<AgentId>,
     },
-    /// An agent was spawned with this reservation; its worker starts after this is durable.
+    /// An agent was spawned with this budget carved for it; its worker starts after this is
+    /// durable.
     Spawn {
         agent: AgentId,
         request: SpawnAgent,
-        reserved: BudgetAmount,
+        reserved: SpawnBudget,
         /// The idempotency key and the fingerprint of the request it was first used with.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<(String, String)>,
@@ -64,10 +73,10 @@ pub(crate) enum Entry {
         charged: BudgetAmount,
     },
     /// At resume, an in-doubt agent whose spawn carried an idempotency key was started again
-    /// under the same id with this reservation.
+    /// under the same id with this budget carved for it.
     Redispatch {
         agent: AgentId,
-        reserved: BudgetAmount,
+        reserved: SpawnBudget,
     },
 }
 
@@ -119,7 +128,7 @@ impl Journal {
     pub(crate) async fn open(
         store: Arc<dyn SessionStore>,
         run: SessionId,
-        root: BudgetAmount,
+        root: BudgetLimits,
     ) -> Result<(Journal, Vec<Entry>), Error> {
         let (next_seq, entries) = match store.resume_point(&run).await {
             Ok(point) => {
@@ -131,8 +140,12 @@ impl Journal {
                 }
                 let entries = read_entries(store.as_ref(), &run).await?;
                 match entries.first() {
-                    Some(Entry::Run { root: journaled }) if *journaled == root => {}
-                    Some(Entry::Run { root: journaled }) => {
+                    Some(Entry::Run {
+                        root: journaled, ..
+                    }) if *journaled == root => {}
+                    Some(Entry::Run {
+                        root: journaled, ..
+                    }) => {
                         return Err(Error::invalid(
                             "root_budget",
                             format!(
@@ -158,7 +171,11 @@ impl Journal {
                     )
                     .await
                     .map_err(|e| store_error("cannot create the run", e))?;
-                let first = Entry::Run { root };
+                let started_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()
+                    .and_then(|d| u64::try_from(d.as_millis()).ok());
+                let first = Entry::Run { root, started_ms };
                 let next = store
                     .append(&run, 0, vec![first.to_event()?])
                     .await

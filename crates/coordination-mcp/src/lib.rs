@@ -7,7 +7,8 @@
 //!   schemas ([`SpawnAgent`], [`ObserveAgent`], [`SteerAgent`], [`AwaitAgent`], [`StopAgent`])
 //!   and the async [`Coordinator`] trait every front end calls.
 //! - [`Supervisor`]: the in-process coordinator — an agent registry, workers from a
-//!   [`WorkerFactory`], idempotent spawns and steers, a conserved budget pool, and delivery
+//!   [`WorkerFactory`], idempotent spawns and steers, one conserved budget (core-loop's
+//!   `Budget`: every agent's budget is carved from the root, the brain spends from it), and delivery
 //!   decided by an independent [`CompletionChecker`], never by the worker.
 //! - [`ScriptedWorkerFactory`]: deterministic offline workers for tests, examples, benchmarks;
 //!   [`ToolLoopWorkerFactory`]: workers running core-loop's `run_tool_loop`.
@@ -26,15 +27,16 @@
 //! ```
 //! use std::sync::Arc;
 //! use agentrt_coordination_mcp::{
-//!     AwaitAgent, BudgetAmount, CompletionCheck, Coordinator, ScriptedWorkerFactory, SpawnAgent,
-//!     Supervisor, SupervisorOptions,
+//!     AwaitAgent, CompletionCheck, Coordinator, ScriptedWorkerFactory, SpawnAgent, Supervisor,
+//!     SupervisorOptions,
 //! };
+//! use agentrt_core_loop::BudgetLimits;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), agentrt_coordination_mcp::Error> {
 //! let supervisor = Supervisor::new(
 //!     Arc::new(ScriptedWorkerFactory::new().turns(2)),
-//!     SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+//!     SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10)),
 //! );
 //! let spawned = supervisor
 //!     .spawn_agent(SpawnAgent {
@@ -53,7 +55,6 @@
 //! ```
 #![warn(missing_docs)]
 
-mod budget;
 mod check;
 mod client;
 mod error;
@@ -68,7 +69,6 @@ mod tool_loop_worker;
 mod verbs;
 mod worker;
 
-pub use budget::PoolSnapshot;
 pub use check::{
     CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, JudgeModel,
     OutputPredicate,

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use agentrt_core_loop::RuntimeEvent;
 use agentrt_core_loop::model::ChatModel;
+use agentrt_core_loop::{BudgetLimits, BudgetSnapshot, RuntimeEvent};
 use agentrt_core_loop::{
     StopReason, Tool, ToolCallError, ToolError, ToolLoop, ToolRegistry, run_tool_loop,
 };
@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::Error;
-use crate::budget::PoolSnapshot;
 use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
 use crate::client::McpToolset;
 use crate::finalize::{
@@ -27,7 +26,7 @@ use crate::strategy::Strategy;
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
-    AwaitAgent, AwaitMode, BudgetAmount, Coordinator, VerbFailure, VerbSpec, call_verb, verb_specs,
+    AwaitAgent, AwaitMode, Coordinator, VerbFailure, VerbSpec, call_verb, verb_specs,
 };
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
@@ -67,8 +66,15 @@ impl WorkerFactory for Guarded {
 /// required, the rest have defaults.
 #[derive(Clone)]
 pub struct SuperviseOptions {
-    /// The root budget every spawn reserves from.
-    pub budget: BudgetAmount,
+    /// The root budget of the whole tree: tokens, dollars, wall time, turns and the policy for
+    /// spend that cannot be accounted. The supervisor's own tool loop spends from it, every
+    /// spawn's budget is carved from it, and a sub-supervisor's from its worker's. It must bound
+    /// at least one dimension ([`supervise`] refuses a supervision with no bound at all).
+    pub budget: BudgetLimits,
+    /// What a spawn carves in a dimension its request leaves out (see
+    /// [`SupervisorOptions::default_spawn_budget`]); defaults to
+    /// [`SupervisorOptions::default`]'s.
+    pub default_spawn_budget: BudgetLimits,
     /// The supervisor's brain (for the `router` harness).
     pub model: Arc<dyn ChatModel>,
     /// The model id the supervisor runs; defaults to the profile's default model. Checked by the
@@ -123,7 +129,7 @@ impl std::fmt::Debug for SuperviseOptions {
 impl SuperviseOptions {
     /// Options with `budget`, the supervisor's `model` and the `workers`, defaults elsewhere.
     pub fn new(
-        budget: BudgetAmount,
+        budget: BudgetLimits,
         model: Arc<dyn ChatModel>,
         workers: Arc<dyn WorkerFactory>,
     ) -> Self {
@@ -132,6 +138,7 @@ impl SuperviseOptions {
         );
         SuperviseOptions {
             budget,
+            default_spawn_budget: SupervisorOptions::default().default_spawn_budget,
             model,
             model_id: None,
             workers,
@@ -210,7 +217,15 @@ async fn run_brain(
     let servers = McpToolset::connect_profile(profile).await?;
     let mut tools = verb_tools(Arc::new(supervisor.clone()));
     servers.register_into(&mut tools);
-    let end = brain_loop(profile, task, options, model_id, tools).await;
+    let end = brain_loop(
+        profile,
+        task,
+        options,
+        model_id,
+        tools,
+        supervisor.root_budget(),
+    )
+    .await;
     servers.shutdown().await;
     end
 }
@@ -223,6 +238,7 @@ async fn brain_loop(
     options: &SuperviseOptions,
     model_id: String,
     tools: ToolRegistry,
+    budget: agentrt_core_loop::Budget,
 ) -> Result<BrainEnd, Error> {
     let loop_error = |e: agentrt_core_loop::Error| Error::Worker(format!("supervisor loop: {e}"));
     let fresh = || {
@@ -234,6 +250,7 @@ async fn brain_loop(
         .system(supervisor_instructions(profile))
         .user(task.to_owned())
         .tools(tools.clone())
+        .budget(budget.clone())
         .max_turns(options.max_turns)
     };
     let Some(run) = &options.run else {
@@ -262,6 +279,7 @@ async fn brain_loop(
                 options.store.clone(),
             )
             .tools(tools.clone())
+            .budget(budget.clone())
             .max_turns(options.max_turns)
             .resume(brain)
             .run()
@@ -369,8 +387,9 @@ pub struct SupervisionOutcome {
     pub stop: StopReason,
     /// The supervisor's own final answer, if it answered.
     pub answer: Option<String>,
-    /// The budget pool at the end.
-    pub budget: PoolSnapshot,
+    /// The root budget at the end: what the whole tree, the supervisor's own calls included,
+    /// spent.
+    pub budget: BudgetSnapshot,
 }
 
 /// The standing prompt of a supervisor running `profile`: its own instructions, then how to use
@@ -505,7 +524,9 @@ pub async fn supervise(
         inner: options.workers.clone(),
         profile: Arc::new(profile.clone()),
     });
-    let supervisor_options = SupervisorOptions::with_root_budget(options.budget);
+    ensure_bounded(&options.budget)?;
+    let supervisor_options = SupervisorOptions::with_root_budget(options.budget)
+        .default_spawn_budget(options.default_spawn_budget);
     let supervisor = match options.run {
         None => Supervisor::with_checker(workers, options.checker.clone(), supervisor_options),
         Some(run) => {
@@ -556,6 +577,23 @@ pub async fn supervise(
         answer: brain.answer,
         budget: supervisor.budget(),
     })
+}
+
+/// Refuses a supervision that nothing bounds: a tree of agents with no limit on tokens, dollars,
+/// wall time or turns could spend without end.
+fn ensure_bounded(budget: &BudgetLimits) -> Result<(), Error> {
+    if budget.tokens.is_none()
+        && budget.dollars.is_none()
+        && budget.wall_time.is_none()
+        && budget.turns.is_none()
+    {
+        return Err(Error::invalid(
+            "budget",
+            "a supervision needs a root budget bounding at least one of tokens, dollars, wall \
+             time or turns; none was given",
+        ));
+    }
+    Ok(())
 }
 
 /// Close the durable run with the finalizer's decision; a later `supervise` on it is refused.

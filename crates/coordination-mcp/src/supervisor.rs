@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use agentrt_core_loop::{Budget, BudgetLimits, BudgetSnapshot};
 use agentrt_session_store::{SessionId, SessionStore};
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -11,7 +12,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::budget::{BudgetPool, PoolSnapshot};
 use crate::check::{
     CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker,
 };
@@ -19,18 +19,22 @@ use crate::journal::{Entry, Journal};
 use crate::verbs::{
     AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent,
     AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,
-    SpawnAgentResult, SteerAck, SteerAgent, StopAgent, StopAgentResult,
+    SpawnAgentResult, SpawnBudget, SteerAck, SteerAgent, StopAgent, StopAgentResult,
 };
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// Settings of a [`Supervisor`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct SupervisorOptions {
-    /// The root budget: the most every agent together may ever spend.
-    pub root_budget: BudgetAmount,
-    /// What a spawn reserves in a dimension its request leaves out (capped by what is left).
-    pub default_spawn_budget: BudgetAmount,
+    /// The root budget: the most every agent together (and whatever else spends from
+    /// [`Supervisor::root_budget`], such as the supervisor's own brain) may ever spend, in
+    /// tokens, dollars, wall time and turns, with the policy for spend that cannot be accounted.
+    pub root_budget: BudgetLimits,
+    /// What a spawn carves in a dimension its request leaves out: the share given here, capped
+    /// by what is left; in a dimension the root limits and this leaves out, all that is left
+    /// (wall time: the root's deadline).
+    pub default_spawn_budget: BudgetLimits,
     /// The longest a single `await_agent` call waits, whatever timeout it asks for.
     pub max_await: Duration,
     /// How long `stop_agent` waits for the stopped worker's final state to be recorded.
@@ -46,8 +50,8 @@ pub struct SupervisorOptions {
 impl Default for SupervisorOptions {
     fn default() -> Self {
         SupervisorOptions {
-            root_budget: BudgetAmount::new(1_000_000, 1_000),
-            default_spawn_budget: BudgetAmount::new(100_000, 50),
+            root_budget: BudgetLimits::unlimited().tokens(1_000_000).turns(1_000),
+            default_spawn_budget: BudgetLimits::unlimited().tokens(100_000).turns(50),
             max_await: Duration::from_secs(300),
             stop_grace: Duration::from_secs(5),
             detached_poll: Duration::from_millis(200),
@@ -58,7 +62,7 @@ impl Default for SupervisorOptions {
 
 impl SupervisorOptions {
     /// Options with the given root budget and defaults for everything else.
-    pub fn with_root_budget(root_budget: BudgetAmount) -> Self {
+    pub fn with_root_budget(root_budget: BudgetLimits) -> Self {
         SupervisorOptions {
             root_budget,
             ..Self::default()
@@ -66,7 +70,7 @@ impl SupervisorOptions {
     }
 
     /// Set the default per-spawn share.
-    pub fn default_spawn_budget(mut self, amount: BudgetAmount) -> Self {
+    pub fn default_spawn_budget(mut self, amount: BudgetLimits) -> Self {
         self.default_spawn_budget = amount;
         self
     }
@@ -113,8 +117,10 @@ struct AgentState {
 pub(crate) struct AgentSlot {
     pub(crate) id: AgentId,
     pub(crate) cancel: CancellationToken,
-    pub(crate) reservation: u64,
-    reserved: BudgetAmount,
+    /// The budget carved for this agent from its supervisor's root; taken (and so given back)
+    /// when the agent settles.
+    budget: Mutex<Option<Budget>>,
+    reserved: SpawnBudget,
     started: Instant,
     state: Mutex<AgentState>,
     terminal: watch::Sender<bool>,
@@ -227,15 +233,34 @@ impl AgentSlot {
         self.terminal.send_replace(true);
     }
 
-    fn result(&self, pool: &Mutex<BudgetPool>) -> AgentResult {
+    /// The agent's own budget while it is live.
+    pub(crate) fn budget(&self) -> Option<Budget> {
+        lock(&self.budget).clone()
+    }
+
+    /// What the agent has spent: final once it has settled, so far while it runs.
+    fn spent(&self) -> BudgetAmount {
+        if let Some(spent) = self.state().final_spent {
+            return spent;
+        }
+        self.budget()
+            .map(|b| BudgetAmount::held_by(&b.snapshot()))
+            .unwrap_or_default()
+    }
+
+    /// Ends the agent's hold on its budget: what it spent (everything it still holds, see
+    /// [`BudgetAmount::held_by`]) stays spent, the rest goes back to the supervisor's root once
+    /// the last handle to the agent's budget is gone. Returns what it spent.
+    fn release_budget(&self) -> BudgetAmount {
+        match lock(&self.budget).take() {
+            Some(budget) => BudgetAmount::held_by(&budget.snapshot()),
+            None => BudgetAmount::default(),
+        }
+    }
+
+    fn result(&self) -> AgentResult {
+        let spent = self.spent();
         let state = self.state();
-        let spent = match state.final_spent {
-            Some(spent) => spent,
-            None => lock(pool)
-                .usage(self.reservation)
-                .map(|(spent, _)| spent)
-                .unwrap_or_default(),
-        };
         AgentResult {
             id: self.id.clone(),
             status: state.status.clone(),
@@ -247,12 +272,12 @@ impl AgentSlot {
 }
 
 impl AgentSlot {
-    fn new(id: AgentId, reservation: u64, reserved: BudgetAmount) -> Arc<AgentSlot> {
+    fn new(id: AgentId, budget: Option<Budget>, reserved: SpawnBudget) -> Arc<AgentSlot> {
         let (terminal, _) = watch::channel(false);
         Arc::new(AgentSlot {
             id,
             cancel: CancellationToken::new(),
-            reservation,
+            budget: Mutex::new(budget),
             reserved,
             started: Instant::now(),
             state: Mutex::new(AgentState {
@@ -271,8 +296,8 @@ impl AgentSlot {
     }
 
     /// A terminal agent rebuilt from its journaled result (no reservation is live).
-    fn restored(result: AgentResult, reserved: BudgetAmount) -> Arc<AgentSlot> {
-        let slot = AgentSlot::new(result.id.clone(), u64::MAX, reserved);
+    fn restored(result: AgentResult, reserved: SpawnBudget) -> Arc<AgentSlot> {
+        let slot = AgentSlot::new(result.id.clone(), None, reserved);
         slot.push_event(
             AgentEventKind::Progress,
             "restored from the spawn journal after a restart".to_owned(),
@@ -299,14 +324,18 @@ struct Inner {
     options: SupervisorOptions,
     factory: Arc<dyn WorkerFactory>,
     checker: Arc<dyn CompletionChecker>,
-    pool: Arc<Mutex<BudgetPool>>,
+    /// The root budget: every agent's budget is carved from it.
+    root: Budget,
+    /// Why `options.root_budget` could not become a pool, if it could not: then `root` holds
+    /// nothing and every spawn is refused with this.
+    invalid_root: Option<String>,
     journal: Option<Journal>,
     /// 0 for a root supervisor, 1 for a sub-supervisor started by a root's worker, …
     depth: u32,
     agents: Mutex<HashMap<AgentId, Arc<AgentSlot>>>,
     spawn_keys: Mutex<HashMap<String, SpawnRecord>>,
     steer_ops: Mutex<HashMap<String, SteerRecord>>,
-    /// Serializes spawns so a key check, its reservation and its journal entry are one step.
+    /// Serializes spawns so a key check, its carve and its journal entry are one step.
     spawn_gate: tokio::sync::Mutex<()>,
     /// Serializes steers so an operation id is checked and journaled once.
     steer_gate: tokio::sync::Mutex<()>,
@@ -323,13 +352,14 @@ impl Drop for Inner {
 /// The in-process supervisor: a registry of agents run by one [`WorkerFactory`] under one
 /// conserved budget.
 ///
-/// - `spawn_agent` validates the request, reserves the agent's budget and starts its worker on
+/// - `spawn_agent` validates the request, carves the agent's budget from the root and starts its worker on
 ///   the Tokio runtime; an idempotency key makes a retried spawn return the first agent.
 /// - `steer_agent` queues a message for the worker's next turn boundary, at most once per
 ///   operation id, however often the call is retried.
 /// - When a worker returns, its output goes to the [`CompletionChecker`]; the agent is
 ///   `settled` with `delivered` true only when the check passes.
-/// - Reaching any terminal state (settled, failed, stopped) releases the unspent reservation.
+/// - Reaching any terminal state (settled, failed, stopped) gives the unspent part of the
+///   agent's budget back to the root.
 ///
 /// A supervisor made by [`Supervisor::open`] is *durable*: every spawn, steer, stop and settle
 /// is journaled in the session store before it takes effect, and opening the same run again
@@ -354,7 +384,7 @@ impl std::fmt::Debug for Supervisor {
 /// What the journal says about one agent, folded over its entries.
 struct Journaled {
     request: SpawnAgent,
-    reserved: BudgetAmount,
+    reserved: SpawnBudget,
     key: Option<(String, String)>,
     steers: Vec<String>,
     stop: Option<String>,
@@ -375,7 +405,14 @@ impl Supervisor {
         checker: Arc<dyn CompletionChecker>,
         options: SupervisorOptions,
     ) -> Self {
-        Self::build(factory, checker, options, None, 0)
+        let (root, invalid_root) = match Budget::new(options.root_budget) {
+            Ok(root) => (root, None),
+            Err(e) => (
+                Budget::new(NOTHING).unwrap_or_default(),
+                Some(e.to_string()),
+            ),
+        };
+        Self::build(factory, checker, options, None, 0, root, invalid_root)
     }
 
     pub(crate) fn build(
@@ -384,14 +421,16 @@ impl Supervisor {
         options: SupervisorOptions,
         journal: Option<Journal>,
         depth: u32,
+        root: Budget,
+        invalid_root: Option<String>,
     ) -> Self {
-        let pool = Arc::new(Mutex::new(BudgetPool::new(options.root_budget)));
         Supervisor {
             inner: Arc::new(Inner {
                 options,
                 factory,
                 checker,
-                pool,
+                root,
+                invalid_root,
                 journal,
                 depth,
                 agents: Mutex::new(HashMap::new()),
@@ -411,11 +450,11 @@ impl Supervisor {
     /// - a settled agent (delivered or not, failed, stopped) is restored with its result and
     ///   is never run again, so it is never delivered twice; its spending is charged to the pool;
     /// - an agent whose work was detached into another session of `store`
-    ///   ([`WorkerContext::follow_session`]) is re-attached: it regains its reservation and a
+    ///   ([`WorkerContext::follow_session`]) is re-attached: it regains its budget and a
     ///   driver polls that session once per [`SupervisorOptions::detached_poll`], settling only
     ///   when it reaches a terminal status (it never stops or destroys that work);
     /// - an agent that was stopped but whose end was not journaled settles as stopped;
-    /// - any other in-flight agent is *in doubt*: its whole reservation is charged (what it
+    /// - any other in-flight agent is *in doubt*: its whole budget is charged (what it
     ///   spent cannot be proven), and it is started again under the same id only when its spawn
     ///   carried an idempotency key (with every steering message it had accepted, in order);
     ///   otherwise it ends as [`AgentStatus::InDoubt`].
@@ -425,7 +464,10 @@ impl Supervisor {
     ///
     /// # Errors
     /// [`Error::Journal`] when the store fails, the run has already ended, or the session is not
-    /// a journal; [`Error::InvalidRequest`] when `options.root_budget` differs from the run's.
+    /// a journal; [`Error::InvalidRequest`] when `options.root_budget` differs from the run's or
+    /// is not a budget (a negative dollar limit).
+    ///
+    /// The run's wall time counts from when the run was first started, not from this resume.
     pub async fn open(
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
@@ -433,10 +475,11 @@ impl Supervisor {
         store: Arc<dyn SessionStore>,
         run: SessionId,
     ) -> Result<Supervisor, Error> {
-        Self::open_at_depth(factory, checker, options, store, run, 0).await
+        Self::open_at_depth(factory, checker, options, store, run, 0, None).await
     }
 
-    /// [`Supervisor::open`] for a supervisor nested `depth` levels below a root.
+    /// [`Supervisor::open`] for a supervisor nested `depth` levels below a root, whose root
+    /// budget is carved from `parent` when it has one.
     pub(crate) async fn open_at_depth(
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
@@ -444,9 +487,26 @@ impl Supervisor {
         store: Arc<dyn SessionStore>,
         run: SessionId,
         depth: u32,
+        parent: Option<&Budget>,
     ) -> Result<Supervisor, Error> {
         let (journal, entries) = Journal::open(store, run, options.root_budget).await?;
-        let supervisor = Self::build(factory, checker, options, Some(journal), depth);
+        let mut limits = options.root_budget;
+        if let (
+            Some(wall),
+            Some(Entry::Run {
+                started_ms: Some(started),
+                ..
+            }),
+        ) = (limits.wall_time, entries.first())
+        {
+            limits.wall_time = Some(wall.saturating_sub(since_epoch_ms(*started)));
+        }
+        let root = match parent {
+            None => Budget::new(limits),
+            Some(parent) => parent.carve(limits),
+        }
+        .map_err(budget_error)?;
+        let supervisor = Self::build(factory, checker, options, Some(journal), depth, root, None);
         supervisor.resume(entries).await?;
         Ok(supervisor)
     }
@@ -465,7 +525,7 @@ impl Supervisor {
     async fn resume(&self, entries: Vec<Entry>) -> Result<(), Error> {
         let mut order: Vec<AgentId> = Vec::new();
         let mut agents: HashMap<AgentId, Journaled> = HashMap::new();
-        let mut charged = BudgetAmount::default();
+        let mut charged: Vec<BudgetAmount> = Vec::new();
         {
             let mut ops = lock(&self.inner.steer_ops);
             for entry in entries {
@@ -516,9 +576,7 @@ impl Supervisor {
                             a.settled = Some(result);
                         }
                     }
-                    Entry::InDoubt { charged: c, .. } => {
-                        charged = charged.saturating_add(c);
-                    }
+                    Entry::InDoubt { charged: c, .. } => charged.push(c),
                     Entry::Redispatch { agent, reserved } => {
                         if let Some(a) = agents.get_mut(&agent) {
                             a.reserved = reserved;
@@ -534,8 +592,15 @@ impl Supervisor {
         let mut launches: Vec<(Arc<AgentSlot>, Journaled, Option<SessionId>)> = Vec::new();
         let (mut in_doubt, mut redispatched, mut reattached) = (Vec::new(), Vec::new(), Vec::new());
         {
-            let mut pool = lock(&self.inner.pool);
-            pool.restore_spent(charged);
+            let root = &self.inner.root;
+            let restore = |spent: &BudgetAmount| {
+                root.record(
+                    spent.amounts(),
+                    spent.unknown_token_calls,
+                    spent.unknown_dollar_calls,
+                )
+            };
+            charged.iter().for_each(restore);
             for id in order {
                 let Some(agent) = agents.remove(&id) else {
                     continue;
@@ -550,7 +615,7 @@ impl Supervisor {
                     );
                 }
                 if let Some(result) = agent.settled.clone() {
-                    pool.restore_spent(result.spent);
+                    restore(&result.spent);
                     restored.push(AgentSlot::restored(result, agent.reserved));
                     continue;
                 }
@@ -560,9 +625,9 @@ impl Supervisor {
                         status: AgentStatus::Stopped { reason },
                         output: String::new(),
                         check: None,
-                        spent: agent.reserved,
+                        spent: whole(&agent.reserved),
                     };
-                    pool.restore_spent(result.spent);
+                    restore(&result.spent);
                     decisions.push(Entry::Settle {
                         result: result.clone(),
                     });
@@ -570,11 +635,12 @@ impl Supervisor {
                     continue;
                 }
                 if let Some(session) = agent.attach
-                    && let Ok((reservation, reserved)) = pool.reserve(agent.reserved)
+                    && let Ok(budget) = root.carve(agent.reserved.limits())
                 {
                     reattached.push(id.clone());
+                    let reserved = agent.reserved;
                     launches.push((
-                        AgentSlot::new(id, reservation, reserved),
+                        AgentSlot::new(id, Some(budget), reserved),
                         agent,
                         Some(session),
                     ));
@@ -583,23 +649,25 @@ impl Supervisor {
                 // In flight, result unprovable: charge what it may have spent.
                 in_doubt.push(id.clone());
                 let retry = if agent.key.is_some() {
+                    let charge = whole(&agent.reserved);
                     decisions.push(Entry::InDoubt {
                         agent: id.clone(),
-                        charged: agent.reserved,
+                        charged: charge,
                     });
-                    pool.restore_spent(agent.reserved);
-                    pool.reserve(agent.reserved).ok()
+                    restore(&charge);
+                    root.carve(agent.reserved.limits()).ok()
                 } else {
                     None
                 };
                 match retry {
-                    Some((reservation, reserved)) => {
+                    Some(budget) => {
+                        let reserved = agent.reserved;
                         decisions.push(Entry::Redispatch {
                             agent: id.clone(),
                             reserved,
                         });
                         redispatched.push(id.clone());
-                        launches.push((AgentSlot::new(id, reservation, reserved), agent, None));
+                        launches.push((AgentSlot::new(id, Some(budget), reserved), agent, None));
                     }
                     None => {
                         let reason = if agent.key.is_some() {
@@ -621,10 +689,10 @@ impl Supervisor {
                             spent: if agent.key.is_some() {
                                 BudgetAmount::default()
                             } else {
-                                agent.reserved
+                                whole(&agent.reserved)
                             },
                         };
-                        pool.restore_spent(result.spent);
+                        restore(&result.spent);
                         decisions.push(Entry::Settle {
                             result: result.clone(),
                         });
@@ -676,9 +744,18 @@ impl Supervisor {
         Ok(())
     }
 
-    /// The pool's accounting now.
-    pub fn budget(&self) -> PoolSnapshot {
-        lock(&self.inner.pool).snapshot()
+    /// The root budget's accounting now: what the agents (and anything else spending from
+    /// [`Supervisor::root_budget`]) committed, what live agents hold (`carved_out`), what is
+    /// reserved by work in flight, and how much spend was unknown.
+    pub fn budget(&self) -> BudgetSnapshot {
+        self.inner.root.snapshot()
+    }
+
+    /// A handle to the root budget every agent's budget is carved from. Work given this handle
+    /// (the supervisor's own brain: [`supervise`](crate::supervise) runs its tool loop on it)
+    /// spends from the same pool as the workers, so the whole tree together never exceeds it.
+    pub fn root_budget(&self) -> Budget {
+        self.inner.root.clone()
     }
 
     /// Every agent spawned so far, in spawn order.
@@ -709,32 +786,83 @@ impl Supervisor {
             .ok_or_else(|| Error::UnknownAgent(id.clone()))
     }
 
-    fn reservation_for(
-        &self,
-        request: &SpawnAgent,
-        available: BudgetAmount,
-    ) -> Result<BudgetAmount, Error> {
-        let default = self.inner.options.default_spawn_budget;
+    /// The limits of the budget carved for `request`: each dimension as asked, or else the
+    /// default share capped by what the root has left (see
+    /// [`SupervisorOptions::default_spawn_budget`]).
+    fn carve_for(&self, request: &SpawnAgent) -> Result<BudgetLimits, Error> {
+        if let Some(why) = &self.inner.invalid_root {
+            return Err(Error::invalid("root_budget", why.clone()));
+        }
+        let root = &self.inner.root;
+        root.check()?;
         let asked = request.budget.unwrap_or_default();
-        let tokens = asked.tokens.unwrap_or(default.tokens.min(available.tokens));
-        let turns = match asked.turns {
-            Some(0) => {
-                return Err(Error::invalid(
-                    "budget.turns",
-                    "a worker needs at least one turn",
-                ));
-            }
-            Some(turns) => turns,
-            None if available.turns == 0 => {
-                return Err(Error::BudgetExhausted {
-                    dimension: "turns",
-                    requested: default.turns,
-                    available: 0,
-                });
-            }
-            None => default.turns.min(available.turns),
+        if asked.turns == Some(0) {
+            return Err(Error::invalid(
+                "budget.turns",
+                "a worker needs at least one turn",
+            ));
+        }
+        if let Some(d) = asked.dollars
+            && (d.is_nan() || d < 0.0)
+        {
+            return Err(Error::invalid(
+                "budget.dollars",
+                format!("{d} is not a non-negative number of dollars"),
+            ));
+        }
+        let default = self.inner.options.default_spawn_budget;
+        let snapshot = root.snapshot();
+        let left = |limit: Option<u64>, held: fn(&BudgetSnapshot) -> u64| {
+            limit.map(|l| l.saturating_sub(held(&snapshot)))
         };
-        Ok(BudgetAmount::new(tokens, turns))
+        let share = |default: Option<u64>, left: Option<u64>| match (default, left) {
+            (Some(d), Some(l)) => Some(d.min(l)),
+            (d, l) => d.or(l),
+        };
+        let tokens_left = left(root.limits().tokens, |s| {
+            s.committed.tokens + s.reserved.tokens + s.carved_out.tokens + s.overdraft.tokens
+        });
+        let turns_left = left(root.limits().turns, |s| {
+            s.committed.turns + s.reserved.turns + s.carved_out.turns + s.overdraft.turns
+        });
+        let nanos_left = left(
+            root.limits().dollars.map(|d| (d * 1e9).ceil() as u64),
+            |s| {
+                s.committed.nanodollars
+                    + s.reserved.nanodollars
+                    + s.carved_out.nanodollars
+                    + s.overdraft.nanodollars
+            },
+        );
+        let turns = match asked.turns {
+            Some(turns) => Some(turns),
+            None => match share(default.turns, turns_left) {
+                Some(0) => {
+                    return Err(Error::BudgetExhausted(agentrt_core_loop::BudgetExhausted {
+                        dimension: agentrt_core_loop::BudgetDimension::Turns,
+                        cause: agentrt_core_loop::ExhaustionCause::Insufficient {
+                            requested: default.turns.unwrap_or(1),
+                            available: 0,
+                        },
+                    }));
+                }
+                other => other,
+            },
+        };
+        let dollars = asked.dollars.or_else(|| {
+            let default = default.dollars.map(|d| (d * 1e9).ceil() as u64);
+            share(default, nanos_left).map(nanos_as_dollars)
+        });
+        Ok(BudgetLimits {
+            tokens: asked.tokens.or_else(|| share(default.tokens, tokens_left)),
+            dollars,
+            wall_time: asked
+                .wall_time_ms
+                .map(Duration::from_millis)
+                .or(default.wall_time),
+            turns,
+            unknown_usage: None,
+        })
     }
 
     async fn start(
@@ -771,11 +899,9 @@ impl Supervisor {
                 });
             }
         }
-        let (reservation, reserved) = {
-            let mut pool = lock(&self.inner.pool);
-            let amount = self.reservation_for(&request, pool.available())?;
-            pool.reserve(amount)?
-        };
+        let limits = self.carve_for(&request)?;
+        let budget = self.inner.root.carve(limits).map_err(budget_error)?;
+        let reserved = SpawnBudget::from(limits);
         let id = AgentId::generate();
         if let Some(journal) = &self.inner.journal {
             let entry = Entry::Spawn {
@@ -784,12 +910,10 @@ impl Supervisor {
                 reserved,
                 key: fingerprint.clone(),
             };
-            if let Err(e) = journal.write(&[entry]).await {
-                lock(&self.inner.pool).release(reservation);
-                return Err(e);
-            }
+            // A spawn that is not journaled does not happen: dropping `budget` gives it back.
+            journal.write(&[entry]).await?;
         }
-        let slot = AgentSlot::new(id.clone(), reservation, reserved);
+        let slot = AgentSlot::new(id.clone(), Some(budget), reserved);
         *lock(&slot.check_ctx) = check_ctx;
         slot.push_event(
             AgentEventKind::Started,
@@ -837,7 +961,6 @@ impl Supervisor {
     ) {
         let ctx = WorkerContext {
             slot: slot.clone(),
-            pool: self.inner.pool.clone(),
             journal: self.inner.journal.clone(),
             poll: self.inner.options.detached_poll,
             depth: self.inner.depth + 1,
@@ -847,7 +970,6 @@ impl Supervisor {
             slot,
             self.inner.factory.clone(),
             self.inner.checker.clone(),
-            self.inner.pool.clone(),
             self.inner.journal.clone(),
             spec,
             ctx,
@@ -857,13 +979,61 @@ impl Supervisor {
     }
 }
 
+/// A pool with nothing in it: the root of a supervisor whose root budget is invalid.
+const NOTHING: BudgetLimits = BudgetLimits {
+    tokens: Some(0),
+    dollars: Some(0.0),
+    wall_time: Some(Duration::ZERO),
+    turns: Some(0),
+    unknown_usage: None,
+};
+
+/// `n` nano-dollars as dollars that a pool reads back as at most `n` nano-dollars (a pool
+/// rounds dollars up to whole nano-dollars, and `n / 1e9` may not be exact).
+fn nanos_as_dollars(n: u64) -> f64 {
+    let mut dollars = n as f64 / 1e9;
+    while dollars > 0.0 && (dollars * 1e9).ceil() > n as f64 {
+        dollars = dollars.next_down();
+    }
+    dollars
+}
+
+/// What a whole carve of `reserved` is worth as spend: every limited dimension in full (work
+/// whose real spend cannot be proven is charged all it could have spent).
+pub(crate) fn whole(reserved: &SpawnBudget) -> BudgetAmount {
+    BudgetAmount {
+        tokens: reserved.tokens.unwrap_or(0),
+        dollars: reserved.dollars.unwrap_or(0.0),
+        wall_time_ms: reserved.wall_time_ms.unwrap_or(0),
+        turns: reserved.turns.unwrap_or(0),
+        unknown_token_calls: 0,
+        unknown_dollar_calls: 0,
+    }
+}
+
+/// A core-loop budget error as this crate's.
+pub(crate) fn budget_error(e: agentrt_core_loop::Error) -> Error {
+    match e {
+        agentrt_core_loop::Error::BudgetExhausted(exhausted) => Error::BudgetExhausted(exhausted),
+        agentrt_core_loop::Error::InvalidConfig(why) => Error::invalid("budget", why),
+        other => Error::Worker(format!("budget: {other}")),
+    }
+}
+
+/// Milliseconds from `started_ms` (since the Unix epoch) to now, as a duration.
+fn since_epoch_ms(started_ms: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(Duration::from_millis(started_ms))
+}
+
 /// Run one worker to a terminal state, then check, release, journal and record.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     slot: Arc<AgentSlot>,
     factory: Arc<dyn WorkerFactory>,
     checker: Arc<dyn CompletionChecker>,
-    pool: Arc<Mutex<BudgetPool>>,
     journal: Option<Journal>,
     spec: WorkerSpec,
     ctx: WorkerContext,
@@ -927,7 +1097,7 @@ async fn drive(
             }
         },
     };
-    let spent = lock(&pool).release(slot.reservation).unwrap_or_default();
+    let spent = slot.release_budget();
     // Cancelled without a `stop_agent` means the supervisor itself went away (dropped, shutting
     // down): the work was interrupted, not ended by a decision, so a durable run leaves it
     // unsettled and a resume treats it as in flight.
@@ -1000,10 +1170,7 @@ impl Coordinator for Supervisor {
         };
         let spent = match final_spent {
             Some(spent) => spent,
-            None => lock(&self.inner.pool)
-                .usage(slot.reservation)
-                .map(|(spent, _)| spent)
-                .unwrap_or_default(),
+            None => slot.spent(),
         };
         Ok(Observation {
             id: request.id,
@@ -1111,7 +1278,7 @@ impl Coordinator for Supervisor {
         let mut pending = Vec::new();
         for slot in &slots {
             if slot.status().is_terminal() {
-                settled.push(slot.result(&self.inner.pool));
+                settled.push(slot.result());
             } else {
                 pending.push(slot.id.clone());
             }

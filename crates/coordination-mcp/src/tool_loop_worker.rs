@@ -5,16 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_core_loop::model::ProfileModels;
-use agentrt_core_loop::{
-    Budget, BudgetLimits, SteeringHandle, StopReason, ToolLoop, ToolRegistry, run_tool_loop,
-};
+use agentrt_core_loop::{SteeringHandle, StopReason, ToolLoop, ToolRegistry, run_tool_loop};
 use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
 use crate::Error;
 use crate::client::McpToolset;
-use crate::verbs::{AgentTarget, BudgetAmount};
+use crate::verbs::AgentTarget;
 use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// How often queued steering is forwarded to a running loop's steering handle.
@@ -48,11 +46,12 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 ///
 /// # Budget
 ///
-/// The loop runs inside the agent's reservation: its turn limit is the reserved turns and its
-/// core-loop [`Budget`] is limited to the reserved tokens. Afterwards the loop's turns and
-/// tokens are charged to the reservation. A call whose tokens were not reported counts as the
-/// whole token reservation spent (unknown never becomes zero). Steering reaches the model as a
-/// user message at the loop's next turn boundary.
+/// The loop spends from the agent's own budget ([`WorkerContext::budget`], carved from the
+/// supervisor's root): every model call reserves from it and commits what it spent, in tokens,
+/// dollars and turns, and the wall-time deadline bounds it. Its turn limit is the carved turns.
+/// A call whose usage was not reported is counted as unknown per the budget's unknown-usage
+/// policy, never as zero. Steering reaches the model as a user message at the loop's next turn
+/// boundary.
 ///
 /// The loop ending in an answer, or at its turn limit, settles the worker (the completion check
 /// then decides delivery); budget exhaustion, cancellation and failure fail it.
@@ -197,9 +196,13 @@ impl WorkerFactory for ToolLoopWorkerFactory {
     }
 
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
-        let max_turns = u32::try_from(spec.budget.turns).unwrap_or(u32::MAX);
-        let budget = Budget::new(BudgetLimits::unlimited().tokens(spec.budget.tokens))
-            .map_err(|e| Error::Worker(format!("budget: {e}")))?;
+        // The loop spends from the agent's own budget; its turn limit is the carved turns, so
+        // running out of turns ends the loop at its limit (a settle), not as an exhaustion.
+        let budget = ctx.budget()?;
+        let max_turns = spec
+            .budget
+            .turns
+            .map_or(u32::MAX, |t| u32::try_from(t).unwrap_or(u32::MAX));
         let steering = SteeringHandle::new();
         let profile = self.profile_for(&spec.target)?.clone();
         let model = self
@@ -245,20 +248,6 @@ impl WorkerFactory for ToolLoopWorkerFactory {
             "tool loop session {} stopped: {} after {} turns",
             outcome.session_id, outcome.stop, outcome.turns
         ));
-        let tokens = if outcome.usage.calls_with_unknown_tokens > 0 {
-            spec.budget.tokens
-        } else {
-            outcome
-                .usage
-                .input_tokens
-                .saturating_add(outcome.usage.output_tokens)
-        };
-        let spent = BudgetAmount::new(tokens, u64::from(outcome.turns));
-        if let Err(overrun) = ctx.charge(spent) {
-            // Record what fits, then fail: the pool never goes beyond the reservation.
-            let _ = ctx.charge(ctx.remaining());
-            return Err(overrun);
-        }
         if let Some(answer) = &outcome.answer {
             ctx.append_output(answer);
         }
@@ -333,7 +322,11 @@ default = "small"
     async fn output_of(profile: Option<&str>, subagent: Option<&str>) -> Result<String, Error> {
         let supervisor = Supervisor::new(
             Arc::new(factory()),
-            crate::SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+            crate::SupervisorOptions::with_root_budget(
+                agentrt_core_loop::BudgetLimits::unlimited()
+                    .tokens(1_000)
+                    .turns(10),
+            ),
         );
         let id = supervisor
             .spawn_agent(SpawnAgent {

@@ -12,6 +12,9 @@
 
 use std::sync::{Arc, LazyLock};
 
+use std::time::Duration;
+
+use agentrt_core_loop::{Amounts, BudgetLimits, BudgetSnapshot};
 use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -50,54 +53,144 @@ impl From<&str> for AgentId {
     }
 }
 
-/// An amount of budget in every conserved dimension: what a pool holds, what a spawn reserves,
-/// what a worker spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// An amount of budget in every dimension: what an agent or a pool has spent.
+///
+/// Tokens, dollars and turns add up across agents. Wall time does not (agents run side by
+/// side): here it is how long the agent ran. A call whose tokens or cost were not reported is
+/// counted in `unknown_token_calls` / `unknown_dollar_calls`, never as zero: the figures are then
+/// lower bounds, and a budget whose unknown-usage policy is `refuse` starts no new work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BudgetAmount {
     /// Model tokens (prompt plus completion).
     pub tokens: u64,
+    /// Money, in dollars.
+    #[serde(default)]
+    pub dollars: f64,
+    /// Wall time, in milliseconds.
+    #[serde(default)]
+    pub wall_time_ms: u64,
     /// Turns (one model call plus the tool calls it asked for).
     pub turns: u64,
+    /// Model calls whose token usage was not reported.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_token_calls: u64,
+    /// Model calls whose cost was not known.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown_dollar_calls: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl BudgetAmount {
-    /// An amount with the given tokens and turns.
+    /// An amount of `tokens` and `turns`, nothing else.
     pub const fn new(tokens: u64, turns: u64) -> Self {
-        BudgetAmount { tokens, turns }
-    }
-
-    /// Component-wise `self - other`, never below zero.
-    pub fn saturating_sub(self, other: BudgetAmount) -> BudgetAmount {
         BudgetAmount {
-            tokens: self.tokens.saturating_sub(other.tokens),
-            turns: self.turns.saturating_sub(other.turns),
+            tokens,
+            dollars: 0.0,
+            wall_time_ms: 0,
+            turns,
+            unknown_token_calls: 0,
+            unknown_dollar_calls: 0,
         }
     }
 
-    /// Component-wise `self + other`, saturating.
-    pub fn saturating_add(self, other: BudgetAmount) -> BudgetAmount {
-        BudgetAmount {
-            tokens: self.tokens.saturating_add(other.tokens),
-            turns: self.turns.saturating_add(other.turns),
-        }
+    /// Sets the dollars.
+    pub fn with_dollars(mut self, dollars: f64) -> Self {
+        self.dollars = dollars;
+        self
     }
 
-    /// True when every component of `self` is at most the same component of `other`.
-    pub fn fits_in(self, other: BudgetAmount) -> bool {
-        self.tokens <= other.tokens && self.turns <= other.turns
+    /// The additive part (tokens, dollars, turns) as core-loop amounts.
+    pub(crate) fn amounts(&self) -> Amounts {
+        Amounts::ZERO
+            .with_tokens(self.tokens)
+            .with_dollars(self.dollars)
+            .with_turns(self.turns)
+    }
+
+    /// What `snapshot`'s pool holds and cannot give back now: committed, overdrawn, reserved
+    /// and carved out (a live child may still spend all it holds). For a pool whose work has
+    /// ended this is what it spent; journaled, it is what a resume must charge.
+    pub(crate) fn held_by(snapshot: &BudgetSnapshot) -> BudgetAmount {
+        let sum = |f: fn(&Amounts) -> u64| {
+            [
+                &snapshot.committed,
+                &snapshot.overdraft,
+                &snapshot.reserved,
+                &snapshot.carved_out,
+            ]
+            .into_iter()
+            .fold(0u64, |acc, a| acc.saturating_add(f(a)))
+        };
+        BudgetAmount {
+            tokens: sum(|a| a.tokens),
+            dollars: sum(|a| a.nanodollars) as f64 / 1e9,
+            wall_time_ms: u64::try_from(snapshot.elapsed.as_millis()).unwrap_or(u64::MAX),
+            turns: sum(|a| a.turns),
+            unknown_token_calls: snapshot.unknown_token_commits,
+            unknown_dollar_calls: snapshot.unknown_dollar_commits,
+        }
     }
 }
 
-/// A per-spawn budget. A dimension left out takes the supervisor's default share (capped by what
-/// is left in the pool); a dimension given must fit in what is left, or the spawn fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// A budget in every dimension, each optional: tokens, dollars, wall time, turns.
+///
+/// In a `spawn_agent` request it is the budget carved for the worker out of what the supervisor
+/// has left: a dimension left out takes the supervisor's default share (capped by what is left),
+/// a dimension given must fit in what is left, or the spawn fails. In an answer (`reserved`) it
+/// is what was carved, and a dimension left out is unlimited (the supervisor's root is too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SpawnBudget {
-    /// Tokens to reserve for this agent.
+    /// Tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
-    /// Turns to reserve for this agent.
+    /// Dollars.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dollars: Option<f64>,
+    /// Wall time, in milliseconds from the spawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_time_ms: Option<u64>,
+    /// Turns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turns: Option<u64>,
+}
+
+impl SpawnBudget {
+    /// A budget of `tokens` and `turns`, the other dimensions left out.
+    pub const fn new(tokens: u64, turns: u64) -> Self {
+        SpawnBudget {
+            tokens: Some(tokens),
+            dollars: None,
+            wall_time_ms: None,
+            turns: Some(turns),
+        }
+    }
+
+    /// The same budget as core-loop limits (no unknown-usage policy: a carve inherits it).
+    pub fn limits(&self) -> BudgetLimits {
+        BudgetLimits {
+            tokens: self.tokens,
+            dollars: self.dollars,
+            wall_time: self.wall_time_ms.map(Duration::from_millis),
+            turns: self.turns,
+            unknown_usage: None,
+        }
+    }
+}
+
+impl From<BudgetLimits> for SpawnBudget {
+    fn from(limits: BudgetLimits) -> Self {
+        SpawnBudget {
+            tokens: limits.tokens,
+            dollars: limits.dollars,
+            wall_time_ms: limits
+                .wall_time
+                .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+            turns: limits.turns,
+        }
+    }
 }
 
 /// `spawn_agent`: start a worker agent on a task. Give exactly one of `profile` or `subagent`.
@@ -116,7 +209,8 @@ pub struct SpawnAgent {
     pub subagent: Option<String>,
     /// The task, in words, for the worker.
     pub task: String,
-    /// Budget reserved for this worker; omitted dimensions take the supervisor's default share.
+    /// Budget carved for this worker (tokens, dollars, wall time, turns); omitted dimensions
+    /// take the supervisor's default share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<SpawnBudget>,
     /// The independent check that decides whether the worker's output is delivered. Without one,
@@ -183,14 +277,14 @@ impl SpawnAgent {
 }
 
 /// The answer to `spawn_agent`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SpawnAgentResult {
     /// The id of the (new or deduplicated) agent.
     pub id: AgentId,
     /// True when the idempotency key matched an earlier spawn and no new worker was started.
     pub deduplicated: bool,
-    /// The budget reserved for the agent.
-    pub reserved: BudgetAmount,
+    /// The budget carved for the agent (a dimension left out is unlimited).
+    pub reserved: SpawnBudget,
 }
 
 /// `observe_agent`: status, events since a cursor, and output so far.
@@ -296,7 +390,7 @@ impl AgentStatus {
 }
 
 /// The answer to `observe_agent`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Observation {
     /// The observed agent.
     pub id: AgentId,
@@ -308,8 +402,8 @@ pub struct Observation {
     pub output: String,
     /// Pass this as `since_cursor` next time to get only newer events.
     pub next_cursor: u64,
-    /// Budget reserved for the agent.
-    pub reserved: BudgetAmount,
+    /// The budget carved for the agent (a dimension left out is unlimited).
+    pub reserved: SpawnBudget,
     /// Budget the agent has spent so far.
     pub spent: BudgetAmount,
 }
@@ -469,8 +563,9 @@ static VERBS: LazyLock<Vec<VerbSpec>> = LazyLock::new(|| {
             "spawn_agent",
             false,
             "Start a worker agent on a task and return its id. Give exactly one of `profile` or \
-             `subagent`. `budget` reserves tokens/turns from the supervisor's pool (omitted \
-             dimensions take a default share). `completion_check` is the independent check that \
+             `subagent`. `budget` carves tokens, dollars, wall_time_ms and turns for it from the \
+             supervisor's root budget (omitted dimensions take a default share; unspent budget \
+             returns when it ends). `completion_check` is the independent check that \
              decides delivery (kinds: output_contains, output_matches, predicate, command, \
              judge). Retrying with the same `idempotency_key` returns the same agent.",
         ),

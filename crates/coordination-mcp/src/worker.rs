@@ -1,7 +1,9 @@
 //! Workers: what a spawned agent runs, and the context through which it reports and is steered.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use agentrt_core_loop::{Amounts, Budget, BudgetLimits, Spend};
 
 use agentrt_session_store::{SessionId, SessionStatus, SessionStore, StoreError};
 use async_trait::async_trait;
@@ -9,15 +11,14 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::budget::BudgetPool;
 use crate::check::CompletionChecker;
 use crate::journal::{Entry, Journal};
 use crate::supervisor::AgentSlot;
 use crate::supervisor::{Supervisor, SupervisorOptions};
-use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount};
+use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount, SpawnBudget};
 
 /// What a worker is asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerSpec {
     /// The agent's id.
     pub id: AgentId,
@@ -25,8 +26,9 @@ pub struct WorkerSpec {
     pub target: AgentTarget,
     /// The task, in words.
     pub task: String,
-    /// The budget reserved for it; [`WorkerContext::charge`] refuses anything beyond.
-    pub budget: BudgetAmount,
+    /// The budget carved for it (a dimension left out is unlimited); its pool is
+    /// [`WorkerContext::budget`], and nothing it spends can go beyond it.
+    pub budget: SpawnBudget,
 }
 
 /// Creates and runs workers for a supervisor.
@@ -56,14 +58,13 @@ pub trait WorkerFactory: Send + Sync + 'static {
     async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error>;
 }
 
-/// A worker's handle on its agent: report events and output, take steering, charge budget.
+/// A worker's handle on its agent: report events and output, take steering, spend budget.
 ///
 /// Cheap to clone. Once the agent has reached a terminal state, reports are ignored and
 /// charges fail.
 #[derive(Clone)]
 pub struct WorkerContext {
     pub(crate) slot: Arc<AgentSlot>,
-    pub(crate) pool: Arc<Mutex<BudgetPool>>,
     pub(crate) journal: Option<Journal>,
     pub(crate) poll: Duration,
     /// This worker's depth: its supervisor's depth plus one.
@@ -85,9 +86,9 @@ impl WorkerContext {
         &self.slot.id
     }
 
-    /// A turn boundary: charges one turn against the reservation and returns the steering
+    /// A turn boundary: charges one turn against the agent's budget and returns the steering
     /// messages queued since the previous boundary, each exactly once, in the order they were
-    /// accepted. Fails when the reservation has no turn left.
+    /// accepted. Fails when the budget has no turn left (or refuses new work).
     pub fn begin_turn(&self) -> Result<Vec<String>, Error> {
         self.charge(BudgetAmount::new(0, 1))?;
         let turn = self.slot.turns_begun();
@@ -115,24 +116,79 @@ impl WorkerContext {
         self.slot.append_output(text);
     }
 
-    /// Charge spending against the agent's reservation. Fails, recording nothing, when it does
-    /// not fit; a worker should check [`WorkerContext::remaining`] before spending.
-    pub fn charge(&self, amount: BudgetAmount) -> Result<(), Error> {
-        let mut pool = self
-            .pool
-            .lock()
-            .map_err(|_| Error::Worker("budget pool lock poisoned".into()))?;
-        pool.charge(self.slot.reservation, amount)
+    /// The agent's own budget: a pool carved for it from its supervisor's root (tokens,
+    /// dollars, wall time, turns, the root's unknown-usage policy). Give it to the worker's
+    /// model loop (`ToolLoop::budget`) so every call reserves from it and commits what it
+    /// spent; the agent's `spent` is what this pool holds when the agent settles. A handle kept
+    /// after the worker returns only delays giving the unspent part back.
+    ///
+    /// # Errors
+    /// [`Error::Worker`] once the agent has settled.
+    pub fn budget(&self) -> Result<Budget, Error> {
+        self.slot.budget().ok_or_else(|| {
+            Error::Worker(format!(
+                "agent `{}` has settled: its budget is closed",
+                self.slot.id
+            ))
+        })
     }
 
-    /// What is left of the reservation (zero once the agent is terminal).
-    pub fn remaining(&self) -> BudgetAmount {
-        self.pool
-            .lock()
-            .ok()
-            .and_then(|pool| pool.usage(self.slot.reservation))
-            .map(|(_, left)| left)
-            .unwrap_or_default()
+    /// Charge known spending (tokens, dollars, turns) against the agent's budget. Fails,
+    /// recording nothing, when it does not fit or the budget refuses new work; a worker should
+    /// check [`WorkerContext::remaining`] before spending.
+    pub fn charge(&self, amount: BudgetAmount) -> Result<(), Error> {
+        self.budget()?.reserve(amount.amounts())?.commit(Spend {
+            tokens: Some(amount.tokens),
+            dollars: Some(amount.dollars),
+            turns: amount.turns,
+        });
+        Ok(())
+    }
+
+    /// Charge a model call whose tokens and cost were not reported, with the `turns` it took.
+    /// It is counted as unknown, never as zero (the agent's `spent` says how many such calls it
+    /// made), here and in every budget above; under the `refuse` unknown-usage policy the
+    /// agent's budget and its supervisor's root then start no new work.
+    ///
+    /// # Errors
+    /// As [`WorkerContext::charge`], when the budget already refuses new work.
+    pub fn charge_unknown(&self, turns: u64) -> Result<(), Error> {
+        self.budget()?
+            .reserve(Amounts::ZERO.with_turns(turns))?
+            .commit(Spend {
+                tokens: None,
+                dollars: None,
+                turns,
+            });
+        Ok(())
+    }
+
+    /// What is left of the agent's budget in each dimension (a dimension left out is
+    /// unlimited; everything is zero once the agent has settled).
+    pub fn remaining(&self) -> SpawnBudget {
+        let Some(budget) = self.slot.budget() else {
+            return SpawnBudget::new(0, 0);
+        };
+        let s = budget.snapshot();
+        let held = |f: fn(&Amounts) -> u64| {
+            [&s.committed, &s.reserved, &s.carved_out, &s.overdraft]
+                .into_iter()
+                .fold(0u64, |acc, a| acc.saturating_add(f(a)))
+        };
+        SpawnBudget {
+            tokens: s
+                .limits
+                .tokens
+                .map(|l| l.saturating_sub(held(|a| a.tokens))),
+            dollars: s
+                .limits
+                .dollars
+                .map(|l| (l - held(|a| a.nanodollars) as f64 / 1e9).max(0.0)),
+            wall_time_ms: budget
+                .remaining_wall_time()
+                .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+            turns: s.limits.turns.map(|l| l.saturating_sub(held(|a| a.turns))),
+        }
     }
 
     /// A token cancelled when the agent is stopped.
@@ -214,33 +270,35 @@ impl WorkerContext {
         }
     }
 
-    /// Make this worker a supervisor of its own: a sub-supervisor whose root budget, `budget`,
-    /// is charged to this worker's reservation at once, so whatever the sub-tree spends is
-    /// already counted against every ancestor and the root's total can never be exceeded;
-    /// [`SubSupervisor::close`] gives back what the sub-tree did not spend. The sub-supervisor
-    /// keeps this worker's nesting limit; dropping it (as when this worker is stopped) stops its
-    /// workers; its outcome reaches the parent as this worker's output, which the parent
-    /// journals.
+    /// Make this worker a supervisor of its own: a sub-supervisor whose root budget is a pool
+    /// carved with `budget` out of this worker's own budget ([`WorkerContext::budget`]), so
+    /// whatever the sub-tree spends is counted against every ancestor and the root's total can
+    /// never be exceeded; while it is live, all of `budget` counts as held by this worker, and
+    /// when the sub-supervisor is gone (closed with [`SubSupervisor::close`], or dropped) what
+    /// the sub-tree did not spend goes back to this worker. The sub-supervisor keeps this
+    /// worker's nesting limit; dropping it (as when this worker is stopped) stops its workers;
+    /// its outcome reaches the parent as this worker's output, which the parent journals.
     ///
     /// Under a durable supervisor the sub-supervisor is durable too: it journals to its own run,
     /// [`sub_supervisor_run`] of the parent's run and this agent, and when this agent is
     /// redispatched after a crash, calling `sub_supervisor` again **resumes** that run — the
-    /// sub-tree's settled work is reused, its in-flight work is in doubt or redispatched, exactly
-    /// as [`Supervisor::open`] does for a root. The redispatched attempt must ask for the same
-    /// `budget`. Under an in-memory supervisor it lives in memory.
+    /// sub-tree's settled work is reused (and charged to the new carve), its in-flight work is
+    /// in doubt or redispatched, exactly as [`Supervisor::open`] does for a root. The
+    /// redispatched attempt must ask for the same `budget`. Under an in-memory supervisor it
+    /// lives in memory.
     ///
     /// # Errors
     /// [`Error::DepthLimit`] when this worker is already at the supervisor's
     /// [`max_depth`](SupervisorOptions::max_depth); [`Error::BudgetExhausted`] when `budget` does
-    /// not fit in what is left of the reservation (nothing is charged then); for a durable
+    /// not fit in what is left of this worker's budget, and [`Error::InvalidRequest`] when it
+    /// leaves out a dimension that budget limits (nothing is carved then); for a durable
     /// sub-supervisor, what [`Supervisor::open`] returns (for example a budget that differs from
-    /// the one its run was started with) — `budget` stays charged then, as spend that an earlier
-    /// attempt's sub-tree may have made and that cannot be disproven.
+    /// the one its run was started with).
     pub async fn sub_supervisor(
         &self,
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
-        budget: BudgetAmount,
+        budget: BudgetLimits,
     ) -> Result<SubSupervisor, Error> {
         if self.depth >= self.max_depth {
             return Err(Error::DepthLimit {
@@ -254,9 +312,14 @@ impl WorkerContext {
             detached_poll: self.poll,
             ..SupervisorOptions::default()
         };
-        self.charge(budget)?;
+        let parent = self.budget()?;
         let sub = match &self.journal {
-            None => Supervisor::build(factory, checker, options, None, self.depth),
+            None => {
+                let root = parent
+                    .carve(budget)
+                    .map_err(crate::supervisor::budget_error)?;
+                Supervisor::build(factory, checker, options, None, self.depth, root, None)
+            }
             Some(journal) => {
                 let run = sub_supervisor_run(journal.run(), &self.slot.id);
                 Supervisor::open_at_depth(
@@ -266,15 +329,18 @@ impl WorkerContext {
                     journal.store().clone(),
                     run,
                     self.depth,
+                    Some(&parent),
                 )
                 .await?
             }
         };
-        self.progress(format!("started a sub-supervisor with {budget:?}"));
+        self.progress(format!(
+            "started a sub-supervisor with {:?}",
+            SpawnBudget::from(budget)
+        ));
         Ok(SubSupervisor {
             supervisor: sub,
             parent: self.clone(),
-            budget,
         })
     }
 
@@ -311,12 +377,11 @@ pub fn sub_supervisor_run(parent: &SessionId, agent: &AgentId) -> SessionId {
 }
 
 /// A sub-supervisor made by [`WorkerContext::sub_supervisor`]: a [`Supervisor`] (it derefs to
-/// one) whose root budget was charged to its parent worker's reservation up front.
+/// one) whose root budget is carved from its parent worker's budget.
 #[derive(Debug)]
 pub struct SubSupervisor {
     supervisor: Supervisor,
     parent: WorkerContext,
-    budget: BudgetAmount,
 }
 
 impl std::ops::Deref for SubSupervisor {
@@ -334,13 +399,14 @@ impl SubSupervisor {
     }
 
     /// Ends the sub-tree and gives its unspent budget back: stops whatever of its work is still
-    /// live, waits (up to `grace`) until every agent has settled, then returns the part of the
-    /// sub-budget the sub-tree did not spend to the parent worker's reservation. Returns what
-    /// the sub-tree spent, which stays charged to the parent.
+    /// live, waits (up to `grace`) until every agent has settled, then closes the sub-tree's
+    /// pool, whose unspent part goes back to the parent worker's budget (once every clone of
+    /// this supervisor is dropped too). Returns what the sub-tree spent, which stays charged to
+    /// the parent.
     ///
     /// # Errors
-    /// [`Error::Worker`] when some agent had not settled within `grace` (nothing is given back:
-    /// its spending is not final) or when the parent worker has already settled.
+    /// [`Error::Worker`] when some agent had not settled within `grace`: the sub-tree is
+    /// dropped all the same (its agents are stopped), and what it spent stays spent.
     pub async fn close(self, grace: std::time::Duration) -> Result<BudgetAmount, Error> {
         self.supervisor
             .stop_all("the parent closed its sub-supervisor")
@@ -359,21 +425,16 @@ impl SubSupervisor {
                 .await?;
             if waited.timed_out {
                 return Err(Error::Worker(
-                    "a sub-supervisor's agent did not settle in time: its budget stays charged"
+                    "a sub-supervisor's agent did not settle in time; what it spent stays charged"
                         .into(),
                 ));
             }
         }
-        let snapshot = self.supervisor.budget();
-        let spent = snapshot.spent;
-        let unspent = self.budget.saturating_sub(spent);
-        self.parent
-            .pool
-            .lock()
-            .map_err(|_| Error::Worker("budget pool lock poisoned".into()))?
-            .refund(self.parent.slot.reservation, unspent)?;
+        let spent = BudgetAmount::held_by(&self.supervisor.budget());
+        drop(self.supervisor);
         self.parent.progress(format!(
-            "closed its sub-supervisor: {spent:?} spent, {unspent:?} given back"
+            "closed its sub-supervisor: {} tokens, ${} and {} turns spent, the rest given back",
+            spent.tokens, spent.dollars, spent.turns
         ));
         Ok(spent)
     }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentrt_coordination_mcp::{
-    AgentTarget, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator, DefaultChecker,
-    Error, JudgeModel, SpawnAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory,
+    AgentTarget, AwaitAgent, AwaitMode, CompletionCheck, Coordinator, DefaultChecker, Error,
+    JudgeModel, SpawnAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory,
     WorkerSpec,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
 use async_trait::async_trait;
 
@@ -41,7 +42,7 @@ fn supervisor(dir: PathBuf) -> Supervisor {
     Supervisor::with_checker(
         Arc::new(BoxedWorkers { dir }),
         Arc::new(DefaultChecker::new().allow_commands(true).with_judge(judge)),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10)),
     )
 }
 
@@ -72,8 +73,8 @@ async fn a_judge_that_is_the_workers_own_model_is_refused_at_spawn() {
         "{error}"
     );
     assert_eq!(
-        s.budget().reserved,
-        BudgetAmount::default(),
+        s.budget().carved_out,
+        agentrt_core_loop::Amounts::ZERO,
         "nothing reserved"
     );
     assert!(s.agents().is_empty());

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CheckContext, CheckOutcome, CompletionCheck,
+    AgentStatus, AwaitAgent, AwaitMode, CheckContext, CheckOutcome, CompletionCheck,
     CompletionChecker, Coordinator, DefaultChecker, Error, JudgeModel, ScriptedWorkerFactory,
     SpawnAgent, Supervisor, SupervisorOptions,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
 
 fn judge_check() -> CompletionCheck {
@@ -183,8 +184,8 @@ async fn a_supervisor_delivers_a_worker_only_when_the_judge_passes_it() {
     let supervisor = Supervisor::with_checker(
         Arc::new(ScriptedWorkerFactory::new().turns(1)),
         Arc::new(checker),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10))
-            .default_spawn_budget(BudgetAmount::new(100, 2)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10))
+            .default_spawn_budget(BudgetLimits::unlimited().tokens(100).turns(2)),
     );
     let mut ids = Vec::new();
     for task in ["good", "bad #fail"] {

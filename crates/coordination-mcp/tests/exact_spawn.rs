@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use agentrt_coordination_mcp::{
-    AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator, SpawnAgent, SpawnBudget,
-    Supervisor, SupervisorOptions, ToolLoopWorkerFactory,
+    AwaitAgent, AwaitMode, CompletionCheck, Coordinator, SpawnAgent, SpawnBudget, Supervisor,
+    SupervisorOptions, ToolLoopWorkerFactory,
 };
-use agentrt_core_loop::RuntimeEvent;
 use agentrt_core_loop::model::{Message, ProfileModels, ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::{BudgetLimits, RuntimeEvent};
 use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::{MemoryStore, SessionFilter, SessionStore};
 use futures::TryStreamExt;
@@ -55,7 +55,7 @@ async fn two_profiles_with_distinguishable_models_each_run_their_own_and_are_rec
     let factory = ToolLoopWorkerFactory::new(models(), store.clone()).profiles(registry);
     let supervisor = Supervisor::new(
         Arc::new(factory),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(10_000, 200)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(10_000).turns(200)),
     );
     let mut ids = Vec::new();
     for name in ["writer", "critic"] {
@@ -66,6 +66,7 @@ async fn two_profiles_with_distinguishable_models_each_run_their_own_and_are_rec
                 budget: Some(SpawnBudget {
                     tokens: Some(100),
                     turns: Some(3),
+                    ..SpawnBudget::default()
                 }),
                 completion_check: Some(CompletionCheck::OutputContains {
                     text: "says".into(),

@@ -11,6 +11,7 @@ use agentrt_coordination_mcp::{
     DefaultChecker, Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnAgent,
     SpawnBudget, SuperviseOptions, Supervisor, SupervisorOptions, keep_best_delivered, supervise,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::rounds::DeciderId;
 use agentrt_profiles::AgentProfile;
@@ -220,7 +221,7 @@ async fn supervise_keeps_the_best_scored_delivered_worker_and_breaks_ties_by_cos
     )
     .unwrap();
     let mut options = SuperviseOptions::new(
-        BudgetAmount::new(10_000, 30),
+        BudgetLimits::unlimited().tokens(10_000).turns(30),
         Arc::new(brain),
         Arc::new(ScriptedWorkerFactory::new()),
     );
@@ -321,7 +322,7 @@ async fn an_invalid_deliverable_check_is_refused_before_anything_is_ranked() {
 async fn finalizing_real_supervisor_results() {
     let supervisor = Supervisor::new(
         Arc::new(ScriptedWorkerFactory::new().turns(1)),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(1_000, 10)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10)),
     );
     let mut ids = Vec::new();
     for (task, check) in [("first", "done:"), ("second", "never-there")] {
@@ -333,6 +334,7 @@ async fn finalizing_real_supervisor_results() {
                     budget: Some(SpawnBudget {
                         tokens: Some(100),
                         turns: Some(2),
+                        ..SpawnBudget::default()
                     }),
                     completion_check: Some(CompletionCheck::OutputContains { text: check.into() }),
                     ..SpawnAgent::default()

@@ -15,6 +15,7 @@ use agentrt_coordination_mcp::{
     DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent, StopAgent,
     Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run,
 };
+use agentrt_core_loop::{Amounts, BudgetLimits, ExhaustionCause};
 use agentrt_session_store::{
     Finish, HookedStore, MemoryStore, NewEvent, NewSession, SessionId, SessionStatus, SessionStore,
     StoreError, StoreWrite, WriteHook,
@@ -91,7 +92,22 @@ impl WorkerFactory for Counting {
     }
 }
 
-const ROOT: BudgetAmount = BudgetAmount::new(10_000, 100);
+const ROOT: BudgetLimits = BudgetLimits {
+    tokens: Some(10_000),
+    dollars: None,
+    wall_time: None,
+    turns: Some(100),
+    unknown_usage: None,
+};
+
+fn amounts(tokens: u64, turns: u64) -> Amounts {
+    Amounts::ZERO.with_tokens(tokens).with_turns(turns)
+}
+
+/// Tokens and turns of a spent figure (its wall time differs from run to run).
+fn tt(spent: &BudgetAmount) -> (u64, u64) {
+    (spent.tokens, spent.turns)
+}
 
 fn options() -> SupervisorOptions {
     SupervisorOptions::with_root_budget(ROOT).detached_poll(Duration::from_millis(10))
@@ -119,6 +135,7 @@ fn spawn(task: &str, key: Option<&str>) -> SpawnAgent {
         budget: Some(SpawnBudget {
             tokens: Some(100),
             turns: Some(10),
+            ..SpawnBudget::default()
         }),
         completion_check: Some(CompletionCheck::OutputContains {
             text: "done:".into(),
@@ -191,7 +208,7 @@ fn settled_work_is_reused_and_keys_and_steer_ids_survive_a_restart() {
         .await
         .unwrap();
         let result = settle(&s, &a.id).await;
-        (result, s.budget().spent)
+        (result, s.budget().committed)
     });
     assert!(done.status.is_delivered(), "{done:?}");
 
@@ -203,7 +220,7 @@ fn settled_work_is_reused_and_keys_and_steer_ids_survive_a_restart() {
         assert_eq!(again, done);
         assert_eq!(factory.runs("quick #ms=8"), 1);
         // Its spending still counts against the root.
-        assert_eq!(s.budget().spent, spent_before);
+        assert_eq!(s.budget().committed, spent_before);
         // A retried spawn and a retried steer are duplicates, not new work.
         let retried = s
             .spawn_agent(spawn("quick #ms=8", Some("k1")))
@@ -250,9 +267,9 @@ fn in_flight_work_without_a_key_ends_in_doubt_with_its_reservation_charged() {
             "{r:?}"
         );
         // What it spent cannot be proven: its whole reservation counts.
-        assert_eq!(r.spent, BudgetAmount::new(100, 10));
-        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
-        assert_eq!(s.budget().available, BudgetAmount::new(9_900, 90));
+        assert_eq!(tt(&r.spent), (100, 10));
+        assert_eq!(s.budget().committed, amounts(100, 10));
+        assert_eq!(s.budget().carved_out, Amounts::ZERO);
         assert_eq!(factory.runs("slow #ms=60000"), 1, "never blindly re-run");
         let k = kinds(&store, &run).await;
         assert!(k.ends_with(&["coord.settle".into(), "coord.resumed".into()]), "{k:?}");
@@ -260,7 +277,7 @@ fn in_flight_work_without_a_key_ends_in_doubt_with_its_reservation_charged() {
     // A second restart finds it settled and changes nothing.
     rt.block_on(async {
         let s = open(&factory, &store, run).await.unwrap();
-        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().committed, amounts(100, 10));
         let before = kinds(&store, &run).await.len();
         assert!(settle(&s, &id).await.status.state_name() == "in_doubt");
         assert_eq!(kinds(&store, &run).await.len(), before);
@@ -296,8 +313,8 @@ fn in_flight_keyed_work_is_redispatched_under_its_id_with_its_steers_once() {
         let s = open(&factory, &store, run).await.unwrap();
         // The first attempt's reservation is charged, the second one reserved anew.
         let budget = s.budget();
-        assert_eq!(budget.reserved, BudgetAmount::new(100, 10));
-        assert_eq!(budget.available, BudgetAmount::new(9_800, 80));
+        assert_eq!(budget.committed, amounts(100, 10));
+        assert_eq!(budget.carved_out, amounts(100, 10));
         let seen = observe(&s, &id).await;
         assert_eq!(seen.status, AgentStatus::Running);
         // Let it start again and take its first turn (bounded, for a loaded machine), then check
@@ -403,7 +420,7 @@ fn detached_work_is_reattached_polled_and_settled_only_when_its_session_ends() {
         let s = open(&factory, &store, run).await.unwrap();
         // Re-attached, not re-run and not in doubt: it regained its reservation.
         assert_eq!(factory.runs("remote #detach"), 1);
-        assert_eq!(s.budget().reserved, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().carved_out, amounts(100, 10));
         tokio::time::sleep(Duration::from_millis(60)).await;
         let seen = observe(&s, &id).await;
         assert_eq!(
@@ -448,7 +465,7 @@ fn a_run_is_resumed_only_with_its_own_budget_and_never_after_it_ended() {
         let other_budget = Supervisor::open(
             factory.clone(),
             Arc::new(DefaultChecker::new()),
-            SupervisorOptions::with_root_budget(BudgetAmount::new(1, 1)),
+            SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1).turns(1)),
             store.clone(),
             run,
         )
@@ -502,11 +519,7 @@ fn a_second_coordinator_on_the_same_run_is_fenced_off() {
         // The first one's view of the journal is stale: its write conflicts and takes no effect.
         let e = first.spawn_agent(spawn("b #ms=4", None)).await.unwrap_err();
         assert!(matches!(e, Error::Journal(_)), "{e}");
-        assert_eq!(
-            first.budget().reserved,
-            BudgetAmount::default(),
-            "nothing reserved"
-        );
+        assert_eq!(first.budget().carved_out, Amounts::ZERO, "nothing carved");
         assert_eq!(factory.runs("b #ms=4"), 0, "nothing started");
     });
 }
@@ -567,9 +580,9 @@ fn a_stop_journaled_without_its_settle_resumes_as_stopped_with_its_reservation_c
         );
         // What it spent before the stop cannot be proven: its whole reservation counts, and it
         // is never run again although its spawn had a key.
-        assert_eq!(r.spent, BudgetAmount::new(100, 10));
-        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
-        assert_eq!(s.budget().reserved, BudgetAmount::default());
+        assert_eq!(tt(&r.spent), (100, 10));
+        assert_eq!(s.budget().committed, amounts(100, 10));
+        assert_eq!(s.budget().carved_out, Amounts::ZERO);
         assert_eq!(factory.runs("halted #ms=60000"), 1);
         // The resume wrote the missing settle, so a second restart changes nothing.
         let k = kinds(&store, &run).await;
@@ -582,7 +595,7 @@ fn a_stop_journaled_without_its_settle_resumes_as_stopped_with_its_reservation_c
     rt.block_on(async {
         let s = open(&factory, &store, run).await.unwrap();
         let before = kinds(&store, &run).await.len();
-        assert_eq!(s.budget().spent, BudgetAmount::new(100, 10));
+        assert_eq!(s.budget().committed, amounts(100, 10));
         assert_eq!(settle(&s, &id).await.status.state_name(), "stopped");
         assert_eq!(kinds(&store, &run).await.len(), before);
     });
@@ -608,7 +621,7 @@ impl WorkerFactory for Lead {
                 self.leaves.clone(),
                 Arc::new(DefaultChecker::new()),
                 // Room for both leaves and a second attempt of one of them.
-                BudgetAmount::new(80, 16),
+                BudgetLimits::unlimited().tokens(80).turns(16),
             )
             .await?;
         let mut ids = Vec::new();
@@ -617,6 +630,7 @@ impl WorkerFactory for Lead {
             request.budget = Some(SpawnBudget {
                 tokens: Some(20),
                 turns: Some(4),
+                ..SpawnBudget::default()
             });
             ids.push(sub.spawn_agent(request).await?.id);
         }
@@ -663,6 +677,7 @@ fn a_durable_sub_supervisor_resumes_with_its_parent_reusing_its_settled_work() {
         request.budget = Some(SpawnBudget {
             tokens: Some(200),
             turns: Some(20),
+            ..SpawnBudget::default()
         });
         let a = s.spawn_agent(request).await.unwrap();
         // Die once the quick leaf's settle is in the sub-tree's own journal and the slow leaf
@@ -714,13 +729,93 @@ fn a_durable_sub_supervisor_resumes_with_its_parent_reusing_its_settled_work() {
             "{sub:?}"
         );
         // The lead's first attempt is charged in full (its spend cannot be proven), its second
-        // attempt's sub-budget on top; the root is never exceeded.
+        // attempt's spend (its sub-tree's, within the sub-budget) on top.
         let budget = s.budget();
+        assert!(r.spent.tokens <= 80 && r.spent.turns <= 16, "{r:?}");
         assert_eq!(
-            budget.spent,
-            BudgetAmount::new(200 + 80, 20 + 16),
+            budget.committed,
+            amounts(200 + r.spent.tokens, 20 + r.spent.turns),
             "{budget:?}"
         );
-        assert!(budget.spent.fits_in(ROOT), "{budget:?}");
+        assert_eq!(budget.carved_out, Amounts::ZERO, "{budget:?}");
+    });
+}
+
+#[test]
+fn a_resumed_run_counts_its_wall_time_from_when_it_first_started() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let hour = Duration::from_secs(3_600);
+    let root = BudgetLimits::unlimited().tokens(10_000).wall_time(hour);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // A run journaled two hours ago by a coordinator that then died.
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 2 * 3_600_000;
+        store.create(NewSession::new().with_id(run)).await.unwrap();
+        let entry = json!({"entry": "run", "root": root, "started_ms": started_ms});
+        store
+            .append(&run, 0, vec![NewEvent::new("coord.run", entry)])
+            .await
+            .unwrap();
+        let s = Supervisor::open(
+            factory.clone(),
+            Arc::new(DefaultChecker::new()),
+            SupervisorOptions::with_root_budget(root),
+            store.clone(),
+            run,
+        )
+        .await
+        .unwrap();
+        // Its hour is long over: resuming does not grant a fresh one.
+        let e = s.spawn_agent(spawn("late", None)).await.unwrap_err();
+        assert!(
+            matches!(&e, Error::BudgetExhausted(x) if x.cause == ExhaustionCause::DeadlinePassed),
+            "{e}"
+        );
+        assert_eq!(factory.runs("late"), 0);
+    });
+}
+
+#[test]
+fn a_run_journaled_with_tokens_and_turns_only_still_resumes() {
+    // The entries as a coordinator wrote them before budgets had dollars and wall time.
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let factory = Arc::new(Counting::default());
+    let run = SessionId::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        store
+            .create(NewSession::new().with_id(run))
+            .await
+            .unwrap();
+        let entries = [
+            ("coord.run", json!({"entry": "run", "root": {"tokens": 10_000, "turns": 100}})),
+            (
+                "coord.spawn",
+                json!({"entry": "spawn", "agent": "agt-old", "reserved": {"tokens": 100, "turns": 10},
+                       "request": {"profile": "worker", "task": "old work"}}),
+            ),
+            (
+                "coord.settle",
+                json!({"entry": "settle", "result": {"id": "agt-old", "status": {"state": "settled", "delivered": true},
+                       "output": "done: old work", "spent": {"tokens": 40, "turns": 4}}}),
+            ),
+        ];
+        let events = entries
+            .into_iter()
+            .map(|(kind, payload)| NewEvent::new(kind, payload))
+            .collect();
+        store.append(&run, 0, events).await.unwrap();
+        let s = open(&factory, &store, run).await.unwrap();
+        let r = settle(&s, &"agt-old".into()).await;
+        assert!(r.status.is_delivered(), "{r:?}");
+        assert_eq!(tt(&r.spent), (40, 4));
+        assert_eq!(s.budget().committed, amounts(40, 4));
+        assert_eq!(factory.runs("old work"), 0, "settled work is not run again");
     });
 }

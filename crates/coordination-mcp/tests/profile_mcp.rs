@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentrt_coordination_mcp::{
-    BudgetAmount, McpServerConfig, McpToolset, McpTransportConfig, ScriptedWorkerFactory,
-    SuperviseOptions, ToolLoopWorkerFactory, supervise,
+    McpServerConfig, McpToolset, McpTransportConfig, ScriptedWorkerFactory, SuperviseOptions,
+    ToolLoopWorkerFactory, supervise,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::StopReason;
 use agentrt_core_loop::model::{ProfileModels, ScriptedModel, ScriptedTurn};
 use agentrt_profiles::AgentProfile;
@@ -158,7 +159,7 @@ fn supervisor_profile(servers: Value, subagent_servers: Value) -> AgentProfile {
 async fn supervise_gives_the_router_brain_the_tools_of_the_profiles_mcp_servers() {
     let profile = supervisor_profile(json!([calc_server()]), json!([]));
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(adding_model()),
         Arc::new(ScriptedWorkerFactory::new()),
     );
@@ -183,7 +184,7 @@ async fn a_subagent_worker_gets_the_tools_of_its_own_mcp_servers() {
     )
     .supervisor_profile(profile.clone());
     let options = SuperviseOptions::new(
-        BudgetAmount::new(10_000, 10),
+        BudgetLimits::unlimited().tokens(10_000).turns(10),
         Arc::new(brain),
         Arc::new(workers),
     );
@@ -210,7 +211,7 @@ async fn supervise_fails_before_the_first_turn_when_a_profile_server_cannot_star
         ScriptedTurn::text("should not run")
     });
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(brain),
         Arc::new(ScriptedWorkerFactory::new()),
     );

@@ -6,18 +6,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AgentTarget, BestScoreSelector, BudgetAmount, CompletionCheck, Coordinator,
-    DefaultChecker, Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnBudget,
-    SpawnPlan, Strategy, StrategyStop, Supervisor, SupervisorOptions, breadth_strategy,
-    depth_strategy, keep_best_delivered,
+    AgentStatus, AgentTarget, BestScoreSelector, CompletionCheck, Coordinator, DefaultChecker,
+    Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnBudget, SpawnPlan, Strategy,
+    StrategyStop, Supervisor, SupervisorOptions, breadth_strategy, depth_strategy,
+    keep_best_delivered,
 };
+use agentrt_core_loop::{Amounts, BudgetLimits};
 
 fn checker() -> DefaultChecker {
     DefaultChecker::new().with_predicate("never", |_| false)
 }
 
 /// Scripted workers of `turns` turns, 10 tokens a turn, `delay_ms` apart.
-fn supervisor(root: BudgetAmount, turns: u32, delay_ms: u64) -> Supervisor {
+fn root(tokens: u64, turns: u64) -> BudgetLimits {
+    BudgetLimits::unlimited().tokens(tokens).turns(turns)
+}
+
+fn amounts(tokens: u64, turns: u64) -> Amounts {
+    Amounts::ZERO.with_tokens(tokens).with_turns(turns)
+}
+
+fn supervisor(root: BudgetLimits, turns: u32, delay_ms: u64) -> Supervisor {
     Supervisor::with_checker(
         Arc::new(
             ScriptedWorkerFactory::new()
@@ -35,6 +44,7 @@ fn plan(run_key: &str, check: CompletionCheck) -> SpawnPlan {
         .budget(SpawnBudget {
             tokens: Some(200),
             turns: Some(5),
+            ..SpawnBudget::default()
         })
         .completion_check(check)
 }
@@ -59,7 +69,7 @@ fn deliverable(check: CompletionCheck) -> Deliverable {
 
 #[tokio::test]
 async fn breadth_spawns_exactly_k_workers_and_conserves_the_budget() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 3, 5);
+    let s = supervisor(root(10_000, 100), 3, 5);
     let strategy = breadth_strategy(4, plan("run-b", contains("done: write")));
     assert_eq!(strategy.describe(), "breadth: 4 parallel workers");
 
@@ -69,32 +79,35 @@ async fn breadth_spawns_exactly_k_workers_and_conserves_the_budget() {
     assert_eq!(s.agents().len(), 4, "exactly k workers were spawned");
     assert_eq!(run.delivered().count(), 4);
     for result in &run.results {
-        assert_eq!(result.spent, BudgetAmount::new(30, 3), "{result:?}");
+        assert_eq!(
+            (result.spent.tokens, result.spent.turns),
+            (30, 3),
+            "{result:?}"
+        );
     }
     let budget = s.budget();
     assert_eq!(
-        budget.spent,
-        BudgetAmount::new(120, 12),
+        budget.committed,
+        amounts(120, 12),
         "spent is the workers' sum"
     );
     assert_eq!(
-        budget.reserved,
-        BudgetAmount::default(),
-        "every reservation released"
+        budget.carved_out,
+        Amounts::ZERO,
+        "every worker's budget went back"
     );
-    assert_eq!(budget.available, BudgetAmount::new(10_000 - 120, 100 - 12));
 
     // Retrying the same run (same key, same task) reuses the batch instead of spawning again.
     let again = strategy.run(&s, "write the report").await.unwrap();
     assert_eq!(s.agents().len(), 4, "a retried run does not double-spawn");
     assert_eq!(again.results, run.results);
-    assert_eq!(s.budget().spent, BudgetAmount::new(120, 12));
+    assert_eq!(s.budget().committed, amounts(120, 12));
 }
 
 #[tokio::test]
 async fn breadth_runs_what_the_pool_can_fund_and_says_the_budget_ran_out() {
     // 500 tokens fund two 200-token reservations, not a third.
-    let s = supervisor(BudgetAmount::new(500, 100), 2, 50);
+    let s = supervisor(root(500, 100), 2, 50);
     let run = breadth_strategy(4, plan("run-tight", contains("done:")))
         .run(&s, "write")
         .await
@@ -106,13 +119,17 @@ async fn breadth_runs_what_the_pool_can_fund_and_says_the_budget_ran_out() {
         "{:?}",
         run.stop
     );
-    assert!(s.budget().spent.fits_in(BudgetAmount::new(500, 100)));
-    assert_eq!(s.budget().reserved, BudgetAmount::default());
+    let end = s.budget();
+    assert!(
+        end.committed.tokens <= 500 && end.committed.turns <= 100,
+        "{end:?}"
+    );
+    assert_eq!(end.carved_out, Amounts::ZERO);
 }
 
 #[tokio::test]
 async fn breadth_feeds_keep_best_delivered() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 2, 1);
+    let s = supervisor(root(10_000, 100), 2, 1);
     let run = breadth_strategy(3, plan("run-final", contains("done: draft")))
         .run(&s, "draft")
         .await
@@ -134,7 +151,7 @@ async fn breadth_feeds_keep_best_delivered() {
 
 #[tokio::test]
 async fn depth_stops_at_the_first_delivered_round() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 1, 1);
+    let s = supervisor(root(10_000, 100), 1, 1);
     // The first round's task has no refinement header; round 2's does, and its worker echoes it.
     let strategy = depth_strategy(4, plan("run-d", contains("Refinement round 2 of 4")));
     assert_eq!(strategy.describe(), "depth: up to 4 refinement rounds");
@@ -177,7 +194,7 @@ async fn depth_stops_at_the_first_delivered_round() {
 
 #[tokio::test]
 async fn depth_gives_up_after_k_rounds_and_says_so() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 1, 1);
+    let s = supervisor(root(10_000, 100), 1, 1);
     let run = depth_strategy(3, plan("run-never", never()))
         .run(&s, "an impossible task")
         .await
@@ -191,7 +208,7 @@ async fn depth_gives_up_after_k_rounds_and_says_so() {
     assert_eq!(s.agents().len(), 3);
     assert_eq!(run.delivered().count(), 0);
     assert!(run.results[2].output.contains("Refinement round 3 of 3"));
-    assert_eq!(s.budget().reserved, BudgetAmount::default());
+    assert_eq!(s.budget().carved_out, Amounts::ZERO);
 
     let outcome = keep_best_delivered(
         &run.results,
@@ -213,7 +230,7 @@ async fn depth_gives_up_after_k_rounds_and_says_so() {
 
 #[tokio::test]
 async fn depth_refines_after_a_failed_worker() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 1, 1);
+    let s = supervisor(root(10_000, 100), 1, 1);
     // `#fail` makes the first worker fail; the refinement task quotes the original task, so it
     // fails too — both rounds are recorded as failed, and the run gives up.
     let run = depth_strategy(2, plan("run-fail", contains("done:")))
@@ -231,7 +248,7 @@ async fn depth_refines_after_a_failed_worker() {
 
 #[tokio::test]
 async fn a_strategy_that_outlives_its_wait_stops_its_workers() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 3, 2_000);
+    let s = supervisor(root(10_000, 100), 3, 2_000);
     let run = breadth_strategy(
         2,
         plan("run-slow", contains("done:")).wait(Duration::from_millis(100)),
@@ -248,12 +265,12 @@ async fn a_strategy_that_outlives_its_wait_stops_its_workers() {
             .iter()
             .all(|r| matches!(r.status, AgentStatus::Stopped { .. }))
     );
-    assert_eq!(s.budget().reserved, BudgetAmount::default());
+    assert_eq!(s.budget().carved_out, Amounts::ZERO);
 }
 
 #[tokio::test]
 async fn invalid_strategies_fail_loud_before_spawning() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 1, 1);
+    let s = supervisor(root(10_000, 100), 1, 1);
     let zero = breadth_strategy(0, plan("k0", contains("done:")))
         .run(&s, "t")
         .await
@@ -295,7 +312,7 @@ async fn invalid_strategies_fail_loud_before_spawning() {
 
 #[tokio::test]
 async fn a_strategy_is_usable_as_a_trait_object_over_a_coordinator_trait_object() {
-    let s = supervisor(BudgetAmount::new(10_000, 100), 1, 1);
+    let s = supervisor(root(10_000, 100), 1, 1);
     let coordinator: Arc<dyn Coordinator> = Arc::new(s.clone());
     let strategies: Vec<Box<dyn Strategy>> = vec![
         Box::new(breadth_strategy(2, plan("dyn-b", contains("done:")))),

@@ -10,13 +10,22 @@ use agentrt_coordination_mcp::{
     ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions, WorkerContext,
     WorkerFactory, WorkerSpec,
 };
+use agentrt_core_loop::{Amounts, BudgetLimits};
 use async_trait::async_trait;
+
+fn limits(tokens: u64, turns: u64) -> BudgetLimits {
+    BudgetLimits::unlimited().tokens(tokens).turns(turns)
+}
+
+fn amounts(tokens: u64, turns: u64) -> Amounts {
+    Amounts::ZERO.with_tokens(tokens).with_turns(turns)
+}
 
 /// A worker that, when its task says `lead`, starts a sub-supervisor with `sub_budget`, spawns
 /// `fan_out` workers of the same factory on `leaf` tasks and reports what they did; any other
 /// task is a scripted leaf (one turn, 10 tokens).
 struct Recursive {
-    sub_budget: BudgetAmount,
+    sub_budget: BudgetLimits,
     fan_out: usize,
 }
 
@@ -60,8 +69,9 @@ impl WorkerFactory for Recursive {
                     profile: Some("w".into()),
                     task: format!("{task} {i}"),
                     budget: Some(SpawnBudget {
-                        tokens: Some(self.sub_budget.tokens / self.fan_out as u64),
-                        turns: Some(self.sub_budget.turns / self.fan_out as u64),
+                        tokens: self.sub_budget.tokens.map(|t| t / self.fan_out as u64),
+                        turns: self.sub_budget.turns.map(|t| t / self.fan_out as u64),
+                        ..SpawnBudget::default()
                     }),
                     ..SpawnAgent::default()
                 })
@@ -80,22 +90,30 @@ impl WorkerFactory for Recursive {
         }
         let used = sub.budget();
         assert!(
-            used.spent.fits_in(self.sub_budget),
+            Some(used.committed.tokens) <= self.sub_budget.tokens
+                && Some(used.committed.turns) <= self.sub_budget.turns,
             "a sub-tree stays in its budget"
         );
         if spec.task.contains("close") {
             let spent = sub.close(Duration::from_secs(10)).await?;
-            ctx.append_output(&format!("closed having spent {spent:?}\n"));
+            ctx.append_output(&format!(
+                "closed having spent {} tokens, {} turns\n",
+                spent.tokens, spent.turns
+            ));
+            // Closed: the unspent part is back in this worker's own budget.
+            let own = ctx.budget()?.snapshot();
+            assert_eq!(own.carved_out, Amounts::ZERO);
+            assert_eq!(own.committed, amounts(spent.tokens, spent.turns));
         }
         Ok(())
     }
 }
 
 async fn run_lead(
-    root: BudgetAmount,
+    root: BudgetLimits,
     max_depth: u32,
     task: &str,
-    sub: BudgetAmount,
+    sub: BudgetLimits,
 ) -> (AgentResult, Supervisor) {
     let s = Supervisor::new(
         Arc::new(Recursive {
@@ -111,8 +129,9 @@ async fn run_lead(
             profile: Some("w".into()),
             task: task.into(),
             budget: Some(SpawnBudget {
-                tokens: Some(root.tokens),
-                turns: Some(root.turns),
+                tokens: root.tokens,
+                turns: root.turns,
+                ..SpawnBudget::default()
             }),
             ..SpawnAgent::default()
         })
@@ -130,9 +149,8 @@ async fn run_lead(
 }
 
 #[tokio::test]
-async fn a_worker_supervises_its_own_workers_inside_its_reservation() {
-    let root = BudgetAmount::new(1_000, 40);
-    let (lead, s) = run_lead(root, 3, "lead", BudgetAmount::new(400, 10)).await;
+async fn a_worker_supervises_its_own_workers_inside_its_budget() {
+    let (lead, s) = run_lead(limits(1_000, 40), 3, "lead", limits(400, 10)).await;
     assert_eq!(lead.status.state_name(), "settled", "{lead:?}");
     assert_eq!(
         lead.output.matches("leaf at depth 2").count(),
@@ -140,34 +158,34 @@ async fn a_worker_supervises_its_own_workers_inside_its_reservation() {
         "{}",
         lead.output
     );
-    // The sub-budget is charged to the lead at once: the root sees it as spent.
-    assert_eq!(lead.spent, BudgetAmount::new(400, 10));
-    assert!(s.budget().spent.fits_in(root));
+    // The sub-budget was carved from the lead's own; when the lead settled (its sub-supervisor
+    // gone with it) the unspent part went back: the lead spent what its two leaves spent.
+    assert_eq!((lead.spent.tokens, lead.spent.turns), (20, 2), "{lead:?}");
+    assert_eq!(s.budget().committed, amounts(20, 2));
+    assert_eq!(s.budget().carved_out, Amounts::ZERO);
 }
 
 #[tokio::test]
 async fn closing_a_sub_supervisor_gives_its_unspent_budget_back() {
-    let root = BudgetAmount::new(1_000, 40);
-    let (lead, s) = run_lead(root, 3, "lead close", BudgetAmount::new(400, 10)).await;
+    let (lead, s) = run_lead(limits(1_000, 40), 3, "lead close", limits(400, 10)).await;
     assert_eq!(lead.status.state_name(), "settled", "{lead:?}");
     // Two leaves of one turn and 10 tokens each: that is all the lead spent; the other 380
-    // tokens and 8 turns of its sub-budget went back to its reservation, then to the root.
-    let sub_spent = BudgetAmount::new(20, 2);
+    // tokens and 8 turns of its sub-budget went back to its own budget, then to the root.
     assert!(
         lead.output
-            .contains(&format!("closed having spent {sub_spent:?}")),
+            .contains("closed having spent 20 tokens, 2 turns"),
         "{}",
         lead.output
     );
-    assert_eq!(lead.spent, sub_spent);
-    assert_eq!(s.budget().spent, sub_spent);
-    assert_eq!(s.budget().available, root.saturating_sub(sub_spent));
+    assert_eq!((lead.spent.tokens, lead.spent.turns), (20, 2));
+    assert_eq!(s.budget().committed, amounts(20, 2));
+    assert_eq!(s.budget().carved_out, Amounts::ZERO);
 }
 
 #[tokio::test]
 async fn nesting_stops_at_the_depth_limit_with_a_typed_error() {
-    let root = BudgetAmount::new(10_000, 400);
-    let (lead, _) = run_lead(root, 2, "lead deep", BudgetAmount::new(2_000, 80)).await;
+    let root = limits(10_000, 400);
+    let (lead, _) = run_lead(root, 2, "lead deep", limits(2_000, 80)).await;
     // Depth 1 leads a sub-supervisor; its depth-2 workers are refused one.
     assert_eq!(
         lead.output
@@ -177,20 +195,15 @@ async fn nesting_stops_at_the_depth_limit_with_a_typed_error() {
         "{}",
         lead.output
     );
-    let (shallow, _) = run_lead(root, 1, "lead", BudgetAmount::new(2_000, 80)).await;
+    let (shallow, _) = run_lead(root, 1, "lead", limits(2_000, 80)).await;
     assert_eq!(shallow.output, "no sub-supervisor: depth_limit\n");
 }
 
 #[tokio::test]
 async fn a_sub_budget_larger_than_the_reservation_is_refused() {
-    let root = BudgetAmount::new(100, 10);
-    let (lead, s) = run_lead(root, 3, "lead", BudgetAmount::new(500, 5)).await;
+    let (lead, s) = run_lead(limits(100, 10), 3, "lead", limits(500, 5)).await;
     assert_eq!(lead.output, "no sub-supervisor: budget_exhausted\n");
-    assert_eq!(
-        s.budget().spent,
-        BudgetAmount::default(),
-        "nothing was charged"
-    );
+    assert_eq!(s.budget().committed, Amounts::ZERO, "nothing was charged");
 }
 
 #[tokio::test]
@@ -208,7 +221,7 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
                 .sub_supervisor(
                     Arc::new(ScriptedWorkerFactory::new().turns(2).delay(Duration::ZERO)),
                     Arc::new(DefaultChecker::new()),
-                    BudgetAmount::new(60, 6),
+                    limits(60, 6),
                 )
                 .await?;
             for i in 0..5 {
@@ -220,6 +233,7 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
                         budget: Some(SpawnBudget {
                             tokens: Some(20),
                             turns: Some(2),
+                            ..SpawnBudget::default()
                         }),
                         ..SpawnAgent::default()
                     })
@@ -238,7 +252,7 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
     }
     let s = Supervisor::new(
         Arc::new(Lead),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(100, 10)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(100).turns(10)),
     );
     let spawned = s
         .spawn_agent(SpawnAgent {
@@ -247,6 +261,7 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
             budget: Some(SpawnBudget {
                 tokens: Some(100),
                 turns: Some(10),
+                ..SpawnBudget::default()
             }),
             ..SpawnAgent::default()
         })
@@ -264,5 +279,10 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
         done.settled[0].output, "3 leaves",
         "60 tokens fit three 20-token leaves"
     );
-    assert!(s.budget().spent.fits_in(BudgetAmount::new(100, 10)));
+    let end = s.budget();
+    assert!(
+        end.committed.tokens <= 100 && end.committed.turns <= 10,
+        "{end:?}"
+    );
+    assert_eq!(end.overdraft, Amounts::ZERO);
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 mod common;
 
 use agentrt_coordination_mcp::{
-    BudgetAmount, Error, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
+    Error, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
     supervisor_instructions,
 };
 use agentrt_core_loop::StopReason;
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::{Amounts, BudgetLimits};
 use agentrt_profiles::AgentProfile;
 use serde_json::json;
 
@@ -48,7 +49,7 @@ fn scripted_supervisor(check: &'static str) -> ScriptedModel {
 #[tokio::test]
 async fn a_router_supervisor_spawns_awaits_and_keeps_the_delivered_worker() {
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("done:")),
         Arc::new(ScriptedWorkerFactory::new().turns(1)),
     );
@@ -59,10 +60,13 @@ async fn a_router_supervisor_spawns_awaits_and_keeps_the_delivered_worker() {
     assert_eq!(result.answer.as_deref(), Some("the helper finished"));
     let winner = result.outcome.winner().expect("a delivered winner");
     assert!(winner.output.contains("done: write it"), "{winner:?}");
-    assert!(result.budget.spent.turns >= 1);
+    assert!(
+        result.budget.committed.turns >= 1,
+        "the brain's own turns are spent from the root"
+    );
     assert_eq!(
-        result.budget.reserved,
-        BudgetAmount::default(),
+        result.budget.carved_out,
+        Amounts::ZERO,
         "nothing left reserved"
     );
 }
@@ -70,7 +74,7 @@ async fn a_router_supervisor_spawns_awaits_and_keeps_the_delivered_worker() {
 #[tokio::test]
 async fn when_the_worker_is_not_delivered_the_outcome_says_none_was() {
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("never in the output")),
         Arc::new(ScriptedWorkerFactory::new().turns(1)),
     );
@@ -89,7 +93,7 @@ async fn when_the_worker_is_not_delivered_the_outcome_says_none_was() {
 #[tokio::test]
 async fn other_harnesses_without_an_external_command_are_a_typed_not_supported_error() {
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("done:")),
         Arc::new(ScriptedWorkerFactory::new()),
     );
@@ -105,7 +109,7 @@ async fn other_harnesses_without_an_external_command_are_a_typed_not_supported_e
 #[tokio::test]
 async fn the_supervisors_own_model_is_checked_by_the_allowed_models_guard() {
     let mut options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("done:")),
         Arc::new(ScriptedWorkerFactory::new()),
     );
@@ -171,7 +175,7 @@ async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_no
     }
     });
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(brain),
         Arc::new(workers),
     );
@@ -187,8 +191,11 @@ async fn a_spawn_whose_worker_model_the_profile_does_not_allow_is_refused_and_no
         result.outcome,
         FinalOutcome::NoneDelivered { rejected: vec![] }
     );
-    assert_eq!(result.budget.spent, BudgetAmount::default());
-    assert_eq!(result.budget.reserved, BudgetAmount::default());
+    // No worker was started: the only spend is the brain's own two calls, from the same root
+    // (their usage was not reported: counted as unknown, never as zero).
+    assert_eq!(result.budget.committed, Amounts::ZERO.with_turns(2));
+    assert_eq!(result.budget.unknown_token_commits, 2);
+    assert_eq!(result.budget.carved_out, Amounts::ZERO);
 }
 
 #[tokio::test]
@@ -198,7 +205,7 @@ async fn an_external_harness_process_supervises_through_our_mcp_server() {
     let python = common::python();
     let script = common::py_script("external_harness.py");
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("done:")),
         Arc::new(ScriptedWorkerFactory::new()),
     )
@@ -217,13 +224,14 @@ async fn an_external_harness_process_supervises_through_our_mcp_server() {
         "{}",
         winner.output
     );
-    assert!(result.budget.spent.fits_in(BudgetAmount::new(1_000, 10)));
+    let spent = result.budget.committed;
+    assert!(spent.tokens <= 1_000 && spent.turns <= 10, "{spent:?}");
 }
 
 #[tokio::test]
 async fn a_failing_external_harness_fails_the_run_with_its_exit_and_stderr() {
     let options = SuperviseOptions::new(
-        BudgetAmount::new(1_000, 10),
+        BudgetLimits::unlimited().tokens(1_000).turns(10),
         Arc::new(scripted_supervisor("done:")),
         Arc::new(ScriptedWorkerFactory::new()),
     )
@@ -235,5 +243,110 @@ async fn a_failing_external_harness_fails_the_run_with_its_exit_and_stderr() {
     assert!(
         text.contains("exit status: 3") && text.contains("brain broke"),
         "{text}"
+    );
+}
+
+/// spawn_agent → await_agent → answer, each call reporting 100 + 20 tokens.
+fn metered_supervisor(spawn: serde_json::Value) -> ScriptedModel {
+    ScriptedModel::from_fn(move |request| {
+        let results = common::tool_results(request);
+        let turn = match results.len() {
+            0 => ScriptedTurn::tool_call("s1", "spawn_agent", spawn.to_string()),
+            1 => {
+                let spawned: serde_json::Value = serde_json::from_str(&results[0]).unwrap();
+                ScriptedTurn::tool_call(
+                    "a1",
+                    "await_agent",
+                    json!({"ids": [spawned["id"]], "timeout_ms": 30_000}).to_string(),
+                )
+            }
+            _ => ScriptedTurn::text("done"),
+        };
+        turn.with_usage(100, 20)
+    })
+}
+
+#[tokio::test]
+async fn the_brain_spends_from_the_same_root_as_its_workers() {
+    let spawn = json!({
+        "subagent": "helper",
+        "task": "write it",
+        "budget": {"tokens": 100, "turns": 3, "dollars": 0.5, "wall_time_ms": 60_000},
+        "completion_check": {"kind": "output_contains", "text": "done:"},
+    });
+    let options = SuperviseOptions::new(
+        BudgetLimits::unlimited()
+            .tokens(1_000)
+            .turns(10)
+            .dollars(1.0)
+            .wall_time(std::time::Duration::from_secs(600)),
+        Arc::new(metered_supervisor(spawn)),
+        // 3 turns of 10 tokens.
+        Arc::new(ScriptedWorkerFactory::new().turns(3).tokens_per_turn(10)),
+    );
+    let result = supervise(&profile("router"), "get it written", options)
+        .await
+        .unwrap();
+    assert_eq!(result.stop, StopReason::Answered);
+    assert!(result.outcome.winner().is_some(), "{:?}", result.outcome);
+    // Three brain calls of 120 tokens and the worker's 30 tokens: one pool, one total.
+    assert_eq!(
+        result.budget.committed,
+        Amounts::ZERO.with_tokens(3 * 120 + 30).with_turns(3 + 3)
+    );
+    assert_eq!(result.budget.carved_out, Amounts::ZERO);
+    assert_eq!(result.budget.overdraft, Amounts::ZERO);
+}
+
+#[tokio::test]
+async fn when_the_root_runs_out_the_brain_stops_and_spends_no_more() {
+    // 250 tokens: the brain's first call (120) leaves room for the worker's carve of 50; its
+    // second call (120) starts with tokens left but spends past them; the third never starts.
+    let spawn = json!({
+        "subagent": "helper",
+        "task": "write it",
+        "budget": {"tokens": 50, "turns": 3},
+        "completion_check": {"kind": "output_contains", "text": "done:"},
+    });
+    let options = SuperviseOptions::new(
+        BudgetLimits::unlimited().tokens(250).turns(10),
+        Arc::new(metered_supervisor(spawn)),
+        Arc::new(ScriptedWorkerFactory::new().turns(3).tokens_per_turn(10)),
+    );
+    let result = supervise(&profile("router"), "get it written", options)
+        .await
+        .unwrap();
+    assert!(
+        matches!(result.stop, StopReason::BudgetExhausted { .. }),
+        "{:?}",
+        result.stop
+    );
+    let b = &result.budget;
+    // The call that began with tokens left spent past them: recorded as overdraft, never
+    // hidden, and nothing started after it.
+    assert_eq!(b.committed.tokens + b.overdraft.tokens, 2 * 120 + 30);
+    assert!(b.committed.tokens <= 250 && b.overdraft.tokens > 0, "{b:?}");
+    assert_eq!(b.committed.turns, 2 + 3);
+}
+
+#[tokio::test]
+async fn a_supervision_that_nothing_bounds_is_refused() {
+    let options = SuperviseOptions::new(
+        BudgetLimits::unlimited(),
+        Arc::new(scripted_supervisor("done:")),
+        Arc::new(ScriptedWorkerFactory::new()),
+    );
+    let err = supervise(&profile("router"), "task", options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidRequest {
+                field: "budget",
+                ..
+            }
+        ),
+        "{err}"
     );
 }

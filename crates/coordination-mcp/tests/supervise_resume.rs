@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    BudgetAmount, Error, ScriptedWorkerFactory, SuperviseOptions, SupervisionOutcome,
-    brain_session, supervise,
+    Error, ScriptedWorkerFactory, SuperviseOptions, SupervisionOutcome, brain_session, supervise,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{MemoryStore, SessionId, SessionStatus, SessionStore};
@@ -68,7 +68,7 @@ fn brain() -> ScriptedModel {
 
 fn options(store: &Arc<dyn SessionStore>, run: SessionId) -> SuperviseOptions {
     SuperviseOptions::new(
-        BudgetAmount::new(1_000, 20),
+        BudgetLimits::unlimited().tokens(1_000).turns(20),
         Arc::new(brain()),
         Arc::new(ScriptedWorkerFactory::new()),
     )
@@ -190,6 +190,7 @@ fn a_breadth_strategy_brain_resumed_after_a_crash_reuses_its_workers() {
             .budget(SpawnBudget {
                 tokens: Some(100),
                 turns: Some(5),
+                ..SpawnBudget::default()
             })
             .completion_check(CompletionCheck::OutputContains {
                 text: "done:".into(),
@@ -197,7 +198,7 @@ fn a_breadth_strategy_brain_resumed_after_a_crash_reuses_its_workers() {
     };
     let options = |store: &Arc<dyn SessionStore>, run: SessionId| {
         SuperviseOptions::new(
-            BudgetAmount::new(1_000, 40),
+            BudgetLimits::unlimited().tokens(1_000).turns(40),
             Arc::new(brain()),
             Arc::new(ScriptedWorkerFactory::new()),
         )
@@ -243,6 +244,7 @@ fn a_breadth_strategy_brain_resumed_after_a_crash_reuses_its_workers() {
             "k workers, none spawned twice: {journal:?}"
         );
         assert_eq!(count("coord.settle"), 3, "{journal:?}");
-        assert!(resumed.budget.spent.fits_in(BudgetAmount::new(1_000, 40)));
+        let spent = resumed.budget.committed;
+        assert!(spent.tokens <= 1_000 && spent.turns <= 40, "{spent:?}");
     });
 }

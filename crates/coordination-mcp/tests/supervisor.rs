@@ -6,12 +6,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentEventKind, AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck,
-    Coordinator, DefaultChecker, Error, ObserveAgent, ScriptedWorkerFactory, SpawnAgent,
-    SpawnBudget, SteerAgent, StopAgent, Supervisor, SupervisorOptions,
+    AgentEventKind, AgentId, AgentStatus, AwaitAgent, AwaitMode, CompletionCheck, Coordinator,
+    DefaultChecker, Error, ObserveAgent, ScriptedWorkerFactory, SpawnAgent, SpawnBudget,
+    SteerAgent, StopAgent, Supervisor, SupervisorOptions,
 };
+use agentrt_core_loop::{Amounts, BudgetDimension, BudgetLimits, ExhaustionCause};
 
-fn supervisor(root: BudgetAmount) -> Supervisor {
+fn root(tokens: u64, turns: u64) -> BudgetLimits {
+    BudgetLimits::unlimited().tokens(tokens).turns(turns)
+}
+
+fn amounts(tokens: u64, turns: u64) -> Amounts {
+    Amounts::ZERO.with_tokens(tokens).with_turns(turns)
+}
+
+fn supervisor(root: BudgetLimits) -> Supervisor {
     let checker = DefaultChecker::new()
         .with_predicate("has_done", |out| out.contains("done:"))
         .allow_commands(true);
@@ -23,7 +32,8 @@ fn supervisor(root: BudgetAmount) -> Supervisor {
                 .known_names(["coder", "reviewer"]),
         ),
         Arc::new(checker),
-        SupervisorOptions::with_root_budget(root).default_spawn_budget(BudgetAmount::new(100, 10)),
+        SupervisorOptions::with_root_budget(root)
+            .default_spawn_budget(BudgetLimits::unlimited().tokens(100).turns(10)),
     )
 }
 
@@ -54,7 +64,7 @@ async fn await_one(s: &Supervisor, id: &AgentId) -> agentrt_coordination_mcp::Ag
 
 #[tokio::test]
 async fn delivered_only_when_the_completion_check_passes() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let ok = s
         .spawn_agent(SpawnAgent {
             completion_check: contains("done: write"),
@@ -88,7 +98,7 @@ async fn delivered_only_when_the_completion_check_passes() {
 
 #[tokio::test]
 async fn predicate_regex_and_command_checks_decide_delivery() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let cases = [
         (
             CompletionCheck::Predicate {
@@ -146,7 +156,7 @@ async fn predicate_regex_and_command_checks_decide_delivery() {
 
 #[tokio::test]
 async fn a_check_that_cannot_run_is_not_delivery() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(SpawnAgent {
             completion_check: Some(CompletionCheck::Command {
@@ -166,7 +176,7 @@ async fn a_check_that_cannot_run_is_not_delivery() {
 
 #[tokio::test]
 async fn observe_returns_only_events_after_the_cursor_and_the_output_so_far() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(spawn("observe me #delay_ms=30"))
         .await
@@ -211,7 +221,7 @@ async fn observe_returns_only_events_after_the_cursor_and_the_output_so_far() {
 
 #[tokio::test]
 async fn an_idempotency_key_dedupes_spawns_and_rejects_a_different_request() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let request = SpawnAgent {
         idempotency_key: Some("k1".into()),
         ..spawn("once")
@@ -227,10 +237,11 @@ async fn an_idempotency_key_dedupes_spawns_and_rejects_a_different_request() {
         "a retried spawn starts no second worker"
     );
     assert_eq!(
-        s.budget().reserved,
-        first.reserved,
-        "and reserves nothing twice"
+        s.budget().carved_out,
+        amounts(100, 10),
+        "and carves nothing twice"
     );
+    assert_eq!(first.reserved, SpawnBudget::new(100, 10));
 
     let err = s
         .spawn_agent(SpawnAgent {
@@ -247,7 +258,7 @@ async fn an_idempotency_key_dedupes_spawns_and_rejects_a_different_request() {
 
 #[tokio::test]
 async fn steering_arrives_exactly_once_at_a_turn_boundary_even_when_retried() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(spawn("steer me #turns=6 #delay_ms=60"))
         .await
@@ -291,7 +302,7 @@ async fn steering_arrives_exactly_once_at_a_turn_boundary_even_when_retried() {
 
 #[tokio::test]
 async fn a_reused_operation_id_with_another_message_is_a_conflict() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(spawn("x #turns=5 #delay_ms=50"))
         .await
@@ -317,7 +328,7 @@ async fn a_reused_operation_id_with_another_message_is_a_conflict() {
 
 #[tokio::test]
 async fn steering_a_finished_agent_is_an_error_that_names_its_state() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s.spawn_agent(spawn("quick #delay_ms=0")).await.unwrap().id;
     await_one(&s, &id).await;
     let err = s
@@ -336,7 +347,7 @@ async fn steering_a_finished_agent_is_an_error_that_names_its_state() {
 
 #[tokio::test]
 async fn await_times_out_with_the_pending_ids_and_any_returns_the_first_finisher() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let slow = s
         .spawn_agent(spawn("slow #turns=5 #delay_ms=2000"))
         .await
@@ -371,20 +382,20 @@ async fn await_times_out_with_the_pending_ids_and_any_returns_the_first_finisher
 
 #[tokio::test]
 async fn stop_ends_a_running_agent_and_releases_its_unspent_budget() {
-    let root = BudgetAmount::new(10_000, 100);
-    let s = supervisor(root);
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(SpawnAgent {
             budget: Some(SpawnBudget {
                 tokens: Some(500),
                 turns: Some(20),
+                ..SpawnBudget::default()
             }),
             ..spawn("long #turns=20 #delay_ms=100")
         })
         .await
         .unwrap()
         .id;
-    assert_eq!(s.budget().reserved, BudgetAmount::new(500, 20));
+    assert_eq!(s.budget().carved_out, amounts(500, 20));
     tokio::time::sleep(Duration::from_millis(150)).await;
     let stopped = s
         .stop_agent(StopAgent {
@@ -401,9 +412,12 @@ async fn stop_ends_a_running_agent_and_releases_its_unspent_budget() {
         }
     );
     let pool = s.budget();
-    assert_eq!(pool.reserved, BudgetAmount::default());
-    assert!(pool.spent.turns >= 1 && pool.spent.turns < 20, "{pool:?}");
-    assert_eq!(pool.available, root.saturating_sub(pool.spent));
+    assert_eq!(pool.carved_out, Amounts::ZERO, "the unspent part went back");
+    assert_eq!(pool.reserved, Amounts::ZERO);
+    assert!(
+        pool.committed.turns >= 1 && pool.committed.turns < 20,
+        "{pool:?}"
+    );
 
     let again = s
         .stop_agent(StopAgent {
@@ -421,7 +435,7 @@ async fn stop_ends_a_running_agent_and_releases_its_unspent_budget() {
 
 #[tokio::test]
 async fn a_failing_worker_is_failed_not_settled() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(SpawnAgent {
             completion_check: contains("turn"),
@@ -441,12 +455,13 @@ async fn a_failing_worker_is_failed_not_settled() {
 
 #[tokio::test]
 async fn a_worker_that_outruns_its_reservation_fails_within_it() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let id = s
         .spawn_agent(SpawnAgent {
             budget: Some(SpawnBudget {
                 tokens: Some(25),
                 turns: Some(10),
+                ..SpawnBudget::default()
             }),
             ..spawn("greedy #tokens=10 #turns=5 #delay_ms=0")
         })
@@ -467,11 +482,12 @@ async fn a_worker_that_outruns_its_reservation_fails_within_it() {
 
 #[tokio::test]
 async fn spawns_beyond_the_root_budget_fail_loudly() {
-    let s = supervisor(BudgetAmount::new(300, 100));
+    let s = supervisor(root(300, 100));
     let big = SpawnAgent {
         budget: Some(SpawnBudget {
             tokens: Some(200),
             turns: None,
+            ..SpawnBudget::default()
         }),
         ..spawn("slow #turns=3 #delay_ms=500")
     };
@@ -479,12 +495,9 @@ async fn spawns_beyond_the_root_budget_fail_loudly() {
     let err = s.spawn_agent(big).await.unwrap_err();
     assert!(
         matches!(
-            err,
-            Error::BudgetExhausted {
-                dimension: "tokens",
-                requested: 200,
-                available: 100
-            }
+            &err,
+            Error::BudgetExhausted(e) if e.dimension == BudgetDimension::Tokens
+                && e.cause == ExhaustionCause::Insufficient { requested: 200, available: 100 }
         ),
         "{err}"
     );
@@ -493,7 +506,7 @@ async fn spawns_beyond_the_root_budget_fail_loudly() {
 
 #[tokio::test]
 async fn bad_requests_get_errors_that_name_the_field() {
-    let s = supervisor(BudgetAmount::new(10_000, 100));
+    let s = supervisor(root(10_000, 100));
     let cases: Vec<(SpawnAgent, &str)> = vec![
         (
             SpawnAgent {
@@ -533,6 +546,7 @@ async fn bad_requests_get_errors_that_name_the_field() {
                 budget: Some(SpawnBudget {
                     tokens: None,
                     turns: Some(0),
+                    ..SpawnBudget::default()
                 }),
                 ..spawn("t")
             },
@@ -558,9 +572,9 @@ async fn bad_requests_get_errors_that_name_the_field() {
         "{err}"
     );
     assert_eq!(
-        s.budget().reserved,
-        BudgetAmount::default(),
-        "refusals reserve nothing"
+        s.budget().carved_out,
+        Amounts::ZERO,
+        "refusals carve nothing"
     );
     assert!(s.agents().is_empty());
 
@@ -652,8 +666,8 @@ mod conservation {
                 .build()
                 .unwrap();
             runtime.block_on(async move {
-                let root = BudgetAmount::new(800, 20);
-                let s = supervisor(root);
+                let s = supervisor(root(800, 20));
+                let fits = |a: &Amounts| a.tokens <= 800 && a.turns <= 20;
                 let mut ids = Vec::new();
                 for p in &plans {
                     let mut task = format!(
@@ -665,13 +679,17 @@ mod conservation {
                     }
                     let spawned = s
                         .spawn_agent(SpawnAgent {
-                            budget: Some(SpawnBudget { tokens: p.tokens, turns: p.turns }),
+                            budget: Some(SpawnBudget { tokens: p.tokens, turns: p.turns, ..SpawnBudget::default() }),
                             ..spawn(&task)
                         })
                         .await;
                     let snapshot = s.budget();
-                    assert!(snapshot.spent.fits_in(root), "{snapshot:?}");
-                    assert!(snapshot.reserved.fits_in(root), "{snapshot:?}");
+                    let held = amounts(
+                        snapshot.committed.tokens + snapshot.carved_out.tokens,
+                        snapshot.committed.turns + snapshot.carved_out.turns,
+                    );
+                    assert!(fits(&held), "{snapshot:?}");
+                    assert_eq!(snapshot.overdraft, Amounts::ZERO);
                     match spawned {
                         Ok(r) => ids.push((r.id, p.stop_after_ms)),
                         Err(Error::BudgetExhausted { .. }) => {}
@@ -685,7 +703,7 @@ mod conservation {
                             .await
                             .unwrap();
                     }
-                    assert!(s.budget().spent.fits_in(root));
+                    assert!(fits(&s.budget().committed));
                 }
                 let all: Vec<AgentId> = ids.iter().map(|(id, _)| id.clone()).collect();
                 if !all.is_empty() {
@@ -694,16 +712,15 @@ mod conservation {
                         .await
                         .unwrap();
                     assert!(!done.timed_out);
-                    let spent_by_agents = done
-                        .settled
-                        .iter()
-                        .fold(BudgetAmount::default(), |acc, r| acc.saturating_add(r.spent));
-                    assert_eq!(spent_by_agents, s.budget().spent, "the pool accounts for every agent");
+                    let spent_by_agents = done.settled.iter().fold(Amounts::ZERO, |acc, r| {
+                        amounts(acc.tokens + r.spent.tokens, acc.turns + r.spent.turns)
+                    });
+                    assert_eq!(spent_by_agents, s.budget().committed, "the pool accounts for every agent");
                 }
                 let end = s.budget();
-                assert!(end.spent.fits_in(root), "{end:?}");
-                assert_eq!(end.reserved, BudgetAmount::default());
-                assert_eq!(end.available, root.saturating_sub(end.spent));
+                assert!(fits(&end.committed), "{end:?}");
+                assert_eq!(end.carved_out, Amounts::ZERO);
+                assert_eq!(end.reserved, Amounts::ZERO);
             });
         }
     }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator,
-    McpServerConfig, McpToolset, McpTransportConfig, SpawnAgent, SpawnBudget, SteerAgent,
-    Supervisor, SupervisorOptions, ToolLoopWorkerFactory,
+    AgentStatus, AwaitAgent, AwaitMode, CompletionCheck, Coordinator, McpServerConfig, McpToolset,
+    McpTransportConfig, SpawnAgent, SpawnBudget, SteerAgent, Supervisor, SupervisorOptions,
+    ToolLoopWorkerFactory,
 };
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, Message, ProfileModels, ScriptedModel, ScriptedTurn,
 };
+use agentrt_core_loop::{Amounts, BudgetLimits};
 use agentrt_core_loop::{Tool, ToolCallError, ToolRegistry};
 use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::MemoryStore;
@@ -75,7 +76,7 @@ async fn a_tool_loop_worker_calls_an_external_mcp_tool_and_is_delivered_by_its_c
     let factory = factory_of("adder", model.clone()).tools(tools);
     let supervisor = Supervisor::new(
         Arc::new(factory),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(10_000, 50)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(10_000).turns(50)),
     );
     let id = supervisor
         .spawn_agent(SpawnAgent {
@@ -84,6 +85,7 @@ async fn a_tool_loop_worker_calls_an_external_mcp_tool_and_is_delivered_by_its_c
             budget: Some(SpawnBudget {
                 tokens: Some(1_000),
                 turns: Some(5),
+                ..SpawnBudget::default()
             }),
             completion_check: Some(CompletionCheck::OutputContains {
                 text: "the sum is 42".into(),
@@ -109,12 +111,15 @@ async fn a_tool_loop_worker_calls_an_external_mcp_tool_and_is_delivered_by_its_c
     );
     assert_eq!(result.output, "the sum is 42");
     assert_eq!(
-        result.spent,
-        BudgetAmount::new(31, 2),
-        "the loop's tokens and turns"
+        (result.spent.tokens, result.spent.turns),
+        (31, 2),
+        "the loop's tokens and turns, spent from the agent's own budget"
     );
-    assert_eq!(supervisor.budget().spent, BudgetAmount::new(31, 2));
-    assert_eq!(supervisor.budget().reserved, BudgetAmount::default());
+    assert_eq!(
+        supervisor.budget().committed,
+        Amounts::ZERO.with_tokens(31).with_turns(2)
+    );
+    assert_eq!(supervisor.budget().carved_out, Amounts::ZERO);
     toolset.shutdown().await;
 }
 
@@ -164,7 +169,7 @@ async fn steering_reaches_the_model_of_a_tool_loop_worker_once() {
     let factory = factory_of("p", model).tools(ToolRegistry::new().with_tool(Arc::new(Pause)));
     let supervisor = Supervisor::new(
         Arc::new(factory),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(10_000, 500)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(10_000).turns(500)),
     );
     let id = supervisor
         .spawn_agent(SpawnAgent {
@@ -173,6 +178,7 @@ async fn steering_reaches_the_model_of_a_tool_loop_worker_once() {
             budget: Some(SpawnBudget {
                 tokens: Some(1_000),
                 turns: Some(400),
+                ..SpawnBudget::default()
             }),
             completion_check: Some(CompletionCheck::OutputContains {
                 text: "heard 1 steer(s): steer: wrap up".into(),

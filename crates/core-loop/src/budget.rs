@@ -107,8 +107,9 @@ pub enum UnknownUsagePolicy {
     /// Record the unknown spend (never as zero) and keep going.
     #[default]
     Track,
-    /// Refuse new work on a limited dimension once any spend on it is unknown, and refuse to
-    /// start work whose cost cannot be accounted (see [`Budget::ensure_accountable`]).
+    /// Refuse new work on a limited dimension once any spend on it is unknown — in this pool or
+    /// anywhere beneath it, and then in every pool beneath it too — and refuse to start work
+    /// whose cost cannot be accounted (see [`Budget::ensure_accountable`]).
     Refuse,
 }
 
@@ -253,9 +254,11 @@ pub struct BudgetSnapshot {
     pub carved_out: Amounts,
     /// Spend beyond the limits (see the module invariants).
     pub overdraft: Amounts,
-    /// Number of commits whose token spend was unknown.
+    /// Number of commits whose token spend was unknown, in this pool and every pool carved
+    /// from it (live or settled).
     pub unknown_token_commits: u64,
-    /// Number of commits whose dollar spend was unknown.
+    /// Number of commits whose dollar spend was unknown, in this pool and every pool carved
+    /// from it (live or settled).
     pub unknown_dollar_commits: u64,
     /// Wall time elapsed since the pool was created.
     pub elapsed: Duration,
@@ -371,20 +374,38 @@ impl Node {
                     cause: ExhaustionCause::Overdrawn { overdraft: over },
                 });
             }
-            let unknown = match d {
-                Dim::Tokens => st.unknown_tokens,
-                Dim::Dollars => st.unknown_dollars,
-                Dim::Turns => 0,
-            };
-            if unknown > 0 && self.policy == UnknownUsagePolicy::Refuse {
-                return Err(BudgetExhausted {
-                    dimension: d.public(),
-                    cause: ExhaustionCause::Unaccountable,
-                });
-            }
+        }
+        refuses_unaccountable(self, st)?;
+        // A pool under a refusing ancestor stops too: once the tree's total cannot be
+        // accounted, no part of it takes new work.
+        let mut above = self.parent.clone();
+        while let Some(pool) = above {
+            refuses_unaccountable(&pool, &pool.lock())?;
+            above = pool.parent.clone();
         }
         Ok(())
     }
+}
+
+/// Under [`UnknownUsagePolicy::Refuse`], a pool with unknown spend on a dimension it limits.
+fn refuses_unaccountable(node: &Node, st: &State) -> Result<(), BudgetExhausted> {
+    if node.policy != UnknownUsagePolicy::Refuse {
+        return Ok(());
+    }
+    for d in DIMS {
+        let unknown = match d {
+            Dim::Tokens => st.unknown_tokens,
+            Dim::Dollars => st.unknown_dollars,
+            Dim::Turns => 0,
+        };
+        if unknown > 0 && node.limit[idx(d)].is_some() {
+            return Err(BudgetExhausted {
+                dimension: d.public(),
+                cause: ExhaustionCause::Unaccountable,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Node {
@@ -404,8 +425,27 @@ impl Drop for Node {
             let spent = st.committed.get(d).saturating_add(st.overdraft.get(d));
             add_spend(&parent, &mut p, d, spent);
         }
-        p.unknown_tokens = p.unknown_tokens.saturating_add(st.unknown_tokens);
-        p.unknown_dollars = p.unknown_dollars.saturating_add(st.unknown_dollars);
+        // Unknown commits reached the parent when they were made (see `count_unknown`).
+    }
+}
+
+/// Counts unknown commits in `node` and in every pool above it, at once: a pool under
+/// [`UnknownUsagePolicy::Refuse`] stops new work as soon as anything beneath it cannot account
+/// its spend, not only when that child settles.
+fn count_unknown(node: &Node, st: &mut State, tokens: u64, dollars: u64) {
+    if tokens == 0 && dollars == 0 {
+        return;
+    }
+    st.unknown_tokens = st.unknown_tokens.saturating_add(tokens);
+    st.unknown_dollars = st.unknown_dollars.saturating_add(dollars);
+    let mut above = node.parent.clone();
+    while let Some(pool) = above {
+        {
+            let mut p = pool.lock();
+            p.unknown_tokens = p.unknown_tokens.saturating_add(tokens);
+            p.unknown_dollars = p.unknown_dollars.saturating_add(dollars);
+        }
+        above = pool.parent.clone();
     }
 }
 
@@ -607,6 +647,24 @@ impl Budget {
         Ok(())
     }
 
+    /// Counts spend that no reservation of this pool held: work whose record outlived the
+    /// process that did it (a journal, a session's events) and that a resumed run must not
+    /// forget. Known spend is added as committed (past the limit, as overdraft, which exhausts
+    /// the pool); `unknown_token_commits` / `unknown_dollar_commits` are counted as unknown here
+    /// and in every pool above, exactly as unknown commits are.
+    pub fn record(&self, spent: Amounts, unknown_token_commits: u64, unknown_dollar_commits: u64) {
+        let mut st = self.node.lock();
+        for d in DIMS {
+            add_spend(&self.node, &mut st, d, spent.get(d));
+        }
+        count_unknown(
+            &self.node,
+            &mut st,
+            unknown_token_commits,
+            unknown_dollar_commits,
+        );
+    }
+
     /// Refuses work whose cost cannot be accounted: under [`UnknownUsagePolicy::Refuse`], a
     /// pool limited on `dimension` rejects work for which `accountable` is false (for example a
     /// dollar-limited pool asked to run a model that has no price).
@@ -721,20 +779,17 @@ impl Reservation {
             let r = st.reserved.get_mut(d);
             *r = r.saturating_sub(self.amounts.get(d));
         }
-        let tokens = match spend.tokens {
-            Some(t) => t,
-            None => {
-                st.unknown_tokens = st.unknown_tokens.saturating_add(1);
-                self.amounts.tokens
-            }
-        };
-        let nanos = match spend.dollars {
-            Some(d) => dollars_to_nanos(d),
-            None => {
-                st.unknown_dollars = st.unknown_dollars.saturating_add(1);
-                self.amounts.nanodollars
-            }
-        };
+        let tokens = spend.tokens.unwrap_or(self.amounts.tokens);
+        let nanos = spend
+            .dollars
+            .map(dollars_to_nanos)
+            .unwrap_or(self.amounts.nanodollars);
+        count_unknown(
+            &self.node,
+            &mut st,
+            u64::from(spend.tokens.is_none()),
+            u64::from(spend.dollars.is_none()),
+        );
         add_spend(&self.node, &mut st, Dim::Tokens, tokens);
         add_spend(&self.node, &mut st, Dim::Dollars, nanos);
         add_spend(&self.node, &mut st, Dim::Turns, spend.turns);
@@ -842,6 +897,57 @@ mod tests {
         assert_eq!(err.cause, ExhaustionCause::Unaccountable);
         assert!(b.ensure_accountable(BudgetDimension::Dollars, true).is_ok());
         assert!(b.ensure_accountable(BudgetDimension::Tokens, false).is_ok());
+    }
+
+    #[test]
+    fn unknown_spend_in_a_live_child_refuses_new_work_above_it_at_once() {
+        let root = Budget::new(
+            BudgetLimits::unlimited()
+                .tokens(1_000)
+                .unknown_usage(UnknownUsagePolicy::Refuse),
+        )
+        .unwrap();
+        let child = root.carve(BudgetLimits::unlimited().tokens(100)).unwrap();
+        let sibling = root.carve(BudgetLimits::unlimited().tokens(100)).unwrap();
+        let grandchild = child.carve(BudgetLimits::unlimited().tokens(50)).unwrap();
+        grandchild
+            .reserve(Amounts::ZERO.with_tokens(5))
+            .unwrap()
+            .commit(Spend::default());
+        let err = root.reserve(Amounts::ZERO.with_tokens(1)).unwrap_err();
+        assert_eq!(err.cause, ExhaustionCause::Unaccountable);
+        assert!(matches!(
+            root.carve(BudgetLimits::unlimited().tokens(10)),
+            Err(Error::BudgetExhausted(_))
+        ));
+        let sibling_err = sibling.reserve(Amounts::ZERO.with_tokens(1)).unwrap_err();
+        assert_eq!(
+            sibling_err.cause,
+            ExhaustionCause::Unaccountable,
+            "a pool under the refusing root stops too"
+        );
+        drop((grandchild, child, sibling));
+        assert_eq!(
+            root.snapshot().unknown_token_commits,
+            1,
+            "counted once, not again when the children settle"
+        );
+    }
+
+    #[test]
+    fn recorded_spend_counts_like_committed_spend() {
+        let b = Budget::new(BudgetLimits::unlimited().tokens(100).turns(5)).unwrap();
+        b.record(Amounts::ZERO.with_tokens(60).with_turns(2), 1, 0);
+        let s = b.snapshot();
+        assert_eq!(s.committed, Amounts::ZERO.with_tokens(60).with_turns(2));
+        assert_eq!(s.unknown_token_commits, 1);
+        b.record(Amounts::ZERO.with_tokens(50), 0, 0);
+        assert_eq!(
+            b.snapshot().overdraft.tokens,
+            10,
+            "past the limit is overdraft"
+        );
+        assert!(b.check().is_err());
     }
 
     #[test]

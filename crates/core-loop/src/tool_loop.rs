@@ -867,6 +867,7 @@ impl Run {
         self.messages = history.messages;
         self.turns = history.turns;
         self.usage = history.usage;
+        self.record_resumed_spend();
         let mut lost = history.lost;
         for (call, started) in history.outstanding {
             let how = if let Some(result) = lost.remove(&call.id) {
@@ -1226,6 +1227,23 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Charges the budget with what the session spent before it was resumed, so a resumed loop
+    /// (a restarted supervisor's brain, `agentrt run --resume`) cannot spend its budget twice. A
+    /// turn that started but has no recorded response spent an unknown amount.
+    fn record_resumed_spend(&self) {
+        let u = &self.usage;
+        let abandoned = u64::from(self.turns.saturating_sub(u.calls));
+        let spent = Amounts::ZERO
+            .with_tokens(u.input_tokens.saturating_add(u.output_tokens))
+            .with_dollars(u.cost_dollars)
+            .with_turns(u64::from(self.turns));
+        self.budget.record(
+            spent,
+            u64::from(u.calls_with_unknown_tokens).saturating_add(abandoned),
+            u64::from(u.calls_with_unknown_cost).saturating_add(abandoned),
+        );
     }
 
     fn account(

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
-    Error, RuntimeEvent, StopReason, ToolLoop, ToolRegistry, ToolStatus, resume_tool_loop,
-    run_tool_loop, stream_tool_loop,
+    Budget, BudgetLimits, Error, RuntimeEvent, StopReason, ToolLoop, ToolRegistry, ToolStatus,
+    resume_tool_loop, run_tool_loop, stream_tool_loop,
 };
 use agentrt_session_store::{SessionStatus, SessionStore};
 use futures::StreamExt;
@@ -81,11 +81,13 @@ async fn resume_after_cancel_restores_tool_calls_and_results_exactly() {
     // Resume with a fresh model: its first request is exactly the reference's second.
     let resumed_model = two_tools_then_answer();
     let add = Add::default();
+    let budget = Budget::new(BudgetLimits::unlimited().tokens(1_000)).unwrap();
     let outcome = resume_tool_loop(
         store.clone(),
         session,
         ToolLoop::new(Arc::new(resumed_model.clone()), "m", memory())
-            .tools(ToolRegistry::new().with_typed(add.clone())),
+            .tools(ToolRegistry::new().with_typed(add.clone()))
+            .budget(budget.clone()),
     )
     .await
     .unwrap();
@@ -103,6 +105,17 @@ async fn resume_after_cancel_restores_tool_calls_and_results_exactly() {
         "turn 2 was cut off and counted; turns 3 and 4 ran"
     );
     assert_eq!(outcome.usage.input_tokens, 10 + 12 + 14);
+    // The budget it resumed with was charged for the whole session, not only for what ran
+    // after the resume: a resumed loop cannot spend its budget twice. The call cut off in
+    // flight spent an unknown amount, counted as such.
+    let spent = budget.snapshot();
+    assert_eq!(
+        spent.committed.tokens,
+        (10 + 3) + (12 + 3) + (14 + 3),
+        "{spent:?}"
+    );
+    assert_eq!(spent.committed.turns, 4, "{spent:?}");
+    assert_eq!(spent.unknown_token_commits, 1, "{spent:?}");
     let kinds = kinds(&store, &session).await;
     assert!(kinds.contains(&"session.resumed"));
     assert_eq!(

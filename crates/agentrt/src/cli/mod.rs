@@ -50,11 +50,13 @@ enum Command {
     /// workers that run a profile's model, for any MCP client as the supervisor.
     ///
     /// Every spawn, steer, stop and settle is journaled to a run in the session store before it
-    /// takes effect; `--run` resumes a run after a crash. The root budget (--tokens, --turns)
-    /// bounds all workers together. Stdio, or streamable HTTP with a bearer token.
+    /// takes effect; `--run` resumes a run after a crash. The root budget (--tokens, --dollars,
+    /// --wall-time, --turns, --unknown-usage; else the profile's `[budget]`) bounds all workers
+    /// together. Stdio, or streamable HTTP with a bearer token.
     Serve(serve::ServeArgs),
     /// Run a profile as a supervisor on a task: its brain spawns, observes, steers and awaits
-    /// workers under one root budget; the best delivered worker's output is the result.
+    /// workers under one root budget that its own calls spend from too; the best delivered
+    /// worker's output is the result.
     ///
     /// A `router` profile's brain is a tool loop on its own model; any other harness runs the
     /// command given after `--` as the brain, reaching the verbs over MCP. Workers run the

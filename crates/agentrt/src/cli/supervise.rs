@@ -68,12 +68,20 @@ pub(super) async fn run(args: SuperviseArgs) -> Result<ExitCode> {
             .map(|a| format!("; its answer: {:?}", a.trim()))
             .unwrap_or_default()
     );
+    let b = &result.budget;
+    let limit = |l: Option<String>| l.unwrap_or_else(|| "unlimited".to_owned());
     eprintln!(
-        "budget: spent {} tokens, {} turns of {} tokens, {} turns",
-        result.budget.spent.tokens,
-        result.budget.spent.turns,
-        result.budget.root.tokens,
-        result.budget.root.turns
+        "budget: spent {} of {} tokens, ${:.6} of {} dollars, {} of {} turns{}",
+        b.committed.tokens + b.overdraft.tokens,
+        limit(b.limits.tokens.map(|t| t.to_string())),
+        b.dollars_committed() + b.overdraft.nanodollars as f64 / 1e9,
+        limit(b.limits.dollars.map(|d| format!("${d}"))),
+        b.committed.turns + b.overdraft.turns,
+        limit(b.limits.turns.map(|t| t.to_string())),
+        match b.unknown_token_commits.max(b.unknown_dollar_commits) {
+            0 => String::new(),
+            n => format!(" ({n} calls with unknown usage: the figures are lower bounds)"),
+        }
     );
     match &result.outcome {
         FinalOutcome::Delivered {

@@ -3,27 +3,53 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use agentrt::coordination_mcp::{BudgetAmount, ToolLoopWorkerFactory};
+use agentrt::coordination_mcp::ToolLoopWorkerFactory;
 use agentrt::core_loop::model::{ChatModel, ProfileModels};
+use agentrt::core_loop::{BudgetLimits, UnknownUsagePolicy};
 use agentrt::profiles::{AgentProfile, ProfileRegistry};
 use agentrt::session_store::{SessionId, SessionStore};
-use anyhow::{Context, Result};
-use clap::Args;
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
 
 use super::parse_id;
 use super::provider::ModelArgs;
 
+/// What to do about a model call whose tokens or cost were not reported.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(super) enum UnknownUsage {
+    /// Count it as unknown (never as zero) and keep going.
+    Track,
+    /// Count it as unknown and start no new work on a limited dimension.
+    Refuse,
+}
+
 /// The root budget, the journal run, the profiles and the models of a supervision.
+///
+/// Each budget flag overrides the same field of the profile's `[budget]` section; a dimension
+/// neither gives is unlimited. A supervision that neither bounds in any dimension is refused:
+/// there is no default budget.
 #[derive(Debug, Args)]
 pub(super) struct SupervisionArgs {
-    /// The root budget in tokens: every spawn reserves from it, and all workers together never
-    /// spend more.
+    /// The root budget in tokens: the supervisor's own calls and every worker (each spawn's
+    /// budget is carved from it) together never spend more.
     #[arg(long)]
-    tokens: u64,
-    /// The root budget in turns.
+    tokens: Option<u64>,
+    /// The root budget in dollars (model calls need a price for their cost to be known).
     #[arg(long)]
-    turns: u64,
+    dollars: Option<f64>,
+    /// The root budget in wall time, e.g. `10m` or `1h 30m`, counted from the run's start
+    /// (a resumed run keeps its original start).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wall_time: Option<Duration>,
+    /// The root budget in turns (model calls).
+    #[arg(long)]
+    turns: Option<u64>,
+    /// What a call whose usage was not reported does to the budget: `track` counts it as
+    /// unknown and goes on, `refuse` counts it and starts no new work.
+    #[arg(long, value_enum, default_value = "track")]
+    unknown_usage: UnknownUsage,
     /// Journal to this run, resuming it when it exists (settled work reused, in-flight work in
     /// doubt or redispatched); without it, a new run whose id is printed on stderr.
     #[arg(long, value_name = "RUN_ID")]
@@ -50,7 +76,7 @@ pub(super) struct Workers {
     /// The model id the supervisor profile runs.
     pub model_id: String,
     /// The root budget.
-    pub budget: BudgetAmount,
+    pub budget: BudgetLimits,
     /// The journal run.
     pub run: SessionId,
 }
@@ -62,6 +88,7 @@ impl SupervisionArgs {
         profile: &AgentProfile,
         store: Arc<dyn SessionStore>,
     ) -> Result<Workers> {
+        let budget = self.budget(profile)?;
         let model_id = self
             .model
             .clone()
@@ -90,8 +117,40 @@ impl SupervisionArgs {
             factory,
             model,
             model_id,
-            budget: BudgetAmount::new(self.tokens, self.turns),
+            budget,
             run,
         })
+    }
+
+    /// The root budget: the flags over the profile's `[budget]` section.
+    fn budget(&self, profile: &AgentProfile) -> Result<BudgetLimits> {
+        let from_profile = BudgetLimits::from_profile(&profile.budget);
+        let budget = BudgetLimits {
+            tokens: self.tokens.or(from_profile.tokens),
+            dollars: self.dollars.or(from_profile.dollars),
+            wall_time: self.wall_time.or(from_profile.wall_time),
+            turns: self.turns.or(from_profile.turns),
+            unknown_usage: Some(match self.unknown_usage {
+                UnknownUsage::Track => UnknownUsagePolicy::Track,
+                UnknownUsage::Refuse => UnknownUsagePolicy::Refuse,
+            }),
+        };
+        if let Some(d) = budget.dollars
+            && (d.is_nan() || d < 0.0)
+        {
+            bail!("--dollars: {d} is not a non-negative number of dollars");
+        }
+        if budget.tokens.is_none()
+            && budget.dollars.is_none()
+            && budget.wall_time.is_none()
+            && budget.turns.is_none()
+        {
+            bail!(
+                "no budget: give at least one of --tokens, --dollars, --wall-time or --turns, \
+                 or a [budget] section in profile `{}`",
+                profile.name
+            );
+        }
+        Ok(budget)
     }
 }

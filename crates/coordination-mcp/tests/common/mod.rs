@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    BudgetAmount, DefaultChecker, ScriptedWorkerFactory, Supervisor, SupervisorOptions,
+    DefaultChecker, ScriptedWorkerFactory, Supervisor, SupervisorOptions,
 };
+use agentrt_core_loop::BudgetLimits;
 
 /// The Python interpreter of the venv that has the official MCP SDK (`pip install mcp`).
 ///
@@ -64,7 +65,7 @@ pub fn scripted_supervisor() -> Supervisor {
                 .delay(Duration::from_millis(10)),
         ),
         Arc::new(DefaultChecker::new().with_predicate("non_empty", |o| !o.trim().is_empty())),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(100_000, 1_000)),
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(100_000).turns(1_000)),
     )
 }
 

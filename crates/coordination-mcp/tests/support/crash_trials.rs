@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AwaitAgent, AwaitMode, BestScoreSelector, BudgetAmount, CompletionCheck,
-    Coordinator, DefaultChecker, Deliverable, ScriptedWorkerFactory, SpawnAgent, SpawnBudget,
-    SteerAgent, Supervisor, SupervisorOptions, keep_best_delivered,
+    AgentStatus, AwaitAgent, AwaitMode, BestScoreSelector, CompletionCheck, Coordinator,
+    DefaultChecker, Deliverable, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, SteerAgent,
+    Supervisor, SupervisorOptions, keep_best_delivered,
 };
+use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
 use futures::TryStreamExt;
 use serde_json::{Value, json};
@@ -74,7 +75,7 @@ pub async fn child(db: &str, run: &str) {
     let supervisor = Supervisor::open(
         factory,
         checker(),
-        SupervisorOptions::with_root_budget(BudgetAmount::new(100_000, 400))
+        SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(100_000).turns(400))
             .detached_poll(Duration::from_millis(20)),
         store,
         run,
@@ -97,6 +98,7 @@ pub async fn child(db: &str, run: &str) {
                 budget: Some(SpawnBudget {
                     tokens: Some(1_000),
                     turns: Some(10),
+                    ..SpawnBudget::default()
                 }),
                 completion_check: check
                     .map(|text| CompletionCheck::OutputContains { text: text.into() }),
@@ -167,10 +169,12 @@ pub async fn child(db: &str, run: &str) {
                 .lines()
                 .filter(|l| !l.starts_with("steered: "))
                 .collect();
+            // Nor does what it spent, except its wall time.
             lines.sort_unstable();
+            let spent = json!([r.spent.tokens, r.spent.dollars, r.spent.turns]);
             (
                 key_of[&r.id],
-                json!({ "status": r.status, "lines": lines, "spent": r.spent }),
+                json!({ "status": r.status, "lines": lines, "spent": spent }),
             )
         })
         .collect();
