@@ -55,7 +55,7 @@ pub fn run_exports(root: &Path, args: &ExportsArgs) -> Result<bool> {
         .unwrap_or_else(|| root.join("docs").join("exports"));
     let whole_workspace = args.crate_dirs.is_empty();
     let crates: Vec<LibCrate> = if whole_workspace {
-        workspace::lib_crates(&workspace::metadata(root)?, root)?
+        workspace::lib_crates(&workspace::metadata(root)?.packages, root)?
     } else {
         args.crate_dirs
             .iter()
