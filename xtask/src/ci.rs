@@ -21,6 +21,8 @@ pub enum Step {
         /// Arguments after `cargo`.
         args: Vec<&'static str>,
     },
+    /// The tidy gate, run in-process.
+    Tidy,
     /// The exports gate, run in-process.
     Exports,
     /// The docs gate, run in-process.
@@ -33,6 +35,7 @@ impl Step {
         match self {
             Step::Prepare => "prepare",
             Step::Cargo { name, .. } => name,
+            Step::Tidy => "tidy",
             Step::Exports => "exports",
             Step::Docs => "docs",
         }
@@ -43,6 +46,7 @@ impl Step {
         match self {
             Step::Prepare => "bash .ci/prepare".to_owned(),
             Step::Cargo { args, .. } => format!("cargo {}", args.join(" ")),
+            Step::Tidy => "cargo xtask tidy".to_owned(),
             Step::Exports => "cargo xtask exports".to_owned(),
             Step::Docs => "cargo xtask docs".to_owned(),
         }
@@ -57,6 +61,7 @@ pub fn steps() -> Vec<Step> {
             name: "fmt",
             args: vec!["fmt", "--all", "--check"],
         },
+        Step::Tidy,
         Step::Cargo {
             name: "clippy",
             args: vec![
@@ -199,6 +204,7 @@ fn run_step(root: &Path, step: &Step, env: &mut Vec<(String, String)>) -> Result
             }
             Ok(true)
         }
+        Step::Tidy => crate::tidy::run_tidy(root),
         Step::Exports => crate::run_exports(root, &crate::ExportsArgs::default()),
         Step::Docs => crate::run_docs(root, &crate::DocsArgs::default()),
         Step::Cargo { name, args } => {
@@ -296,13 +302,14 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_prepare_fmt_clippy_test_exports_docs_rustdoc_deny_in_that_order() {
+    fn steps_run_prepare_fmt_tidy_clippy_test_exports_docs_rustdoc_deny_in_that_order() {
         let lines: Vec<String> = steps().iter().map(Step::command_line).collect();
         assert_eq!(
             lines,
             [
                 "bash .ci/prepare",
                 "cargo fmt --all --check",
+                "cargo xtask tidy",
                 "cargo clippy --workspace --all-targets -- -D warnings",
                 "cargo test --workspace",
                 "cargo xtask exports",
