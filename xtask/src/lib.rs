@@ -6,7 +6,8 @@
 //!   or an entry of `docs/symbol-allowlist.txt`;
 //! * [`tidy`]: crate layering, unused dependencies, one public name per thing, file and function
 //!   sizes;
-//! * [`ci`]: fmt, tidy, clippy, tests, the gates and cargo-deny, in order, failing fast;
+//! * [`ci`]: fmt, tidy, clippy, each crate's minimal and full feature sets, tests, the gates and
+//!   cargo-deny, in order, failing fast;
 //! * [`bench`](mod@bench): the workspace's benchmark suites and their `BENCH` lines.
 //!
 //! The checks are library functions taking explicit paths, so tests run them on fixtures.

@@ -45,7 +45,10 @@ enum Command {
     /// Check crate layering, unused dependencies, public names exported twice, and file and
     /// function sizes (exceptions: docs/tidy-allowlist.txt).
     Tidy,
-    /// Run every gate: fmt, tidy, clippy, tests, exports, docs, rustdoc, cargo-deny.
+    /// Lint each crate alone with its minimal (--no-default-features) and full (--all-features)
+    /// feature sets.
+    Features,
+    /// Run every gate: fmt, tidy, clippy, features, tests, exports, docs, rustdoc, cargo-deny.
     Ci,
     /// Run benchmark suites (bench targets named suite_<name>) and summarize their BENCH lines.
     Bench {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Tidy => xtask::tidy::run_tidy(&root),
+        Command::Features => xtask::ci::run_feature_sets(&root),
         Command::Ci => xtask::ci::run_ci(&root),
         Command::Bench { suite, quick } => xtask::bench::run_bench(&root, suite.as_deref(), quick),
     };
