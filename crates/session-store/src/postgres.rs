@@ -64,7 +64,7 @@ impl PostgresConfig {
     }
 }
 
-/// A [`SessionStore`] on a Postgres server.
+/// A [`SessionStore`](crate::SessionStore) on a Postgres server.
 ///
 /// Like [`SqliteStore`](crate::SqliteStore): reads use a pool, and every write goes through one
 /// group-commit writer task per store handle, answering each request after its transaction

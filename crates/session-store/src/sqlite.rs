@@ -63,7 +63,7 @@ impl Default for SqliteConfig {
     }
 }
 
-/// A [`SessionStore`] in one SQLite file (WAL mode).
+/// A [`SessionStore`](crate::SessionStore) in one SQLite file (WAL mode).
 ///
 /// Reads use a small connection pool; every write goes through one writer task that batches
 /// whatever requests are queued into one transaction (group commit) and answers each request
