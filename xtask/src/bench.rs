@@ -77,7 +77,7 @@ pub fn select_suites(all: &[BenchSuite], wanted: Option<&str>) -> Result<Vec<Ben
 /// Runs the selected suites with `cargo bench`, streaming their output, then reprints every
 /// `BENCH` line as a summary. Returns false when a suite failed or printed a malformed line.
 pub fn run_bench(root: &Path, wanted: Option<&str>, quick: bool) -> Result<bool> {
-    let all = bench_suites(&metadata(root)?)?;
+    let all = bench_suites(&metadata(root)?.packages);
     if all.is_empty() && wanted.is_none() {
         println!(
             "bench: no benchmark suites in the workspace yet (a suite is a bench target named \

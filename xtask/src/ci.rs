@@ -21,6 +21,10 @@ pub enum Step {
         /// Arguments after `cargo`.
         args: Vec<&'static str>,
     },
+    /// The tidy gate, run in-process.
+    Tidy,
+    /// Each crate alone with its minimal and its full feature set (see [`feature_sets`]).
+    Features,
     /// The exports gate, run in-process.
     Exports,
     /// The docs gate, run in-process.
@@ -33,6 +37,8 @@ impl Step {
         match self {
             Step::Prepare => "prepare",
             Step::Cargo { name, .. } => name,
+            Step::Tidy => "tidy",
+            Step::Features => "features",
             Step::Exports => "exports",
             Step::Docs => "docs",
         }
@@ -43,13 +49,16 @@ impl Step {
         match self {
             Step::Prepare => "bash .ci/prepare".to_owned(),
             Step::Cargo { args, .. } => format!("cargo {}", args.join(" ")),
+            Step::Tidy => "cargo xtask tidy".to_owned(),
+            Step::Features => "cargo xtask features".to_owned(),
             Step::Exports => "cargo xtask exports".to_owned(),
             Step::Docs => "cargo xtask docs".to_owned(),
         }
     }
 }
 
-/// The CI steps, in the order they run.
+/// The CI steps, in the order they run. Clippy, the tests and the API docs build with every
+/// feature on; the features step then lints each crate alone with its minimal and full sets.
 pub fn steps() -> Vec<Step> {
     vec![
         Step::Prepare,
@@ -57,26 +66,29 @@ pub fn steps() -> Vec<Step> {
             name: "fmt",
             args: vec!["fmt", "--all", "--check"],
         },
+        Step::Tidy,
         Step::Cargo {
             name: "clippy",
             args: vec![
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
             ],
         },
+        Step::Features,
         Step::Cargo {
             name: "test",
-            args: vec!["test", "--workspace"],
+            args: vec!["test", "--workspace", "--all-features"],
         },
         Step::Exports,
         Step::Docs,
         Step::Cargo {
             name: "rustdoc",
-            args: vec!["doc", "--workspace", "--no-deps"],
+            args: vec!["doc", "--workspace", "--no-deps", "--all-features"],
         },
         Step::Cargo {
             name: "deny",
@@ -199,6 +211,8 @@ fn run_step(root: &Path, step: &Step, env: &mut Vec<(String, String)>) -> Result
             }
             Ok(true)
         }
+        Step::Tidy => crate::tidy::run_tidy(root),
+        Step::Features => run_feature_sets(root),
         Step::Exports => crate::run_exports(root, &crate::ExportsArgs::default()),
         Step::Docs => crate::run_docs(root, &crate::DocsArgs::default()),
         Step::Cargo { name, args } => {
@@ -218,6 +232,58 @@ fn run_step(root: &Path, step: &Step, env: &mut Vec<(String, String)>) -> Result
             Ok(status.success())
         }
     }
+}
+
+/// The clippy runs that check each workspace package alone (so no other package's features leak
+/// in): with `--no-default-features` always, and with `--all-features` too when the package
+/// declares features. Library and binary targets only: the tests need the full set, which the
+/// workspace-wide steps give them.
+pub fn feature_sets(packages: &[cargo_metadata::Package]) -> Vec<Vec<String>> {
+    let mut runs = Vec::new();
+    for package in packages {
+        let mut sets = vec!["--no-default-features"];
+        if !package.features.is_empty() {
+            sets.push("--all-features");
+        }
+        for set in sets {
+            runs.push(
+                [
+                    "clippy",
+                    "-p",
+                    package.name.as_str(),
+                    set,
+                    "--",
+                    "-D",
+                    "warnings",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            );
+        }
+    }
+    runs
+}
+
+/// Runs [`feature_sets`] for the workspace at `root`, all of them, and reports each failure.
+/// Returns true when every run passed.
+pub fn run_feature_sets(root: &Path) -> Result<bool> {
+    let packages = crate::workspace::metadata(root)?.packages;
+    let mut failed = Vec::new();
+    for args in feature_sets(&packages) {
+        println!("    cargo {}", args.join(" "));
+        let status = Command::new(cargo())
+            .args(&args)
+            .current_dir(root)
+            .status()
+            .with_context(|| format!("cannot start `cargo {}`", args.join(" ")))?;
+        if !status.success() {
+            failed.push(args.join(" "));
+        }
+    }
+    for run in &failed {
+        eprintln!("features: FAILED: cargo {run}");
+    }
+    Ok(failed.is_empty())
 }
 
 /// The `KEY=VALUE` lines of `.ci/prepare`'s output (other lines are ignored).
@@ -279,6 +345,34 @@ mod tests {
     }
 
     #[test]
+    fn every_crate_is_linted_alone_minimal_and_with_its_features_full() {
+        let package = |name: &str, features: serde_json::Value| -> cargo_metadata::Package {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "version": "0.1.0", "id": name, "dependencies": [],
+                "targets": [], "features": features, "manifest_path": "/ws/Cargo.toml",
+                "rust_version": null,
+            }))
+            .unwrap()
+        };
+        let runs = feature_sets(&[
+            package("plain", serde_json::json!({})),
+            package(
+                "store",
+                serde_json::json!({"default": ["sqlite"], "sqlite": []}),
+            ),
+        ]);
+        let lines: Vec<String> = runs.iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "clippy -p plain --no-default-features -- -D warnings",
+                "clippy -p store --no-default-features -- -D warnings",
+                "clippy -p store --all-features -- -D warnings",
+            ]
+        );
+    }
+
+    #[test]
     fn prepare_output_becomes_the_environment_of_later_steps() {
         let env = parse_env_lines(
             "AGENTRT_LLM_BASE_URL=http://127.0.0.1:8089/v1\nnoise line\nlower=case\nA_B=x=y\n",
@@ -296,18 +390,20 @@ mod tests {
     }
 
     #[test]
-    fn steps_run_prepare_fmt_clippy_test_exports_docs_rustdoc_deny_in_that_order() {
+    fn steps_run_in_order_with_every_feature_on_for_clippy_tests_and_docs() {
         let lines: Vec<String> = steps().iter().map(Step::command_line).collect();
         assert_eq!(
             lines,
             [
                 "bash .ci/prepare",
                 "cargo fmt --all --check",
-                "cargo clippy --workspace --all-targets -- -D warnings",
-                "cargo test --workspace",
+                "cargo xtask tidy",
+                "cargo clippy --workspace --all-targets --all-features -- -D warnings",
+                "cargo xtask features",
+                "cargo test --workspace --all-features",
                 "cargo xtask exports",
                 "cargo xtask docs",
-                "cargo doc --workspace --no-deps",
+                "cargo doc --workspace --no-deps --all-features",
                 "cargo deny check bans licenses sources",
             ]
         );

@@ -4,7 +4,10 @@
 //!   manifest `docs/exports/<crate dir>.txt`;
 //! * [`docs`]: every backticked API symbol in `README.md` and `docs/*.md` names an exported item
 //!   or an entry of `docs/symbol-allowlist.txt`;
-//! * [`ci`]: fmt, clippy, tests, both gates and cargo-deny, in order, failing fast;
+//! * [`tidy`]: crate layering, unused dependencies, one public name per thing, file and function
+//!   sizes;
+//! * [`ci`]: fmt, tidy, clippy, each crate's minimal and full feature sets, tests, the gates and
+//!   cargo-deny, in order, failing fast;
 //! * [`bench`](mod@bench): the workspace's benchmark suites and their `BENCH` lines.
 //!
 //! The checks are library functions taking explicit paths, so tests run them on fixtures.
@@ -15,6 +18,7 @@ pub mod ci;
 pub mod docs;
 pub mod exports;
 pub mod surface;
+pub mod tidy;
 pub mod workspace;
 
 use std::path::{Path, PathBuf};
@@ -55,7 +59,7 @@ pub fn run_exports(root: &Path, args: &ExportsArgs) -> Result<bool> {
         .unwrap_or_else(|| root.join("docs").join("exports"));
     let whole_workspace = args.crate_dirs.is_empty();
     let crates: Vec<LibCrate> = if whole_workspace {
-        workspace::lib_crates(&workspace::metadata(root)?, root)?
+        workspace::lib_crates(&workspace::metadata(root)?.packages, root)?
     } else {
         args.crate_dirs
             .iter()

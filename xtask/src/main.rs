@@ -42,7 +42,13 @@ enum Command {
         /// Markdown files to check (default: README.md and docs/*.md).
         files: Vec<PathBuf>,
     },
-    /// Run every gate: fmt, clippy, tests, exports, docs, cargo-deny.
+    /// Check crate layering, unused dependencies, public names exported twice, and file and
+    /// function sizes (exceptions: docs/tidy-allowlist.txt).
+    Tidy,
+    /// Lint each crate alone with its minimal (--no-default-features) and full (--all-features)
+    /// feature sets.
+    Features,
+    /// Run every gate: fmt, tidy, clippy, features, tests, exports, docs, rustdoc, cargo-deny.
     Ci,
     /// Run benchmark suites (bench targets named suite_<name>) and summarize their BENCH lines.
     Bench {
@@ -85,6 +91,8 @@ fn main() -> ExitCode {
                 files,
             },
         ),
+        Command::Tidy => xtask::tidy::run_tidy(&root),
+        Command::Features => xtask::ci::run_feature_sets(&root),
         Command::Ci => xtask::ci::run_ci(&root),
         Command::Bench { suite, quick } => xtask::bench::run_bench(&root, suite.as_deref(), quick),
     };

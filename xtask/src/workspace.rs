@@ -1,10 +1,9 @@
 //! The workspace as Cargo describes it: its root, library crates and benchmark suites.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use anyhow::{Context, Result};
+use cargo_metadata::{Metadata, MetadataCommand, Package, TargetKind};
 
 use crate::exports::LibCrate;
 
@@ -28,54 +27,47 @@ pub fn find_root(start: &Path) -> PathBuf {
     here.parent().unwrap_or(here).to_path_buf()
 }
 
-/// Runs `cargo metadata --no-deps` for the workspace at `root` and returns its JSON.
-pub fn metadata(root: &Path) -> Result<Value> {
-    let output = Command::new(cargo())
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--manifest-path",
-        ])
-        .arg(root.join("Cargo.toml"))
-        .output()
-        .context("cannot run `cargo metadata`")?;
-    if !output.status.success() {
-        bail!(
-            "`cargo metadata` failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&output.stdout).context("`cargo metadata` printed invalid JSON")
+/// The workspace's own packages as `cargo metadata --no-deps` describes them (no dependency
+/// resolution, so it is quick and works offline).
+pub fn metadata(root: &Path) -> Result<Metadata> {
+    MetadataCommand::new()
+        .cargo_path(cargo())
+        .manifest_path(root.join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .context("cannot run `cargo metadata`")
 }
 
-/// The library crates under `<root>/crates/`, from cargo metadata, sorted by directory name.
-pub fn lib_crates(metadata: &Value, root: &Path) -> Result<Vec<LibCrate>> {
+/// The library crates under `<root>/crates/`, sorted by directory name.
+pub fn lib_crates(packages: &[Package], root: &Path) -> Result<Vec<LibCrate>> {
     let crates_dir = root.join("crates");
     let mut out = Vec::new();
-    for package in packages(metadata)? {
-        let manifest = PathBuf::from(str_field(package, "manifest_path")?);
-        let Some(dir) = manifest.parent() else {
+    for package in packages {
+        let Some(dir) = package.manifest_path.parent() else {
             continue;
         };
-        if dir.parent() != Some(crates_dir.as_path()) {
+        if dir.parent().map(|p| p.as_std_path()) != Some(crates_dir.as_path()) {
             continue;
         }
-        let lib = targets(package)
-            .find(|t| kinds(t).any(|k| matches!(k, "lib" | "rlib" | "dylib" | "proc-macro")));
+        let lib = package.targets.iter().find(|t| {
+            t.kind.iter().any(|k| {
+                matches!(
+                    k,
+                    TargetKind::Lib | TargetKind::RLib | TargetKind::DyLib | TargetKind::ProcMacro
+                )
+            })
+        });
         let Some(lib) = lib else {
             continue;
         };
         let dir_name = dir
             .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("unusable crate directory {}", dir.display()))?
+            .with_context(|| format!("unusable crate directory {dir}"))?
             .to_owned();
         out.push(LibCrate {
             dir_name,
-            crate_name: str_field(lib, "name")?.replace('-', "_"),
-            lib_rs: PathBuf::from(str_field(lib, "src_path")?),
+            crate_name: lib.name.replace('-', "_"),
+            lib_rs: lib.src_path.clone().into_std_path_buf(),
         });
     }
     out.sort_by(|a, b| a.dir_name.cmp(&b.dir_name));
@@ -99,64 +91,33 @@ impl BenchSuite {
 }
 
 /// Every benchmark suite in the workspace, sorted by name.
-pub fn bench_suites(metadata: &Value) -> Result<Vec<BenchSuite>> {
+pub fn bench_suites(packages: &[Package]) -> Vec<BenchSuite> {
     let mut out = Vec::new();
-    for package in packages(metadata)? {
-        let package_name = str_field(package, "name")?;
-        for target in targets(package) {
-            if !kinds(target).any(|k| k == "bench") {
+    for package in packages {
+        for target in &package.targets {
+            if !target.kind.contains(&TargetKind::Bench) {
                 continue;
             }
-            if let Some(name) = str_field(target, "name")?.strip_prefix("suite_") {
+            if let Some(name) = target.name.strip_prefix("suite_") {
                 out.push(BenchSuite {
                     name: name.to_owned(),
-                    package: package_name.to_owned(),
+                    package: package.name.to_string(),
                 });
             }
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
-
-fn packages(metadata: &Value) -> Result<&Vec<Value>> {
-    metadata
-        .get("packages")
-        .and_then(Value::as_array)
-        .context("cargo metadata has no `packages` array")
-}
-
-fn targets(package: &Value) -> impl Iterator<Item = &Value> {
-    package
-        .get("targets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn kinds(target: &Value) -> impl Iterator<Item = &str> {
-    target
-        .get("kind")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
-fn str_field<'a>(value: &'a Value, field: &str) -> Result<&'a str> {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .with_context(|| format!("cargo metadata entry lacks string field `{field}`"))
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample() -> Value {
-        serde_json::json!({
-            "packages": [
+    /// Packages as `cargo metadata` would describe them (only the fields these functions read,
+    /// plus the ones the format requires).
+    fn sample() -> Vec<Package> {
+        let packages = serde_json::json!([
                 {
                     "name": "agentrt-profiles",
                     "manifest_path": "/ws/crates/profiles/Cargo.toml",
@@ -188,8 +149,22 @@ mod tests {
                         {"name": "suite_io", "kind": ["bench"], "src_path": "/ws/crates/tool/benches/io.rs"}
                     ]
                 }
-            ]
-        })
+        ]);
+        let packages = packages.as_array().cloned().unwrap_or_default();
+        packages
+            .into_iter()
+            .map(|mut p| {
+                let name = p["name"].clone();
+                let extra = serde_json::json!({
+                    "version": "0.1.0", "id": name, "dependencies": [], "features": {},
+                    "rust_version": null,
+                });
+                if let (Some(p), Some(extra)) = (p.as_object_mut(), extra.as_object()) {
+                    p.extend(extra.clone());
+                }
+                serde_json::from_value(p).unwrap()
+            })
+            .collect()
     }
 
     #[test]
@@ -214,7 +189,7 @@ mod tests {
 
     #[test]
     fn bench_suites_are_bench_targets_named_suite_star() {
-        let suites = bench_suites(&sample()).unwrap();
+        let suites = bench_suites(&sample());
         assert_eq!(
             suites,
             [
@@ -232,7 +207,13 @@ mod tests {
     }
 
     #[test]
-    fn metadata_without_packages_is_an_error() {
-        assert!(lib_crates(&serde_json::json!({}), Path::new("/ws")).is_err());
+    fn metadata_of_this_workspace_lists_its_crates() {
+        let root = find_root(Path::new(env!("CARGO_MANIFEST_DIR")));
+        let crates = lib_crates(&metadata(&root).unwrap().packages, &root).unwrap();
+        assert!(
+            crates
+                .iter()
+                .any(|c| c.crate_name == "agentrt_session_store")
+        );
     }
 }

@@ -2,6 +2,16 @@
 //!
 //! This facade re-exports each layer as a module, bottom layer first. See `docs/architecture.md`
 //! for the code map and the invariants that hold across them.
+//!
+//! # Features
+//!
+//! - `sqlite` (default): session stores in a SQLite file (`session_store::SqliteStore`).
+//! - `postgres` (default): session stores on a Postgres server (`session_store::PostgresStore`).
+//!
+//! Both are on by default, so the `agentrt` command opens either kind of `--store`. A library user
+//! who needs one picks it: `agentrt = { default-features = false, features = ["sqlite"] }`. The
+//! crates below the facade take the store without a database of their own, so the facade's choice
+//! is the whole build's.
 #![warn(missing_docs)]
 
 pub use agentrt_conversation_eval as conversation_eval;

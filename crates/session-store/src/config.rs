@@ -179,6 +179,8 @@ impl StoreConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedEvent {
     pub kind: String,
+    /// The redacted value, handed back with a finished session's final event by the SQL writer.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub payload: Value,
     pub json: String,
 }
@@ -201,11 +203,13 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// Converts a stored (non-negative) integer to a seq.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn to_seq(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative seq {v} in store")))
 }
 
 /// Converts a seq to a stored integer.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn from_seq(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::InvalidInput(format!("seq {v} is out of range")))
 }

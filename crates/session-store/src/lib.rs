@@ -16,6 +16,15 @@
 //! - [`HookedStore`] wraps any store and shows each write to a [`WriteHook`] first, to fail,
 //!   delay or time it: fault injection and measurement without re-implementing the trait.
 //!
+//! # Features
+//!
+//! - `sqlite` (default): `SqliteStore`, one embedded database file.
+//! - `postgres`: `PostgresStore`, on a Postgres server.
+//!
+//! With neither, the crate is the trait, its types, [`HookedStore`] and [`MemoryStore`]: what a
+//! library that only writes through `dyn SessionStore` needs. Both backends share one SQL layer;
+//! each feature adds only its driver.
+//!
 //! # Example
 //!
 //! ```
@@ -64,10 +73,16 @@ mod config;
 mod error;
 mod hooked;
 mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod migrations;
+mod open;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod redact;
+mod rules;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod store;
 mod types;
@@ -75,10 +90,15 @@ mod types;
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use hooked::{HookedStore, StoreWrite, WriteHook};
-pub use memory::{MemoryStore, REOPENED_KIND};
+pub use memory::MemoryStore;
+pub use open::open_store;
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use redact::{REDACTED, Redactor};
+pub use rules::REOPENED_KIND;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::WriterStats;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteConfig, SqliteStore};
 pub use store::{EventStream, SessionStore};
 pub use types::{

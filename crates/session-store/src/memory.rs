@@ -3,17 +3,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_trait::async_trait;
-use futures::StreamExt;
-use serde_json::{Value, json};
-
 use crate::config::{PreparedEvent, StoreConfig, now_ms};
 use crate::error::StoreError;
+use crate::rules::{check_writable, fork_child, page, reopen_event, reopened, verify_blob};
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
     BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
-    Session, SessionFilter, SessionId, SessionStatus,
+    Session, SessionFilter, SessionId,
 };
+use async_trait::async_trait;
+use futures::StreamExt;
 
 /// A [`SessionStore`] held in process memory, with the same semantics as the durable backends.
 ///
@@ -59,20 +58,8 @@ impl MemoryStore {
 
 impl Entry {
     fn check_writable(&self, id: &SessionId, expected_seq: u64) -> Result<(), StoreError> {
-        if self.session.status.is_final() {
-            return Err(StoreError::Finished {
-                session: *id,
-                status: self.session.status,
-            });
-        }
-        if self.session.next_seq != expected_seq {
-            return Err(StoreError::Conflict {
-                session: *id,
-                expected: expected_seq,
-                actual: self.session.next_seq,
-            });
-        }
-        Ok(())
+        let found = (self.session.status, self.session.next_seq);
+        check_writable(id, Some(found), expected_seq)
     }
 
     fn push(&mut self, at_ms: i64, e: PreparedEvent) -> Event {
@@ -161,9 +148,7 @@ impl SessionStore for MemoryStore {
         let event = reopen_event(&entry.session)?;
         let prepared = self.config.prepare_event(0, event)?;
         entry.push(now_ms(), prepared);
-        entry.session.status = SessionStatus::Running;
-        entry.session.error = None;
-        entry.session.cleanup_error = None;
+        reopened(&mut entry.session);
         Ok(entry.session.clone())
     }
 
@@ -227,9 +212,8 @@ impl SessionStore for MemoryStore {
             .sessions
             .get(session)
             .ok_or(StoreError::NotFound(*session))?;
-        check_fork_point(session, at_seq, parent.session.next_seq)?;
-        let id = SessionId::new();
-        let now = now_ms();
+        let child = fork_child(&parent.session, at_seq, now_ms())?;
+        let id = child.id;
         let n = usize::try_from(at_seq).unwrap_or(usize::MAX);
         let events: Vec<Event> = parent.events[..n]
             .iter()
@@ -238,19 +222,6 @@ impl SessionStore for MemoryStore {
                 ..e.clone()
             })
             .collect();
-        let child = Session {
-            id,
-            parent: Some(*session),
-            fork_seq: Some(at_seq),
-            profile: parent.session.profile.clone(),
-            status: SessionStatus::Running,
-            created_at_ms: now,
-            updated_at_ms: now,
-            metadata: parent.session.metadata.clone(),
-            error: None,
-            cleanup_error: None,
-            next_seq: at_seq,
-        };
         inner.sessions.insert(
             id,
             Entry {
@@ -312,68 +283,5 @@ impl SessionStore for MemoryStore {
             .cloned()
             .ok_or_else(|| StoreError::BlobNotFound(address.clone()))?;
         verify_blob(address, bytes)
-    }
-}
-
-/// Checks bytes against their address.
-pub(crate) fn verify_blob(address: &BlobAddress, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-    let actual = BlobAddress::of(&bytes);
-    if &actual != address {
-        return Err(StoreError::CorruptBlob {
-            address: address.clone(),
-            actual: actual.to_string(),
-        });
-    }
-    Ok(bytes)
-}
-
-/// Cuts a `limit + 1` probe down to a page.
-pub(crate) fn page(items: &mut Vec<Session>, limit: usize) -> Page<Session> {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next_cursor = if more {
-        items.last().map(|s| s.id.to_string())
-    } else {
-        None
-    };
-    Page {
-        items: std::mem::take(items),
-        next_cursor,
-    }
-}
-
-pub(crate) fn check_fork_point(
-    session: &SessionId,
-    at_seq: u64,
-    next_seq: u64,
-) -> Result<(), StoreError> {
-    if at_seq > next_seq {
-        return Err(StoreError::InvalidInput(format!(
-            "cannot fork session {session} at seq {at_seq}: it has only {next_seq} events"
-        )));
-    }
-    Ok(())
-}
-
-/// The kind of the event [`SessionStore::reopen`] appends.
-pub const REOPENED_KIND: &str = "session.reopened";
-
-/// The event recording a reopen, or the error if the session cannot be reopened.
-pub(crate) fn reopen_event(s: &Session) -> Result<NewEvent, StoreError> {
-    match s.status {
-        SessionStatus::Failed | SessionStatus::Cancelled | SessionStatus::Completed => {
-            Ok(NewEvent::new(
-                REOPENED_KIND,
-                json!({
-                    "previous_status": s.status.as_str(),
-                    "previous_error": s.error.clone().unwrap_or(Value::Null),
-                    "previous_cleanup_error": s.cleanup_error.clone().unwrap_or(Value::Null),
-                }),
-            ))
-        }
-        SessionStatus::Running => Err(StoreError::InvalidInput(format!(
-            "session {} is running: only a finished session can be reopened",
-            s.id
-        ))),
     }
 }

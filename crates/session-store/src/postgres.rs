@@ -4,25 +4,24 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, stream};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{PreparedEvent, StoreConfig, from_seq, to_seq};
+use crate::config::{PreparedEvent, StoreConfig, from_seq};
 use crate::error::StoreError;
-use crate::memory::{page, verify_blob};
 use crate::migrations;
-use crate::sql::{
-    Cmd, EventRow, FetchChunk, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats,
-    parse_id, plan_append_run, prunable_sql, replay_stream, run_writer, send, session_from_row,
-};
-use crate::store::{EventStream, SessionStore};
-use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
-    Session, SessionFilter, SessionId, SessionStatus,
-};
+use crate::sql::conn::{Arg, Row, SqlConn};
+use crate::sql::rows::{EventRow, event_from_row, state_from_row};
+use crate::sql::statements::{self, POSTGRES, postgres::*};
+use crate::sql::writer::{Cmd, StatsCell, WriterStats, plan_append_run, run_writer};
+use crate::sql::{REPLAY_CHUNK, end_after_error};
+use crate::store::EventStream;
+use crate::types::{SessionId, SessionStatus};
 
 /// Settings of a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -65,7 +64,7 @@ impl PostgresConfig {
     }
 }
 
-/// A [`SessionStore`] on a Postgres server.
+/// A [`SessionStore`](crate::SessionStore) on a Postgres server.
 ///
 /// Like [`SqliteStore`](crate::SqliteStore): reads use a pool, and every write goes through one
 /// group-commit writer task per store handle, answering each request after its transaction
@@ -135,8 +134,7 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         let mut conn = write_pool.acquire().await?;
-        migrations::check_postgres_version(&mut conn).await?;
-        migrations::postgres().run(&mut *conn).await?;
+        migrations::migrate_postgres(&mut conn).await?;
         let read = PgPoolOptions::new()
             .max_connections(config.read_connections.max(1))
             .connect_with(options)
@@ -184,8 +182,27 @@ impl PgWriter {
     }
 }
 
+/// Binds `args` to a Postgres statement, in order.
+fn bind<'q>(
+    mut q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    args: &[Arg<'_>],
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    for arg in args {
+        q = match *arg {
+            Arg::Int(v) => q.bind(v),
+            Arg::OptInt(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
 #[async_trait]
-impl WriteConn for PgWriter {
+impl SqlConn for PgWriter {
+    const STATEMENTS: &'static statements::Statements = &POSTGRES;
+
     async fn begin(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             self.conn = Some(self.pool.acquire().await?);
@@ -221,6 +238,26 @@ impl WriteConn for PgWriter {
         }
     }
 
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let done = bind(sqlx::query(sql), args)
+            .execute(&mut **self.conn()?)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch<R: Row>(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<R>, StoreError> {
+        let rows = bind(sqlx::query(sql), args)
+            .fetch_all(&mut **self.conn()?)
+            .await?;
+        rows.iter()
+            .map(|r| R::from_row(r).map_err(StoreError::from))
+            .collect()
+    }
+
     async fn append_in_one(
         &mut self,
         id: &SessionId,
@@ -246,17 +283,7 @@ impl WriteConn for PgWriter {
             .bind(next)
             .fetch_optional(&mut **self.conn()?)
             .await?;
-        let found = row
-            .map(|(status, n)| {
-                Ok::<_, StoreError>((
-                    SessionStatus::from_str(&status).map_err(|_| {
-                        StoreError::Corrupt(format!("stored status {status:?} is unknown"))
-                    })?,
-                    to_seq(n)?,
-                ))
-            })
-            .transpose()?;
-        Ok(Some(found))
+        Ok(Some(row.map(state_from_row).transpose()?))
     }
 
     async fn append_run(
@@ -274,12 +301,10 @@ impl WriteConn for PgWriter {
         let mut ids: Vec<String> = items.iter().map(|(id, _, _)| id.to_string()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT id, status, next_seq FROM sessions WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .bind(&ids)
-        .fetch_all(&mut **conn)
-        .await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(RUN_STATE)
+            .bind(&ids)
+            .fetch_all(&mut **conn)
+            .await?;
         // 2. Each request checked in order against the state the requests before it left.
         let plan = plan_append_run(items, rows)?;
         // 3. All events of the accepted requests in one statement.
@@ -297,19 +322,14 @@ impl WriteConn for PgWriter {
                 kinds.push(e.kind.as_str());
                 payloads.push(e.json.as_str());
             }
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-                 SELECT t.sid, t.seq, $1, t.kind, t.payload \
-                 FROM UNNEST($2::text[], $3::bigint[], $4::text[], $5::text[]) \
-                 AS t(sid, seq, kind, payload)",
-            )
-            .bind(at_ms)
-            .bind(sids)
-            .bind(seqs)
-            .bind(kinds)
-            .bind(payloads)
-            .execute(&mut **conn)
-            .await?;
+            sqlx::query(RUN_INSERT)
+                .bind(at_ms)
+                .bind(sids)
+                .bind(seqs)
+                .bind(kinds)
+                .bind(payloads)
+                .execute(&mut **conn)
+                .await?;
         }
         // 4. Every advanced session's next seq in one statement.
         if !plan.advanced.is_empty() {
@@ -319,15 +339,12 @@ impl WriteConn for PgWriter {
                 sids.push(id.to_string());
                 nexts.push(from_seq(*next)?);
             }
-            let done = sqlx::query(
-                "UPDATE sessions SET next_seq = v.next, updated_at_ms = $1 \
-                 FROM UNNEST($2::text[], $3::bigint[]) AS v(id, next) WHERE sessions.id = v.id",
-            )
-            .bind(at_ms)
-            .bind(sids)
-            .bind(nexts)
-            .execute(&mut **conn)
-            .await?;
+            let done = sqlx::query(RUN_ADVANCE)
+                .bind(at_ms)
+                .bind(sids)
+                .bind(nexts)
+                .execute(&mut **conn)
+                .await?;
             if done.rows_affected() != plan.advanced.len() as u64 {
                 return Err(StoreError::Database(format!(
                     "advanced {} of {} sessions under their row locks",
@@ -337,78 +354,6 @@ impl WriteConn for PgWriter {
             }
         }
         Ok(Some(plan.results))
-    }
-
-    async fn advance(
-        &mut self,
-        id: &SessionId,
-        expected: u64,
-        next: u64,
-        at_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET next_seq = $1, updated_at_ms = $2 \
-             WHERE id = $3 AND status = 'running' AND next_seq = $4",
-        )
-        .bind(from_seq(next)?)
-        .bind(at_ms)
-        .bind(id.to_string())
-        .bind(from_seq(expected)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn session_state(
-        &mut self,
-        id: &SessionId,
-    ) -> Result<Option<(SessionStatus, u64)>, StoreError> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT status, next_seq FROM sessions WHERE id = $1 FOR UPDATE")
-                .bind(id.to_string())
-                .fetch_optional(&mut **self.conn()?)
-                .await?;
-        row.map(|(status, next)| {
-            Ok((
-                SessionStatus::from_str(&status).map_err(|_| {
-                    StoreError::Corrupt(format!("stored status {status:?} is unknown"))
-                })?,
-                to_seq(next)?,
-            ))
-        })
-        .transpose()
-    }
-
-    async fn load_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION_FOR_UPDATE)
-            .bind(id.to_string())
-            .fetch_optional(&mut **self.conn()?)
-            .await?;
-        row.map(session_from_row).transpose()
-    }
-
-    async fn insert_session(
-        &mut self,
-        s: &Session,
-        metadata_json: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO sessions (id, parent_id, fork_seq, profile, status, created_at_ms, \
-             updated_at_ms, metadata, error, cleanup_error, next_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(s.id.to_string())
-        .bind(s.parent.map(|p| p.to_string()))
-        .bind(s.fork_seq.map(from_seq).transpose()?)
-        .bind(s.profile.as_deref())
-        .bind(s.status.as_str())
-        .bind(s.created_at_ms)
-        .bind(s.updated_at_ms)
-        .bind(metadata_json)
-        .bind(from_seq(s.next_seq)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     async fn insert_events(
@@ -423,146 +368,17 @@ impl WriteConn for PgWriter {
         let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
         let payloads: Vec<&str> = events.iter().map(|e| e.json.as_str()).collect();
         // One round trip for the whole append, however many events it has.
-        sqlx::query(
-            "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-             SELECT $1, t.seq, $2, t.kind, t.payload \
-             FROM UNNEST($3::bigint[], $4::text[], $5::text[]) AS t(seq, kind, payload)",
-        )
-        .bind(id.to_string())
-        .bind(at_ms)
-        .bind(seqs)
-        .bind(kinds)
-        .bind(payloads)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(())
-    }
-
-    async fn update_session(
-        &mut self,
-        id: &SessionId,
-        next_seq: u64,
-        at_ms: i64,
-        status: Option<(SessionStatus, Option<&str>, Option<&str>)>,
-    ) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        match status {
-            None => {
-                sqlx::query("UPDATE sessions SET next_seq = $1, updated_at_ms = $2 WHERE id = $3")
-                    .bind(from_seq(next_seq)?)
-                    .bind(at_ms)
-                    .bind(id.to_string())
-                    .execute(&mut **conn)
-                    .await?;
-            }
-            Some((st, error, cleanup)) => {
-                sqlx::query(
-                    "UPDATE sessions SET next_seq = $1, updated_at_ms = $2, status = $3, \
-                     error = $4, cleanup_error = $5 WHERE id = $6",
-                )
-                .bind(from_seq(next_seq)?)
-                .bind(at_ms)
-                .bind(st.as_str())
-                .bind(error)
-                .bind(cleanup)
-                .bind(id.to_string())
-                .execute(&mut **conn)
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn copy_events(
-        &mut self,
-        from: &SessionId,
-        to: &SessionId,
-        below: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-             SELECT $1, seq, at_ms, kind, payload FROM events WHERE session_id = $2 AND seq < $3",
-        )
-        .bind(to.to_string())
-        .bind(from.to_string())
-        .bind(from_seq(below)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(())
-    }
-
-    async fn insert_blob(&mut self, address: &BlobAddress, bytes: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO blobs (address, size, data) VALUES ($1, $2, $3) \
-             ON CONFLICT (address) DO NOTHING",
-        )
-        .bind(address.as_str())
-        .bind(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
-        .bind(bytes)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(())
-    }
-
-    async fn prunable(
-        &mut self,
-        retention: &Retention,
-        limit: u32,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        // Row locks make a concurrent fork of a candidate (from another process) wait for us.
-        let rows: Vec<(String,)> = sqlx::query_as(concat!(prunable_sql!(), " FOR UPDATE"))
-            .bind(retention.ended_before_ms)
-            .bind(retention.status.map(|s| s.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&mut **self.conn()?)
-            .await?;
-        rows.into_iter().map(|(id,)| parse_id(&id)).collect()
-    }
-
-    async fn delete_session(&mut self, id: &SessionId) -> Result<u64, StoreError> {
-        let conn = self.conn()?;
-        let events = sqlx::query("DELETE FROM events WHERE session_id = $1")
+        sqlx::query(INSERT_EVENTS)
             .bind(id.to_string())
-            .execute(&mut **conn)
+            .bind(at_ms)
+            .bind(seqs)
+            .bind(kinds)
+            .bind(payloads)
+            .execute(&mut **self.conn()?)
             .await?;
-        sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **conn)
-            .await?;
-        Ok(events.rows_affected())
+        Ok(())
     }
 }
-
-const APPEND_IN_ONE: &str = "WITH s AS ( \
-         SELECT status, next_seq FROM sessions WHERE id = $1 FOR UPDATE \
-     ), ok AS ( \
-         SELECT 1 FROM s WHERE status = 'running' AND next_seq = $2 \
-     ), ins AS ( \
-         INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-         SELECT $1, t.seq, $3, t.kind, t.payload \
-         FROM UNNEST($4::bigint[], $5::text[], $6::text[]) AS t(seq, kind, payload) \
-         WHERE EXISTS (SELECT 1 FROM ok) \
-     ), upd AS ( \
-         UPDATE sessions SET next_seq = $7, updated_at_ms = $3 \
-         WHERE id = $1 AND EXISTS (SELECT 1 FROM ok) \
-     ) SELECT status, next_seq FROM s";
-
-const SELECT_SESSION: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
-     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions WHERE id = $1";
-
-const SELECT_SESSION_FOR_UPDATE: &str = "SELECT id, parent_id, fork_seq, profile, status, \
-     created_at_ms, updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions \
-     WHERE id = $1 FOR UPDATE";
-
-const LIST_SESSIONS: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
-     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions \
-     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR profile = $2) \
-     AND ($3::bigint IS NULL OR created_at_ms >= $3) AND ($4::bigint IS NULL OR created_at_ms < $4) \
-     AND ($5::text IS NULL OR id < $5) ORDER BY id DESC LIMIT $6";
-
-/// One replay chunk of rows.
-const REPLAY_CHUNK_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
-     WHERE session_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3";
 
 /// Replays through the read pool, one chunk of rows per query (see [`replay_stream`]).
 fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStream {
@@ -571,7 +387,7 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
     let exists = {
         let (pool, sid) = (pool.clone(), sid.clone());
         async move {
-            let row: Option<(i64,)> = sqlx::query_as("SELECT next_seq FROM sessions WHERE id = $1")
+            let row: Option<(i64,)> = sqlx::query_as(POSTGRES.next_seq)
                 .bind(sid)
                 .fetch_optional(&pool)
                 .await?;
@@ -582,7 +398,7 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
     let fetch: FetchChunk = Box::new(move |from: i64| {
         let (pool, sid) = (pool.clone(), sid.clone());
         async move {
-            let rows: Vec<EventRow> = sqlx::query_as(REPLAY_CHUNK_SQL)
+            let rows: Vec<EventRow> = sqlx::query_as(REPLAY_ROWS)
                 .bind(sid)
                 .bind(from)
                 .bind(REPLAY_CHUNK)
@@ -595,4 +411,77 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
     replay_stream(session, from_seq, exists, fetch)
 }
 
-crate::sql::sql_session_store!(PostgresStore);
+/// Fetches one replay chunk starting at a seq: `None` when there are no more events.
+pub(crate) type FetchChunk =
+    Box<dyn FnMut(i64) -> BoxFuture<'static, Result<Vec<EventRow>, StoreError>> + Send>;
+
+/// Streams a session's events. A producer task reads chunks of rows ahead of the consumer (two
+/// chunks in flight) while the consumer parses the payloads, so database reads and JSON parsing
+/// overlap.
+pub(crate) fn replay_stream(
+    session: SessionId,
+    from_seq: u64,
+    exists: BoxFuture<'static, Result<bool, StoreError>>,
+    mut fetch: FetchChunk,
+) -> EventStream {
+    let producer = async move |tx: mpsc::Sender<Result<Vec<EventRow>, StoreError>>| {
+        match exists.await {
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            Ok(false) => {
+                let _ = tx.send(Err(StoreError::NotFound(session))).await;
+                return;
+            }
+            Ok(true) => {}
+        }
+        let Ok(mut from) = i64::try_from(from_seq) else {
+            return;
+        };
+        loop {
+            let rows = match fetch(from).await {
+                Ok(rows) if rows.is_empty() => return,
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            let full = rows.len() as i64 >= REPLAY_CHUNK;
+            let next = rows.last().map(|r| r.0.saturating_add(1));
+            if tx.send(Ok(rows)).await.is_err() {
+                return; // the consumer dropped the stream
+            }
+            match next {
+                Some(n) if full => from = n,
+                _ => return,
+            }
+        }
+    };
+    stream::once(async move {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let (tx, rx) = mpsc::channel(2);
+                handle.spawn(producer(tx));
+                end_after_error(ReceiverStream::new(rx).flat_map(move |chunk| {
+                    match chunk {
+                        Ok(rows) => {
+                            stream::iter(rows.into_iter().map(move |r| event_from_row(session, r)))
+                                .left_stream()
+                        }
+                        Err(e) => stream::iter(vec![Err(e)]).right_stream(),
+                    }
+                }))
+            }
+            Err(_) => stream::iter([Err(StoreError::Database(
+                "replay must be polled inside a Tokio runtime".into(),
+            ))])
+            .boxed(),
+        }
+    })
+    .flatten()
+    .boxed()
+}
+
+crate::sql::sql_session_store!(PostgresStore, crate::sql::statements::POSTGRES);

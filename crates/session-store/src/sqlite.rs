@@ -1,7 +1,6 @@
 //! The SQLite backend: one database file in WAL mode, written by one group-commit writer task.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -15,17 +14,13 @@ use tokio::sync::mpsc;
 
 use crate::config::{PreparedEvent, StoreConfig, from_seq, to_seq};
 use crate::error::StoreError;
-use crate::memory::{page, verify_blob};
 use crate::migrations;
-use crate::sql::{
-    Cmd, REPLAY_CHUNK, SessionRow, StatsCell, WriteConn, WriterStats, parse_id, plan_append_run,
-    prunable_sql, run_writer, send, session_from_row,
-};
-use crate::store::{EventStream, SessionStore};
-use crate::types::{
-    BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
-    Session, SessionFilter, SessionId, SessionStatus,
-};
+use crate::sql::conn::{Arg, Row, SqlConn};
+use crate::sql::statements::{self, SQLITE, sqlite::*};
+use crate::sql::writer::{Cmd, StatsCell, WriterStats, plan_append_run, run_writer};
+use crate::sql::{REPLAY_CHUNK, end_after_error};
+use crate::store::EventStream;
+use crate::types::{Event, Payload, SessionId};
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,7 +63,7 @@ impl Default for SqliteConfig {
     }
 }
 
-/// A [`SessionStore`] in one SQLite file (WAL mode).
+/// A [`SessionStore`](crate::SessionStore) in one SQLite file (WAL mode).
 ///
 /// Reads use a small connection pool; every write goes through one writer task that batches
 /// whatever requests are queued into one transaction (group commit) and answers each request
@@ -118,8 +113,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let mut conn = write_pool.acquire().await?;
-        migrations::check_sqlite_version(&mut conn).await?;
-        migrations::sqlite().run(&mut *conn).await?;
+        migrations::migrate_sqlite(&mut conn).await?;
         let read = SqlitePoolOptions::new()
             .max_connections(config.read_connections.max(1))
             .connect_with(options)
@@ -187,8 +181,27 @@ impl SqliteWriter {
     }
 }
 
+/// Binds `args` to a SQLite statement, in order.
+fn bind<'q>(
+    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    args: &[Arg<'_>],
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    for arg in args {
+        q = match *arg {
+            Arg::Int(v) => q.bind(v),
+            Arg::OptInt(v) => q.bind(v),
+            Arg::Text(v) => q.bind(v),
+            Arg::OptText(v) => q.bind(v),
+            Arg::Bytes(v) => q.bind(v),
+        };
+    }
+    q
+}
+
 #[async_trait]
-impl WriteConn for SqliteWriter {
+impl SqlConn for SqliteWriter {
+    const STATEMENTS: &'static statements::Statements = &SQLITE;
+
     async fn begin(&mut self) -> Result<(), StoreError> {
         if self.conn.is_none() {
             self.conn = Some(self.pool.acquire().await?);
@@ -225,6 +238,26 @@ impl WriteConn for SqliteWriter {
         }
     }
 
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let done = bind(sqlx::query(sql), args)
+            .execute(&mut **self.conn()?)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn fetch<R: Row>(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<R>, StoreError> {
+        let rows = bind(sqlx::query(sql), args)
+            .fetch_all(&mut **self.conn()?)
+            .await?;
+        rows.iter()
+            .map(|r| R::from_row(r).map_err(StoreError::from))
+            .collect()
+    }
+
     async fn append_run(
         &mut self,
         items: &[(SessionId, u64, &[PreparedEvent])],
@@ -237,12 +270,10 @@ impl WriteConn for SqliteWriter {
         ids.dedup();
         let ids_json = serde_json::to_string(&ids)
             .map_err(|e| StoreError::Database(format!("encoding session ids: {e}")))?;
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT id, status, next_seq FROM sessions              WHERE id IN (SELECT value FROM json_each($1))",
-        )
-        .bind(ids_json)
-        .fetch_all(&mut **conn)
-        .await?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(RUN_STATE)
+            .bind(ids_json)
+            .fetch_all(&mut **conn)
+            .await?;
         // 2. Each request checked in order against the state the requests before it left.
         let plan = plan_append_run(items, rows)?;
         // 3. All events of the accepted requests, in multi-row inserts.
@@ -271,13 +302,11 @@ impl WriteConn for SqliteWriter {
         if !advanced.is_empty() {
             let json = serde_json::to_string(&advanced)
                 .map_err(|e| StoreError::Database(format!("encoding session seqs: {e}")))?;
-            let done = sqlx::query(
-                "UPDATE sessions SET next_seq = json_extract(j.value, '$[1]'),                  updated_at_ms = $2 FROM json_each($1) AS j                  WHERE sessions.id = json_extract(j.value, '$[0]')",
-            )
-            .bind(json)
-            .bind(at_ms)
-            .execute(&mut **conn)
-            .await?;
+            let done = sqlx::query(RUN_ADVANCE)
+                .bind(json)
+                .bind(at_ms)
+                .execute(&mut **conn)
+                .await?;
             if done.rows_affected() != advanced.len() as u64 {
                 return Err(StoreError::Database(format!(
                     "advanced {} of {} sessions under the write lock",
@@ -288,197 +317,6 @@ impl WriteConn for SqliteWriter {
         }
         Ok(Some(plan.results))
     }
-
-    async fn advance(
-        &mut self,
-        id: &SessionId,
-        expected: u64,
-        next: u64,
-        at_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET next_seq = $1, updated_at_ms = $2 \
-             WHERE id = $3 AND status = 'running' AND next_seq = $4",
-        )
-        .bind(from_seq(next)?)
-        .bind(at_ms)
-        .bind(id.to_string())
-        .bind(from_seq(expected)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn session_state(
-        &mut self,
-        id: &SessionId,
-    ) -> Result<Option<(SessionStatus, u64)>, StoreError> {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT status, next_seq FROM sessions WHERE id = $1")
-                .bind(id.to_string())
-                .fetch_optional(&mut **self.conn()?)
-                .await?;
-        row.map(|(status, next)| {
-            Ok((
-                SessionStatus::from_str(&status).map_err(|_| {
-                    StoreError::Corrupt(format!("stored status {status:?} is unknown"))
-                })?,
-                to_seq(next)?,
-            ))
-        })
-        .transpose()
-    }
-
-    async fn load_session(&mut self, id: &SessionId) -> Result<Option<Session>, StoreError> {
-        let row: Option<SessionRow> = sqlx::query_as(SELECT_SESSION)
-            .bind(id.to_string())
-            .fetch_optional(&mut **self.conn()?)
-            .await?;
-        row.map(session_from_row).transpose()
-    }
-
-    async fn insert_session(
-        &mut self,
-        s: &Session,
-        metadata_json: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO sessions (id, parent_id, fork_seq, profile, status, created_at_ms, \
-             updated_at_ms, metadata, error, cleanup_error, next_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, $9) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(s.id.to_string())
-        .bind(s.parent.map(|p| p.to_string()))
-        .bind(s.fork_seq.map(from_seq).transpose()?)
-        .bind(s.profile.as_deref())
-        .bind(s.status.as_str())
-        .bind(s.created_at_ms)
-        .bind(s.updated_at_ms)
-        .bind(metadata_json)
-        .bind(from_seq(s.next_seq)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn insert_events(
-        &mut self,
-        id: &SessionId,
-        first_seq: u64,
-        at_ms: i64,
-        events: &[PreparedEvent],
-    ) -> Result<(), StoreError> {
-        let sid = id.to_string();
-        let conn = self.conn()?;
-        for (i, e) in events.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(sid.as_str())
-            .bind(from_seq(first_seq + i as u64)?)
-            .bind(at_ms)
-            .bind(e.kind.as_str())
-            .bind(e.json.as_str())
-            .execute(&mut **conn)
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn update_session(
-        &mut self,
-        id: &SessionId,
-        next_seq: u64,
-        at_ms: i64,
-        status: Option<(SessionStatus, Option<&str>, Option<&str>)>,
-    ) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        match status {
-            None => {
-                sqlx::query("UPDATE sessions SET next_seq = $1, updated_at_ms = $2 WHERE id = $3")
-                    .bind(from_seq(next_seq)?)
-                    .bind(at_ms)
-                    .bind(id.to_string())
-                    .execute(&mut **conn)
-                    .await?;
-            }
-            Some((st, error, cleanup)) => {
-                sqlx::query(
-                    "UPDATE sessions SET next_seq = $1, updated_at_ms = $2, status = $3, \
-                     error = $4, cleanup_error = $5 WHERE id = $6",
-                )
-                .bind(from_seq(next_seq)?)
-                .bind(at_ms)
-                .bind(st.as_str())
-                .bind(error)
-                .bind(cleanup)
-                .bind(id.to_string())
-                .execute(&mut **conn)
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn copy_events(
-        &mut self,
-        from: &SessionId,
-        to: &SessionId,
-        below: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
-             SELECT $1, seq, at_ms, kind, payload FROM events WHERE session_id = $2 AND seq < $3",
-        )
-        .bind(to.to_string())
-        .bind(from.to_string())
-        .bind(from_seq(below)?)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(())
-    }
-
-    async fn insert_blob(&mut self, address: &BlobAddress, bytes: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO blobs (address, size, data) VALUES ($1, $2, $3) \
-             ON CONFLICT (address) DO NOTHING",
-        )
-        .bind(address.as_str())
-        .bind(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
-        .bind(bytes)
-        .execute(&mut **self.conn()?)
-        .await?;
-        Ok(())
-    }
-
-    async fn prunable(
-        &mut self,
-        retention: &Retention,
-        limit: u32,
-    ) -> Result<Vec<SessionId>, StoreError> {
-        // The write lock taken by BEGIN IMMEDIATE keeps the candidates as found until commit.
-        let rows: Vec<(String,)> = sqlx::query_as(prunable_sql!())
-            .bind(retention.ended_before_ms)
-            .bind(retention.status.map(|s| s.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&mut **self.conn()?)
-            .await?;
-        rows.into_iter().map(|(id,)| parse_id(&id)).collect()
-    }
-
-    async fn delete_session(&mut self, id: &SessionId) -> Result<u64, StoreError> {
-        let conn = self.conn()?;
-        let events = sqlx::query("DELETE FROM events WHERE session_id = $1")
-            .bind(id.to_string())
-            .execute(&mut **conn)
-            .await?;
-        sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **conn)
-            .await?;
-        Ok(events.rows_affected())
-    }
 }
 
 /// The largest power of two of rows (at most [`MAX_INSERT_ROWS`]) not above `n`, and the
@@ -487,8 +325,8 @@ fn insert_chunk(n: usize) -> (usize, &'static str) {
     static SQL: LazyLock<Vec<String>> = LazyLock::new(|| {
         (0..=MAX_INSERT_ROWS.trailing_zeros())
             .map(|k| {
-                let rows = vec!["(?, ?, ?, ?, ?)"; 1 << k].join(", ");
-                format!("INSERT INTO events (session_id, seq, at_ms, kind, payload) VALUES {rows}")
+                let rows = vec![EVENT_ROW; 1 << k].join(", ");
+                format!("{INSERT_EVENTS}{rows}")
             })
             .collect()
     });
@@ -498,15 +336,6 @@ fn insert_chunk(n: usize) -> (usize, &'static str) {
 
 /// Most rows in one multi-row insert (5 bound values each, far below SQLite's variable limit).
 const MAX_INSERT_ROWS: usize = 256;
-
-const SELECT_SESSION: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
-     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions WHERE id = $1";
-
-const LIST_SESSIONS: &str = "SELECT id, parent_id, fork_seq, profile, status, created_at_ms, \
-     updated_at_ms, metadata, error, cleanup_error, next_seq FROM sessions \
-     WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR profile = $2) \
-     AND ($3 IS NULL OR created_at_ms >= $3) AND ($4 IS NULL OR created_at_ms < $4) \
-     AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6";
 
 /// Replay's read connections: plain SQLite connections used on blocking threads.
 ///
@@ -611,10 +440,6 @@ fn from_rusqlite(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// One replay chunk: the events with seq in `from..below`.
-const REPLAY_RANGE_SQL: &str = "SELECT seq, at_ms, kind, payload FROM events \
-     WHERE session_id = ?1 AND seq >= ?2 AND seq < ?3 ORDER BY seq";
-
 /// Chunk reads in flight at once: while the consumer takes one chunk, the next ones are read
 /// and parsed on other threads.
 const REPLAY_AHEAD: usize = 3;
@@ -647,7 +472,7 @@ impl RawChunk {
                 seq: to_seq(seq)?,
                 at_ms,
                 kind: kind.to_owned(),
-                payload: crate::types::Payload::from_checked(payload),
+                payload: Payload::from_checked(payload),
             })
         });
         events.chain(error.map(Err))
@@ -661,9 +486,7 @@ fn read_range(
     from: i64,
     below: i64,
 ) -> Result<RawChunk, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(REPLAY_RANGE_SQL)
-        .map_err(from_rusqlite)?;
+    let mut stmt = conn.prepare_cached(REPLAY_RANGE).map_err(from_rusqlite)?;
     let mut rows = stmt.query((sid, from, below)).map_err(from_rusqlite)?;
     let n = usize::try_from(below - from).unwrap_or(0);
     let mut chunk = RawChunk {
@@ -724,7 +547,7 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
             let sid = sid.clone();
             reader
                 .run(move |conn| {
-                    conn.prepare_cached("SELECT next_seq FROM sessions WHERE id = ?1")
+                    conn.prepare_cached(SQLITE.next_seq)
                         .and_then(|mut q| {
                             q.query_row([sid.as_str()], |r| r.get::<_, i64>(0))
                                 .map(Some)
@@ -756,7 +579,7 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
                 }
             })
             .buffered(REPLAY_AHEAD);
-        crate::sql::end_after_error(chunks.flat_map(|chunk| match chunk {
+        end_after_error(chunks.flat_map(|chunk| match chunk {
             Ok(rows) => stream::iter(rows.into_events()).left_stream(),
             Err(e) => stream::iter(vec![Err(e)]).right_stream(),
         }))
@@ -765,4 +588,4 @@ fn replay_events(inner: &Inner, session: SessionId, from_seq: u64) -> EventStrea
     .boxed()
 }
 
-crate::sql::sql_session_store!(SqliteStore);
+crate::sql::sql_session_store!(SqliteStore, crate::sql::statements::SQLITE);

@@ -242,6 +242,7 @@ impl Payload {
 
     /// A payload from stored text the caller owns (no copy when the string has no spare
     /// capacity); text that does not parse is reported as corruption.
+    #[cfg(feature = "postgres")]
     pub(crate) fn from_stored_string(json: String) -> Result<Self, StoreError> {
         check_json(&json)?;
         Ok(Payload {
@@ -259,6 +260,7 @@ impl Payload {
     }
 
     /// A payload from its value and the JSON text serialized from it (nothing to parse later).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_parts(json: &str, value: Value) -> Self {
         Payload {
             json: json.into(),
@@ -288,6 +290,7 @@ impl Payload {
 
 /// Checks that stored text is JSON without building anything (no allocation): done where rows
 /// are read, so the [`Payload`] handed out can always be parsed.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn check_json(json: &str) -> Result<(), StoreError> {
     serde_json::from_str::<serde::de::IgnoredAny>(json)
         .map(drop)

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use agentrt::profiles::{AgentProfile, ProfileError};
 use agentrt::session_store::{
-    Event, PostgresStore, Retention, Session, SessionFilter, SessionId, SessionStatus,
-    SessionStore, SqliteStore,
+    Event, Retention, Session, SessionFilter, SessionId, SessionStatus, SessionStore,
 };
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -218,17 +217,9 @@ fn show_profile(file: &std::path::Path) -> Result<ExitCode> {
 
 /// Opens the store a `--store` argument names.
 async fn open_store(spec: &str) -> Result<Arc<dyn SessionStore>> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        let store = PostgresStore::connect(spec)
-            .await
-            .with_context(|| format!("cannot open the Postgres store {spec}"))?;
-        return Ok(Arc::new(store));
-    }
-    let path = spec.strip_prefix("sqlite://").unwrap_or(spec);
-    let store = SqliteStore::open(path)
+    agentrt::session_store::open_store(spec)
         .await
-        .with_context(|| format!("cannot open the SQLite store {path}"))?;
-    Ok(Arc::new(store))
+        .with_context(|| format!("cannot open the store {spec}"))
 }
 
 fn parse_id(id: &str) -> Result<SessionId> {
