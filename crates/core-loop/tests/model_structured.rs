@@ -379,3 +379,26 @@ async fn a_callers_own_response_format_with_tools_is_a_bad_request() {
     assert!(matches!(error, Error::BadRequest(_)), "{error}");
     assert_eq!(scripted.calls(), 0, "nothing was sent");
 }
+
+#[tokio::test]
+async fn a_profile_with_structured_tool_calls_builds_a_model_that_uses_them() {
+    use agentrt_core_loop::model::{ModelOptions, model_from_profile};
+    let server = FaultServer::start([Reply::sse(openai::text(
+        "m",
+        &[r#"{"answer": "5"}"#],
+        Some((10, 4)),
+    ))])
+    .await;
+    let profile = agentrt_profiles::AgentProfile::from_toml_str(&format!(
+        "name = \"p\"\nharness = \"router\"\n[model]\nprovider = \"llama.cpp\"\ndefault = \"m\"\n\
+         base_url = \"{}\"\ntool_calls = \"structured\"",
+        server.base_url()
+    ))
+    .unwrap();
+    let model = model_from_profile(&profile, &ModelOptions::new()).unwrap();
+    let items = collect(&model, request_after_one_call()).await;
+    let body = server.requests()[0].json();
+    assert_eq!(body["response_format"]["type"], json!("json_schema"));
+    assert!(body.get("tools").is_none());
+    assert!(matches!(items.last(), Some(StreamItem::Done(r)) if r.content.as_deref() == Some("5")));
+}
