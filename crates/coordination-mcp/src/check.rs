@@ -266,6 +266,7 @@ impl JudgeModel {
             tools: Vec::new(),
             temperature: Some(0.0),
             max_tokens: Some(JUDGE_MAX_TOKENS),
+            response_format: None,
         };
         let id = &self.model_id;
         let response = tokio::time::timeout(self.timeout, self.model.complete(request))

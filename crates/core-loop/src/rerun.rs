@@ -461,6 +461,7 @@ fn comparable(events: &[Event]) -> Vec<Comparable> {
                     tools: Vec::new(),
                     temperature,
                     max_tokens,
+                    response_format: None,
                 };
                 let mut request = serde_json::to_value(request).unwrap_or(Value::Null);
                 request["tools"] = Value::Array(tools);

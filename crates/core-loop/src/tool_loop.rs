@@ -1181,6 +1181,7 @@ impl Run {
                 tools: self.specs.clone(),
                 temperature: self.temperature,
                 max_tokens: self.max_tokens,
+                response_format: None,
             };
             let started = Instant::now();
             let cancel = self.cancel.clone();

@@ -31,6 +31,7 @@ fn request() -> ChatRequest {
         }],
         temperature: None,
         max_tokens: None,
+        response_format: None,
     }
 }
 

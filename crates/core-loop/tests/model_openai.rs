@@ -33,6 +33,7 @@ fn request() -> ChatRequest {
         }],
         temperature: Some(0.0),
         max_tokens: Some(32),
+        response_format: None,
     }
 }
 

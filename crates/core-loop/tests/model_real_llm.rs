@@ -108,6 +108,7 @@ async fn request(text: &str, max_tokens: u32) -> ChatRequest {
         tools: vec![],
         temperature: Some(0.0),
         max_tokens: Some(max_tokens),
+        response_format: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn request(text: &str) -> ChatRequest {
         tools: vec![],
         temperature: None,
         max_tokens: None,
+        response_format: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn request() -> ChatRequest {
         tools: vec![],
         temperature: None,
         max_tokens: None,
+        response_format: None,
     }
 }
 

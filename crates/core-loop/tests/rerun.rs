@@ -210,6 +210,7 @@ async fn the_replay_model_answers_with_the_recorded_responses_in_order() {
         tools: vec![],
         temperature: None,
         max_tokens: None,
+        response_format: None,
     };
     let first = model.complete(request.clone()).await.unwrap();
     assert_eq!(first.tool_calls[0].arguments, r#"{"a": 2, "b": 3}"#);

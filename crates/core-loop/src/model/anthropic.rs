@@ -24,7 +24,8 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// Mapping: system messages go to the top-level `system` field; an assistant turn's tool calls
 /// become `tool_use` blocks (their arguments must be a JSON object, which is what Anthropic
 /// itself produces); tool results become `tool_result` blocks in a user turn; consecutive turns
-/// of one role are merged. The stream's `text_delta` and `input_json_delta` events become
+/// of one role are merged; a [`ChatRequest::response_format`] becomes `output_config.format`
+/// (JSON outputs). The stream's `text_delta` and `input_json_delta` events become
 /// [`ModelDelta`]s (tool calls are numbered in order of appearance), `message_delta` carries the
 /// stop reason and output usage, `message_stop` ends the stream, and an `error` event becomes
 /// [`Error::ProviderStream`].
@@ -237,6 +238,14 @@ pub(crate) fn request_body(request: &ChatRequest, default_max_tokens: u32) -> Re
     }
     if let Some(temperature) = request.temperature {
         body.insert("temperature".into(), json!(temperature));
+    }
+    if let Some(format) = &request.response_format {
+        // The Messages API's JSON outputs. llama.cpp's /v1/messages drops the field (it
+        // forwards only sampling settings), so there the reply is unconstrained.
+        body.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": format.schema}}),
+        );
     }
     Ok(Value::Object(body))
 }
@@ -607,6 +616,7 @@ mod tests {
             }],
             temperature: None,
             max_tokens: None,
+            response_format: None,
         };
         let body = request_body(&request, 99).unwrap();
         assert_eq!(body["system"], json!("a\n\nb"));
@@ -644,6 +654,7 @@ mod tests {
             tools: vec![],
             temperature: None,
             max_tokens: None,
+            response_format: None,
         };
         assert!(matches!(
             request_body(&request, 1),

@@ -13,6 +13,7 @@ mod replay;
 mod retry;
 mod scripted;
 mod stack;
+mod structured;
 mod types;
 
 pub use anthropic::{Anthropic, AnthropicBuilder};
@@ -31,8 +32,9 @@ pub use stack::{
     IdleTimeout, IdleTimeoutLayer, Metered, ModelService, ModelStack, ModelTraceLayer,
     StackedModel, StreamConcurrencyLimit, StreamConcurrencyLimitLayer, Traced, UsageMeterLayer,
 };
+pub use structured::{StructuredToolCalls, StructuredToolCallsLayer};
 
 pub use types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
-    StreamItem, ToolCall, ToolSpec, Usage,
+    ResponseFormat, StreamItem, ToolCall, ToolSpec, Usage,
 };

@@ -27,6 +27,7 @@ const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 /// * Usage is requested with `stream_options: {"include_usage": true}`; a field the server does
 ///   not report stays `None`.
 /// * The model id the server reports is recorded in [`ChatResponse::reported_model`].
+/// * A [`ChatRequest::response_format`] is sent as `response_format` of type `json_schema`.
 /// * HTTP failures become [`Error::Auth`], [`Error::ModelNotFound`], [`Error::BadRequest`],
 ///   [`Error::RateLimited`] (with `Retry-After`), [`Error::Server`], [`Error::Timeout`] or
 ///   [`Error::Connect`]; a stream that breaks, carries a bad chunk, or ends without a finish
@@ -232,6 +233,15 @@ pub(crate) fn request_body(request: &ChatRequest, include_usage: bool) -> Value 
     }
     if let Some(max_tokens) = request.max_tokens {
         body.insert("max_tokens".into(), json!(max_tokens));
+    }
+    if let Some(format) = &request.response_format {
+        body.insert(
+            "response_format".into(),
+            json!({
+                "type": "json_schema",
+                "json_schema": {"name": format.name, "schema": format.schema},
+            }),
+        );
     }
     Value::Object(body)
 }
@@ -605,6 +615,7 @@ mod tests {
             }],
             temperature: Some(0.0),
             max_tokens: Some(5),
+            response_format: None,
         };
         let body = request_body(&request, true);
         assert_eq!(body["stream"], json!(true));

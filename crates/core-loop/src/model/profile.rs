@@ -176,7 +176,8 @@ fn key_var(provider: &str) -> &'static str {
 /// middleware stack: connect timeout (on the HTTP client), time-to-first-byte timeout per
 /// attempt, idle timeout between stream chunks, retry with backoff honouring `Retry-After`
 /// (only before any output reached the caller), a concurrency limit, an optional rate limit,
-/// the usage meter when [`ModelOptions::meter`] is set, and tracing. Settings come from
+/// the usage meter when [`ModelOptions::meter`] is set, tracing, and — when `model.tool_calls`
+/// is `structured` — the [`StructuredToolCallsLayer`](super::StructuredToolCallsLayer). Settings come from
 /// `options`' overrides, then the profile's `[model.stack]`, then the `DEFAULT_*` constants of
 /// this module; [`ModelOptions::resolve`] shows the result.
 ///
@@ -267,7 +268,9 @@ pub fn model_from_profile(
         }
     };
     Ok(Arc::new(
-        stack_for(raw, &settings, options.meter.clone()).build(),
+        stack_for(raw, &settings, options.meter.clone())
+            .tool_calls(spec.tool_calls)
+            .build(),
     ))
 }
 

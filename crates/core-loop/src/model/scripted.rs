@@ -220,6 +220,7 @@ struct State {
 ///     tools: vec![],
 ///     temperature: None,
 ///     max_tokens: None,
+///     response_format: None,
 /// };
 /// let response = model.complete(request).await.unwrap();
 /// assert_eq!(response.content.as_deref(), Some("hello there"));

@@ -15,8 +15,11 @@ use tower::util::BoxCloneService;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tracing::Instrument;
 
+use agentrt_profiles::ToolCallMode;
+
 use super::meter::UsageMeter;
 use super::retry::{ModelRetry, RetryPolicy};
+use super::structured::StructuredToolCallsLayer;
 use super::types::{ChatModel, ChatRequest, ChatStream, StreamItem};
 use crate::Error;
 
@@ -429,7 +432,7 @@ type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// Assembles a middleware stack around a model and yields a [`StackedModel`], which is a
 /// [`ChatModel`] again — the loop does not know the difference.
 ///
-/// From the outside in: tracing span → usage meter → retry (with its backoff sleeps) → rate
+/// From the outside in: tracing span → structured tool calls (when asked for) → usage meter → retry (with its backoff sleeps) → rate
 /// limit → concurrency limit → open timeout → idle timeout → the model. So every attempt
 /// takes a rate-limit slot and a concurrency permit, each attempt has its own open timeout,
 /// and the meter and span see one logical call.
@@ -458,6 +461,7 @@ pub struct ModelStack {
     concurrency: Option<usize>,
     rate: Option<(u64, Duration)>,
     meter: Option<UsageMeter>,
+    tool_calls: ToolCallMode,
     buffer: usize,
 }
 
@@ -471,6 +475,7 @@ impl std::fmt::Debug for ModelStack {
             .field("concurrency", &self.concurrency)
             .field("rate", &self.rate)
             .field("meter", &self.meter.is_some())
+            .field("tool_calls", &self.tool_calls)
             .finish()
     }
 }
@@ -491,6 +496,7 @@ impl ModelStack {
             concurrency: None,
             rate: None,
             meter: None,
+            tool_calls: ToolCallMode::Native,
             buffer: 1024,
         }
     }
@@ -541,6 +547,14 @@ impl ModelStack {
         self
     }
 
+    /// How the model is asked for tool calls (default [`ToolCallMode::Native`]: the provider's
+    /// own API). [`ToolCallMode::Structured`] adds the [`StructuredToolCallsLayer`]: requests
+    /// that offer tools ask for a JSON reply instead, mapped back to text or tool calls.
+    pub fn tool_calls(mut self, mode: ToolCallMode) -> Self {
+        self.tool_calls = mode;
+        self
+    }
+
     /// Builds the stack. Does not need a Tokio runtime: the layers are assembled on the first
     /// call (tower's rate limiter and its buffer worker need the runtime that call runs on).
     pub fn build(self) -> StackedModel {
@@ -582,6 +596,9 @@ impl ModelStack {
         }
         if let Some(meter) = self.meter {
             service = BoxCloneService::new(UsageMeterLayer::new(meter).layer(service));
+        }
+        if self.tool_calls == ToolCallMode::Structured {
+            service = BoxCloneService::new(StructuredToolCallsLayer::new().layer(service));
         }
         service = BoxCloneService::new(ModelTraceLayer::new(provider).layer(service));
         (service, worker)

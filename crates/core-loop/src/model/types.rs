@@ -74,6 +74,20 @@ pub struct ChatRequest {
     /// Maximum output tokens, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    /// A JSON schema the reply must match, when set (each provider sends it in its own
+    /// request field; a server that ignores the field replies unconstrained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// Asks for a reply that is one JSON value matching a schema (OpenAI's `response_format` of
+/// type `json_schema`, Anthropic's `output_config.format`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFormat {
+    /// A name for the schema (letters, digits, `_` and `-`; OpenAI requires one).
+    pub name: String,
+    /// The JSON schema the reply must match.
+    pub schema: serde_json::Value,
 }
 
 /// Token usage of one model call. `None` means the provider did not report it: unknown is never
