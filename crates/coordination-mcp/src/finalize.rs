@@ -111,6 +111,9 @@ pub struct Rejection {
 }
 
 /// What the keep-best-delivered finalizer decided.
+// One value per supervision, moved a few times: boxing the winner would only add an indirection
+// to every caller's pattern.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum FinalOutcome {

@@ -454,7 +454,7 @@ impl SandboxBox {
             use std::os::unix::fs::OpenOptionsExt;
             let mut file = std::fs::OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&full)
                 .map_err(Error::io("open", &full))?;
             let mut bytes = Vec::new();
@@ -484,7 +484,7 @@ impl SandboxBox {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .custom_flags(libc::O_NOFOLLOW)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&full)
                 .map_err(Error::io("open", &full))?;
             file.write_all(&contents).map_err(Error::io("write", &full))
