@@ -14,6 +14,7 @@ use super::types::{
     Decision, Iteration, ParentAuthoring, Provision, RoundDriver, RoundHistory, RoundsOutcome,
     RoundsStop, RunContext, ValidationContext, WorkItem, is_soft,
 };
+use crate::worker::{BoxSessionId, BoxSpec, WorkerBox};
 use crate::{Budget, BudgetExhausted, Error, FailureInfo};
 
 /// Runs rounds of agent work until the driver is done, stops, or a limit ends the run.
@@ -256,46 +257,15 @@ where
             )
             .await?;
 
-        // Boxes from the lineage, when it is on.
-        let slots: Vec<Option<Slot>> = match state.lineage.as_mut() {
-            Some(lineage) => {
-                let wants: Vec<Want<'_>> = items
-                    .iter()
-                    .zip(&parents)
-                    .map(|(item, parent)| Want {
-                        parent: *parent,
-                        spec: item.spec.as_ref(),
-                    })
-                    .collect();
-                match lineage
-                    .provision(round, &wants, &config.cancel, &state.stats)
-                    .await?
-                {
-                    Some(slots) => slots.into_iter().map(Some).collect(),
-                    None => {
-                        state.not_started += items.len();
-                        return Ok(RoundsStop::Cancelled);
-                    }
-                }
-            }
-            None => vec![None; items.len()],
+        let Some(Provisioned {
+            slots,
+            box_indices,
+            agent_sessions,
+        }) = provision_round(config, state, round, &items, &parents).await?
+        else {
+            state.not_started += items.len();
+            return Ok(RoundsStop::Cancelled);
         };
-        let box_indices: Vec<Option<usize>> = slots
-            .iter()
-            .map(|s| s.as_ref().map(|s| s.box_index))
-            .collect();
-        // A continued box continues its parent's agent too: the runner gets the agent session
-        // the parent's run reported.
-        let agent_sessions: Vec<Option<StoreSessionId>> = slots
-            .iter()
-            .zip(&parents)
-            .map(|(slot, parent)| match (slot, parent) {
-                (Some(slot), Some(p)) if slot.provision == Provision::Continued => {
-                    state.history.get(*p).and_then(|it| it.agent_session)
-                }
-                _ => None,
-            })
-            .collect();
 
         // Run the items, bounded.
         let launch = run_token.child_token();
@@ -340,38 +310,12 @@ where
         })
         .await?;
 
-        let mut iterations = Vec::new();
-        let mut hard = None;
-        let mut budget_stop = refused;
-        let mut round_not_started = 0usize;
-        for (pos, end) in out.results.into_iter().enumerate() {
-            let Some(end) = end else {
-                round_not_started += 1;
-                continue;
-            };
-            state.cleanup.extend(end.cleanup);
-            match end.result {
-                ItemResult::Ran { iteration, budget } => {
-                    if let (Some(lineage), Some(Some(b))) =
-                        (state.lineage.as_mut(), box_indices.get(pos))
-                    {
-                        lineage.bind(iteration.index, *b);
-                    }
-                    if let Some(exhausted) = budget {
-                        budget_stop.get_or_insert(exhausted);
-                    }
-                    iterations.push(*iteration);
-                }
-                ItemResult::Refused => round_not_started += 1,
-                ItemResult::Hard(e) => {
-                    hard.get_or_insert(e);
-                }
-            }
-        }
-        let started = iterations.len();
-        state.agent_runs += started;
-        state.not_started += round_not_started;
-        state.history.push_round(iterations);
+        let RoundEnd {
+            started,
+            not_started: round_not_started,
+            hard,
+            budget_stop,
+        } = end_round(state, out.results, &box_indices, refused);
         recorder
             .append(
                 kind::ROUND_ENDED,
@@ -382,31 +326,7 @@ where
             return Err(e);
         }
 
-        // Prune boxes no future round can descend from.
-        if let Some(lineage) = state.lineage.as_mut() {
-            match authoring {
-                ParentAuthoring::Driver => {
-                    recorder
-                        .append(
-                            kind::PRUNE_SKIPPED,
-                            json!({ "round": round, "reason": "driver-authored parents" }),
-                        )
-                        .await?;
-                }
-                ParentAuthoring::Inferred => {
-                    if let Some(head) = state.history.head_of(round) {
-                        let (pruned, errors) = lineage.prune(head, &state.stats).await?;
-                        state.cleanup.extend(errors);
-                        recorder
-                            .append(
-                                kind::PRUNED,
-                                json!({ "round": round, "branch_point": head, "pruned": pruned }),
-                            )
-                            .await?;
-                    }
-                }
-            }
-        }
+        prune_round(recorder, state, authoring, round).await?;
 
         if config.cancel.is_cancelled() {
             return Ok(RoundsStop::Cancelled);
@@ -429,6 +349,160 @@ where
         }
         round += 1;
     }
+}
+
+/// What the lineage provides a round's items: a box slot each (none without lineage), the
+/// box each runs in, and the agent session a continued box continues.
+struct Provisioned {
+    slots: Vec<Option<Slot>>,
+    box_indices: Vec<Option<usize>>,
+    agent_sessions: Vec<Option<StoreSessionId>>,
+}
+
+/// Boxes for a round's items from the lineage, when it is on; `None` when the run was
+/// cancelled while provisioning.
+async fn provision_round<O: Send + Sync>(
+    config: &RoundsConfig<O>,
+    state: &mut State<O>,
+    round: usize,
+    items: &[WorkItem],
+    parents: &[Option<usize>],
+) -> Result<Option<Provisioned>, Error> {
+    let slots: Vec<Option<Slot>> = match state.lineage.as_mut() {
+        Some(lineage) => {
+            let wants: Vec<Want<'_>> = items
+                .iter()
+                .zip(parents)
+                .map(|(item, parent)| Want {
+                    parent: *parent,
+                    spec: item.spec.as_ref(),
+                })
+                .collect();
+            match lineage
+                .provision(round, &wants, &config.cancel, &state.stats)
+                .await?
+            {
+                Some(slots) => slots.into_iter().map(Some).collect(),
+                None => return Ok(None),
+            }
+        }
+        None => vec![None; items.len()],
+    };
+    let box_indices = slots
+        .iter()
+        .map(|s| s.as_ref().map(|s| s.box_index))
+        .collect();
+    // A continued box continues its parent's agent too: the runner gets the agent session
+    // the parent's run reported.
+    let agent_sessions = slots
+        .iter()
+        .zip(parents)
+        .map(|(slot, parent)| match (slot, parent) {
+            (Some(slot), Some(p)) if slot.provision == Provision::Continued => {
+                state.history.get(*p).and_then(|it| it.agent_session)
+            }
+            _ => None,
+        })
+        .collect();
+    Ok(Some(Provisioned {
+        slots,
+        box_indices,
+        agent_sessions,
+    }))
+}
+
+/// How a round's items ended, once their iterations are in the history.
+struct RoundEnd {
+    started: usize,
+    not_started: usize,
+    /// The first hard error of the round, which ends the run.
+    hard: Option<Error>,
+    /// The first budget refusal, which ends the run unless the driver decides it is done.
+    budget_stop: Option<BudgetExhausted>,
+}
+
+/// Takes a round's item results into `state`: cleanup errors, box bindings for the lineage,
+/// iterations into the history, and the counts.
+fn end_round<O>(
+    state: &mut State<O>,
+    results: Vec<Option<ItemEnd<O>>>,
+    box_indices: &[Option<usize>],
+    refused: Option<BudgetExhausted>,
+) -> RoundEnd {
+    let mut iterations = Vec::new();
+    let mut hard = None;
+    let mut budget_stop = refused;
+    let mut not_started = 0usize;
+    for (pos, end) in results.into_iter().enumerate() {
+        let Some(end) = end else {
+            not_started += 1;
+            continue;
+        };
+        state.cleanup.extend(end.cleanup);
+        match end.result {
+            ItemResult::Ran { iteration, budget } => {
+                if let (Some(lineage), Some(Some(b))) =
+                    (state.lineage.as_mut(), box_indices.get(pos))
+                {
+                    lineage.bind(iteration.index, *b);
+                }
+                if let Some(exhausted) = budget {
+                    budget_stop.get_or_insert(exhausted);
+                }
+                iterations.push(*iteration);
+            }
+            ItemResult::Refused => not_started += 1,
+            ItemResult::Hard(e) => {
+                hard.get_or_insert(e);
+            }
+        }
+    }
+    let started = iterations.len();
+    state.agent_runs += started;
+    state.not_started += not_started;
+    state.history.push_round(iterations);
+    RoundEnd {
+        started,
+        not_started,
+        hard,
+        budget_stop,
+    }
+}
+
+/// Prunes the boxes no future round can descend from (only when parents are inferred: a
+/// driver that authors parents may name any earlier iteration).
+async fn prune_round<O>(
+    recorder: &Recorder,
+    state: &mut State<O>,
+    authoring: ParentAuthoring,
+    round: usize,
+) -> Result<(), Error> {
+    let Some(lineage) = state.lineage.as_mut() else {
+        return Ok(());
+    };
+    match authoring {
+        ParentAuthoring::Driver => {
+            recorder
+                .append(
+                    kind::PRUNE_SKIPPED,
+                    json!({ "round": round, "reason": "driver-authored parents" }),
+                )
+                .await?;
+        }
+        ParentAuthoring::Inferred => {
+            if let Some(head) = state.history.head_of(round) {
+                let (pruned, errors) = lineage.prune(head, &state.stats).await?;
+                state.cleanup.extend(errors);
+                recorder
+                    .append(
+                        kind::PRUNED,
+                        json!({ "round": round, "branch_point": head, "pruned": pruned }),
+                    )
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn resolve_parents<O>(
@@ -481,6 +555,65 @@ struct ItemInput {
 }
 
 /// Runs one work item: box, agent run, parse, validate (box alive), release the box, record.
+/// The box an item runs in: from the lineage, the caller's, none, or a fresh one made for it
+/// (the last value says so: only such a box is the item's to destroy).
+async fn acquire_box<O>(
+    config: &RoundsConfig<O>,
+    slot: Option<Slot>,
+    item_spec: Option<&BoxSpec>,
+    name: &str,
+    stats: &Stats,
+) -> Result<
+    (
+        Option<Arc<dyn WorkerBox>>,
+        Option<BoxSessionId>,
+        Provision,
+        bool,
+    ),
+    Error,
+> {
+    Ok(match (slot, &config.boxes) {
+        (Some(slot), _) => (Some(slot.worker), Some(slot.session), slot.provision, false),
+        (None, Boxes::None) => (None, None, Provision::None, false),
+        (
+            None,
+            Boxes::Owned {
+                worker_box,
+                session,
+            },
+        ) => (
+            Some(worker_box.clone()),
+            session.clone(),
+            Provision::Owned,
+            false,
+        ),
+        (None, Boxes::Backend { backend, spec }) => {
+            let spec = item_spec.unwrap_or(spec);
+            let (worker, session) = fresh_box(backend.as_ref(), spec, name, stats).await?;
+            (Some(worker), Some(session), Provision::Fresh, true)
+        }
+    })
+}
+
+/// The `rounds.iteration` event's payload.
+fn iteration_payload<O>(iteration: &Iteration<O>) -> Value {
+    json!({
+        "round": iteration.round,
+        "index": iteration.index,
+        "label": iteration.item.label,
+        "parent": iteration.parent,
+        "provision": iteration.provision,
+        "box_id": iteration.box_id,
+        "raw_output": iteration.raw_output,
+        "parsed": iteration.output.is_some(),
+        "parse_error": iteration.parse_error,
+        "verdict": iteration.verdict,
+        "failure": iteration.failure,
+        "usage": iteration.usage,
+        "agent_session": iteration.agent_session,
+    })
+}
+
 async fn run_item<O: Send + Sync>(
     config: &RoundsConfig<O>,
     recorder: &Recorder,
@@ -505,36 +638,19 @@ async fn run_item<O: Send + Sync>(
         }
         Err(Some(e)) => return hard(e, None),
     };
-    // The box: from the lineage, the caller's, none, or a fresh one owned by this item.
-    let mut fresh_owned = false;
     let Work {
         item,
         parent,
         slot,
         agent_session,
     } = input.work;
-    let (worker_box, box_session, provision) = match (slot, &config.boxes) {
-        (Some(slot), _) => (Some(slot.worker), Some(slot.session), slot.provision),
-        (None, Boxes::None) => (None, None, Provision::None),
-        (
-            None,
-            Boxes::Owned {
-                worker_box,
-                session,
-            },
-        ) => (Some(worker_box.clone()), session.clone(), Provision::Owned),
-        (None, Boxes::Backend { backend, spec }) => {
-            let spec = item.spec.as_ref().unwrap_or(spec);
-            let name = format!("round-{}-item-{}", input.round, input.index);
-            match fresh_box(backend.as_ref(), spec, &name, stats).await {
-                Ok((worker, session)) => {
-                    fresh_owned = true;
-                    (Some(worker), Some(session), Provision::Fresh)
-                }
-                Err(e) => return hard(e, None),
-            }
-        }
-    };
+    let name = format!("round-{}-item-{}", input.round, input.index);
+    // Only a box made for this item (not the lineage's, not the caller's) is destroyed with it.
+    let (worker_box, box_session, provision, fresh_owned) =
+        match acquire_box(config, slot, item.spec.as_ref(), &name, stats).await {
+            Ok(acquired) => acquired,
+            Err(e) => return hard(e, None),
+        };
     let release = |worker: &Option<Arc<dyn crate::worker::WorkerBox>>| {
         let worker = worker.clone();
         async move {
@@ -622,21 +738,7 @@ async fn run_item<O: Send + Sync>(
         }
     }
     let cleanup = release(&worker_box).await;
-    let payload = json!({
-        "round": iteration.round,
-        "index": iteration.index,
-        "label": iteration.item.label,
-        "parent": iteration.parent,
-        "provision": iteration.provision,
-        "box_id": iteration.box_id,
-        "raw_output": iteration.raw_output,
-        "parsed": iteration.output.is_some(),
-        "parse_error": iteration.parse_error,
-        "verdict": iteration.verdict,
-        "failure": iteration.failure,
-        "usage": iteration.usage,
-        "agent_session": iteration.agent_session,
-    });
+    let payload = iteration_payload(&iteration);
     if let Err(e) = recorder.append(kind::ITERATION, payload).await {
         return hard(e, cleanup);
     }
