@@ -13,7 +13,7 @@ mod loop_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_core_loop::model::{Anthropic, ChatModel, ModelStack, OpenAiCompatible};
+use agentrt_core_loop::model::{Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy};
 use agentrt_core_loop::{
     LoopOutcome, RuntimeEvent, StopReason, TextDeltaMode, ToolLoop, ToolRegistry, ToolStatus,
     run_tool_loop, stream_tool_loop,
@@ -200,8 +200,12 @@ async fn structured_loop(
     max_turns: u32,
 ) -> (LoopOutcome, Arc<dyn SessionStore>) {
     let store = loop_support::memory();
+    // Retry as the front doors do: llama.cpp may close a pooled keep-alive connection just as
+    // the next request is sent ("connection closed before message completed"), which a retry
+    // before any output reached the loop recovers from.
     let model: Arc<dyn ChatModel> = Arc::new(
         ModelStack::from_arc(model)
+            .retry(RetryPolicy::default())
             .tool_calls(ToolCallMode::Structured)
             .build(),
     );
