@@ -1028,7 +1028,8 @@ impl Supervisor {
             depth: self.inner.depth + 1,
             max_depth: self.inner.options.max_depth,
         };
-        tokio::spawn(drive(
+        let span = spawn_span(&slot.id.to_string(), &spec.target, ctx.depth);
+        let run = drive(
             slot,
             self.inner.factory.clone(),
             self.inner.checker.clone(),
@@ -1037,7 +1038,48 @@ impl Supervisor {
             ctx,
             check,
             detached,
-        ));
+        );
+        tokio::spawn(tracing::Instrument::instrument(run, span));
+    }
+}
+
+/// The supervision span of one spawned agent, from its launch until it settles: a child of
+/// whatever span spawned it (the brain's `execute_tool spawn_agent`), the parent of the
+/// worker's own `invoke_agent` span. Named by the OpenTelemetry GenAI conventions' style
+/// (`otel.name` = `spawn_agent {target}`), with the agent's id and target.
+fn spawn_span(id: &str, target: &AgentTarget, depth: u32) -> tracing::Span {
+    let name = match target {
+        AgentTarget::Profile(name) | AgentTarget::Subagent(name) => name.as_str(),
+    };
+    tracing::info_span!(
+        "spawn_agent",
+        otel.name = %format_args!("spawn_agent {name}"),
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "spawn_agent",
+        gen_ai.agent.id = id,
+        gen_ai.agent.name = name,
+        agentrt.supervision.depth = depth,
+        agentrt.agent.status = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Records how a spawned agent ended on its supervision span.
+fn record_settle(status: &AgentStatus) {
+    let span = tracing::Span::current();
+    let kind = match status {
+        AgentStatus::Settled { delivered: true } => "delivered",
+        AgentStatus::Settled { delivered: false } => "not_delivered",
+        AgentStatus::Failed { .. } => "failed",
+        AgentStatus::Stopped { .. } => "stopped",
+        AgentStatus::InDoubt { .. } => "in_doubt",
+        AgentStatus::Running => "running",
+    };
+    span.record("agentrt.agent.status", kind);
+    if matches!(status, AgentStatus::Failed { .. }) {
+        span.record("error.type", "worker_failed");
+        span.record("otel.status_code", "error");
     }
 }
 
@@ -1159,6 +1201,7 @@ async fn drive(
             }
         },
     };
+    record_settle(&status);
     let spent = slot.release_budget();
     // Cancelled without a `stop_agent` means the supervisor itself went away (dropped, shutting
     // down): the work was interrupted, not ended by a decision, so a durable run leaves it

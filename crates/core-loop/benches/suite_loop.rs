@@ -103,6 +103,7 @@ impl ChatModel for BenchModel {
                     cached_tokens: None,
                 },
                 reported_model: Some(request.model.clone()),
+                response_id: None,
             }
         } else {
             let text = "All done, the echo answered.".to_owned();
@@ -119,6 +120,7 @@ impl ChatModel for BenchModel {
                     cached_tokens: None,
                 },
                 reported_model: Some(request.model.clone()),
+                response_id: None,
             }
         };
         items.push(Ok(StreamItem::Done(response)));

@@ -8,6 +8,7 @@ mod event;
 pub mod model;
 mod rerun;
 pub mod rounds;
+pub mod telemetry;
 mod tool;
 mod tool_loop;
 pub mod worker;

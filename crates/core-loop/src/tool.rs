@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::model::{ToolCall, ToolSpec};
 
@@ -304,7 +305,24 @@ impl ToolRegistry {
     /// Executes one call on its own task and turns every way it can end into a
     /// [`ToolResult`]: unknown tool, invalid JSON or schema mismatch, tool error, panic, or
     /// timeout (`default_timeout` applies when the tool declares none; the task is aborted).
+    ///
+    /// The call runs in an `execute_tool {tool}` span (see [`crate::telemetry`]); a result
+    /// other than [`ToolStatus::Ok`] marks the span failed with the status as `error.type`.
     pub async fn execute(&self, call: &ToolCall, default_timeout: Option<Duration>) -> ToolResult {
+        let span = crate::telemetry::tool_span(call);
+        let result = self
+            .execute_untraced(call, default_timeout)
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::record_tool_result(&span, &result);
+        result
+    }
+
+    async fn execute_untraced(
+        &self,
+        call: &ToolCall,
+        default_timeout: Option<Duration>,
+    ) -> ToolResult {
         let started = Instant::now();
         let finish = |status: ToolStatus, content: String| ToolResult {
             tool_call_id: call.id.clone(),
@@ -349,7 +367,9 @@ impl ToolRegistry {
         let timeout = tool.timeout().or(default_timeout);
         let task_tool = tool.clone();
         // Aborted when this future is dropped (cancellation) or the call times out.
-        let mut handle = AbortOnDrop(tokio::spawn(async move { task_tool.call(arguments).await }));
+        let mut handle = AbortOnDrop(tokio::spawn(
+            async move { task_tool.call(arguments).await }.in_current_span(),
+        ));
         let joined = match timeout {
             Some(limit) => match tokio::time::timeout(limit, &mut handle.0).await {
                 Ok(joined) => joined,

@@ -712,7 +712,16 @@ struct Run {
     to_reconcile: Vec<(ToolCall, Reconcile)>,
 }
 
-async fn drive(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Error> {
+/// The run, in its `invoke_agent` span (see [`crate::telemetry`]).
+async fn drive(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Error> {
+    let agent = cfg.profile.as_ref().map(|p| p.name.clone());
+    let span = crate::telemetry::agent_span(agent.as_deref(), cfg.model.provider(), &cfg.model_id);
+    let outcome = tracing::Instrument::instrument(drive_run(cfg, sink), span.clone()).await;
+    crate::telemetry::record_run(&span, &outcome);
+    outcome
+}
+
+async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Error> {
     if let Some(profile) = &cfg.profile {
         profile.ensure_model_allowed(&cfg.model_id)?;
     }

@@ -303,6 +303,8 @@ enum Event {
 #[derive(Debug, Deserialize)]
 struct StartMessage {
     #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     usage: Option<WireUsage>,
@@ -363,6 +365,7 @@ struct Assembler {
     calls: Vec<ToolCall>,
     stop_reason: Option<FinishReason>,
     model: Option<String>,
+    id: Option<String>,
     input: Option<u64>,
     cache_read: Option<u64>,
     cache_creation: Option<u64>,
@@ -394,6 +397,7 @@ impl Assembler {
             Event::MessageStart { message } => {
                 self.started = true;
                 self.model = message.model.filter(|m| !m.is_empty());
+                self.id = message.id.filter(|id| !id.is_empty());
                 if let Some(usage) = message.usage {
                     self.record_usage(usage);
                 }
@@ -491,6 +495,7 @@ impl Assembler {
                 cached_tokens: self.cache_read,
             },
             reported_model: self.model,
+            response_id: self.id,
         })
     }
 }

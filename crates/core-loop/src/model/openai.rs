@@ -287,6 +287,8 @@ fn wire_message(message: &Message) -> Value {
 #[derive(Debug, Deserialize)]
 struct Chunk {
     #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     choices: Option<Vec<Choice>>,
@@ -366,6 +368,7 @@ struct Assembler {
     finish_reason: Option<FinishReason>,
     usage: Usage,
     model: Option<String>,
+    id: Option<String>,
 }
 
 impl Assembler {
@@ -384,6 +387,11 @@ impl Assembler {
             && !model.is_empty()
         {
             self.model = Some(model);
+        }
+        if let Some(id) = chunk.id
+            && !id.is_empty()
+        {
+            self.id = Some(id);
         }
         if let Some(usage) = chunk.usage {
             // Only fields actually present are recorded: absent stays unknown.
@@ -488,6 +496,7 @@ impl Assembler {
             finish_reason,
             usage: self.usage,
             reported_model: self.model,
+            response_id: self.id,
         })
     }
 }

@@ -352,6 +352,7 @@ impl ChatModel for ScriptedModel {
                 finish_reason,
                 usage: turn.usage,
                 reported_model: turn.reported_model.take().unwrap_or(Some(request.model)),
+                response_id: None,
             })));
         }
         let stream = futures::stream::iter(items);

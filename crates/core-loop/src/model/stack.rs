@@ -316,8 +316,10 @@ where
     }
 }
 
-/// Wraps every call in a `model.call` tracing span (provider, model; at the end: reported
-/// model, finish reason, tokens) and logs failures.
+/// Wraps every call in a `chat {model}` span by the OpenTelemetry GenAI conventions (see
+/// [`crate::telemetry`]: provider, requested model; at the end the reported model, response id,
+/// finish reason and the tokens that were reported; a failure's `error.type`) and logs failures.
+/// The span lasts until the stream is finished or dropped.
 #[derive(Debug, Clone)]
 pub struct ModelTraceLayer {
     provider: Arc<str>,
@@ -364,46 +366,25 @@ where
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        use tracing::field::Empty;
-        let span = tracing::info_span!(
-            "model.call",
-            provider = %self.provider,
-            model = %request.model,
-            messages = request.messages.len(),
-            reported_model = Empty,
-            finish_reason = Empty,
-            input_tokens = Empty,
-            output_tokens = Empty,
-        );
+        let span = crate::telemetry::chat_span(&self.provider, &request);
         let stream_span = span.clone();
         self.inner
             .call(request)
             .instrument(span)
             .map(move |opened| match opened {
                 Err(error) => {
+                    crate::telemetry::record_model_error(&stream_span, &error);
                     tracing::warn!(parent: &stream_span, error = %error, "model call failed to open");
                     Err(error)
                 }
                 Ok(stream) => Ok(stream
                     .inspect(move |item| match item {
                         Ok(StreamItem::Done(response)) => {
-                            let span = &stream_span;
-                            if let Some(model) = &response.reported_model {
-                                span.record("reported_model", model.as_str());
-                            }
-                            span.record(
-                                "finish_reason",
-                                tracing::field::debug(&response.finish_reason),
-                            );
-                            if let Some(tokens) = response.usage.input_tokens {
-                                span.record("input_tokens", tokens);
-                            }
-                            if let Some(tokens) = response.usage.output_tokens {
-                                span.record("output_tokens", tokens);
-                            }
-                            tracing::debug!(parent: span, "model call finished");
+                            crate::telemetry::record_response(&stream_span, response);
+                            tracing::debug!(parent: &stream_span, "model call finished");
                         }
                         Err(error) => {
+                            crate::telemetry::record_model_error(&stream_span, error);
                             tracing::warn!(parent: &stream_span, error = %error, "model stream failed");
                         }
                         Ok(StreamItem::Delta(_)) => {}

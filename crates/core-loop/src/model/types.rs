@@ -131,6 +131,10 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// The model id the server reported, if it reported one (recorded, never assumed).
     pub reported_model: Option<String>,
+    /// The provider's id of this response (OpenAI's chunk `id`, Anthropic's message `id`), if
+    /// it sent one: traces name it as `gen_ai.response.id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_id: Option<String>,
 }
 
 /// An incremental piece of a streamed model response.
