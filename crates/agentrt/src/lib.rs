@@ -7,6 +7,9 @@
 //!
 //! - `sqlite` (default): session stores in a SQLite file (`session_store::SqliteStore`).
 //! - `postgres` (default): session stores on a Postgres server (`session_store::PostgresStore`).
+//! - `otel` (default): [`otel`], the export of the GenAI spans the crates emit over OTLP/HTTP
+//!   (`tracing-opentelemetry` and `opentelemetry-otlp`), configured from the standard
+//!   `OTEL_EXPORTER_OTLP_*` variables; `agentrt --otlp` turns it on.
 //!
 //! Both are on by default, so the `agentrt` command opens either kind of `--store`. A library user
 //! who needs one picks it: `agentrt = { default-features = false, features = ["sqlite"] }`. The
@@ -21,3 +24,6 @@ pub use agentrt_improvement as improvement;
 pub use agentrt_profiles as profiles;
 pub use agentrt_sandbox_lineage as sandbox_lineage;
 pub use agentrt_session_store as session_store;
+
+#[cfg(feature = "otel")]
+pub mod otel;

@@ -11,6 +11,11 @@
 //!   store takes to append the same events in the same batches from the same number of
 //!   concurrent writers (measured right after, in this run); `sessions_10k_vs_ideal` is the
 //!   ratio.
+//! - `turns_per_s_otel_off`, `turns_per_s_otel_on`, `otel_on_vs_off`: the `turns_per_s` loop
+//!   with the model in a `ModelStack` (as the front doors run it, so every turn has its `chat`,
+//!   `execute_tool` and the run its `invoke_agent` span), without a subscriber and with the
+//!   OpenTelemetry pipeline `agentrt --otlp` installs (tracing-opentelemetry, batch OTLP/HTTP
+//!   export to `AGENTRT_PHOENIX_URL`), alternated in rounds in the same run; goal >= 0.95.
 //! - `overhead_real_model_pct`: time outside the model call as a share of wall time, against
 //!   the OpenAI-compatible server at `AGENTRT_LLM_BASE_URL` (skipped with a note if none
 //!   answers).
@@ -22,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
-    OpenAiCompatible, ResolvedStack, StreamItem, ToolCall, Usage, stack_for,
+    ModelStack, OpenAiCompatible, ResolvedStack, StreamItem, ToolCall, Usage, stack_for,
 };
 use agentrt_core_loop::{
     Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
@@ -440,9 +445,104 @@ fn main() {
         let tps = turns_per_s(dir.path(), turns).await;
         println!("BENCH loop.turns_per_s {tps:.1} turns/s");
 
+        otel_overhead(dir.path(), turns).await;
+
         match real_model_overhead(dir.path()).await {
             Ok(pct) => println!("BENCH loop.overhead_real_model_pct {pct:.2} %"),
             Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
         }
     });
+}
+
+/// `turns_per_s` through a model stack, exporter off against on, alternated in rounds so that
+/// both see the same machine; prints both and their ratio.
+async fn otel_overhead(dir: &std::path::Path, total_turns: usize) {
+    use tracing::instrument::WithSubscriber;
+    let endpoint = std::env::var("AGENTRT_PHOENIX_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:4318".to_owned());
+    println!("# otel: OTLP/HTTP export to {endpoint}");
+    let (provider, subscriber) = otel_subscriber(&endpoint);
+    let dispatch = tracing::Dispatch::new(subscriber);
+    let store: Arc<dyn SessionStore> =
+        Arc::new(SqliteStore::open(dir.join("otel.db")).await.unwrap());
+    const ROUNDS: usize = 4;
+    let per_round = total_turns.div_ceil(ROUNDS);
+    let (mut off, mut on) = (Duration::ZERO, Duration::ZERO);
+    let (mut turns_off, mut turns_on) = (0u64, 0u64);
+    for _ in 0..ROUNDS {
+        let (turns, took) = stacked_turns(store.clone(), per_round).await;
+        turns_off += turns;
+        off += took;
+        let (turns, took) = stacked_turns(store.clone(), per_round)
+            .with_subscriber(dispatch.clone())
+            .await;
+        turns_on += turns;
+        on += took;
+    }
+    std::thread::spawn(move || provider.shutdown())
+        .join()
+        .unwrap()
+        .ok();
+    let off = turns_off as f64 / off.as_secs_f64();
+    let on = turns_on as f64 / on.as_secs_f64();
+    println!("BENCH loop.turns_per_s_otel_off {off:.1} turns/s");
+    println!("BENCH loop.turns_per_s_otel_on {on:.1} turns/s");
+    println!("BENCH loop.otel_on_vs_off {:.3} ratio", on / off);
+}
+
+/// The pipeline of `agentrt::otel::OtelPipeline::from_env` (the facade is above this crate, so
+/// the benchmark assembles the same parts): tracing-opentelemetry over a batch OTLP/HTTP export.
+fn otel_subscriber(
+    endpoint: &str,
+) -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    impl tracing::Subscriber + Send + Sync,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    let endpoint = format!("{endpoint}/v1/traces");
+    // The blocking HTTP client must not be built on an async runtime's thread.
+    let provider = std::thread::spawn(move || {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint)
+            .build()
+            .unwrap();
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .build()
+    })
+    .join()
+    .unwrap();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("agentrt"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("agentrt", tracing::Level::INFO),
+        );
+    (provider, tracing_subscriber::registry().with(layer))
+}
+
+/// Sessions of 10 tool turns each on a stacked scripted model; returns turns and time taken.
+async fn stacked_turns(store: Arc<dyn SessionStore>, total_turns: usize) -> (u64, Duration) {
+    const TURNS_PER_SESSION: usize = 10;
+    let started = Instant::now();
+    let mut turns = 0u64;
+    for _ in 0..total_turns.div_ceil(TURNS_PER_SESSION) {
+        let model = ModelStack::new(scripted(usize::MAX, Duration::ZERO)).build();
+        let outcome = run_tool_loop(
+            ToolLoop::new(Arc::new(model), "bench", store.clone())
+                .user("echo forever")
+                .tools(ToolRegistry::new().with_typed(Echo))
+                .max_turns(TURNS_PER_SESSION as u32),
+        )
+        .await
+        .unwrap();
+        turns += u64::from(outcome.turns);
+    }
+    (turns, started.elapsed())
 }

@@ -72,8 +72,8 @@ pub(crate) fn record_run(span: &Span, outcome: &Result<LoopOutcome, Error>) {
             let usage = &outcome.run_usage;
             // A sum over calls of which one did not report is unknown, not a smaller number.
             if usage.calls > 0 && usage.calls_with_unknown_tokens == 0 {
-                span.record("gen_ai.usage.input_tokens", usage.input_tokens);
-                span.record("gen_ai.usage.output_tokens", usage.output_tokens);
+                span.record("gen_ai.usage.input_tokens", int(usage.input_tokens));
+                span.record("gen_ai.usage.output_tokens", int(usage.output_tokens));
             }
             if let StopReason::Failed { error } = &outcome.stop {
                 record_error(span, &error.kind);
@@ -93,7 +93,7 @@ pub(crate) fn chat_span(provider: &str, request: &ChatRequest) -> Span {
         gen_ai.operation.name = "chat",
         gen_ai.provider.name = provider,
         gen_ai.request.model = request.model.as_str(),
-        gen_ai.request.max_tokens = request.max_tokens,
+        gen_ai.request.max_tokens = request.max_tokens.map(i64::from),
         gen_ai.request.temperature = request.temperature.map(f64::from),
         gen_ai.response.model = Empty,
         gen_ai.response.id = Empty,
@@ -126,13 +126,13 @@ pub(crate) fn record_response(span: &Span, response: &ChatResponse) {
     );
     let usage = &response.usage;
     if let Some(tokens) = usage.input_tokens {
-        span.record("gen_ai.usage.input_tokens", tokens);
+        span.record("gen_ai.usage.input_tokens", int(tokens));
     }
     if let Some(tokens) = usage.output_tokens {
-        span.record("gen_ai.usage.output_tokens", tokens);
+        span.record("gen_ai.usage.output_tokens", int(tokens));
     }
     if let Some(tokens) = usage.cached_tokens {
-        span.record("gen_ai.usage.cache_read.input_tokens", tokens);
+        span.record("gen_ai.usage.cache_read.input_tokens", int(tokens));
     }
     if captures_message_content() && !span.is_disabled() {
         let output = serde_json::json!([{
@@ -142,6 +142,12 @@ pub(crate) fn record_response(span: &Span, response: &ChatResponse) {
         }]);
         span.record("gen_ai.output.messages", output.to_string().as_str());
     }
+}
+
+/// A count as the conventions' int attribute (OpenTelemetry has no unsigned integers; a `u64`
+/// field would be exported as a string).
+fn int(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// The convention's spelling of a finish reason.

@@ -18,6 +18,7 @@ mod rerun;
 mod run;
 mod serve;
 mod supervise;
+mod telemetry;
 mod top;
 mod workers;
 
@@ -25,6 +26,16 @@ mod workers;
 #[derive(Debug, Parser)]
 #[command(name = "agentrt", version, about)]
 pub struct Cli {
+    /// Export traces of the run (OpenTelemetry GenAI spans: invoke_agent, chat, execute_tool,
+    /// spawn_agent) over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT (default
+    /// http://localhost:4318). Also on when OTEL_EXPORTER_OTLP_ENDPOINT or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.
+    #[arg(long, global = true)]
+    otlp: bool,
+    /// With --otlp: also record message contents (prompts, answers, tool arguments and results)
+    /// on the spans; off by default. Also OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true.
+    #[arg(long, global = true)]
+    otlp_content: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -162,7 +173,14 @@ enum SessionsCommand {
 
 /// Runs the parsed command line; the exit code says whether it succeeded.
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let telemetry = telemetry::start(cli.otlp, cli.otlp_content)?;
+    let result = dispatch(cli.command).await;
+    telemetry::finish(telemetry);
+    result
+}
+
+async fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Profile(ProfileCommand::Check { files }) => Ok(check_profiles(&files)),
         Command::Profile(ProfileCommand::Show { file }) => show_profile(&file),
         Command::Sessions(command) => sessions(command).await,

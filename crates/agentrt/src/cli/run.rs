@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentrt::coordination_mcp::McpToolset;
-use agentrt::core_loop::model::model_from_profile;
+use agentrt::core_loop::model::{ScriptedModel, model_from_profile};
 use agentrt::core_loop::{
     RuntimeEvent, SessionUsage, StopReason, ToolLoop, ToolRegistry, stream_tool_loop,
 };
@@ -35,9 +35,16 @@ pub(super) struct RunArgs {
     /// Continue this stopped session (after a crash or a cancel) instead of starting one.
     #[arg(long, value_name = "SESSION_ID")]
     resume: Option<String>,
+    /// Read the task from this file instead of the second argument.
+    #[arg(long, value_name = "FILE", conflicts_with = "task")]
+    task_file: Option<PathBuf>,
+    /// Offline: answer every model call from this script (a JSON array of turns: `text`,
+    /// `tool_calls`, `usage`, `model`) instead of the profile's provider, through the same stack.
+    #[arg(long, value_name = "FILE")]
+    scripted: Option<PathBuf>,
     /// Print every runtime event as one JSON object a line on stdout, as it is persisted.
-    #[arg(long)]
-    events: bool,
+    #[arg(long, visible_alias = "events")]
+    json: bool,
 }
 
 /// One human-readable progress line for stderr, or `None` for events not worth a line.
@@ -62,13 +69,27 @@ fn progress_line(event: &RuntimeEvent) -> Option<String> {
 /// reason (the reason on stderr; the session records it either way).
 pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
     // Flags first: a bad flag is named even when the profile is missing too.
-    let model_options = args.model_args.options()?;
+    let mut model_options = args.model_args.options()?;
+    if let Some(file) = &args.scripted {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--scripted {}", file.display()))?;
+        let script = ScriptedModel::from_json(&text)
+            .with_context(|| format!("--scripted {}", file.display()))?;
+        model_options = model_options.scripted(script);
+    }
+    let task = match &args.task_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("--task-file {}", file.display()))?,
+        ),
+        None => args.task,
+    };
     let Some(profile) = load_profile(&args.profile) else {
         return Ok(ExitCode::from(1));
     };
-    let task = args.task.filter(|t| !t.trim().is_empty());
+    let task = task.filter(|t| !t.trim().is_empty());
     if task.is_none() && args.resume.is_none() {
-        bail!("the task is empty: give it as the second argument");
+        bail!("the task is empty: give it as the second argument or with --task-file");
     }
     let resume = args.resume.as_deref().map(parse_id).transpose()?;
     let model = model_from_profile(&profile, &model_options)?;
@@ -94,7 +115,7 @@ pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
     let cancel = CancellationToken::new();
     let config = config.tools(tools).cancellation(cancel.clone());
 
-    let result = drive(config, args.events, &cancel).await;
+    let result = drive(config, args.json, &cancel).await;
     servers.shutdown().await;
     result
 }

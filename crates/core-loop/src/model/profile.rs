@@ -10,7 +10,9 @@ use std::time::Duration;
 use agentrt_profiles::{AgentProfile, ContentAddress, ModelSpec, StackSettings};
 
 use super::http::Secret;
-use super::{Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy, UsageMeter};
+use super::{
+    Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy, ScriptedModel, UsageMeter,
+};
 use crate::Error;
 
 /// Providers [`model_from_profile`] can reach, by `model.provider`.
@@ -88,6 +90,7 @@ pub struct ModelOptions {
     stack: StackSettings,
     meter: Option<UsageMeter>,
     retry: Option<RetryPolicy>,
+    scripted: Option<ScriptedModel>,
 }
 
 /// The environment variables [`ModelOptions::from_env`] reads keys from.
@@ -136,6 +139,14 @@ impl ModelOptions {
     /// Stack settings that override the profile's (only the fields set here).
     pub fn stack_overrides(mut self, overrides: StackSettings) -> Self {
         self.stack = self.stack.overridden_by(overrides);
+        self
+    }
+
+    /// Answers every call from this script instead of the profile's provider (offline runs:
+    /// `agentrt run --scripted FILE`), through the same stack; the profile's model id and its
+    /// allowed-models guard still apply, and the provider is recorded as `scripted`.
+    pub fn scripted(mut self, model: ScriptedModel) -> Self {
+        self.scripted = Some(model);
         self
     }
 
@@ -204,8 +215,9 @@ pub fn model_from_profile(
         |what: String| Error::InvalidModelConfig(format!("profile `{}`: {what}", profile.name));
     let base_url = options.base_url.clone().or_else(|| spec.base_url.clone());
     let key = options.keys.get(key_var(provider)).map(|s| s.0.clone());
-    let raw: Arc<dyn ChatModel> = match provider {
-        "anthropic" => {
+    let raw: Arc<dyn ChatModel> = match (&options.scripted, provider) {
+        (Some(script), _) => Arc::new(script.clone()),
+        (None, "anthropic") => {
             let own_endpoint = base_url.is_none();
             let mut builder = Anthropic::builder().client(client);
             if let Some(url) = base_url {
@@ -223,7 +235,7 @@ pub fn model_from_profile(
             }
             Arc::new(builder.build().map_err(|e| context(e.to_string()))?)
         }
-        "openai" | "openrouter" | "openai-compatible" | "vllm" | "llama.cpp" | "ollama" => {
+        (None, "openai" | "openrouter" | "openai-compatible" | "vllm" | "llama.cpp" | "ollama") => {
             let hosted = match provider {
                 "openai" => Some("https://api.openai.com/v1"),
                 "openrouter" => Some("https://openrouter.ai/api/v1"),
@@ -260,7 +272,7 @@ pub fn model_from_profile(
             }
             Arc::new(builder.build().map_err(|e| context(e.to_string()))?)
         }
-        other => {
+        (None, other) => {
             return Err(context(format!(
                 "model.provider `{other}` cannot be reached (one of {})",
                 PROVIDERS.join(", ")

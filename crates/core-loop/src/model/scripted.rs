@@ -188,6 +188,20 @@ fn split_words(text: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// One turn of a script file ([`ScriptedModel::from_json`]).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TurnFile {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCall>,
+    #[serde(default)]
+    usage: Usage,
+    #[serde(default)]
+    model: Option<String>,
+}
+
 type Responder = dyn Fn(&ChatRequest) -> ScriptedTurn + Send + Sync;
 
 enum Source {
@@ -252,6 +266,45 @@ impl ScriptedModel {
         let queue: VecDeque<ScriptedTurn> = turns.into_iter().collect();
         let total = queue.len();
         Self::with_source(Source::Turns { queue, total })
+    }
+
+    /// A model that replies with the turns of a script file's text: a JSON array, one object
+    /// per model call, in order. Each object may have `text` (the answer, or text beside tool
+    /// calls), `tool_calls` (`[{"id", "name", "arguments"}]`, `arguments` a JSON string),
+    /// `usage` (`{"input_tokens", "output_tokens", "cached_tokens"}`, each optional: left out
+    /// means unreported) and `model` (the model id to report). `agentrt run --scripted FILE`
+    /// reads it.
+    ///
+    /// ```
+    /// use agentrt_core_loop::model::ScriptedModel;
+    /// let model = ScriptedModel::from_json(r#"[
+    ///   {"tool_calls": [{"id": "c1", "name": "add", "arguments": "{\"a\": 1}"}],
+    ///    "usage": {"input_tokens": 12, "output_tokens": 3}},
+    ///   {"text": "It is 2."}
+    /// ]"#).unwrap();
+    /// assert_eq!(model.turns_left(), Some(2));
+    /// ```
+    ///
+    /// Errors: [`Error::InvalidConfig`] naming the turn and field that do not fit.
+    pub fn from_json(text: &str) -> Result<Self, Error> {
+        let turns: Vec<TurnFile> = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidConfig(format!("scripted turns: {e}")))?;
+        let turns = turns.into_iter().enumerate().map(|(index, turn)| {
+            if turn.text.is_none() && turn.tool_calls.is_empty() {
+                return Err(Error::InvalidConfig(format!(
+                    "scripted turns: turn {index} has neither `text` nor `tool_calls`"
+                )));
+            }
+            let mut scripted = ScriptedTurn::empty();
+            scripted.content = turn.text;
+            scripted.tool_calls = turn.tool_calls;
+            scripted.usage = turn.usage;
+            if let Some(model) = turn.model {
+                scripted.reported_model = Some(Some(model));
+            }
+            Ok(scripted)
+        });
+        Ok(Self::new(turns.collect::<Result<Vec<_>, _>>()?))
     }
 
     /// A model that computes each turn from the request (deterministic as long as `respond`
