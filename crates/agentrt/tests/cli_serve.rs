@@ -159,15 +159,8 @@ fn serve_refuses_http_without_a_token_and_a_model_the_profile_does_not_allow() {
         "{out:?}"
     );
 
-    // A supervision needs a bound: with neither a flag nor a `[budget]` in the profile it is
-    // refused, naming the flags.
-    let out = agentrt(&["serve", &profile, "--stdio", "--store", db]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("no budget") && stderr.contains("--wall-time"),
-        "{out:?}"
-    );
+    // With neither a flag nor a `[budget]` in the profile, the documented default limits
+    // bound the supervision (see `agentrt serve --help`); a bad flag is still named.
     let out = agentrt(&[
         "serve",
         &profile,

@@ -178,7 +178,8 @@ impl Rerun {
     }
 
     /// Runs this profile instead of the recorded one (its system prompt, model parameters and
-    /// budget; the recorded model id, which it must allow; the recorded task).
+    /// budget — the recorded limits where it sets none; the recorded model id, which it must
+    /// allow; the recorded task).
     pub fn with_profile(mut self, profile: AgentProfile) -> Self {
         self.profile = Some(profile);
         self
@@ -215,7 +216,23 @@ impl Rerun {
             .unwrap_or_else(|| Arc::new(MemoryStore::new()) as Arc<dyn SessionStore>);
         let mut config = match &self.profile {
             Some(profile) => {
-                ToolLoop::from_profile(profile, model, into.clone())?.model_id(self.model_id)
+                // The profile's limits, and the recorded run's where the profile sets none
+                // (a front door's flags or default limits): the same run again.
+                let own = BudgetLimits::from_profile(&profile.budget);
+                let limits = BudgetLimits {
+                    tokens: own.tokens.or(self.budget.tokens),
+                    dollars: own.dollars.or(self.budget.dollars),
+                    wall_time: own.wall_time.or(self.budget.wall_time),
+                    turns: own.turns.or(self.budget.turns),
+                    unknown_usage: own.unknown_usage.or(self.budget.unknown_usage),
+                };
+                let mut config = ToolLoop::from_profile(profile, model, into.clone())?
+                    .model_id(self.model_id)
+                    .budget(Budget::new(limits)?);
+                if let Some(max) = profile.budget.turns.or(self.max_turns) {
+                    config = config.max_turns(max);
+                }
+                config
             }
             None => {
                 let mut config = ToolLoop::new(model, self.model_id, into.clone())

@@ -35,8 +35,7 @@ struct Fields(BTreeMap<String, String>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), format!("{value:?}"));
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         self.0.insert(field.name().to_owned(), value.to_owned());
@@ -146,7 +145,10 @@ async fn a_run_is_an_invoke_agent_span_over_chat_and_execute_tool_spans() {
     assert_eq!(first.get("gen_ai.provider.name"), Some("scripted"));
     assert_eq!(first.get("gen_ai.request.model"), Some("m-1"));
     assert_eq!(first.get("gen_ai.response.model"), Some("m-1"));
-    assert_eq!(first.get("gen_ai.response.finish_reasons"), Some("tool_call"));
+    assert_eq!(
+        first.get("gen_ai.response.finish_reasons"),
+        Some("tool_call")
+    );
     assert_eq!(first.get("gen_ai.usage.input_tokens"), Some("20"));
     assert_eq!(first.get("gen_ai.usage.output_tokens"), Some("8"));
     assert_eq!(first.get("gen_ai.usage.cache_read.input_tokens"), Some("4"));
@@ -155,8 +157,16 @@ async fn a_run_is_an_invoke_agent_span_over_chat_and_execute_tool_spans() {
     // Cached tokens the provider did not report are left out, not written as 0.
     assert_eq!(chats[2].get("gen_ai.usage.cache_read.input_tokens"), None);
     // Contents are opt-in.
-    assert!(chats.iter().all(|c| c.get("gen_ai.input.messages").is_none()));
-    assert!(chats.iter().all(|c| c.get("gen_ai.output.messages").is_none()));
+    assert!(
+        chats
+            .iter()
+            .all(|c| c.get("gen_ai.input.messages").is_none())
+    );
+    assert!(
+        chats
+            .iter()
+            .all(|c| c.get("gen_ai.output.messages").is_none())
+    );
 
     let tools = named(&spans, "execute_tool");
     assert_eq!(tools.len(), 2);
@@ -218,7 +228,10 @@ async fn a_run_is_an_invoke_agent_span_over_chat_and_execute_tool_spans() {
         "{chats:#?}"
     );
     let tool = named(&spans, "execute_tool")[0];
-    assert_eq!(tool.get("gen_ai.tool.call.arguments"), Some(r#"{"a": 1, "b": 1}"#));
+    assert_eq!(
+        tool.get("gen_ai.tool.call.arguments"),
+        Some(r#"{"a": 1, "b": 1}"#)
+    );
     assert_eq!(tool.get("gen_ai.tool.call.result"), Some("2"));
 }
 
@@ -232,5 +245,8 @@ async fn a_model_call_that_fails_marks_its_span_and_the_run_with_the_error_type(
     let chat = named(&spans, "chat")[0];
     let kind = chat.get("error.type").expect("error.type on the chat span");
     assert_eq!(chat.get("otel.status_code"), Some("error"));
-    assert_eq!(named(&spans, "invoke_agent")[0].get("error.type"), Some(kind));
+    assert_eq!(
+        named(&spans, "invoke_agent")[0].get("error.type"),
+        Some(kind)
+    );
 }

@@ -1,5 +1,6 @@
 //! Command-line parsing (clap) and the commands themselves.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
+mod limits;
 mod provider;
 mod rerun;
 mod run;
@@ -20,6 +22,7 @@ mod serve;
 mod supervise;
 mod telemetry;
 mod top;
+mod transfer;
 mod workers;
 
 /// agentrt: run agent profiles exactly, and inspect what they did.
@@ -44,9 +47,15 @@ pub struct Cli {
 enum Command {
     /// Validate and inspect agent profiles.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  agentrt profile check agent.toml\n  agentrt profile show agent.toml"
+    )]
     Profile(ProfileCommand),
     /// List, show, replay, re-run and fork recorded sessions.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  agentrt sessions list --store runs.db\n  agentrt sessions replay SESSION_ID --follow"
+    )]
     Sessions(SessionsCommand),
     /// Run a profile's agent on a task over its real model provider, recording every step.
     ///
@@ -55,6 +64,9 @@ enum Command {
     /// (OPENAI_API_KEY, OPENROUTER_API_KEY, ANTHROPIC_API_KEY). The profile's MCP servers are
     /// started for the run and their tools offered to the model; its budget bounds the run. The
     /// answer goes to stdout, progress to stderr; the exit code is 0 only when the model answered.
+    #[command(
+        after_help = "Examples:\n  agentrt run agent.toml \"Summarise README.md\" --store runs.db\n  agentrt run agent.toml --task-file task.txt --scripted replies.json --json\n  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:6006 agentrt run agent.toml \"hi\"\n\nDefault limits when neither a flag nor the profile's [budget] sets them: 50 turns, 500000 tokens, 30m wall time."
+    )]
     Run(run::RunArgs),
     /// Serve the coordination MCP server (spawn, observe, steer, await and stop agents) over
     /// workers that run a profile's model, for any MCP client as the supervisor.
@@ -63,6 +75,9 @@ enum Command {
     /// takes effect; `--run` resumes a run after a crash. The root budget (--tokens, --dollars,
     /// --wall-time, --turns, --unknown-usage; else the profile's `[budget]`) bounds all workers
     /// together. Stdio, or streamable HTTP with a bearer token.
+    #[command(
+        after_help = "Example:\n  agentrt serve supervisor.toml --stdio --tokens 200000 --store runs.db\n\nDefault limits when neither a flag nor the profile's [budget] sets them: 50 turns, 500000 tokens, 30m wall time."
+    )]
     Serve(serve::ServeArgs),
     /// Run a profile as a supervisor on a task: its brain spawns, observes, steers and awaits
     /// workers under one root budget that its own calls spend from too; the best delivered
@@ -72,21 +87,27 @@ enum Command {
     /// command given after `--` as the brain, reaching the verbs over MCP. Workers run the
     /// profile's model. Everything is journaled; `--run` resumes a run after a crash. Exit 0
     /// when a worker was delivered (its output on stdout), 1 when none was.
+    #[command(
+        after_help = "Example:\n  agentrt supervise supervisor.toml \"Fix the failing test\" --profiles profiles/ --wall-time 20m\n\nDefault limits when neither a flag nor the profile's [budget] sets them: 50 turns, 500000 tokens, 30m wall time."
+    )]
     Supervise(supervise::SuperviseArgs),
     /// A live view of the running sessions in a store: events, event rate, idle time and the
     /// last event of each, the most recently active first; refreshed until Ctrl-C.
+    #[command(after_help = "Example:\n  agentrt top --store runs.db --interval 500ms")]
     Top(top::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum ProfileCommand {
     /// Validate profile files; print every problem with its field path.
+    #[command(after_help = "Example:\n  agentrt profile check profiles/*.toml")]
     Check {
         /// Profile files (.toml or .json).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Print a validated profile as canonical JSON, then its content address.
+    #[command(after_help = "Example:\n  agentrt profile show agent.toml")]
     Show {
         /// A profile file (.toml or .json).
         file: PathBuf,
@@ -104,6 +125,9 @@ struct StoreArgs {
 #[derive(Debug, Subcommand)]
 enum SessionsCommand {
     /// List sessions, newest first.
+    #[command(
+        after_help = "Examples:\n  agentrt sessions list --status running\n  agentrt sessions list --json --limit 500 | jq .id"
+    )]
     List {
         #[command(flatten)]
         store: StoreArgs,
@@ -116,8 +140,12 @@ enum SessionsCommand {
         /// At most this many sessions.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// One JSON object a line (the session record, plus `profile_name`) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Show one session's record.
+    #[command(after_help = "Example:\n  agentrt sessions show SESSION_ID --store runs.db")]
     Show {
         #[command(flatten)]
         store: StoreArgs,
@@ -125,6 +153,9 @@ enum SessionsCommand {
         id: String,
     },
     /// Print a session's events in order, one JSON object a line.
+    #[command(
+        after_help = "Examples:\n  agentrt sessions replay SESSION_ID --from 10\n  agentrt sessions replay SESSION_ID --follow"
+    )]
     Replay {
         #[command(flatten)]
         store: StoreArgs,
@@ -133,11 +164,41 @@ enum SessionsCommand {
         /// Start at this sequence number.
         #[arg(long, default_value_t = 0)]
         from: u64,
+        /// Keep printing events as they are committed until the session ends (tails a live
+        /// session, checking every --every).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: how often to look for new events.
+        #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+    },
+    /// Write a session as JSON Lines (its record, its profile, its events) to stdout or a file.
+    #[command(after_help = "Example:\n  agentrt sessions export SESSION_ID -o run.jsonl")]
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+        /// Write here instead of stdout.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Read a file written by `sessions export` into a store: the session under its own id, its
+    /// profile, its events in order and its final status. Prints the session id.
+    #[command(after_help = "Example:\n  agentrt sessions import run.jsonl --store other.db")]
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The JSON Lines file.
+        file: PathBuf,
     },
     /// Delete finished sessions that ended more than a given time ago, with their events.
     ///
     /// Running sessions and the parents of remaining forks are kept; blobs are kept. Prints each
     /// deleted session id on stdout and a summary on stderr.
+    #[command(
+        after_help = "Example:\n  agentrt sessions prune --older-than 30days --status completed"
+    )]
     Prune {
         #[command(flatten)]
         store: StoreArgs,
@@ -158,8 +219,10 @@ enum SessionsCommand {
     /// answered with the recorded response, the tools (the profile's MCP servers) run for real
     /// and their results are compared too. Timings are not compared. Exit 0 when identical, 2
     /// when it diverged.
+    #[command(after_help = "Example:\n  agentrt sessions rerun SESSION_ID --store runs.db")]
     Rerun(rerun::RerunArgs),
     /// Start a new session whose history is the given session's events before a seq.
+    #[command(after_help = "Example:\n  agentrt sessions fork SESSION_ID --at 12")]
     Fork {
         #[command(flatten)]
         store: StoreArgs,
@@ -209,10 +272,17 @@ fn check_profiles(files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// One `error:` line naming the file and the first problem, then any further problems indented.
 fn report_profile_error(file: &std::path::Path, error: &ProfileError) {
-    eprintln!("{}:", file.display());
-    for line in error.to_string().lines() {
-        eprintln!("  {line}");
+    let text = error.to_string();
+    let mut lines = text.lines();
+    eprintln!(
+        "error: {}: {}",
+        file.display(),
+        lines.next().unwrap_or_default().trim()
+    );
+    for line in lines {
+        eprintln!("  {}", line.trim());
     }
 }
 
@@ -253,6 +323,7 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
             status,
             profile,
             limit,
+            json,
         } => {
             let store = open_store(&store.store).await?;
             let mut filter = SessionFilter::new().limit(limit);
@@ -264,16 +335,28 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
                 filter = filter.profile(profile);
             }
             let page = store.list(filter).await?;
-            writeln!(
-                out,
-                "{:<36}  {:<9}  {:>6}  {:<24}  profile",
-                "id", "status", "events", "updated (ms)"
-            )?;
-            for session in &page.items {
-                writeln!(out, "{}", session_line(session))?;
+            let names = profile_names(&store, &page.items).await;
+            let now = std::time::SystemTime::now();
+            if json {
+                for session in &page.items {
+                    let mut value = serde_json::to_value(session)?;
+                    value["profile_name"] = names
+                        .get(session.profile.as_deref().unwrap_or_default())
+                        .map_or(serde_json::Value::Null, |n| n.as_str().into());
+                    writeln!(out, "{value}")?;
+                }
+            } else {
+                writeln!(
+                    out,
+                    "{:<36}  {:<9}  {:>6}  {:<20}  {:>8}  profile",
+                    "id", "status", "events", "updated (UTC)", "age"
+                )?;
+                for session in &page.items {
+                    writeln!(out, "{}", session_line(session, &names, now))?;
+                }
             }
             if let Some(cursor) = page.next_cursor {
-                writeln!(out, "(more: continue after cursor {cursor})")?;
+                eprintln!("(more: continue after cursor {cursor})");
             }
         }
         SessionsCommand::Show { store, id } => {
@@ -281,12 +364,48 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
             let session = store.get(&parse_id(&id)?).await?;
             writeln!(out, "{}", serde_json::to_string_pretty(&session)?)?;
         }
-        SessionsCommand::Replay { store, id, from } => {
+        SessionsCommand::Replay {
+            store,
+            id,
+            from,
+            follow,
+            every,
+        } => {
+            let id = parse_id(&id)?;
             let store = open_store(&store.store).await?;
-            let mut events = store.replay(&parse_id(&id)?, from);
-            while let Some(event) = events.try_next().await? {
-                writeln!(out, "{}", event_line(&event)?)?;
+            if follow {
+                transfer::follow(&store, &id, from, every, &mut out).await?;
+            } else {
+                // A session that does not exist is an error, not an empty replay.
+                store.get(&id).await?;
+                let mut events = store.replay(&id, from);
+                while let Some(event) = events.try_next().await? {
+                    writeln!(out, "{}", event_line(&event)?)?;
+                }
             }
+        }
+        SessionsCommand::Export { store, id, output } => {
+            let id = parse_id(&id)?;
+            let store = open_store(&store.store).await?;
+            let count = match output {
+                Some(path) => {
+                    let mut file = std::io::BufWriter::new(
+                        std::fs::File::create(&path)
+                            .with_context(|| format!("cannot write {}", path.display()))?,
+                    );
+                    let count = transfer::export(&store, &id, &mut file).await?;
+                    file.flush()?;
+                    count
+                }
+                None => transfer::export(&store, &id, &mut out).await?,
+            };
+            eprintln!("exported session {id}: {count} events");
+        }
+        SessionsCommand::Import { store, file } => {
+            let store = open_store(&store.store).await?;
+            let (id, count) = transfer::import(&store, &file).await?;
+            writeln!(out, "{id}")?;
+            eprintln!("imported session {id}: {count} events");
         }
         SessionsCommand::Prune {
             store,
@@ -328,15 +447,67 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn session_line(session: &Session) -> String {
+fn session_line(
+    session: &Session,
+    names: &HashMap<String, String>,
+    now: std::time::SystemTime,
+) -> String {
+    let updated = std::time::UNIX_EPOCH
+        + std::time::Duration::from_millis(u64::try_from(session.updated_at_ms).unwrap_or(0));
+    let profile = match session.profile.as_deref() {
+        None => "-".to_owned(),
+        Some(address) => match names.get(address) {
+            Some(name) => format!("{name} ({address})"),
+            None => address.to_owned(),
+        },
+    };
     format!(
-        "{:<36}  {:<9}  {:>6}  {:<24}  {}",
+        "{:<36}  {:<9}  {:>6}  {:<20}  {:>8}  {profile}",
         session.id.to_string(),
         session.status.as_str(),
         session.next_seq,
-        session.updated_at_ms,
-        session.profile.as_deref().unwrap_or("-")
+        humantime::format_rfc3339_seconds(updated).to_string(),
+        age(now.duration_since(updated).unwrap_or_default()),
     )
+}
+
+/// A coarse age: `42s ago`, `5m ago`, `3h ago`, `12d ago`.
+fn age(elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs();
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3_600 => format!("{}m ago", secs / 60),
+        3_600..86_400 => format!("{}h ago", secs / 3_600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
+/// The names of the profiles these sessions ran, read from the profiles the store keeps (a
+/// profile not kept has no name here).
+async fn profile_names(
+    store: &Arc<dyn SessionStore>,
+    sessions: &[Session],
+) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for address in sessions.iter().filter_map(|s| s.profile.as_deref()) {
+        if names.contains_key(address) {
+            continue;
+        }
+        let Ok(blob) = address.trim_start_matches("sha256:").parse() else {
+            continue;
+        };
+        let name = store.get_blob(&blob).await.ok().and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()?
+                .get("name")?
+                .as_str()
+                .map(str::to_owned)
+        });
+        if let Some(name) = name {
+            names.insert(address.to_owned(), name);
+        }
+    }
+    names
 }
 
 /// One event as a JSON line. The payload's stored text is copied as it is, never parsed: a

@@ -8,13 +8,15 @@ use std::process::ExitCode;
 use agentrt::coordination_mcp::McpToolset;
 use agentrt::core_loop::model::{ScriptedModel, model_from_profile};
 use agentrt::core_loop::{
-    RuntimeEvent, SessionUsage, StopReason, ToolLoop, ToolRegistry, stream_tool_loop,
+    Budget, BudgetLimits, RuntimeEvent, SessionUsage, StopReason, ToolLoop, ToolRegistry,
+    stream_tool_loop,
 };
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::with_defaults;
 use super::provider::ModelArgs;
 use super::{StoreArgs, load_profile, open_store, parse_id};
 
@@ -45,6 +47,16 @@ pub(super) struct RunArgs {
     /// Print every runtime event as one JSON object a line on stdout, as it is persisted.
     #[arg(long, visible_alias = "events")]
     json: bool,
+    /// Turn limit (model calls). Default: the profile's `budget.turns`, else 50.
+    #[arg(long, value_name = "N")]
+    turns: Option<u32>,
+    /// Token limit (input and output together). Default: the profile's `budget.tokens`, else
+    /// 500000.
+    #[arg(long, value_name = "N")]
+    tokens: Option<u64>,
+    /// Wall-time limit, e.g. `10m`. Default: the profile's `budget.wall_secs`, else 30m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    wall_time: Option<std::time::Duration>,
 }
 
 /// One human-readable progress line for stderr, or `None` for events not worth a line.
@@ -95,8 +107,21 @@ pub(super) async fn run(args: RunArgs) -> Result<ExitCode> {
     let model = model_from_profile(&profile, &model_options)?;
     let store = open_store(&args.store.store).await?;
 
+    // Flag, then the profile's [budget], then the documented default: never unbounded.
+    let from_profile = BudgetLimits::from_profile(&profile.budget);
+    let limits = with_defaults(BudgetLimits {
+        turns: args.turns.map(u64::from).or(from_profile.turns),
+        tokens: args.tokens.or(from_profile.tokens),
+        wall_time: args.wall_time.or(from_profile.wall_time),
+        ..from_profile
+    });
+    let max_turns = limits
+        .turns
+        .map_or(u32::MAX, |t| u32::try_from(t).unwrap_or(u32::MAX));
     let mut config = ToolLoop::from_profile(&profile, model, store)
-        .with_context(|| format!("profile `{}`", profile.name))?;
+        .with_context(|| format!("profile `{}`", profile.name))?
+        .budget(Budget::new(limits)?)
+        .max_turns(max_turns);
     if let Some(model_id) = args.model {
         config = config.model_id(model_id);
     }

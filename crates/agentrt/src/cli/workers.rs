@@ -13,6 +13,7 @@ use agentrt::session_store::{SessionId, SessionStore};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use super::limits::with_defaults;
 use super::parse_id;
 use super::provider::ModelArgs;
 
@@ -27,23 +28,25 @@ pub(super) enum UnknownUsage {
 
 /// The root budget, the journal run, the profiles and the models of a supervision.
 ///
-/// Each budget flag overrides the same field of the profile's `[budget]` section; a dimension
-/// neither gives is unlimited. A supervision that neither bounds in any dimension is refused:
-/// there is no default budget.
+/// Each budget flag overrides the same field of the profile's `[budget]` section; turns, tokens
+/// and wall time neither gives take the documented defaults (50 turns, 500000 tokens, 30m);
+/// dollars neither gives are unlimited.
 #[derive(Debug, Args)]
 pub(super) struct SupervisionArgs {
     /// The root budget in tokens: the supervisor's own calls and every worker (each spawn's
-    /// budget is carved from it) together never spend more.
+    /// budget is carved from it) together never spend more. Default: the profile's
+    /// `budget.tokens`, else 500000.
     #[arg(long)]
     tokens: Option<u64>,
     /// The root budget in dollars (model calls need a price for their cost to be known).
     #[arg(long)]
     dollars: Option<f64>,
     /// The root budget in wall time, e.g. `10m` or `1h 30m`, counted from the run's start
-    /// (a resumed run keeps its original start).
+    /// (a resumed run keeps its original start). Default: the profile's `budget.wall_secs`,
+    /// else 30m.
     #[arg(long, value_parser = humantime::parse_duration)]
     wall_time: Option<Duration>,
-    /// The root budget in turns (model calls).
+    /// The root budget in turns (model calls). Default: the profile's `budget.turns`, else 50.
     #[arg(long)]
     turns: Option<u64>,
     /// What a call whose usage was not reported does to the budget: `track` counts it as
@@ -140,17 +143,6 @@ impl SupervisionArgs {
         {
             bail!("--dollars: {d} is not a non-negative number of dollars");
         }
-        if budget.tokens.is_none()
-            && budget.dollars.is_none()
-            && budget.wall_time.is_none()
-            && budget.turns.is_none()
-        {
-            bail!(
-                "no budget: give at least one of --tokens, --dollars, --wall-time or --turns, \
-                 or a [budget] section in profile `{}`",
-                profile.name
-            );
-        }
-        Ok(budget)
+        Ok(with_defaults(budget))
     }
 }
