@@ -17,6 +17,7 @@ pub mod bench;
 pub mod ci;
 pub mod docs;
 pub mod exports;
+pub mod fuzz;
 pub mod surface;
 pub mod tidy;
 pub mod workspace;
