@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod ci;
+pub mod crash;
 pub mod docs;
 pub mod exports;
 pub mod fuzz;

@@ -51,6 +51,16 @@ enum Command {
     /// Run every gate: fmt, tidy, clippy, features, tests, fuzz, exports, docs, rustdoc,
     /// cargo-deny.
     Ci,
+    /// SIGKILL a tool loop, a durable supervisor and a supervised tree with sub-supervisors at
+    /// random moments, resume each, and report the trials passed and what was checked.
+    Crash {
+        /// Trials of each kind.
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+        /// Run only this kind (repeatable: supervisor, loop, tree; default: all).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+    },
     /// Build the libFuzzer targets of fuzz/ (stable toolchain, coverage instrumentation) and run
     /// each for a fixed time; a crash or a hang fails.
     Fuzz {
@@ -108,6 +118,7 @@ fn main() -> ExitCode {
         Command::Tidy => xtask::tidy::run_tidy(&root),
         Command::Features => xtask::ci::run_feature_sets(&root),
         Command::Ci => xtask::ci::run_ci(&root),
+        Command::Crash { trials, kinds } => xtask::crash::run_crash(&root, trials, &kinds),
         Command::Fuzz {
             seconds,
             targets,
