@@ -259,9 +259,14 @@ pub fn outcome(run: &ChildRun) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// The run's committed entries; none when the child was killed before it created the run.
 pub async fn journal(db: &Path, run: &SessionId) -> Vec<(u64, String, Value)> {
     let store = SqliteStore::open(db).await.unwrap();
-    let events: Vec<_> = store.replay(run, 0).try_collect().await.unwrap();
+    let events: Vec<_> = match store.replay(run, 0).try_collect().await {
+        Ok(events) => events,
+        Err(agentrt_session_store::StoreError::NotFound(_)) => Vec::new(),
+        Err(e) => panic!("reading run {run}: {e}"),
+    };
     events
         .into_iter()
         .map(|e| (e.seq, e.kind, e.payload.into_value()))
