@@ -820,8 +820,7 @@ impl Run {
         Ok(())
     }
 
-    /// The session's opening: its conversation and the `session.started` event (committed with
-    /// the first batch).
+    /// The session's opening: its conversation and `session.started` (sent with the first batch).
     fn begin(
         &mut self,
         session: SessionId,
