@@ -29,7 +29,13 @@ pub enum Step {
     Exports,
     /// The docs gate, run in-process.
     Docs,
+    /// A short fuzzing run of every target (see [`FUZZ_SECONDS`]), in-process.
+    Fuzz,
 }
+
+/// Seconds each fuzz target runs in CI: enough to replay the corpus and explore a little; the
+/// ten-minute runs are `cargo xtask fuzz --seconds 600`.
+pub const FUZZ_SECONDS: u64 = 20;
 
 impl Step {
     /// The step's short name.
@@ -41,6 +47,7 @@ impl Step {
             Step::Features => "features",
             Step::Exports => "exports",
             Step::Docs => "docs",
+            Step::Fuzz => "fuzz",
         }
     }
 
@@ -53,6 +60,7 @@ impl Step {
             Step::Features => "cargo xtask features".to_owned(),
             Step::Exports => "cargo xtask exports".to_owned(),
             Step::Docs => "cargo xtask docs".to_owned(),
+            Step::Fuzz => format!("cargo xtask fuzz --seconds {FUZZ_SECONDS}"),
         }
     }
 }
@@ -84,6 +92,7 @@ pub fn steps() -> Vec<Step> {
             name: "test",
             args: vec!["test", "--workspace", "--all-features"],
         },
+        Step::Fuzz,
         Step::Exports,
         Step::Docs,
         Step::Cargo {
@@ -215,6 +224,14 @@ fn run_step(root: &Path, step: &Step, env: &mut Vec<(String, String)>) -> Result
         Step::Features => run_feature_sets(root),
         Step::Exports => crate::run_exports(root, &crate::ExportsArgs::default()),
         Step::Docs => crate::run_docs(root, &crate::DocsArgs::default()),
+        Step::Fuzz => crate::fuzz::run_fuzz(
+            root,
+            &crate::fuzz::FuzzArgs {
+                seconds: FUZZ_SECONDS,
+                targets: Vec::new(),
+                nice: false,
+            },
+        ),
         Step::Cargo { name, args } => {
             if *name == "deny" && !cargo_deny_installed() {
                 println!(
@@ -401,6 +418,7 @@ mod tests {
                 "cargo clippy --workspace --all-targets --all-features -- -D warnings",
                 "cargo xtask features",
                 "cargo test --workspace --all-features",
+                "cargo xtask fuzz --seconds 20",
                 "cargo xtask exports",
                 "cargo xtask docs",
                 "cargo doc --workspace --no-deps --all-features",

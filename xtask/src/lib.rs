@@ -15,8 +15,10 @@
 
 pub mod bench;
 pub mod ci;
+pub mod crash;
 pub mod docs;
 pub mod exports;
+pub mod fuzz;
 pub mod surface;
 pub mod tidy;
 pub mod workspace;

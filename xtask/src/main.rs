@@ -48,8 +48,32 @@ enum Command {
     /// Lint each crate alone with its minimal (--no-default-features) and full (--all-features)
     /// feature sets.
     Features,
-    /// Run every gate: fmt, tidy, clippy, features, tests, exports, docs, rustdoc, cargo-deny.
+    /// Run every gate: fmt, tidy, clippy, features, tests, fuzz, exports, docs, rustdoc,
+    /// cargo-deny.
     Ci,
+    /// SIGKILL a tool loop, a durable supervisor and a supervised tree with sub-supervisors at
+    /// random moments, resume each, and report the trials passed and what was checked.
+    Crash {
+        /// Trials of each kind.
+        #[arg(long, default_value_t = 50)]
+        trials: usize,
+        /// Run only this kind (repeatable: supervisor, loop, tree; default: all).
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+    },
+    /// Build the libFuzzer targets of fuzz/ (stable toolchain, coverage instrumentation) and run
+    /// each for a fixed time; a crash or a hang fails.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Run only this target (repeatable; default: all).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Run the fuzzers at the lowest CPU priority (`nice -n 19`).
+        #[arg(long)]
+        nice: bool,
+    },
     /// Run benchmark suites (bench targets named suite_<name>) and summarize their BENCH lines.
     Bench {
         /// The suite to run (default: all).
@@ -94,6 +118,19 @@ fn main() -> ExitCode {
         Command::Tidy => xtask::tidy::run_tidy(&root),
         Command::Features => xtask::ci::run_feature_sets(&root),
         Command::Ci => xtask::ci::run_ci(&root),
+        Command::Crash { trials, kinds } => xtask::crash::run_crash(&root, trials, &kinds),
+        Command::Fuzz {
+            seconds,
+            targets,
+            nice,
+        } => xtask::fuzz::run_fuzz(
+            &root,
+            &xtask::fuzz::FuzzArgs {
+                seconds,
+                targets,
+                nice,
+            },
+        ),
         Command::Bench { suite, quick } => xtask::bench::run_bench(&root, suite.as_deref(), quick),
     };
     match result {

@@ -271,7 +271,12 @@ fn main() {
     let trials = if quick { 10 } else { 50 };
     let mut stats = crash_trials::run_trials(&runtime, trials);
     stats.resume_ms.sort_by(f64::total_cmp);
-    println!("BENCH coord.crash_trials {} trials", stats.trials);
+    assert!(
+        stats.failures.is_empty(),
+        "crash trials failed: {:?}",
+        stats.failures
+    );
+    println!("BENCH coord.crash_trials {} trials", stats.passed);
     println!(
         "BENCH coord.crash_resume_ms_p50 {:.1} ms",
         percentile(&stats.resume_ms, 0.5)

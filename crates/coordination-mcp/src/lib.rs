@@ -59,6 +59,8 @@ mod check;
 mod client;
 mod error;
 mod finalize;
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 mod scripted;
 mod server;

@@ -115,6 +115,7 @@ async fn our_client_uses_a_python_sdk_server_over_stdio() {
         names,
         [
             "pytools__add",
+            "pytools__die",
             "pytools__env_value",
             "pytools__fail",
             "pytools__shout"

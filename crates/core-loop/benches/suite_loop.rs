@@ -7,6 +7,10 @@
 //! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
 //!   `--quick`), scripted latency 10 ms, 3 turns each (two tool turns and an answer), every event
 //!   persisted to one SQLite store. Peak RSS is the process's VmHWM after that phase.
+//!   `sessions_10k_lost_events`: events missing when every session is read back (goal 0).
+//! - `sessions_10k_pg_wall_s`, `sessions_10k_pg_peak_rss_mb`, `sessions_10k_pg_lost_events`: the
+//!   same sessions against a PostgreSQL server the bench starts for itself (peak reset before
+//!   the phase); `sessions_10k_pg_vs_sqlite` is its wall time over SQLite's.
 //! - `ideal_wall_s`: the larger of the latency-bound ideal (3 × 10 ms) and the time the same
 //!   store takes to append the same events in the same batches from the same number of
 //!   concurrent writers (measured right after, in this run); `sessions_10k_vs_ideal` is the
@@ -21,6 +25,9 @@
 //!   answers).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../../session-store/tests/support/own_postgres.rs"]
+mod own_postgres;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,10 +41,11 @@ use agentrt_core_loop::{
 };
 use agentrt_profiles::StackSettings;
 use agentrt_session_store::{
-    Finish, HookedStore, NewEvent, NewSession, SessionStore, SqliteStore, StoreError, StoreWrite,
-    WriteHook,
+    Finish, HookedStore, NewEvent, NewSession, PostgresStore, SessionStore, SqliteStore,
+    StoreError, StoreWrite, WriteHook,
 };
 use futures::{StreamExt, TryStreamExt};
+use own_postgres::OwnPostgres;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -131,6 +139,27 @@ impl ChatModel for BenchModel {
         items.push(Ok(StreamItem::Done(response)));
         Ok(futures::stream::iter(items).boxed())
     }
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS, so the next phase's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Events missing from `ids` (each should hold `per_session`), read back from the store.
+async fn lost_events(
+    store: &Arc<dyn SessionStore>,
+    ids: &[agentrt_session_store::SessionId],
+    per_session: usize,
+) -> usize {
+    let mut lost = 0;
+    for id in ids {
+        let events: Vec<_> = store.replay(id, 0).try_collect().await.unwrap();
+        let contiguous = events.iter().enumerate().all(|(i, e)| e.seq == i as u64);
+        assert!(contiguous, "session {id}: seqs with gaps or repeats");
+        lost += per_session.saturating_sub(events.len());
+    }
+    lost
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -426,9 +455,11 @@ fn main() {
         let rss = peak_rss_mb();
         let (batches, last) = batches_of(&store, &ids[0]).await;
         let events_per_session = batches.iter().map(Vec::len).sum::<usize>() + 1;
+        let lost = lost_events(&store, &ids, events_per_session).await;
         drop(ids);
         println!("# {sessions} sessions × {events_per_session} events in {} appends + 1 finish each", batches.len());
         println!("BENCH loop.sessions_10k_wall_s {wall:.3} s");
+        println!("BENCH loop.sessions_10k_lost_events {lost} events");
         match rss {
             Some(mb) => println!("BENCH loop.sessions_10k_peak_rss_mb {mb:.1} MB"),
             None => println!("# sessions_10k_peak_rss_mb not measured: /proc/self/status has no VmHWM"),
@@ -441,6 +472,24 @@ fn main() {
         println!("# store-only group-commit append of the same events: {store_wall:.3} s; latency bound {latency_bound:.3} s");
         println!("BENCH loop.ideal_wall_s {ideal:.3} s");
         println!("BENCH loop.sessions_10k_vs_ideal {:.2} ratio", wall / ideal);
+
+        // The same sessions against Postgres: a server of the bench's own (never the shared
+        // one), so 10,000 sessions of rows neither load nor outlive other users' databases.
+        let pg = OwnPostgres::start();
+        let pg_store: Arc<dyn SessionStore> = Arc::new(PostgresStore::connect(&pg.url()).await.unwrap());
+        reset_peak_rss();
+        let (pg_wall, pg_ids) = many_sessions(pg_store.clone(), sessions).await;
+        let pg_rss = peak_rss_mb();
+        let pg_lost = lost_events(&pg_store, &pg_ids, events_per_session).await;
+        drop((pg_ids, pg_store));
+        println!("BENCH loop.sessions_10k_pg_wall_s {pg_wall:.3} s");
+        println!("BENCH loop.sessions_10k_pg_vs_sqlite {:.2} ratio", pg_wall / wall);
+        println!("BENCH loop.sessions_10k_pg_lost_events {pg_lost} events");
+        match pg_rss {
+            Some(mb) => println!("BENCH loop.sessions_10k_pg_peak_rss_mb {mb:.1} MB"),
+            None => println!("# sessions_10k_pg_peak_rss_mb not measured: /proc/self/status has no VmHWM"),
+        }
+        drop(pg);
 
         let tps = turns_per_s(dir.path(), turns).await;
         println!("BENCH loop.turns_per_s {tps:.1} turns/s");

@@ -5,6 +5,8 @@
 mod budget;
 mod error;
 mod event;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 mod rerun;
 pub mod rounds;

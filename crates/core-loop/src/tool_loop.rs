@@ -820,13 +820,29 @@ impl Run {
             new = new.with_profile(profile.content_address().to_string());
         }
         let session = self.store.create(new).await?;
-        self.session = session.id;
-        self.next_seq = session.next_seq;
-        self.messages = cfg
-            .profile_system
+        self.begin(
+            session.id,
+            session.next_seq,
+            cfg.profile_system,
+            cfg.messages,
+        );
+        Ok(())
+    }
+
+    /// The session's opening: its conversation and `session.started` (sent with the first batch).
+    fn begin(
+        &mut self,
+        session: SessionId,
+        next_seq: u64,
+        profile_system: Option<String>,
+        messages: Vec<Message>,
+    ) {
+        self.session = session;
+        self.next_seq = next_seq;
+        self.messages = profile_system
             .map(|content| Message::System { content })
             .into_iter()
-            .chain(cfg.messages)
+            .chain(messages)
             .collect();
         self.pending.push(RuntimeEvent::SessionStarted {
             model: self.model_id.clone(),
@@ -836,12 +852,25 @@ impl Run {
             max_turns: self.max_turns,
             budget: self.budget.limits(),
         });
-        Ok(())
     }
 
     async fn reopen(&mut self, id: SessionId, cfg: ToolLoop) -> Result<(), Error> {
         let session = self.store.get(&id).await?;
         let previous_status = session.status;
+        if previous_status == SessionStatus::Running && session.next_seq == 0 {
+            // A crash between creating the session and committing its first event: nothing of
+            // the run was recorded, so it starts now, in this session, from the given task.
+            if cfg.messages.is_empty() {
+                return Err(Error::NotResumable {
+                    session: id.to_string(),
+                    reason: "it stopped before its first event was committed; resume it with \
+                             its task as the user message"
+                        .into(),
+                });
+            }
+            self.begin(id, 0, cfg.profile_system, cfg.messages);
+            return Ok(());
+        }
         // The configuration is checked before anything is written: a refused resume leaves the
         // session as it found it.
         let mut extra = Vec::new();

@@ -596,3 +596,36 @@ async fn a_refused_resume_leaves_the_session_as_it_was() {
     assert_eq!(session.status, SessionStatus::Cancelled, "not reopened");
     assert_eq!(kinds(&store, &first.session_id).await, before);
 }
+
+/// Found by `cargo xtask crash`: a process killed between creating its session and committing
+/// the first event left a session with no events, which resume refused as "not a tool-loop
+/// session". Nothing of such a run was recorded, so resuming it with its task starts it there.
+#[tokio::test]
+async fn a_session_killed_before_its_first_event_resumes_by_starting_in_place() {
+    let store = memory();
+    let session = store
+        .create(agentrt_session_store::NewSession::new())
+        .await
+        .unwrap();
+    let model = Arc::new(ScriptedModel::from_fn(|_| ScriptedTurn::text("hello")));
+    let refused = resume_tool_loop(
+        store.clone(),
+        session.id,
+        ToolLoop::new(model.clone(), "m", store.clone()),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(Error::NotResumable { .. })),
+        "{refused:?}"
+    );
+    let outcome = resume_tool_loop(
+        store.clone(),
+        session.id,
+        ToolLoop::new(model, "m", store.clone()).user("say hello"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.session_id, session.id);
+    assert_eq!(outcome.answer.as_deref(), Some("hello"));
+    assert_eq!(kinds(&store, &session.id).await[0], "session.started");
+}

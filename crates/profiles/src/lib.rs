@@ -65,6 +65,8 @@
 
 mod canonical;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod parse;
 mod profile;
 mod registry;

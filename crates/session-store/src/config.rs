@@ -26,9 +26,15 @@ pub struct StoreConfig {
 }
 
 impl Default for StoreConfig {
+    /// The built-in redaction patterns plus the value of every secret-named variable of this
+    /// process's environment ([`Redactor::with_secrets_from_env`]), 1 MiB payloads, 64 MiB
+    /// blobs.
     fn default() -> Self {
+        let env = std::env::vars_os().filter_map(|(name, value)| {
+            Some((name.into_string().ok()?, value.into_string().ok()?))
+        });
         StoreConfig {
-            redactor: Redactor::default(),
+            redactor: Redactor::default().with_secrets_from_env(env),
             max_payload_bytes: 1024 * 1024,
             max_blob_bytes: 64 * 1024 * 1024,
         }

@@ -70,6 +70,15 @@ pub enum StoreError {
     /// The caller passed something invalid (which value, and what was expected).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The disk under the store is full (SQLite `SQLITE_FULL`, Postgres `disk_full`): the write
+    /// was not applied; everything committed before is intact, and the same write can succeed
+    /// once space is freed.
+    #[error("storage is full: {0}")]
+    DiskFull(String),
+    /// The store's storage refuses writes (a read-only filesystem or database): the write was
+    /// not applied; everything committed before is intact and still reads.
+    #[error("storage is read-only: {0}")]
+    ReadOnly(String),
     /// The database failed (I/O, connection, constraint); the operation was not applied.
     #[error("database error: {0}")]
     Database(String),
@@ -95,10 +104,25 @@ impl From<sqlx::Error> for StoreError {
                     if primary == 11 || primary == 26 {
                         return StoreError::Corrupt(db.message().to_owned());
                     }
+                    // SQLITE_FULL (13) and SQLITE_READONLY (8).
+                    if primary == 13 {
+                        return StoreError::DiskFull(db.message().to_owned());
+                    }
+                    if primary == 8 {
+                        return StoreError::ReadOnly(db.message().to_owned());
+                    }
                 }
                 // Postgres: class XX (internal error), data_corrupted / index_corrupted.
                 if code == "XX001" || code == "XX002" {
                     return StoreError::Corrupt(db.message().to_owned());
+                }
+                // Postgres: disk_full, and read_only_sql_transaction (a standby, or
+                // default_transaction_read_only).
+                if code == "53100" {
+                    return StoreError::DiskFull(db.message().to_owned());
+                }
+                if code == "25006" {
+                    return StoreError::ReadOnly(db.message().to_owned());
                 }
             }
         }

@@ -74,6 +74,14 @@ fn default_patterns() -> Vec<String> {
     .collect()
 }
 
+/// Whether an environment variable's name says it holds a secret.
+fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD"]
+        .iter()
+        .any(|suffix| upper.ends_with(suffix))
+}
+
 impl Redactor {
     /// A redactor that changes nothing (no patterns, no secrets). For tests and for stores
     /// whose input is redacted upstream.
@@ -94,6 +102,25 @@ impl Redactor {
             self.secrets.push(s);
             // Longest first, so a secret containing another is replaced whole.
             self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+        self
+    }
+
+    /// Also redacts the value of every variable in `vars` whose name says it holds a secret:
+    /// ending in `KEY`, `TOKEN`, `SECRET`, `PASSWORD` or `PASSWD` (case-insensitive, e.g.
+    /// `OPENAI_API_KEY`, `GITHUB_TOKEN`), when at least 8 bytes long (shorter values would
+    /// redact common words). [`StoreConfig::default`](crate::StoreConfig) applies it to the
+    /// process environment, so a provider key read from the environment is never persisted,
+    /// whatever its shape and wherever it shows up (an error body echoing a header, a tool's
+    /// output, a model's arguments).
+    pub fn with_secrets_from_env(
+        mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        for (name, value) in vars {
+            if is_secret_name(&name) && value.len() >= 8 {
+                self = self.with_secret(value);
+            }
         }
         self
     }
@@ -193,6 +220,34 @@ impl Redactor {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn secrets_named_by_the_environment_are_redacted_whatever_their_shape() {
+        let r = Redactor::disabled().with_secrets_from_env([
+            (
+                "MY_PROVIDER_API_KEY".to_owned(),
+                "local-key-0123".to_owned(),
+            ),
+            ("github_token".to_owned(), "plain-token-9876".to_owned()),
+            ("DB_PASSWORD".to_owned(), "short".to_owned()),
+            ("HOME".to_owned(), "/root/home-directory".to_owned()),
+        ]);
+        let out = r.redact(&json!({
+            "error": "401: header was Authorization: local-key-0123",
+            "args": {"token": "plain-token-9876"},
+            "home": "/root/home-directory",
+            "pw": "short"
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "error": "401: header was Authorization: [REDACTED]",
+                "args": {"token": "[REDACTED]"},
+                "home": "/root/home-directory",
+                "pw": "short"
+            })
+        );
+    }
 
     #[test]
     fn api_keys_of_known_shapes_are_replaced() {

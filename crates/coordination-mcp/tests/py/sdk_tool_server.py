@@ -49,6 +49,13 @@ def fail(message: str) -> str:
     raise ToolError(message)
 
 
+@server.tool()
+def die(code: int) -> str:
+    """Ends the server process in the middle of the call (a crash, as the client sees it)."""
+    sys.stdout.flush()
+    os._exit(code)
+
+
 class AnnouncingServer(uvicorn.Server):
     """A uvicorn server that prints its URL once it is ready to serve MCP."""
 

@@ -33,6 +33,15 @@ use serde_json::{Value, json};
 
 pub const DB_ENV: &str = "AGENTRT_COORD_CRASH_DB";
 pub const RUN_ENV: &str = "AGENTRT_COORD_CRASH_RUN";
+/// Which workload the child drives: `supervisor` (this file's, the default), or another kind's
+/// (`tests/support/crash_loop.rs`, `tests/support/crash_tree.rs`).
+pub const KIND_ENV: &str = "AGENTRT_COORD_CRASH_KIND";
+
+/// The workload kind this child was started for (the benchmark runs the supervisor's only).
+#[allow(dead_code)]
+pub fn child_kind() -> String {
+    std::env::var(KIND_ENV).unwrap_or_else(|_| "supervisor".to_owned())
+}
 
 /// Whether this process was started as the child.
 pub fn child_role() -> Option<(String, String)> {
@@ -40,10 +49,10 @@ pub fn child_role() -> Option<(String, String)> {
 }
 
 /// A small xorshift generator seeded from the clock (no check depends on a particular draw).
-struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(salt: u64) -> Self {
+    pub fn new(salt: u64) -> Self {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -51,7 +60,7 @@ impl Rng {
         Rng((t ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -181,17 +190,29 @@ pub async fn child(db: &str, run: &str) {
     println!("DONE {}", json!({ "agents": agents, "chosen": chosen }));
 }
 
-struct ChildRun {
-    lines: Vec<String>,
-    killed: bool,
+pub struct ChildRun {
+    pub lines: Vec<String>,
+    pub killed: bool,
 }
 
 /// Run the child on `run`; kill it `kill_after` after it printed READY (never, when `None`).
 fn run_child(db: &Path, run: &SessionId, kill_after: Option<Duration>) -> ChildRun {
+    run_child_of("supervisor", db, run, kill_after)
+}
+
+/// Run a child of workload `kind` on `run`; SIGKILL it `kill_after` after it printed READY
+/// (never, when `None`).
+pub fn run_child_of(
+    kind: &str,
+    db: &Path,
+    run: &SessionId,
+    kill_after: Option<Duration>,
+) -> ChildRun {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .env(DB_ENV, db)
         .env(RUN_ENV, run.to_string())
+        .env(KIND_ENV, kind)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -229,7 +250,7 @@ fn run_child(db: &Path, run: &SessionId, kill_after: Option<Duration>) -> ChildR
     ChildRun { lines, killed }
 }
 
-fn outcome(run: &ChildRun) -> Value {
+pub fn outcome(run: &ChildRun) -> Value {
     let line = run
         .lines
         .iter()
@@ -238,9 +259,14 @@ fn outcome(run: &ChildRun) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
-async fn journal(db: &Path, run: &SessionId) -> Vec<(u64, String, Value)> {
+/// The run's committed entries; none when the child was killed before it created the run.
+pub async fn journal(db: &Path, run: &SessionId) -> Vec<(u64, String, Value)> {
     let store = SqliteStore::open(db).await.unwrap();
-    let events: Vec<_> = store.replay(run, 0).try_collect().await.unwrap();
+    let events: Vec<_> = match store.replay(run, 0).try_collect().await {
+        Ok(events) => events,
+        Err(agentrt_session_store::StoreError::NotFound(_)) => Vec::new(),
+        Err(e) => panic!("reading run {run}: {e}"),
+    };
     events
         .into_iter()
         .map(|e| (e.seq, e.kind, e.payload.into_value()))
@@ -250,14 +276,20 @@ async fn journal(db: &Path, run: &SessionId) -> Vec<(u64, String, Value)> {
 /// What the trials saw.
 #[derive(Debug, Default)]
 pub struct TrialStats {
+    /// Trials run.
     pub trials: usize,
+    /// Trials whose every check held.
+    pub passed: usize,
+    /// What failed, one line a failed trial.
+    pub failures: Vec<String>,
     pub killed_mid_run: usize,
     pub in_doubt_redispatched: usize,
     pub entries_verified: usize,
     pub resume_ms: Vec<f64>,
 }
 
-/// Run `trials` crash/resume trials; panics on the first violated guarantee.
+/// Run `trials` crash/resume trials; a trial whose check fails is counted and described in
+/// `failures`, and the next one runs.
 pub fn run_trials(rt: &tokio::runtime::Runtime, trials: usize) -> TrialStats {
     let dir = tempfile::tempdir().unwrap();
     let reference_db = dir.path().join("reference.db");
@@ -272,56 +304,73 @@ pub fn run_trials(rt: &tokio::runtime::Runtime, trials: usize) -> TrialStats {
     let mut rng = Rng::new(11);
     let mut stats = TrialStats::default();
     for trial in 0..trials {
-        let db = dir.path().join(format!("trial-{trial}.db"));
-        let run = SessionId::new();
-        let kill_after = Duration::from_millis(rng.below(220));
-        let first = run_child(&db, &run, Some(kill_after));
-        stats.killed_mid_run += usize::from(first.killed);
-        let before = rt.block_on(journal(&db, &run));
-        let started = Instant::now();
-        let resumed = run_child(&db, &run, None);
-        stats
-            .resume_ms
-            .push(started.elapsed().as_secs_f64() * 1_000.0);
-        let after = rt.block_on(journal(&db, &run));
-        assert!(
-            after.len() >= before.len() && after[..before.len()] == before[..],
-            "trial {trial}: committed journal entries changed or vanished after resume"
-        );
-        stats.entries_verified += before.len();
-        let mut settles: HashMap<String, usize> = HashMap::new();
-        let mut keys: HashMap<String, String> = HashMap::new();
-        for (_, kind, payload) in &after {
-            match kind.as_str() {
-                "coord.settle" => {
-                    *settles
-                        .entry(payload["result"]["id"].as_str().unwrap().to_owned())
-                        .or_default() += 1;
-                }
-                "coord.spawn" => {
-                    let agent = payload["agent"].as_str().unwrap().to_owned();
-                    let key = payload["key"][0].as_str().unwrap().to_owned();
-                    let previous = keys.insert(key.clone(), agent.clone());
-                    assert!(
-                        previous.is_none(),
-                        "trial {trial}: key {key} spawned two agents"
-                    );
-                }
-                "coord.redispatch" => stats.in_doubt_redispatched += 1,
-                _ => {}
-            }
-        }
-        for (agent, n) in &settles {
-            assert_eq!(*n, 1, "trial {trial}: agent {agent} settled {n} times");
-        }
-        assert_eq!(settles.len(), 4, "trial {trial}: every agent settles once");
-        assert_eq!(
-            outcome(&resumed),
-            reference,
-            "trial {trial} (killed after {kill_after:?}, mid-run: {}): the resumed outcome differs",
-            first.killed
-        );
         stats.trials += 1;
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = dir.path().join(format!("trial-{trial}.db"));
+            let run = SessionId::new();
+            let kill_after = Duration::from_millis(rng.below(220));
+            let first = run_child(&db, &run, Some(kill_after));
+            stats.killed_mid_run += usize::from(first.killed);
+            let before = rt.block_on(journal(&db, &run));
+            let started = Instant::now();
+            let resumed = run_child(&db, &run, None);
+            stats
+                .resume_ms
+                .push(started.elapsed().as_secs_f64() * 1_000.0);
+            let after = rt.block_on(journal(&db, &run));
+            assert!(
+                after.len() >= before.len() && after[..before.len()] == before[..],
+                "trial {trial}: committed journal entries changed or vanished after resume"
+            );
+            stats.entries_verified += before.len();
+            let mut settles: HashMap<String, usize> = HashMap::new();
+            let mut keys: HashMap<String, String> = HashMap::new();
+            for (_, kind, payload) in &after {
+                match kind.as_str() {
+                    "coord.settle" => {
+                        *settles
+                            .entry(payload["result"]["id"].as_str().unwrap().to_owned())
+                            .or_default() += 1;
+                    }
+                    "coord.spawn" => {
+                        let agent = payload["agent"].as_str().unwrap().to_owned();
+                        let key = payload["key"][0].as_str().unwrap().to_owned();
+                        let previous = keys.insert(key.clone(), agent.clone());
+                        assert!(
+                            previous.is_none(),
+                            "trial {trial}: key {key} spawned two agents"
+                        );
+                    }
+                    "coord.redispatch" => stats.in_doubt_redispatched += 1,
+                    _ => {}
+                }
+            }
+            for (agent, n) in &settles {
+                assert_eq!(*n, 1, "trial {trial}: agent {agent} settled {n} times");
+            }
+            assert_eq!(settles.len(), 4, "trial {trial}: every agent settles once");
+            assert_eq!(
+                outcome(&resumed),
+                reference,
+                "trial {trial} (killed after {kill_after:?}, mid-run: {}): the resumed outcome differs",
+                first.killed
+            );
+        }));
+        match checked {
+            Ok(()) => stats.passed += 1,
+            Err(panic) => stats
+                .failures
+                .push(format!("trial {trial}: {}", panic_text(&panic))),
+        }
     }
     stats
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -517,7 +517,7 @@ struct State {
     finished: bool,
 }
 
-fn assemble(events: EventStream) -> ChatStream {
+pub(crate) fn assemble(events: EventStream) -> ChatStream {
     let state = State {
         events,
         assembler: Assembler::default(),

@@ -167,9 +167,15 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
 /// The SSE events of a streaming response. A transport failure inside the body (connection cut,
 /// read timeout) or bytes that are not SSE become an `Err` item.
 pub(crate) fn sse_events(response: reqwest::Response) -> EventStream {
-    response
-        .bytes_stream()
-        .eventsource()
+    sse_events_of(response.bytes_stream())
+}
+
+/// The SSE events of a body given as a stream of byte chunks, cut wherever the transport cut it.
+pub(crate) fn sse_events_of<S>(body: S) -> EventStream
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send + 'static,
+{
+    body.eventsource()
         .map(|item| {
             item.map_err(|e| match e {
                 EventStreamError::Transport(e) if e.is_timeout() => Error::MalformedStream(

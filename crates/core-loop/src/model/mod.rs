@@ -16,8 +16,11 @@ mod stack;
 mod structured;
 mod types;
 
+pub(crate) use anthropic::assemble as assemble_anthropic;
 pub use anthropic::{Anthropic, AnthropicBuilder};
+pub(crate) use http::sse_events_of;
 pub use meter::{UsageMeter, UsageTotals};
+pub(crate) use openai::assemble as assemble_openai;
 pub use openai::{OpenAiCompatible, OpenAiCompatibleBuilder};
 pub use price::{ModelPrice, PriceTable};
 pub use profile::{

@@ -419,7 +419,7 @@ impl Assembler {
                 }
                 for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate()
                 {
-                    self.on_tool_call(call, position, out);
+                    self.on_tool_call(call, position, out)?;
                 }
             }
             if let Some(reason) = choice.finish_reason {
@@ -434,7 +434,7 @@ impl Assembler {
         call: ToolCallDelta,
         position: usize,
         out: &mut VecDeque<StreamItem>,
-    ) {
+    ) -> Result<(), Error> {
         let index = call.index.unwrap_or(position);
         let entry = self.calls.entry(index).or_default();
         if let Some(id) = call.id
@@ -445,7 +445,17 @@ impl Assembler {
         }
         if let Some(function) = call.function {
             if let Some(name) = function.name {
-                entry.name.push_str(&name);
+                if !entry.started {
+                    entry.name.push_str(&name);
+                } else if !name.is_empty() && name != entry.name {
+                    // The caller was already shown the call under its name: a different one
+                    // now would make the deltas and the final response disagree. (The same
+                    // name again is what some servers send with every fragment.)
+                    return Err(Error::MalformedStream(format!(
+                        "tool call {index} was started as `{}` and then named `{name}`",
+                        entry.name
+                    )));
+                }
             }
             if let Some(arguments) = function.arguments {
                 entry.arguments.push_str(&arguments);
@@ -471,6 +481,7 @@ impl Assembler {
                 fragment,
             }));
         }
+        Ok(())
     }
 
     fn finish(self) -> Result<ChatResponse, Error> {
@@ -531,7 +542,7 @@ struct State {
 }
 
 /// Turns the SSE events of a chat-completions response into the normalized stream.
-fn assemble(events: EventStream) -> ChatStream {
+pub(crate) fn assemble(events: EventStream) -> ChatStream {
     let state = State {
         events,
         assembler: Assembler::default(),

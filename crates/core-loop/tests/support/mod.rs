@@ -262,7 +262,13 @@ impl FaultServer {
     /// Starts a server that answers requests with `replies`, in order; a request beyond the
     /// script gets a 500 saying so.
     pub async fn start(replies: impl IntoIterator<Item = Reply>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), replies).await
+    }
+
+    /// Like [`FaultServer::start`], on `addr`: a server started on the address of one that
+    /// was dropped is that server restarted.
+    pub async fn start_on(addr: SocketAddr, replies: impl IntoIterator<Item = Reply>) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
             replies: Mutex::new(replies.into_iter().collect()),
@@ -281,6 +287,18 @@ impl FaultServer {
             }
         });
         Self { addr, shared, task }
+    }
+
+    /// Kills the server: every connection is cut and the listener closed when this returns,
+    /// so its address is free for [`FaultServer::start_on`].
+    pub async fn kill(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -1,0 +1,6 @@
+//! An OpenAI-compatible chat-completions streaming body, cut at arbitrary points.
+#![no_main]
+
+use agentrt_core_loop::fuzzing::{Provider, model_stream};
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| model_stream(Provider::OpenAi, data));

@@ -1,0 +1,6 @@
+//! A profile file in JSON.
+#![no_main]
+
+use agentrt_profiles::Format;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| agentrt_profiles::fuzzing::profile(Format::Json, data));
