@@ -1,0 +1,117 @@
+//! The tool loop: a model calls tools until it answers or a limit stops it, every step recorded
+//! in the session store.
+//!
+//! One engine serves [`run_tool_loop`] (returns the [`LoopOutcome`]), [`stream_tool_loop`]
+//! (yields each [`RecordedEvent`] once it is persisted, then ends) and [`resume_tool_loop`]
+//! (continues a stopped session from its persisted events). Configure it with the [`ToolLoop`]
+//! builder.
+//!
+//! # Guarantees
+//!
+//! - Every event is appended to the store before the caller sees it; the final event is
+//!   committed together with the session's final status (`SessionStore::finish`) before the
+//!   caller sees it. If that is impossible, the caller gets [`Error::FinalNotPersisted`].
+//! - A tool call is persisted before the tool runs; its result is persisted before the next
+//!   model call. If persisting a result fails, the loop stops with that store error (the
+//!   primary failure), never calls the model again, and records the result in the final event
+//!   so that a resume restores it instead of running the tool twice.
+//! - Events nothing depends on yet (the session start, the turn start and model request, text
+//!   deltas) are written behind: the append is issued and the model call proceeds while it
+//!   commits; it is awaited at the next point that needs durability (before a tool runs, before
+//!   the model sees tool results or steering, before the final event). At most one write is in
+//!   flight, so the log stays complete and in order; a failed write-behind fails the run like
+//!   any store failure.
+//! - A cleanup failure is recorded (a `cleanup.failed` event and the session's cleanup error)
+//!   beside the run's own outcome; it never replaces a primary failure.
+//! - Invalid tool arguments, tool errors, panics and timeouts become tool results.
+
+mod config;
+mod engine;
+mod history;
+mod persist;
+mod stream;
+
+use std::sync::Arc;
+
+use agentrt_session_store::{SessionId, SessionStore};
+
+use crate::Error;
+use crate::event::{SessionUsage, StopReason};
+use crate::model::Message;
+
+pub(crate) use config::profile_system;
+pub use config::{CostFn, SteeringHandle, TextDeltaMode, ToolLoop};
+pub use stream::LoopStream;
+
+/// How a loop ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct LoopOutcome {
+    /// The session.
+    pub session_id: SessionId,
+    /// Why the loop stopped.
+    pub stop: StopReason,
+    /// The model's final answer, if it answered.
+    pub answer: Option<String>,
+    /// Turns taken in the session (including those before a resume).
+    pub turns: u32,
+    /// Usage over the session.
+    pub usage: SessionUsage,
+    /// Usage of this run alone: the model calls it made, without those of the session's earlier
+    /// runs (equal to `usage` for a new session).
+    pub run_usage: SessionUsage,
+    /// The typed primary error when the loop failed.
+    pub error: Option<Error>,
+    /// The cleanup error, if cleanup failed.
+    pub cleanup_error: Option<String>,
+    /// The seq of the persisted final event.
+    pub final_seq: u64,
+    /// The conversation as the model last saw it, plus its last answer.
+    pub messages: Vec<Message>,
+}
+
+/// Runs a tool loop to its end and returns the outcome.
+///
+/// `Ok` whenever the final event was persisted — whatever the stop reason, including
+/// [`StopReason::Failed`] (with the typed error in [`LoopOutcome::error`]). `Err` when the loop
+/// could not start (invalid configuration, a model the profile does not allow, the store
+/// refusing to create the session, a session that cannot be resumed) or when its final event
+/// could not be persisted ([`Error::FinalNotPersisted`]).
+pub async fn run_tool_loop(config: ToolLoop) -> Result<LoopOutcome, Error> {
+    config.run().await
+}
+
+/// Runs a tool loop as a stream: each item is an event that has been persisted, ending with the
+/// [`RuntimeEvent::Final`] event (or an `Err` when the loop could not start or its final event
+/// could not be persisted). [`LoopStream::outcome`] holds the outcome once the stream ended.
+///
+/// The loop advances only while the stream is polled. Dropping the stream abandons the run
+/// like a crash: the session stays `running` and can be resumed.
+pub fn stream_tool_loop(config: ToolLoop) -> LoopStream {
+    config.stream()
+}
+
+/// Continues the stopped session `session_id` from its persisted events, with the same id.
+///
+/// The conversation is rebuilt exactly from the events (system and user messages, assistant
+/// turns with their tool calls, tool results, steering messages). A failed or cancelled session
+/// is reopened; a session left `running` by a crash is continued in place; a completed session
+/// continues its conversation when the config adds a user message (the follow-up, delivered
+/// as steering before the next model call) and is refused without one
+/// ([`Error::NotResumable`]: there is nothing to continue).
+///
+/// Tool calls the model asked for but that have no persisted result are reconciled before the
+/// next model call: a call that never started runs now; a call whose result was recorded in the
+/// failure record gets that result; a started call of a tool declared
+/// [idempotent](crate::Tool::idempotent) is run again; any other started call is answered with
+/// an "interrupted — verify its side effects" result. Each reconciliation is recorded.
+///
+/// `config` supplies the model, tools, budget and the rest; its store is replaced by `store`.
+pub async fn resume_tool_loop(
+    store: Arc<dyn SessionStore>,
+    session_id: SessionId,
+    mut config: ToolLoop,
+) -> Result<LoopOutcome, Error> {
+    config.store = store;
+    config.resume(session_id).run().await
+}
