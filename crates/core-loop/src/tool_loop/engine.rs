@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentrt_session_store::{
-    NewEvent, NewSession, SessionId, SessionStatus, SessionStore, StoreError,
+    BlobAddress, NewEvent, NewSession, SessionId, SessionStatus, SessionStore, StoreError,
 };
-use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -47,14 +46,13 @@ pub(super) struct Run {
     pub(super) cleanup: Option<CleanupFn>,
 
     pub(super) session: SessionId,
+    /// A new session not yet in the store: it is created by the run's first commit, with the
+    /// events before it (see [`Run::flush`]). `None` once the session exists.
+    pub(super) unborn: Option<NewSession>,
     /// The seq after the last acknowledged write.
     pub(super) next_seq: u64,
-    /// Events emitted and not yet handed to the store.
+    /// Events emitted and not yet committed: they ride in the next durable point's commit.
     pub(super) pending: Vec<RuntimeEvent>,
-    /// A write-behind append not yet acknowledged (at most one).
-    pub(super) in_flight: Option<InFlight>,
-    /// A write-behind append that failed, reported at the next durable point.
-    pub(super) failed_write: Option<Error>,
     pub(super) sink: Option<Sink>,
     pub(super) messages: Vec<Message>,
     pub(super) turns: u32,
@@ -94,14 +92,6 @@ pub(super) async fn drive(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopO
     run.finish(stop, error).await
 }
 
-/// An append issued by [`Run::write_behind`] and not yet acknowledged.
-pub(super) struct InFlight {
-    pub(super) write: BoxFuture<'static, Result<u64, StoreError>>,
-    pub(super) batch: Vec<RuntimeEvent>,
-    /// The seq of the batch's first event.
-    pub(super) seq: u64,
-}
-
 pub(super) fn to_new(batch: &[RuntimeEvent]) -> Vec<NewEvent> {
     batch
         .iter()
@@ -138,10 +128,9 @@ impl Run {
                 .unwrap_or(0),
             cleanup: cfg.cleanup.take(),
             session: SessionId::new(),
+            unborn: None,
             next_seq: 0,
             pending: Vec::new(),
-            in_flight: None,
-            failed_write: None,
             sink,
             messages: Vec::new(),
             turns: 0,
@@ -153,23 +142,38 @@ impl Run {
         }
     }
 
+    /// Prepares a new session. Nothing is committed yet: the session is created by the run's
+    /// first durable point (a tool call about to run, or the final event) together with the
+    /// events before it. A caller-chosen id already taken is refused here, before the model runs.
     pub(super) async fn start(&mut self, cfg: ToolLoop) -> Result<(), Error> {
         let mut new = NewSession::new().with_metadata(cfg.metadata);
         if let Some(id) = cfg.session_id {
+            match self.store.get(&id).await {
+                Ok(_) => {
+                    return Err(Error::Store(StoreError::InvalidInput(format!(
+                        "session {id} already exists"
+                    ))));
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             new = new.with_id(id);
         }
         if let Some(profile) = &cfg.profile {
             // The profile itself is kept as a blob under its content address, so the session
-            // says exactly what ran and can be re-run (see `Rerun`). Stored first: a refused
-            // start leaves no session behind.
-            self.store
-                .put_blob(profile.canonical_json().as_bytes())
-                .await?;
+            // says exactly what ran and can be re-run (see `Rerun`). Stored first (and only when
+            // the store lacks it: a profile run again costs no commit): a session never names a
+            // profile the store does not hold.
+            let bytes = profile.canonical_json();
+            let address = BlobAddress::of(bytes.as_bytes());
+            if self.store.get_blob(&address).await.is_err() {
+                self.store.put_blob(bytes.as_bytes()).await?;
+            }
             new = new.with_profile(profile.content_address().to_string());
         }
-        let session = self.store.create(new).await?;
-        self.session = session.id;
-        self.next_seq = session.next_seq;
+        self.session = new.id.unwrap_or_default();
+        self.unborn = Some(new.with_id(self.session));
+        self.next_seq = 0;
         self.messages = cfg
             .profile_system
             .map(|content| Message::System { content })
@@ -289,7 +293,12 @@ impl Run {
             turn: self.turns,
             call: call.clone(),
         });
-        self.flush().await?;
+        if !self.tools.is_idempotent(&call.name) {
+            // The durable point: a crash while the tool runs finds the call started and answers
+            // it as interrupted instead of running it again. A tool declared idempotent may run
+            // again after a crash, so its call rides in the next commit.
+            self.flush().await?;
+        }
         let cancel = self.cancel.clone();
         let deadline = self.deadline();
         let tools = self.tools.clone();
@@ -397,13 +406,11 @@ impl Run {
                 max_tokens: self.max_tokens,
             });
             if self.pending_needs_durability() {
-                // Tool results and steering are durable before the model is called.
+                // A delivered steering message is durable before the model sees it. The rest
+                // (session start, turn start, model request, earlier tool results) rides in the
+                // next durable point's commit: a crash before it only repeats this turn on
+                // resume, with a started call answered as interrupted (never run twice).
                 self.flush().await?;
-            } else {
-                // The rest (session start, turn start, model request) is written while the
-                // model works: a crash before it is durable only repeats this turn on resume.
-                self.settle().await?;
-                self.write_behind();
             }
             self.turns = turn;
             if !self.unpersisted.is_empty() {
@@ -536,18 +543,10 @@ impl Run {
     ) -> Result<ChatResponse, Error> {
         let turn = self.turns;
         let model = self.model.clone();
-        let mut stream = self.while_writing(model.stream(request)).await?;
+        let mut stream = model.stream(request).await?;
         let mut buf = String::new();
         let mut buf_since: Option<Instant> = None;
-        loop {
-            let next = self.while_writing(stream.next()).await;
-            if let Some(e) = self.failed_write.take() {
-                // Events after a lost batch would leave a hole in the log: only the final
-                // event (with this failure) follows.
-                self.pending.clear();
-                return Err(e);
-            }
-            let Some(item) = next else { break };
+        while let Some(item) = stream.next().await {
             let item = match item {
                 Ok(item) => item,
                 Err(e) => {
@@ -563,7 +562,6 @@ impl Run {
                     TextDeltaMode::Off => {}
                     TextDeltaMode::Every => {
                         self.emit(RuntimeEvent::TextDelta { turn, text });
-                        self.write_behind();
                     }
                     TextDeltaMode::Coalesce {
                         max_chars,
@@ -577,7 +575,6 @@ impl Run {
                                 text: std::mem::take(&mut buf),
                             });
                             buf_since = None;
-                            self.write_behind();
                         }
                     }
                 },

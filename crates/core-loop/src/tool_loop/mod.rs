@@ -2,25 +2,33 @@
 //! in the session store.
 //!
 //! One engine serves [`run_tool_loop`] (returns the [`LoopOutcome`]), [`stream_tool_loop`]
-//! (yields each [`RecordedEvent`] once it is persisted, then ends) and [`resume_tool_loop`]
+//! (yields each [`RecordedEvent`](crate::RecordedEvent) once it is persisted, then ends) and [`resume_tool_loop`]
 //! (continues a stopped session from its persisted events). Configure it with the [`ToolLoop`]
 //! builder.
 //!
 //! # Guarantees
 //!
-//! - Every event is appended to the store before the caller sees it; the final event is
-//!   committed together with the session's final status (`SessionStore::finish`) before the
-//!   caller sees it. If that is impossible, the caller gets [`Error::FinalNotPersisted`].
-//! - A tool call is persisted before the tool runs; its result is persisted before the next
-//!   model call. If persisting a result fails, the loop stops with that store error (the
-//!   primary failure), never calls the model again, and records the result in the final event
-//!   so that a resume restores it instead of running the tool twice.
-//! - Events nothing depends on yet (the session start, the turn start and model request, text
-//!   deltas) are written behind: the append is issued and the model call proceeds while it
-//!   commits; it is awaited at the next point that needs durability (before a tool runs, before
-//!   the model sees tool results or steering, before the final event). At most one write is in
-//!   flight, so the log stays complete and in order; a failed write-behind fails the run like
-//!   any store failure.
+//! A run commits only at its durable points (see `persist`): two commits for a run that calls
+//! one tool and answers, one when that tool is declared [idempotent](crate::Tool::idempotent).
+//!
+//! - The final event is committed together with the session's final status and every event
+//!   not yet committed (`SessionStore::finish`) before the caller sees it. If that is
+//!   impossible, the caller gets [`Error::FinalNotPersisted`].
+//! - A tool call is durable before the tool runs, unless the tool is declared idempotent (then
+//!   a crash may run it again, by its own declaration). A resume answers a started call that
+//!   has no result as interrupted; it never runs a non-idempotent call twice.
+//! - A steering message is durable before the model sees it.
+//! - Everything else (the session start — a new session is created by the run's first commit
+//!   —, turn starts, model requests, text deltas, model responses, budget updates, tool
+//!   results) rides in the next durable point's commit, in the order emitted, with the seqs it
+//!   would have had alone: a replay is the same event for event. A crash loses only what has
+//!   not reached a durable point: a resume repeats the turn, and answers a tool call whose
+//!   result was lost as interrupted.
+//! - [`stream_tool_loop`] yields an event only once it is committed: a streaming consumer sees
+//!   the events in batches, one per durable point, and never an event a crash could take back.
+//! - If a commit fails, the loop stops with that store error (the primary failure), never calls
+//!   the model again, and records the lost tool results in the final event so that a resume
+//!   restores them instead of running the tools twice.
 //! - A cleanup failure is recorded (a `cleanup.failed` event and the session's cleanup error)
 //!   beside the run's own outcome; it never replaces a primary failure.
 //! - Invalid tool arguments, tool errors, panics and timeouts become tool results.
@@ -74,9 +82,10 @@ pub struct LoopOutcome {
 ///
 /// `Ok` whenever the final event was persisted — whatever the stop reason, including
 /// [`StopReason::Failed`] (with the typed error in [`LoopOutcome::error`]). `Err` when the loop
-/// could not start (invalid configuration, a model the profile does not allow, the store
-/// refusing to create the session, a session that cannot be resumed) or when its final event
-/// could not be persisted ([`Error::FinalNotPersisted`]).
+/// could not start (invalid configuration, a model the profile does not allow, a session id
+/// that is taken, a store that cannot be read, a session that cannot be resumed) or when its
+/// final event could not be persisted ([`Error::FinalNotPersisted`]; a store that refuses the
+/// new session at the run's first commit ends there too).
 pub async fn run_tool_loop(config: ToolLoop) -> Result<LoopOutcome, Error> {
     config.run().await
 }

@@ -1,13 +1,19 @@
-//! The engine's write path: events emitted, written behind or flushed at durable points, and the
+//! The engine's write path: events gathered and committed at the run's durable points, the
 //! final event committed with the session's status.
+//!
+//! A run commits only where a guarantee needs it: before a tool that is not declared idempotent
+//! runs (its call durable, so a crash never runs it blindly again), before the model sees a
+//! steering message (delivered, so never lost), and at the end (the final event with the
+//! status). Every other event — the session start, turn starts, model requests, text deltas,
+//! model responses, budget updates, tool results — rides in the next of those commits, in the
+//! order emitted and with the seqs it would have had alone. A new session is created by its
+//! first commit.
 
-use std::future::Future;
-
-use agentrt_session_store::{Finish, NewEvent, StoreError};
+use agentrt_session_store::{Finish, StoreError};
 use serde_json::json;
 
 use super::LoopOutcome;
-use super::engine::{InFlight, Run, event_value, to_new};
+use super::engine::{Run, event_value, to_new};
 use crate::Error;
 use crate::event::{FailureInfo, RecordedEvent, RuntimeEvent, StopReason};
 
@@ -16,47 +22,27 @@ impl Run {
         self.pending.push(event);
     }
 
-    /// Appends the pending events in one atomic batch and waits until they are durable, then
-    /// hands them to the caller. A write still in flight is settled first.
+    /// A durable point: commits the pending events in one atomic write (creating a new session
+    /// with them) and waits until they are durable, then hands them to the caller.
     pub(super) async fn flush(&mut self) -> Result<(), Error> {
-        self.settle().await?;
         if self.pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
         let seq = self.next_seq;
-        let result = self.store.append(&self.session, seq, to_new(&batch)).await;
+        let events = to_new(&batch);
+        let result = match &self.unborn {
+            Some(new) => self
+                .store
+                .create(new.clone().with_events(events))
+                .await
+                .map(|s| s.next_seq),
+            None => self.store.append(&self.session, seq, events).await,
+        };
+        if result.is_ok() {
+            self.unborn = None;
+        }
         self.settled(batch, seq, result)
-    }
-
-    /// Starts appending the pending events without waiting for them to be durable: for events
-    /// nothing depends on yet (the session start, the model request, text deltas). At most one
-    /// write is in flight; while one is, new events wait in `pending` and go with the next.
-    /// The write is driven by [`Run::while_writing`] and awaited at the next durable point
-    /// ([`Run::flush`], [`Run::settle`]).
-    pub(super) fn write_behind(&mut self) {
-        if self.in_flight.is_some() || self.failed_write.is_some() || self.pending.is_empty() {
-            return;
-        }
-        let batch = std::mem::take(&mut self.pending);
-        let seq = self.next_seq;
-        let store = self.store.clone();
-        let session = self.session;
-        let new = to_new(&batch);
-        self.in_flight = Some(InFlight {
-            write: Box::pin(async move { store.append(&session, seq, new).await }),
-            batch,
-            seq,
-        });
-    }
-
-    /// Waits for the write in flight, if any; returns the failure of a write-behind append.
-    pub(super) async fn settle(&mut self) -> Result<(), Error> {
-        if let Some(InFlight { write, batch, seq }) = self.in_flight.take() {
-            let result = write.await;
-            self.settled(batch, seq, result)?;
-        }
-        self.failed_write.take().map_or(Ok(()), Err)
     }
 
     /// Records the outcome of an append of `batch` at `seq`: on success the events go to the
@@ -93,89 +79,55 @@ impl Run {
         }
     }
 
-    /// Awaits `work` while driving the write in flight, so that the write overlaps it (the
-    /// model call). When the write completes, events that piled up meanwhile are written
-    /// behind it; a failed write is kept for the next durable point.
-    pub(super) async fn while_writing<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
-        loop {
-            let Some(in_flight) = self.in_flight.as_mut() else {
-                return work.await;
-            };
-            let result = tokio::select! {
-                biased;
-                result = &mut in_flight.write => result,
-                out = &mut work => return out,
-            };
-            if let Some(InFlight { batch, seq, .. }) = self.in_flight.take()
-                && let Err(e) = self.settled(batch, seq, result)
-            {
-                self.failed_write = Some(e);
-            }
-            self.write_behind();
-        }
-    }
-
-    /// Whether the pending events must be durable before the model is called: tool results
-    /// (a resume must never answer a call the model already saw answered) and steering
-    /// messages (delivered, so never lost).
+    /// Whether the pending events must be durable before the model is called: a steering
+    /// message is (it was delivered, so it is never lost).
     pub(super) fn pending_needs_durability(&self) -> bool {
-        self.pending.iter().any(|e| {
-            matches!(
-                e,
-                RuntimeEvent::ToolResult { .. } | RuntimeEvent::SteerReceived { .. }
-            )
-        })
+        self.pending
+            .iter()
+            .any(|e| matches!(e, RuntimeEvent::SteerReceived { .. }))
     }
 
-    /// Persists the end: pending events, cleanup, then the final event with the status.
-    pub(super) async fn finish(
-        mut self,
-        mut stop: StopReason,
-        mut error: Option<Error>,
-    ) -> Result<LoopOutcome, Error> {
-        if let Err(e) = self.flush().await
-            && error.is_none()
-        {
-            stop = StopReason::Failed {
-                error: FailureInfo::from_error(&e),
-            };
-            error = Some(e);
-        }
-        self.pending.clear();
-        let mut cleanup_error = None;
-        if let Some(cleanup) = self.cleanup.take()
-            && let Err(message) = cleanup().await
-        {
-            self.emit(RuntimeEvent::CleanupFailed {
-                error: message.clone(),
-            });
-            // Best effort: the cleanup error is also stored with the final status below.
-            let _ = self.flush().await;
-            self.pending.clear();
-            cleanup_error = Some(message);
-        }
-        if let Some(steering) = &self.steering {
-            steering.close();
-        }
+    /// The final event and the store's finish for this end.
+    fn end(
+        &self,
+        stop: &StopReason,
+        error: Option<&Error>,
+        cleanup_error: Option<&String>,
+        batch: &[RuntimeEvent],
+    ) -> (RuntimeEvent, Finish) {
         let final_event = RuntimeEvent::Final {
             stop: stop.clone(),
             answer: self.answer.clone(),
             turns: self.turns,
             usage: self.usage,
-            cleanup_error: cleanup_error.clone(),
+            cleanup_error: cleanup_error.cloned(),
             unpersisted_tool_results: self.unpersisted.clone(),
         };
         let finish = Finish {
             status: stop.status(),
-            final_event: NewEvent::new(final_event.kind(), event_value(&final_event)),
-            error: error.as_ref().map(|e| {
+            final_event: agentrt_session_store::NewEvent::new(
+                final_event.kind(),
+                event_value(&final_event),
+            ),
+            error: error.map(|e| {
                 let info = FailureInfo::from_error(e);
                 json!({"kind": info.kind, "message": info.message})
             }),
-            cleanup_error: cleanup_error.as_ref().map(|c| json!({"message": c})),
+            cleanup_error: cleanup_error.map(|c| json!({"message": c})),
+            events: to_new(batch),
         };
-        let committed = match self
+        (final_event, finish)
+    }
+
+    /// Commits `finish` (the pending events, then the final event with the status) in one
+    /// write — creating the session with it if it is not in the store yet; returns the final
+    /// event's seq.
+    async fn commit_end(&mut self, finish: Finish) -> Result<u64, StoreError> {
+        if let Some(new) = &self.unborn {
+            let session = self.store.create(new.clone().with_finish(finish)).await?;
+            return Ok(session.next_seq.saturating_sub(1));
+        }
+        match self
             .store
             .finish(&self.session, self.next_seq, finish.clone())
             .await
@@ -185,15 +137,71 @@ impl Run {
                 self.store.finish(&self.session, actual, finish).await
             }
             other => other,
-        };
+        }
+        .map(|event| event.seq)
+    }
+
+    /// Persists the end: cleanup, then the pending events and the final event with the status
+    /// in one commit. If that commit fails, the end is committed alone (the events are lost, a
+    /// tool result among them is recorded in the final event as unpersisted, and the store error
+    /// becomes the failure unless the run had one).
+    pub(super) async fn finish(
+        mut self,
+        mut stop: StopReason,
+        mut error: Option<Error>,
+    ) -> Result<LoopOutcome, Error> {
+        let mut cleanup_error = None;
+        if let Some(cleanup) = self.cleanup.take()
+            && let Err(message) = cleanup().await
+        {
+            self.emit(RuntimeEvent::CleanupFailed {
+                error: message.clone(),
+            });
+            cleanup_error = Some(message);
+        }
+        if let Some(steering) = &self.steering {
+            steering.close();
+        }
+        let mut batch = std::mem::take(&mut self.pending);
+        let (mut final_event, finish) =
+            self.end(&stop, error.as_ref(), cleanup_error.as_ref(), &batch);
+        let mut committed = self.commit_end(finish).await;
+        // How the run ended, reported by `FinalNotPersisted` if nothing can be committed.
+        let ended = stop.clone();
+        if let Err(e) = &committed
+            && !batch.is_empty()
+        {
+            for event in std::mem::take(&mut batch) {
+                if let RuntimeEvent::ToolResult { result, .. } = event {
+                    self.unpersisted.push(result);
+                }
+            }
+            // An answer came with the lost events: the session does not hold it.
+            self.answer = None;
+            if error.is_none() {
+                let e = Error::Store(e.clone());
+                stop = StopReason::Failed {
+                    error: FailureInfo::from_error(&e),
+                };
+                error = Some(e);
+            }
+            let (alone, finish) = self.end(&stop, error.as_ref(), cleanup_error.as_ref(), &[]);
+            final_event = alone;
+            committed = self.commit_end(finish).await;
+        }
+        if let Ok(seq) = &committed {
+            // The events committed with the end go to the caller before it.
+            let first = seq.saturating_sub(batch.len() as u64);
+            let _delivered = self.settled(batch, first, Ok(*seq));
+        }
         match committed {
-            Ok(event) => {
+            Ok(seq) => {
                 if let Some(sink) = &self.sink {
                     sink.lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push_back(RecordedEvent {
                             session_id: self.session,
-                            seq: event.seq,
+                            seq,
                             event: final_event,
                         });
                 }
@@ -206,13 +214,13 @@ impl Run {
                     run_usage: self.run_usage,
                     error,
                     cleanup_error,
-                    final_seq: event.seq,
+                    final_seq: seq,
                     messages: self.messages,
                 })
             }
             Err(source) => Err(Error::FinalNotPersisted {
                 session: self.session.to_string(),
-                stop: Box::new(stop),
+                stop: Box::new(ended),
                 source,
             }),
         }
