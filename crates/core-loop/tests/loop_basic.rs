@@ -276,7 +276,7 @@ async fn cancellation_mid_stream_persists_a_cancelled_final() {
     let token = CancellationToken::new();
     // The cancel lands once the model has streamed three deltas (the stream yields committed
     // events only, so the caller sees the deltas with the final).
-    let model = CancelAt::new(model, token.clone(), 1, 3);
+    let model = CancelAt::new(Arc::new(model), token.clone(), 1, 3);
     let mut stream = stream_tool_loop(
         ToolLoop::new(Arc::new(model), "m", store.clone())
             .user("talk")

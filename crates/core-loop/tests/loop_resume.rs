@@ -55,7 +55,7 @@ async fn resume_after_cancel_restores_tool_calls_and_results_exactly() {
     // Interrupted: cancelled while the second model call is in flight.
     let store = memory();
     let token = CancellationToken::new();
-    let model = CancelAt::new(two_tools_then_answer(), token.clone(), 2, 0);
+    let model = CancelAt::new(Arc::new(two_tools_then_answer()), token.clone(), 2, 0);
     let mut stream = stream_tool_loop(
         ToolLoop::new(Arc::new(model), "m", store.clone())
             .system("sys")

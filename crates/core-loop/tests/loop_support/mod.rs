@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, ScriptedModel, StreamItem};
+use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, StreamItem};
 use agentrt_core_loop::{Error as CoreError, RecordedEvent, RuntimeEvent, ToolError, TypedTool};
 use agentrt_session_store::{
     Event, HookedStore, MemoryStore, NewEvent, SessionId, SessionStore, StoreError, StoreWrite,
@@ -207,7 +207,7 @@ impl WriteHook for Flaky {
 /// streamed `after_deltas` deltas (0: as the call's stream opens): a cancel that lands at a
 /// chosen point of a model call.
 pub struct CancelAt {
-    inner: ScriptedModel,
+    inner: Arc<dyn ChatModel>,
     token: CancellationToken,
     request: usize,
     after_deltas: usize,
@@ -216,7 +216,7 @@ pub struct CancelAt {
 
 impl CancelAt {
     pub fn new(
-        inner: ScriptedModel,
+        inner: Arc<dyn ChatModel>,
         token: CancellationToken,
         request: usize,
         after_deltas: usize,
@@ -234,7 +234,7 @@ impl CancelAt {
 #[async_trait]
 impl ChatModel for CancelAt {
     fn provider(&self) -> &str {
-        "scripted"
+        self.inner.provider()
     }
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, CoreError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) + 1 != self.request {
