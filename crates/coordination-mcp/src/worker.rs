@@ -199,7 +199,8 @@ impl WorkerContext {
     /// Hand this agent's work over to `session`, a session of `store` that the work itself
     /// writes (an agent run in another process or box, say) and that outlives this
     /// coordinator: records the reference in the spawn journal, then waits for the session to
-    /// reach a terminal status, polling it once per
+    /// reach a terminal status (a session not in the store yet is waited for: a run creates its
+    /// session at its first durable point), polling it once per
     /// [`SupervisorOptions::detached_poll`](crate::SupervisorOptions::detached_poll). A
     /// completed session's final answer becomes the agent's output; a failed or cancelled one
     /// fails the agent.
@@ -240,9 +241,13 @@ impl WorkerContext {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let record = loop {
             tick.tick().await;
-            let record = store.get(&session).await.map_err(read)?;
-            if record.status.is_final() {
-                break record;
+            match store.get(&session).await {
+                Ok(record) if record.status.is_final() => break record,
+                Ok(_) => {}
+                // A run's session is in the store from its first durable point on (its first
+                // tool call, or its end): until then there is nothing to follow yet.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(read(e)),
             }
         };
         let from = record.next_seq.saturating_sub(1);

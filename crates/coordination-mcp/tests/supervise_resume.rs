@@ -29,14 +29,18 @@ fn profile() -> AgentProfile {
 }
 
 /// spawn_agent (keyed, a worker of about 300 ms) → await_agent → answer; driven by the
-/// conversation, so the same brain continues a resumed session.
+/// conversation, so the same brain continues a resumed session. A call a crash interrupted
+/// (its result lost with the events after the last commit) is asked again — a spawn under the
+/// same idempotency key, which the journal answers with the agent it already has.
 fn brain() -> ScriptedModel {
     ScriptedModel::from_fn(|request: &ChatRequest| {
         let results: Vec<&String> = request
             .messages
             .iter()
             .filter_map(|m| match m {
-                Message::Tool { content, .. } => Some(content),
+                Message::Tool { content, .. } if !content.starts_with("interrupted:") => {
+                    Some(content)
+                }
                 _ => None,
             })
             .collect();

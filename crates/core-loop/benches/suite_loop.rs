@@ -1,7 +1,16 @@
-//! `cargo bench -p agentrt-core-loop --bench suite_loop [-- --quick]` (or `cargo xtask bench loop`).
+//! `cargo bench -p agentrt-core-loop --bench suite_loop [-- --quick] [--sequential-only]
+//! [--runs N]` (or `cargo xtask bench loop`).
 //!
 //! Prints one line per figure, `BENCH loop.<figure> <value> <unit>`:
 //!
+//! - `runs_per_s_sequential`: the run shape model → one tool call → model → answer (scripted
+//!   model, zero latency), runs one after another, every event persisted to one SQLite file at
+//!   full durability; `commits_per_run`: the store writes (commits) each run made.
+//! - `store.append_single_per_s`: the disk's limit for one writer — single-event appends, each
+//!   awaited, to a fresh SQLite file at full durability — measured just before and just after
+//!   the runs (the mean of both); `runs_vs_disk_limit` = runs/s ÷ (appends/s ÷ 2), the share of
+//!   what the disk allows a run that needs two durable points. `--sequential-only` stops after
+//!   these (benches/peers/run.sh uses it).
 //! - `turns_per_s`: scripted model with zero latency, one tool call per turn, every event
 //!   persisted to a SQLite store (default durability: fsync per group commit).
 //! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
@@ -12,7 +21,7 @@
 //!   same sessions against a PostgreSQL server the bench starts for itself (peak reset before
 //!   the phase); `sessions_10k_pg_vs_sqlite` is its wall time over SQLite's.
 //! - `ideal_wall_s`: the larger of the latency-bound ideal (3 × 10 ms) and the time the same
-//!   store takes to append the same events in the same batches from the same number of
+//!   store takes to write the same events in the same commits from the same number of
 //!   concurrent writers (measured right after, in this run); `sessions_10k_vs_ideal` is the
 //!   ratio.
 //! - `turns_per_s_otel_off`, `turns_per_s_otel_on`, `otel_on_vs_off`: the `turns_per_s` loop
@@ -227,66 +236,158 @@ async fn many_sessions(
     (started.elapsed().as_secs_f64(), ids)
 }
 
-/// The loop's append batches for one session, read back from the store: a batch ends after each
-/// model request and each tool call (the loop's flush points); the last event is the final.
-async fn batches_of(
+/// The loop's commits for one session, read back from the store: a commit ends after each tool
+/// call (the loop's durable points before a tool runs) and the last one ends with the final.
+async fn commits_of(
     store: &Arc<dyn SessionStore>,
     id: &agentrt_session_store::SessionId,
-) -> (Vec<Vec<NewEvent>>, NewEvent) {
+) -> Vec<Vec<NewEvent>> {
     let events: Vec<_> = store.replay(id, 0).try_collect().await.unwrap();
-    let mut batches = Vec::new();
+    let mut commits = Vec::new();
     let mut current = Vec::new();
-    let (last, body) = events.split_last().unwrap();
-    for e in body {
+    for e in &events {
         current.push(NewEvent::new(
             e.kind.clone(),
             e.payload.clone().into_value(),
         ));
-        if e.kind == "model.request" || e.kind == "tool.call" {
-            batches.push(std::mem::take(&mut current));
+        if e.kind == "tool.call" {
+            commits.push(std::mem::take(&mut current));
         }
     }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    (
-        batches,
-        NewEvent::new(last.kind.clone(), last.payload.clone().into_value()),
-    )
+    commits.push(current);
+    commits
 }
 
-/// The store alone: `n` concurrent writers, each creating a session and appending the same
-/// batches, then finishing. Returns wall time.
-async fn store_only(
-    store: Arc<dyn SessionStore>,
-    n: usize,
-    batches: Vec<Vec<NewEvent>>,
-    last: NewEvent,
-) -> f64 {
-    let batches = Arc::new(batches);
+/// Writes `commits` as the loop does: the first creates the session, the last finishes it.
+async fn write_commits(store: &dyn SessionStore, commits: &[Vec<NewEvent>]) {
+    let (last, earlier) = commits.split_last().unwrap();
+    let (final_event, before) = last.split_last().unwrap();
+    let finish = Finish::completed(final_event.clone()).with_events(before.to_vec());
+    match earlier.split_first() {
+        None => {
+            store
+                .create(NewSession::new().with_finish(finish))
+                .await
+                .unwrap();
+        }
+        Some((first, middle)) => {
+            let session = store
+                .create(NewSession::new().with_events(first.clone()))
+                .await
+                .unwrap();
+            let mut seq = session.next_seq;
+            for b in middle {
+                seq = store.append(&session.id, seq, b.clone()).await.unwrap();
+            }
+            store.finish(&session.id, seq, finish).await.unwrap();
+        }
+    }
+}
+
+/// The store alone: `n` concurrent writers, each writing the same commits as a loop session.
+/// Returns wall time.
+async fn store_only(store: Arc<dyn SessionStore>, n: usize, commits: Vec<Vec<NewEvent>>) -> f64 {
+    let commits = Arc::new(commits);
     let started = Instant::now();
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let store = store.clone();
-            let batches = batches.clone();
-            let last = last.clone();
-            tokio::spawn(async move {
-                let session = store.create(NewSession::new()).await.unwrap();
-                let mut seq = 0;
-                for b in batches.iter() {
-                    seq = store.append(&session.id, seq, b.clone()).await.unwrap();
-                }
-                store
-                    .finish(&session.id, seq, Finish::completed(last))
-                    .await
-                    .unwrap();
-            })
+            let commits = commits.clone();
+            tokio::spawn(async move { write_commits(&*store, &commits).await })
         })
         .collect();
     for h in handles {
         h.await.unwrap();
     }
     started.elapsed().as_secs_f64()
+}
+
+/// Counts a store's commits (every write is one).
+#[derive(Default)]
+struct CommitCounter(AtomicU64);
+
+#[async_trait::async_trait]
+impl WriteHook for CommitCounter {
+    type Ticket = ();
+
+    async fn before(&self, _write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn after(&self, (): (), committed: bool) {
+        if committed {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The sequential run shape: `runs` runs one after another (model → one tool call → model →
+/// answer), every event persisted to one SQLite file at full durability. Returns runs/s and
+/// commits per run.
+async fn runs_sequential(dir: &std::path::Path, runs: usize) -> (f64, f64) {
+    let counted = Arc::new(HookedStore::new(
+        Arc::new(SqliteStore::open(dir.join("runs.db")).await.unwrap()),
+        CommitCounter::default(),
+    ));
+    let store: Arc<dyn SessionStore> = counted.clone();
+    let model: Arc<dyn ChatModel> = Arc::new(scripted(1, Duration::ZERO));
+    let tools = ToolRegistry::new().with_typed(Echo);
+    let run = || {
+        run_tool_loop(
+            ToolLoop::new(model.clone(), "bench", store.clone())
+                .user("echo once then answer")
+                .tools(tools.clone()),
+        )
+    };
+    // One warm-up run (statement caches, the writer task) outside the timed part.
+    run().await.unwrap();
+    let before = counted.hook().0.load(Ordering::Relaxed);
+    let started = Instant::now();
+    for _ in 0..runs {
+        let outcome = run().await.unwrap();
+        assert_eq!(outcome.stop, StopReason::Answered);
+        assert_eq!(outcome.turns, 2);
+    }
+    let rate = runs as f64 / started.elapsed().as_secs_f64();
+    let commits = counted.hook().0.load(Ordering::Relaxed) - before;
+    (rate, commits as f64 / runs as f64)
+}
+
+/// The disk's limit for one writer: single-event appends, each awaited (one fsynced commit
+/// each), to a fresh SQLite file at full durability. Appends per second.
+async fn append_single_per_s(dir: &std::path::Path, name: &str, n: usize) -> f64 {
+    let store = SqliteStore::open(dir.join(name)).await.unwrap();
+    let id = store.create(NewSession::new()).await.unwrap().id;
+    let started = Instant::now();
+    let mut next = 0;
+    for i in 0..n {
+        next = store
+            .append(
+                &id,
+                next,
+                vec![NewEvent::new("e", serde_json::json!({"i": i}))],
+            )
+            .await
+            .unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Prints the sequential figures: runs/s and commits per run, the disk's single-append rate
+/// measured just before and just after them (their mean is the baseline), and the ratio.
+async fn sequential_figures(dir: &std::path::Path, runs: usize, appends: usize) {
+    let before = append_single_per_s(dir, "single-before.db", appends).await;
+    let (rate, commits) = runs_sequential(dir, runs).await;
+    let after = append_single_per_s(dir, "single-after.db", appends).await;
+    let single = (before + after) / 2.0;
+    println!("# {runs} runs; single appends {before:.0}/s before, {after:.0}/s after");
+    println!("BENCH loop.runs_per_s_sequential {rate:.1} runs/s");
+    println!("BENCH loop.commits_per_run {commits:.2} commits");
+    println!("BENCH store.append_single_per_s {single:.0} appends/s");
+    println!(
+        "BENCH loop.runs_vs_disk_limit {:.2} ratio",
+        rate / (single / 2.0)
+    );
 }
 
 /// Wraps a model and adds up the time spent inside its calls: from the request until the
@@ -436,13 +537,26 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let sequential_only = args.iter().any(|a| a == "--sequential-only");
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 200 } else { 1_000 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
+        let appends = if quick { 300 } else { 1_000 };
+        sequential_figures(dir.path(), runs, appends).await;
+        if sequential_only {
+            return;
+        }
         let sessions = if quick { 1_000 } else { 10_000 };
         let turns = if quick { 300 } else { 2_000 };
         if quick {
@@ -453,11 +567,11 @@ fn main() {
         let store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(dir.path().join("sessions.db")).await.unwrap());
         let (wall, ids) = many_sessions(store.clone(), sessions).await;
         let rss = peak_rss_mb();
-        let (batches, last) = batches_of(&store, &ids[0]).await;
-        let events_per_session = batches.iter().map(Vec::len).sum::<usize>() + 1;
+        let commits = commits_of(&store, &ids[0]).await;
+        let events_per_session = commits.iter().map(Vec::len).sum::<usize>();
         let lost = lost_events(&store, &ids, events_per_session).await;
         drop(ids);
-        println!("# {sessions} sessions × {events_per_session} events in {} appends + 1 finish each", batches.len());
+        println!("# {sessions} sessions × {events_per_session} events in {} commits each", commits.len());
         println!("BENCH loop.sessions_10k_wall_s {wall:.3} s");
         println!("BENCH loop.sessions_10k_lost_events {lost} events");
         match rss {
@@ -466,7 +580,7 @@ fn main() {
         }
 
         let baseline_store: Arc<dyn SessionStore> = Arc::new(SqliteStore::open(dir.path().join("baseline.db")).await.unwrap());
-        let store_wall = store_only(baseline_store, sessions, batches, last).await;
+        let store_wall = store_only(baseline_store, sessions, commits).await;
         let latency_bound = 3.0 * 0.010;
         let ideal = store_wall.max(latency_bound);
         println!("# store-only group-commit append of the same events: {store_wall:.3} s; latency bound {latency_bound:.3} s");

@@ -15,7 +15,9 @@ use agentrt_core_loop::{
 };
 use agentrt_session_store::{SessionStatus, SessionStore, SqliteStore};
 use futures::StreamExt;
-use loop_support::{Add, Fails, Panics, Sleeps, flaky_store, kinds, memory, replay, tool_results};
+use loop_support::{
+    Add, CancelAt, Fails, Panics, Sleeps, flaky_store, kinds, memory, replay, tool_results,
+};
 use tokio_util::sync::CancellationToken;
 
 fn always_calls_add() -> ScriptedModel {
@@ -272,6 +274,9 @@ async fn cancellation_mid_stream_persists_a_cancelled_final() {
         ScriptedTurn::text(long_text).with_chunk_delay(Duration::from_millis(20))
     ]);
     let token = CancellationToken::new();
+    // The cancel lands once the model has streamed three deltas (the stream yields committed
+    // events only, so the caller sees the deltas with the final).
+    let model = CancelAt::new(Arc::new(model), token.clone(), 1, 3);
     let mut stream = stream_tool_loop(
         ToolLoop::new(Arc::new(model), "m", store.clone())
             .user("talk")
@@ -284,9 +289,6 @@ async fn cancellation_mid_stream_persists_a_cancelled_final() {
         let event = item.unwrap();
         if matches!(event.event, RuntimeEvent::TextDelta { .. }) {
             deltas += 1;
-            if deltas == 3 {
-                token.cancel();
-            }
         }
         last = Some(event);
     }

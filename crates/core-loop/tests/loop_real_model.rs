@@ -124,6 +124,9 @@ async fn cancelling_a_real_stream_mid_way_persists_a_cancelled_final() {
     let (model, model_id) = server().await;
     let store = loop_support::memory();
     let token = CancellationToken::new();
+    // The cancel lands once the server has streamed three deltas (the stream yields committed
+    // events only, so the caller sees the deltas with the final).
+    let model = Arc::new(loop_support::CancelAt::new(model, token.clone(), 1, 3));
     let mut stream = stream_tool_loop(
         ToolLoop::new(model, model_id, store.clone())
             .user("Count from one to two hundred, one number per line.")
@@ -140,13 +143,10 @@ async fn cancelling_a_real_stream_mid_way_persists_a_cancelled_final() {
         let event = item.unwrap();
         if matches!(event.event, RuntimeEvent::TextDelta { .. }) {
             deltas += 1;
-            if deltas == 3 {
-                token.cancel();
-            }
         }
         last = Some(event);
     }
-    // Deltas already persisted when the token fired may still arrive; then the run stops.
+    // Deltas streamed before the cancel was seen are committed with the final.
     assert!(deltas < 100, "the stream stopped early ({deltas} deltas)");
     let outcome = stream.outcome().unwrap();
     assert_eq!(outcome.stop, StopReason::Cancelled);

@@ -15,7 +15,7 @@ use agentrt_core_loop::{
 };
 use agentrt_session_store::{SessionStatus, SessionStore};
 use futures::StreamExt;
-use loop_support::{Add, Sleeps, flaky_store, kinds, memory, replay, tool_results};
+use loop_support::{Add, CancelAt, Sleeps, flaky_store, kinds, memory, replay, tool_results};
 use tokio_util::sync::CancellationToken;
 
 /// A model whose turn depends only on how many tool results it has seen, so that an
@@ -54,10 +54,10 @@ async fn resume_after_cancel_restores_tool_calls_and_results_exactly() {
 
     // Interrupted: cancelled while the second model call is in flight.
     let store = memory();
-    let model = two_tools_then_answer();
     let token = CancellationToken::new();
+    let model = CancelAt::new(Arc::new(two_tools_then_answer()), token.clone(), 2, 0);
     let mut stream = stream_tool_loop(
-        ToolLoop::new(Arc::new(model.clone()), "m", store.clone())
+        ToolLoop::new(Arc::new(model), "m", store.clone())
             .system("sys")
             .user("add things")
             .tools(ToolRegistry::new().with_typed(Add::default()))
@@ -67,9 +67,6 @@ async fn resume_after_cancel_restores_tool_calls_and_results_exactly() {
     while let Some(item) = stream.next().await {
         let event = item.unwrap();
         session = Some(event.session_id);
-        if let RuntimeEvent::ModelRequest { turn: 2, .. } = event.event {
-            token.cancel();
-        }
     }
     let session = session.unwrap();
     assert_eq!(stream.outcome().unwrap().stop, StopReason::Cancelled);
@@ -197,11 +194,37 @@ async fn an_interrupted_tool_call_is_answered_as_interrupted_not_rerun_on_resume
 }
 
 #[tokio::test]
-async fn an_interrupted_idempotent_tool_is_rerun_on_resume() {
+async fn an_idempotent_tool_cut_off_by_a_crash_runs_again_on_resume_and_the_committed_call_does_not()
+ {
     let store = memory();
+    // One response, two calls: `add` (not idempotent: its call is committed before it runs),
+    // then `sleeps` (idempotent: its call rides in the next commit). The process dies while
+    // `sleeps` runs.
+    let add = Add::default();
     let crashed = Sleeps::new(Duration::from_secs(3600), true);
-    let session = crash_mid_tool(store.clone(), crashed.clone()).await;
-
+    let model = ScriptedModel::new([ScriptedTurn::tool_call("c1", "add", r#"{"a": 1, "b": 2}"#)
+        .and_tool_call("t1", "sleeps", "{}")]);
+    let mut stream = stream_tool_loop(
+        ToolLoop::new(Arc::new(model), "m", store.clone())
+            .user("do both")
+            .tools(
+                ToolRegistry::new()
+                    .with_typed(add.clone())
+                    .with_typed(crashed.clone()),
+            ),
+    );
+    let first = stream.next().await.unwrap().unwrap();
+    let session = first.session_id;
+    for _ in 0..200 {
+        if crashed.calls.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::timeout(Duration::from_millis(10), stream.next())
+            .await
+            .ok();
+    }
+    assert_eq!(crashed.calls.load(Ordering::SeqCst), 1, "sleeps started");
+    drop(stream);
     let quick = Sleeps {
         calls: crashed.calls.clone(),
         duration: Duration::from_millis(1),
@@ -210,21 +233,41 @@ async fn an_interrupted_idempotent_tool_is_rerun_on_resume() {
     let outcome = resume_tool_loop(
         store.clone(),
         session,
-        ToolLoop::new(Arc::new(answers_after_tool()), "m", memory())
-            .tools(ToolRegistry::new().with_typed(quick)),
+        ToolLoop::new(Arc::new(answers_after_tool()), "m", memory()).tools(
+            ToolRegistry::new()
+                .with_typed(add.clone())
+                .with_typed(quick),
+        ),
     )
     .await
     .unwrap();
     assert_eq!(outcome.stop, StopReason::Answered);
     assert_eq!(
+        add.calls.load(Ordering::SeqCst),
+        1,
+        "the committed call never runs twice"
+    );
+    assert_eq!(
         crashed.calls.load(Ordering::SeqCst),
         2,
-        "re-run because it is idempotent"
+        "the idempotent call never reached the store: it runs again"
     );
-    let results = tool_results(&store, &session).await;
-    assert_eq!(results.len(), 1);
-    assert_eq!(results[0].0.status, ToolStatus::Ok);
-    assert_eq!(results[0].1.as_deref(), Some("rerun"));
+    let results: Vec<_> = tool_results(&store, &session)
+        .await
+        .into_iter()
+        .map(|(r, how)| (r.tool_call_id, r.status, how))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            (
+                "c1".to_owned(),
+                ToolStatus::Interrupted,
+                Some("interrupted".to_owned())
+            ),
+            ("t1".to_owned(), ToolStatus::Ok, None),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -244,13 +287,16 @@ async fn a_failed_result_persist_stops_the_loop_and_resume_restores_the_result_w
     )
     .await
     .unwrap();
-    // The original store error is the failure; no further model call happened.
+    // The original store error is the failure. The result rides with the final (no commit
+    // between the tool and the next model call), so the model was called once more and its
+    // answer was lost with the result: the run did not answer.
     assert!(
         matches!(outcome.error, Some(Error::Store(_))),
         "{:?}",
         outcome.error
     );
-    assert_eq!(model.calls(), 1);
+    assert_eq!(model.calls(), 2);
+    assert_eq!(outcome.answer, None);
     assert_eq!(add.calls.load(Ordering::SeqCst), 1);
     let session = outcome.session_id;
     assert_eq!(
@@ -312,8 +358,11 @@ async fn when_the_store_is_down_the_call_is_reconciled_as_interrupted_never_reru
     let Error::FinalNotPersisted { stop, session, .. } = err else {
         panic!("expected FinalNotPersisted, got {err}")
     };
-    assert!(matches!(*stop, StopReason::Failed { ref error } if error.kind == "store"));
-    assert_eq!(model.calls(), 1);
+    // The result rides with the final (no commit between the tool and the model's answer), so
+    // the model answered before the store's failure showed; nothing after the call's own
+    // commit is in the store.
+    assert_eq!(*stop, StopReason::Answered);
+    assert_eq!(model.calls(), 2);
     let session = session.parse().unwrap();
     assert_eq!(
         store.get(&session).await.unwrap().status,

@@ -83,8 +83,9 @@ impl StoreConfig {
         })
     }
 
-    /// Redacts and checks a new session; returns the record and its metadata JSON.
-    pub(crate) fn prepare_session(&self, new: NewSession) -> Result<(Session, String), StoreError> {
+    /// Redacts and checks a new session: its record (not yet counting its events), metadata
+    /// JSON, first events and end.
+    pub(crate) fn prepare_session(&self, new: NewSession) -> Result<PreparedSession, StoreError> {
         if let Some(p) = &new.profile
             && (p.len() > MAX_PROFILE_BYTES || p.contains('\0'))
         {
@@ -107,7 +108,12 @@ impl StoreConfig {
             cleanup_error: None,
             next_seq: 0,
         };
-        Ok((session, metadata_json))
+        Ok(PreparedSession {
+            session,
+            metadata_json,
+            events: self.prepare_events(new.events)?,
+            finish: new.finish.map(|f| self.prepare_finish(f)).transpose()?,
+        })
     }
 
     pub(crate) fn prepare_events(
@@ -139,7 +145,8 @@ impl StoreConfig {
                 "finish status must be completed, failed or cancelled, not running".into(),
             ));
         }
-        let event = self.prepare_event(0, finish.final_event)?;
+        let events = self.prepare_events(finish.events)?;
+        let event = self.prepare_event(events.len(), finish.final_event)?;
         let error = finish
             .error
             .map(|e| self.prepare_value(e, "error"))
@@ -150,6 +157,7 @@ impl StoreConfig {
             .transpose()?;
         Ok(PreparedFinish {
             status: finish.status,
+            events,
             event,
             error,
             cleanup_error,
@@ -191,10 +199,22 @@ pub(crate) struct PreparedEvent {
     pub json: String,
 }
 
+/// A new session after redaction and checks.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedSession {
+    pub session: Session,
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    pub metadata_json: String,
+    pub events: Vec<PreparedEvent>,
+    pub finish: Option<PreparedFinish>,
+}
+
 /// A finish after redaction and checks.
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedFinish {
     pub status: SessionStatus,
+    /// Events committed just before the final one.
+    pub events: Vec<PreparedEvent>,
     pub event: PreparedEvent,
     pub error: Option<(Value, String)>,
     pub cleanup_error: Option<(Value, String)>,

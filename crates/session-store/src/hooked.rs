@@ -53,9 +53,20 @@ pub enum StoreWrite<'a> {
 }
 
 impl StoreWrite<'_> {
-    /// For an append, whether one of its events is of `kind`.
+    /// Whether one of the events this write commits is of `kind`: an append's events, a
+    /// create's first events and end, a finish's events and final event.
     pub fn appends_kind(&self, kind: &str) -> bool {
-        matches!(self, StoreWrite::Append { events, .. } if events.iter().any(|e| e.kind == kind))
+        let finish_has =
+            |f: &Finish| f.final_event.kind == kind || f.events.iter().any(|e| e.kind == kind);
+        match self {
+            StoreWrite::Append { events, .. } => events.iter().any(|e| e.kind == kind),
+            StoreWrite::Create(new) => {
+                new.events.iter().any(|e| e.kind == kind)
+                    || new.finish.as_ref().is_some_and(finish_has)
+            }
+            StoreWrite::Finish { finish, .. } => finish_has(finish),
+            _ => false,
+        }
     }
 }
 

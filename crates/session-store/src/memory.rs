@@ -57,6 +57,19 @@ impl MemoryStore {
 }
 
 impl Entry {
+    /// Appends a finish's events and final event and sets the final status; returns the final
+    /// event.
+    fn end(&mut self, at_ms: i64, f: crate::config::PreparedFinish) -> Event {
+        for e in f.events {
+            self.push(at_ms, e);
+        }
+        let event = self.push(at_ms, f.event);
+        self.session.status = f.status;
+        self.session.error = f.error.map(|(v, _)| v);
+        self.session.cleanup_error = f.cleanup_error.map(|(v, _)| v);
+        event
+    }
+
     fn check_writable(&self, id: &SessionId, expected_seq: u64) -> Result<(), StoreError> {
         let found = (self.session.status, self.session.next_seq);
         check_writable(id, Some(found), expected_seq)
@@ -81,21 +94,27 @@ impl Entry {
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-        let (session, _) = self.config.prepare_session(new)?;
-        let id = session.id;
+        let prepared = self.config.prepare_session(new)?;
+        let id = prepared.session.id;
         let mut inner = self.lock();
         if inner.sessions.contains_key(&id) {
             return Err(StoreError::InvalidInput(format!(
                 "session {id} already exists"
             )));
         }
-        inner.sessions.insert(
-            id,
-            Entry {
-                session: session.clone(),
-                events: Vec::new(),
-            },
-        );
+        let mut entry = Entry {
+            session: prepared.session,
+            events: Vec::new(),
+        };
+        let now = now_ms();
+        for e in prepared.events {
+            entry.push(now, e);
+        }
+        if let Some(f) = prepared.finish {
+            entry.end(now, f);
+        }
+        let session = entry.session.clone();
+        inner.sessions.insert(id, entry);
         Ok(session)
     }
 
@@ -132,11 +151,7 @@ impl SessionStore for MemoryStore {
             .get_mut(session)
             .ok_or(StoreError::NotFound(*session))?;
         entry.check_writable(session, expected_seq)?;
-        let event = entry.push(now_ms(), f.event);
-        entry.session.status = f.status;
-        entry.session.error = f.error.map(|(v, _)| v);
-        entry.session.cleanup_error = f.cleanup_error.map(|(v, _)| v);
-        Ok(event)
+        Ok(entry.end(now_ms(), f))
     }
 
     async fn reopen(&self, session: &SessionId) -> Result<Session, StoreError> {

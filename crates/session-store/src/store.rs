@@ -26,10 +26,15 @@ pub type EventStream = BoxStream<'static, Result<Event, StoreError>>;
 ///   [`Redactor`](crate::Redactor) before they are written.
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Creates a `Running` session with no events.
+    /// Creates a `Running` session, in one transaction with its first events
+    /// ([`NewSession::events`], seqs `0..`) and, when [`NewSession::finish`] is set, its end
+    /// (as [`SessionStore::finish`] would apply it after those events: the session is then
+    /// created finished). A caller with nothing to make durable before its first events needs no
+    /// commit of its own to create its session.
     ///
-    /// Errors: [`StoreError::InvalidInput`] if the requested id exists already,
-    /// [`StoreError::PayloadTooLarge`] if the metadata is over the limit.
+    /// Errors (nothing written in each case): [`StoreError::InvalidInput`] if the requested id
+    /// exists already, an event kind is empty or the finish status is `Running`,
+    /// [`StoreError::PayloadTooLarge`] if the metadata or an event is over the limit.
     async fn create(&self, new: NewSession) -> Result<Session, StoreError>;
 
     /// Appends `events` to a running session, atomically and optimistically.
@@ -49,8 +54,9 @@ pub trait SessionStore: Send + Sync {
         events: Vec<NewEvent>,
     ) -> Result<u64, StoreError>;
 
-    /// Ends a running session: appends `finish.final_event` at `expected_seq` and sets the final
-    /// status, the primary error and the cleanup error, all in one transaction.
+    /// Ends a running session: appends `finish.events` from `expected_seq` on, then
+    /// `finish.final_event` after them, and sets the final status, the primary error and the
+    /// cleanup error, all in one transaction.
     ///
     /// A caller reporting a failure should do so only after this returns, so the failure is
     /// always replayable. Returns the committed final event.

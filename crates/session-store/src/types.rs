@@ -151,6 +151,15 @@ pub struct NewSession {
     pub profile: Option<String>,
     /// Free-form metadata (defaults to `null`); redacted before it is written.
     pub metadata: Value,
+    /// Events the session starts with (seqs `0..`), committed in the same transaction as the
+    /// session itself: a caller that has nothing durable to say before its first events needs
+    /// no commit of its own to create the session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<NewEvent>,
+    /// An end committed with the creation, after [`NewSession::events`]: the session is created
+    /// already finished (a run whose only durable point is its final event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<Finish>,
 }
 
 impl NewSession {
@@ -174,6 +183,18 @@ impl NewSession {
     /// Uses a caller-chosen id.
     pub fn with_id(mut self, id: SessionId) -> Self {
         self.id = Some(id);
+        self
+    }
+
+    /// Starts the session with `events` (see [`NewSession::events`]).
+    pub fn with_events(mut self, events: Vec<NewEvent>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Creates the session already ended by `finish` (see [`NewSession::finish`]).
+    pub fn with_finish(mut self, finish: Finish) -> Self {
+        self.finish = Some(finish);
         self
     }
 }
@@ -368,6 +389,10 @@ pub struct Finish {
     pub error: Option<Value>,
     /// An error from cleanup, stored beside the primary one (never replacing it).
     pub cleanup_error: Option<Value>,
+    /// Events appended just before the final event, in the same transaction: a caller whose
+    /// last events need not be durable before its end commits them with the end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<NewEvent>,
 }
 
 impl Finish {
@@ -378,6 +403,7 @@ impl Finish {
             final_event,
             error: None,
             cleanup_error: None,
+            events: Vec::new(),
         }
     }
 
@@ -388,6 +414,7 @@ impl Finish {
             final_event,
             error: Some(error),
             cleanup_error: None,
+            events: Vec::new(),
         }
     }
 
@@ -398,12 +425,19 @@ impl Finish {
             final_event,
             error: None,
             cleanup_error: None,
+            events: Vec::new(),
         }
     }
 
     /// Attaches a cleanup error (kept beside the primary error).
     pub fn with_cleanup_error(mut self, cleanup_error: Value) -> Self {
         self.cleanup_error = Some(cleanup_error);
+        self
+    }
+
+    /// Commits `events` just before the final event (see [`Finish::events`]).
+    pub fn with_events(mut self, events: Vec<NewEvent>) -> Self {
+        self.events = events;
         self
     }
 }

@@ -232,6 +232,7 @@ mod cases {
             final_event: ev("x", 0),
             error: None,
             cleanup_error: None,
+            events: Vec::new(),
         };
         assert!(matches!(
             s.finish(&id, 0, f).await,
@@ -863,6 +864,102 @@ mod cases {
         }
         assert!(s.get(&id).await.is_ok(), "nothing was deleted");
     }
+
+    pub async fn a_session_is_created_with_its_first_events_in_one_write(b: &Backend) {
+        let s = &*b.store;
+        let created = s
+            .create(NewSession::new().with_events(vec![ev("a", 0), ev("a", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(created.next_seq, 2);
+        assert_eq!(created.status, SessionStatus::Running);
+        let id = created.id;
+        assert_eq!(s.get(&id).await.unwrap().next_seq, 2);
+        assert_eq!(s.append(&id, 2, vec![ev("b", 2)]).await.unwrap(), 3);
+        assert_eq!(seqs(&replay_all(s, &id, 0).await), [0, 1, 2]);
+        // A refused create (the id is taken) writes none of its events.
+        let again = s
+            .create(NewSession::new().with_id(id).with_events(vec![ev("x", 0)]))
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::InvalidInput(_))),
+            "{again:?}"
+        );
+        assert_eq!(seqs(&replay_all(s, &id, 0).await), [0, 1, 2]);
+    }
+
+    pub async fn a_finish_commits_its_events_before_the_final_event(b: &Backend) {
+        let s = &*b.store;
+        let id = new_session(s).await;
+        s.append(&id, 0, vec![ev("a", 0)]).await.unwrap();
+        let end = s
+            .finish(
+                &id,
+                1,
+                Finish::failed(ev("end", 3), json!("boom"))
+                    .with_events(vec![ev("b", 1), ev("b", 2)]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(end.seq, 3);
+        assert_eq!(end.kind, "end");
+        let all = replay_all(s, &id, 0).await;
+        assert_eq!(seqs(&all), [0, 1, 2, 3]);
+        assert!(all.iter().all(|e| e.payload["n"] == json!(e.seq)));
+        let got = s.get(&id).await.unwrap();
+        assert_eq!((got.status, got.next_seq), (SessionStatus::Failed, 4));
+        assert_eq!(got.error, Some(json!("boom")));
+        // A conflicting finish writes none of its events.
+        let id2 = new_session(s).await;
+        let r = s
+            .finish(
+                &id2,
+                5,
+                Finish::completed(ev("end", 1)).with_events(vec![ev("b", 0)]),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
+        assert!(replay_all(s, &id2, 0).await.is_empty());
+    }
+
+    pub async fn a_session_can_be_created_already_finished(b: &Backend) {
+        let s = &*b.store;
+        let created = s
+            .create(
+                NewSession::new()
+                    .with_events(vec![ev("a", 0)])
+                    .with_finish(Finish::completed(ev("end", 2)).with_events(vec![ev("b", 1)])),
+            )
+            .await
+            .unwrap();
+        assert_eq!(created.status, SessionStatus::Completed);
+        assert_eq!(created.next_seq, 3);
+        let id = created.id;
+        let got = s.get(&id).await.unwrap();
+        assert_eq!((got.status, got.next_seq), (SessionStatus::Completed, 3));
+        let all = replay_all(s, &id, 0).await;
+        assert_eq!(seqs(&all), [0, 1, 2]);
+        assert_eq!(
+            all.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "end"]
+        );
+        let r = s.append(&id, 3, vec![ev("late", 3)]).await;
+        assert!(matches!(r, Err(StoreError::Finished { .. })), "{r:?}");
+        let r = s
+            .create(
+                NewSession::new().with_finish(Finish::cancelled(ev("end", 0)).with_events(vec![])),
+            )
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.next_seq), (SessionStatus::Cancelled, 1));
+        let bad = s
+            .create(NewSession::new().with_finish(Finish {
+                status: SessionStatus::Running,
+                ..Finish::completed(ev("end", 0))
+            }))
+            .await;
+        assert!(matches!(bad, Err(StoreError::InvalidInput(_))), "{bad:?}");
+    }
 }
 
 macro_rules! conformance {
@@ -901,6 +998,9 @@ macro_rules! conformance {
             case!(prune_selects_by_status_and_stops_at_its_limit_oldest_first);
             case!(prune_keeps_a_fork_parent_until_its_forks_are_gone);
             case!(prune_refuses_a_running_status_and_a_zero_limit);
+            case!(a_session_is_created_with_its_first_events_in_one_write);
+            case!(a_finish_commits_its_events_before_the_final_event);
+            case!(a_session_can_be_created_already_finished);
         }
     };
 }

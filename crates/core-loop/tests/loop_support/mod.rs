@@ -6,15 +6,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agentrt_core_loop::{RecordedEvent, RuntimeEvent, ToolError, TypedTool};
+use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, StreamItem};
+use agentrt_core_loop::{Error as CoreError, RecordedEvent, RuntimeEvent, ToolError, TypedTool};
 use agentrt_session_store::{
     Event, HookedStore, MemoryStore, NewEvent, SessionId, SessionStore, StoreError, StoreWrite,
     WriteHook,
 };
 use async_trait::async_trait;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of [`Add`].
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -123,8 +125,9 @@ impl TypedTool for Sleeps {
 
 type AppendRule = Box<dyn FnMut(&[NewEvent]) -> bool + Send>;
 
-/// A real store that fails appends (chosen by a rule) or finishes on demand with a `Database`
-/// error — nothing is written when it fails. Its switches are on [`HookedStore::hook`].
+/// A real store that fails appends (chosen by a rule, judging the events any write commits
+/// before a final event) or finishes (a session's end, also when it is created with it) on
+/// demand with a `Database` error — nothing is written when it fails. Its switches are on [`HookedStore::hook`].
 pub type FlakyStore = HookedStore<Flaky>;
 
 /// The switches of a [`FlakyStore`].
@@ -170,16 +173,26 @@ impl WriteHook for Flaky {
     type Ticket = ();
 
     async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
-        let fail = match write {
-            StoreWrite::Append { events, .. } => match self.fail_append.lock().unwrap().as_mut() {
+        // The events a write commits before any final event (an append's, a create's first
+        // events, a finish's leading events) are what the append rule judges.
+        let (events, finishes): (&[NewEvent], bool) = match write {
+            StoreWrite::Append { events, .. } => (events, false),
+            StoreWrite::Create(new) => match &new.finish {
+                Some(f) if new.events.is_empty() => (&f.events, true),
+                Some(_) => (&new.events, true),
+                None => (&new.events, false),
+            },
+            StoreWrite::Finish { finish, .. } => (&finish.events, true),
+            _ => (&[], false),
+        };
+        let appends = !events.is_empty()
+            && match self.fail_append.lock().unwrap().as_mut() {
                 Some(rule) => rule(events),
                 None => false,
-            },
-            StoreWrite::Finish { .. } => self.fail_finish.load(Ordering::SeqCst),
-            _ => false,
-        };
+            };
+        let fail = appends || (finishes && self.fail_finish.load(Ordering::SeqCst));
         if fail {
-            if matches!(write, StoreWrite::Append { .. }) {
+            if appends {
                 self.appends_failed.fetch_add(1, Ordering::SeqCst);
             }
             return Err(StoreError::Database(
@@ -187,6 +200,64 @@ impl WriteHook for Flaky {
             ));
         }
         Ok(())
+    }
+}
+
+/// A model that cancels `token` during its `request`-th call (1-based), once that call has
+/// streamed `after_deltas` deltas (0: as the call's stream opens): a cancel that lands at a
+/// chosen point of a model call.
+pub struct CancelAt {
+    inner: Arc<dyn ChatModel>,
+    token: CancellationToken,
+    request: usize,
+    after_deltas: usize,
+    calls: AtomicUsize,
+}
+
+impl CancelAt {
+    pub fn new(
+        inner: Arc<dyn ChatModel>,
+        token: CancellationToken,
+        request: usize,
+        after_deltas: usize,
+    ) -> Self {
+        CancelAt {
+            inner,
+            token,
+            request,
+            after_deltas,
+            calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl ChatModel for CancelAt {
+    fn provider(&self) -> &str {
+        self.inner.provider()
+    }
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, CoreError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) + 1 != self.request {
+            return self.inner.stream(request).await;
+        }
+        let (token, after) = (self.token.clone(), self.after_deltas);
+        if after == 0 {
+            // The call hangs until the cancel (as a slow model would).
+            token.cancel();
+            return Ok(futures::stream::pending().boxed());
+        }
+        let inner = self.inner.stream(request).await?;
+        let mut seen = 0;
+        Ok(inner
+            .inspect(move |item| {
+                if matches!(item, Ok(StreamItem::Delta(_))) {
+                    seen += 1;
+                    if seen == after {
+                        token.cancel();
+                    }
+                }
+            })
+            .boxed())
     }
 }
 

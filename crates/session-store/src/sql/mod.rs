@@ -66,13 +66,8 @@ macro_rules! sql_session_store {
             #[async_trait::async_trait]
             impl SessionStore for $store {
                 async fn create(&self, new: NewSession) -> Result<Session, StoreError> {
-                    let (session, metadata_json) = self.inner.config.prepare_session(new)?;
-                    send(&self.inner.writer, |reply| Cmd::Create {
-                        session,
-                        metadata_json,
-                        reply,
-                    })
-                    .await
+                    let session = Box::new(self.inner.config.prepare_session(new)?);
+                    send(&self.inner.writer, |reply| Cmd::Create { session, reply }).await
                 }
 
                 async fn append(

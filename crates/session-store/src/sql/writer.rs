@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{self as db, SqlConn};
 use super::rows::{parse_id, parse_status};
-use crate::config::{PreparedEvent, PreparedFinish, StoreConfig, now_ms, to_seq};
+use crate::config::{PreparedEvent, PreparedFinish, PreparedSession, StoreConfig, now_ms, to_seq};
 use crate::error::StoreError;
 use crate::rules::{check_writable, fork_child, reopen_event, reopened};
 use crate::types::{
@@ -47,8 +47,7 @@ impl StatsCell {
 /// A write request sent to the writer task.
 pub(crate) enum Cmd {
     Create {
-        session: Session,
-        metadata_json: String,
+        session: Box<PreparedSession>,
         reply: oneshot::Sender<Result<Session, StoreError>>,
     },
     Append {
@@ -88,7 +87,11 @@ impl Cmd {
     fn event_count(&self) -> usize {
         match self {
             Cmd::Append { events, .. } => events.len(),
-            Cmd::Finish { .. } | Cmd::Reopen { .. } => 1,
+            Cmd::Create { session, .. } => {
+                session.events.len() + session.finish.as_ref().map_or(0, |f| f.events.len() + 1)
+            }
+            Cmd::Finish { finish, .. } => finish.events.len() + 1,
+            Cmd::Reopen { .. } => 1,
             _ => 0,
         }
     }
@@ -299,21 +302,7 @@ fn pending_of(cmd: Cmd) -> Pending {
 
 async fn apply_one<C: SqlConn>(conn: &mut C, config: &StoreConfig, cmd: Cmd) -> Pending {
     match cmd {
-        Cmd::Create {
-            session,
-            metadata_json,
-            reply,
-        } => {
-            let r = match db::insert_session(conn, &session, &metadata_json).await {
-                Ok(true) => Ok(session),
-                Ok(false) => Err(StoreError::InvalidInput(format!(
-                    "session {} already exists",
-                    session.id
-                ))),
-                Err(e) => Err(e),
-            };
-            Pending::Session(reply, r)
-        }
+        Cmd::Create { session, reply } => Pending::Session(reply, create(conn, *session).await),
         Cmd::Append {
             id,
             expected,
@@ -504,6 +493,36 @@ async fn append<C: SqlConn>(
     )))
 }
 
+/// Creates a session with its first events, and its end when it has one.
+async fn create<C: SqlConn>(conn: &mut C, new: PreparedSession) -> Result<Session, StoreError> {
+    let PreparedSession {
+        mut session,
+        metadata_json,
+        events,
+        finish,
+    } = new;
+    let id = session.id;
+    session.next_seq = events.len() as u64;
+    if !db::insert_session(conn, &session, &metadata_json).await? {
+        return Err(StoreError::InvalidInput(format!(
+            "session {id} already exists"
+        )));
+    }
+    if !events.is_empty() {
+        conn.insert_events(&id, 0, session.created_at_ms, &events)
+            .await?;
+    }
+    if let Some(f) = finish {
+        let end = finish_one(conn, &id, session.next_seq, &f).await?;
+        session.next_seq = end.seq + 1;
+        session.updated_at_ms = end.at_ms;
+        session.status = f.status;
+        session.error = f.error.map(|(v, _)| v);
+        session.cleanup_error = f.cleanup_error.map(|(v, _)| v);
+    }
+    Ok(session)
+}
+
 async fn finish_one<C: SqlConn>(
     conn: &mut C,
     id: &SessionId,
@@ -512,14 +531,18 @@ async fn finish_one<C: SqlConn>(
 ) -> Result<Event, StoreError> {
     writable(conn, id, expected).await?;
     let now = now_ms();
-    conn.insert_events(id, expected, now, std::slice::from_ref(&f.event))
+    if !f.events.is_empty() {
+        conn.insert_events(id, expected, now, &f.events).await?;
+    }
+    let seq = expected + f.events.len() as u64;
+    conn.insert_events(id, seq, now, std::slice::from_ref(&f.event))
         .await?;
     let error = f.error.as_ref().map(|(_, j)| j.as_str());
     let cleanup = f.cleanup_error.as_ref().map(|(_, j)| j.as_str());
-    db::set_status(conn, id, expected + 1, now, (f.status, error, cleanup)).await?;
+    db::set_status(conn, id, seq + 1, now, (f.status, error, cleanup)).await?;
     Ok(Event {
         session_id: *id,
-        seq: expected,
+        seq,
         at_ms: now,
         kind: f.event.kind.clone(),
         payload: Payload::from_parts(&f.event.json, f.event.payload.clone()),
