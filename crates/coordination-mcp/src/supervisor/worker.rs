@@ -11,9 +11,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::check::CompletionChecker;
-use crate::journal::{Entry, Journal};
 use crate::supervisor::AgentSlot;
+use crate::supervisor::check::CompletionChecker;
+use crate::supervisor::journal::{Entry, Journal};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount, SpawnBudget};
 
@@ -49,7 +49,7 @@ pub trait WorkerFactory: Send + Sync + 'static {
     }
 
     /// The model this factory's workers run for `target`: `Some(model)`, or `None` only for
-    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervise)
+    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervisor::supervise)
     /// checks it against the supervisor profile's allowed-models guard at spawn time, so every
     /// factory must say — there is deliberately no default.
     fn model_for(&self, target: &AgentTarget) -> Option<String>;

@@ -11,9 +11,9 @@ use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::client::McpToolset;
+use crate::mcp::client::McpToolset;
+use crate::supervisor::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 use crate::verbs::AgentTarget;
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// How often queued steering is forwarded to a running loop's steering handle.
 const STEER_POLL: Duration = Duration::from_millis(10);

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::supervisor::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 use crate::verbs::{AgentTarget, BudgetAmount};
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// A [`WorkerFactory`] whose workers follow a script instead of calling a model.
 ///

@@ -16,19 +16,20 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::Error;
-use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
-use crate::client::McpToolset;
-use crate::finalize::{
+use crate::mcp::client::McpToolset;
+use crate::mcp::http::{HttpServerOptions, serve_http};
+use crate::mcp::server::SERVER_INSTRUCTIONS;
+use crate::supervisor::check::{CompletionCheck, CompletionChecker, DefaultChecker};
+use crate::supervisor::finalize::{
     BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, keep_best_delivered,
 };
-use crate::server::{HttpServerOptions, SERVER_INSTRUCTIONS, serve_http};
-use crate::strategy::Strategy;
+use crate::supervisor::strategy::Strategy;
+use crate::supervisor::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
     AwaitAgent, AwaitMode, Coordinator, VerbFailure, VerbSpec, call_verb, verb_specs,
 };
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// Wraps the caller's worker factory so that every spawn's model (as the factory reports it
 /// through [`WorkerFactory::model_for`]) passes the supervisor profile's allowed-models guard,

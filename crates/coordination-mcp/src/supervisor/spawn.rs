@@ -1,0 +1,240 @@
+//! Starting an agent (validate, deduplicate, carve, journal, register) and driving its worker
+//! to a terminal state (run, check, release the budget, journal the settle).
+
+use std::sync::Arc;
+
+use agentrt_session_store::SessionId;
+use futures::FutureExt;
+
+use super::budget::budget_error;
+use super::check::{CheckContext, CheckOutcome, CompletionCheck, CompletionChecker};
+use super::journal::{Entry, Journal};
+use super::slot::{AgentSlot, lock};
+use super::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+use super::{SpawnRecord, Supervisor};
+use crate::Error;
+use crate::verbs::{
+    AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, SpawnAgent, SpawnAgentResult,
+    SpawnBudget,
+};
+
+impl Supervisor {
+    pub(super) async fn start(
+        &self,
+        request: SpawnAgent,
+        fingerprint: Option<(String, String)>,
+    ) -> Result<SpawnAgentResult, Error> {
+        let target = request.target()?;
+        if request.task.trim().is_empty() {
+            return Err(Error::invalid("task", "the task is empty"));
+        }
+        self.inner.factory.validate(&target)?;
+        let check_ctx = self.check_context(&target);
+        if let Some(check) = &request.completion_check {
+            self.inner.checker.validate_in(check, &check_ctx)?;
+        }
+        let _gate = self.inner.spawn_gate.lock().await;
+        if let Some((key, print)) = &fingerprint {
+            let known = lock(&self.inner.spawn_keys)
+                .get(key)
+                .map(|r| (r.fingerprint.clone(), r.id.clone()));
+            if let Some((known_print, id)) = known {
+                if &known_print != print {
+                    return Err(Error::IdempotencyConflict {
+                        key: key.clone(),
+                        existing: id,
+                    });
+                }
+                let slot = self.slot(&id)?;
+                return Ok(SpawnAgentResult {
+                    id,
+                    deduplicated: true,
+                    reserved: slot.reserved,
+                });
+            }
+        }
+        let limits = self.carve_for(&request)?;
+        let budget = self.inner.root.carve(limits).map_err(budget_error)?;
+        let reserved = SpawnBudget::from(limits);
+        let id = AgentId::generate();
+        if let Some(journal) = &self.inner.journal {
+            let entry = Entry::Spawn {
+                agent: id.clone(),
+                request: request.clone(),
+                reserved,
+                key: fingerprint.clone(),
+            };
+            // A spawn that is not journaled does not happen: dropping `budget` gives it back.
+            journal.write(&[entry]).await?;
+        }
+        let slot = AgentSlot::new(id.clone(), Some(budget), reserved);
+        *lock(&slot.check_ctx) = check_ctx;
+        slot.push_event(
+            AgentEventKind::Started,
+            format!("started {target} with {reserved:?}: {}", request.task),
+        );
+        lock(&self.inner.agents).insert(id.clone(), slot.clone());
+        if let Some((key, print)) = fingerprint {
+            lock(&self.inner.spawn_keys).insert(
+                key,
+                SpawnRecord {
+                    fingerprint: print,
+                    id: id.clone(),
+                },
+            );
+        }
+        let spec = WorkerSpec {
+            id: id.clone(),
+            target,
+            task: request.task,
+            budget: reserved,
+        };
+        self.launch(slot, spec, request.completion_check, None);
+        Ok(SpawnAgentResult {
+            id,
+            deduplicated: false,
+            reserved,
+        })
+    }
+
+    pub(super) fn check_context(&self, target: &AgentTarget) -> CheckContext {
+        match self.inner.factory.model_for(target) {
+            Some(model) => CheckContext::new().worker_model(model),
+            None => CheckContext::new(),
+        }
+    }
+
+    /// Start the task that runs `slot`'s worker (or, with `detached`, follows its detached
+    /// session) to a terminal state.
+    pub(super) fn launch(
+        &self,
+        slot: Arc<AgentSlot>,
+        spec: WorkerSpec,
+        check: Option<CompletionCheck>,
+        detached: Option<SessionId>,
+    ) {
+        let ctx = WorkerContext {
+            slot: slot.clone(),
+            journal: self.inner.journal.clone(),
+            poll: self.inner.options.detached_poll,
+            depth: self.inner.depth + 1,
+            max_depth: self.inner.options.max_depth,
+        };
+        tokio::spawn(drive(
+            slot,
+            self.inner.factory.clone(),
+            self.inner.checker.clone(),
+            self.inner.journal.clone(),
+            spec,
+            ctx,
+            check,
+            detached,
+        ));
+    }
+}
+
+/// Run one worker to a terminal state, then check, release, journal and record.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    slot: Arc<AgentSlot>,
+    factory: Arc<dyn WorkerFactory>,
+    checker: Arc<dyn CompletionChecker>,
+    journal: Option<Journal>,
+    spec: WorkerSpec,
+    ctx: WorkerContext,
+    check: Option<CompletionCheck>,
+    detached: Option<SessionId>,
+) {
+    let cancel = slot.cancel.clone();
+    let run = async {
+        match (detached, &journal) {
+            (Some(session), Some(journal)) => {
+                ctx.poll_session(journal.store().clone(), session).await
+            }
+            _ => factory.run(spec, ctx).await,
+        }
+    };
+    // A panicking worker is a failed worker, not a crashed supervisor.
+    let run = std::panic::AssertUnwindSafe(run).catch_unwind();
+    let outcome = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        result = run => Some(result),
+    };
+    let (status, check_outcome) = match outcome {
+        None => (stopped_status(&slot), None),
+        Some(Err(_)) => (
+            AgentStatus::Failed {
+                error: "the worker panicked".to_owned(),
+            },
+            None,
+        ),
+        Some(Ok(Err(error))) => (
+            AgentStatus::Failed {
+                error: error.to_string(),
+            },
+            None,
+        ),
+        Some(Ok(Ok(()))) => match check {
+            None => (AgentStatus::Settled { delivered: false }, None),
+            Some(check) => {
+                let output = slot.output();
+                let check_ctx = lock(&slot.check_ctx).clone();
+                let checked = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => None,
+                    result = checker.check_in(&check, &output, &check_ctx) => Some(result),
+                };
+                match checked {
+                    None => (stopped_status(&slot), None),
+                    Some(result) => {
+                        let outcome = result.unwrap_or_else(|e| {
+                            CheckOutcome::fail(format!("the check could not run: {e}"))
+                        });
+                        (
+                            AgentStatus::Settled {
+                                delivered: outcome.passed,
+                            },
+                            Some(outcome),
+                        )
+                    }
+                }
+            }
+        },
+    };
+    let spent = slot.release_budget();
+    // Cancelled without a `stop_agent` means the supervisor itself went away (dropped, shutting
+    // down): the work was interrupted, not ended by a decision, so a durable run leaves it
+    // unsettled and a resume treats it as in flight.
+    let interrupted = matches!(status, AgentStatus::Stopped { .. }) && !slot.stop_requested();
+    if let Some(journal) = journal.as_ref().filter(|_| !interrupted) {
+        let result = AgentResult {
+            id: slot.id.clone(),
+            status: status.clone(),
+            output: slot.output(),
+            check: check_outcome.clone(),
+            spent,
+        };
+        // The result becomes visible only once it is durable. When the journal cannot take it,
+        // the agent still ends here (waiters must not hang), and a later resume finds it in
+        // doubt — the honest reading of an unrecorded result.
+        if let Err(e) = journal.write(&[Entry::Settle { result }]).await {
+            tracing::error!(agent = %slot.id, error = %e, "settle not journaled");
+            slot.push_event(
+                AgentEventKind::Progress,
+                format!("the settle could not be journaled ({e}); a resume will find it in doubt"),
+            );
+        }
+    }
+    slot.finish(status, check_outcome, spent);
+}
+
+fn stopped_status(slot: &AgentSlot) -> AgentStatus {
+    AgentStatus::Stopped {
+        reason: slot
+            .state()
+            .stop_reason
+            .clone()
+            .unwrap_or_else(|| "supervisor shut down".to_owned()),
+    }
+}
