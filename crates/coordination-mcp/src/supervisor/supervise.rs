@@ -254,6 +254,7 @@ async fn brain_loop(
         .budget(budget.clone())
         .max_turns(options.max_turns)
     };
+    let fresh = || sampled(fresh(), profile);
     let Some(run) = &options.run else {
         let outcome = run_tool_loop(fresh()).await.map_err(loop_error)?;
         return Ok(BrainEnd {
@@ -274,17 +275,15 @@ async fn brain_loop(
             return recorded_end(options.store.as_ref(), &brain, point.next_seq).await;
         }
         Ok(_) => {
-            ToolLoop::new(
+            let resumed = ToolLoop::new(
                 options.model.clone(),
                 model_id.clone(),
                 options.store.clone(),
             )
             .tools(tools.clone())
             .budget(budget.clone())
-            .max_turns(options.max_turns)
-            .resume(brain)
-            .run()
-            .await
+            .max_turns(options.max_turns);
+            sampled(resumed, profile).resume(brain).run().await
         }
     };
     let outcome = outcome.map_err(loop_error)?;
@@ -292,6 +291,18 @@ async fn brain_loop(
         stop: outcome.stop,
         answer: outcome.answer,
     })
+}
+
+/// The supervisor profile's sampling (temperature, max tokens) on its brain's loop: the
+/// declared profile is what runs, and a temperature of 0 makes a brain's choices repeatable.
+fn sampled(mut brain: ToolLoop, profile: &AgentProfile) -> ToolLoop {
+    if let Some(temperature) = profile.model.temperature {
+        brain = brain.temperature(temperature as f32);
+    }
+    if let Some(max_tokens) = profile.model.max_tokens {
+        brain = brain.max_tokens(max_tokens);
+    }
+    brain
 }
 
 /// Run the external harness process against our MCP server until it exits.
