@@ -282,9 +282,15 @@ async fn a_structured_tool_loop_calls_gets_the_result_and_answers_over_openai() 
     );
 }
 
-/// llama.cpp's `/v1/messages` (0.3.36) forwards only sampling settings to the model, so the
-/// `output_config.format` schema does not constrain the reply there: the tiny model answers in
-/// prose. What must hold regardless is the protocol: the server accepts the rendered history
+/// llama.cpp's `/v1/messages` honours no schema or grammar field, so the `output_config.format`
+/// schema does not constrain the reply there: the tiny model answers in prose. In the build the
+/// tests run (the llama.cpp vendored by llama-cpp-python 0.3.36), the Messages request is
+/// rebuilt as a Chat Completions request by `server_chat_convert_anthropic_to_oai`
+/// (tools/server/server-chat.cpp), which copies only `system`, `messages`, `tools`,
+/// `tool_choice`, `stop_sequences`, `max_tokens`, `temperature`, `top_p`, `top_k`, `stream`,
+/// `chat_template_kwargs`, `thinking` and `metadata`; `json_schema`, `grammar` and
+/// `response_format`, which the Chat Completions parser reads, never reach it. A whole
+/// structured loop through this endpoint therefore cannot be asserted on this server. What must hold regardless is the protocol: the server accepts the rendered history
 /// (no tool_use / tool_result blocks), and every reply becomes a tool call that gets a result
 /// the model reads — a reply outside the format an error result — or an answer.
 #[tokio::test]
