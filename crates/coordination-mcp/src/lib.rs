@@ -85,7 +85,7 @@ pub use supervisor::supervise::{
 };
 pub use supervisor::tool_loop_worker::ToolLoopWorkerFactory;
 pub use supervisor::worker::{
-    SubSupervisor, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run,
+    AgentAssignment, SubSupervisor, WorkerContext, WorkerFactory, sub_supervisor_run,
 };
 pub use supervisor::{Supervisor, SupervisorOptions};
 pub use verbs::{

@@ -8,7 +8,7 @@ use agentrt_session_store::SessionId;
 
 use super::journal::Entry;
 use super::slot::{AgentSlot, lock};
-use super::worker::WorkerSpec;
+use super::worker::AgentAssignment;
 use super::{SpawnRecord, SteerRecord, Supervisor, whole};
 use crate::Error;
 use crate::verbs::{
@@ -169,7 +169,7 @@ impl Supervisor {
             );
             lock(&slot.state).inbox.extend(agent.steers);
             *lock(&slot.check_ctx) = self.check_context(&target);
-            let spec = WorkerSpec {
+            let spec = AgentAssignment {
                 id: slot.id.clone(),
                 target,
                 task: agent.request.task,

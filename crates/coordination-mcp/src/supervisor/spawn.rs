@@ -10,7 +10,7 @@ use super::budget::budget_error;
 use super::check::{CheckContext, CheckOutcome, CompletionCheck, CompletionChecker};
 use super::journal::{Entry, Journal};
 use super::slot::{AgentSlot, lock};
-use super::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+use super::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use super::{SpawnRecord, Supervisor};
 use crate::Error;
 use crate::verbs::{
@@ -83,7 +83,7 @@ impl Supervisor {
                 },
             );
         }
-        let spec = WorkerSpec {
+        let spec = AgentAssignment {
             id: id.clone(),
             target,
             task: request.task,
@@ -109,7 +109,7 @@ impl Supervisor {
     pub(super) fn launch(
         &self,
         slot: Arc<AgentSlot>,
-        spec: WorkerSpec,
+        spec: AgentAssignment,
         check: Option<CompletionCheck>,
         detached: Option<SessionId>,
     ) {
@@ -140,7 +140,7 @@ async fn drive(
     factory: Arc<dyn WorkerFactory>,
     checker: Arc<dyn CompletionChecker>,
     journal: Option<Journal>,
-    spec: WorkerSpec,
+    spec: AgentAssignment,
     ctx: WorkerContext,
     check: Option<CompletionCheck>,
     detached: Option<SessionId>,

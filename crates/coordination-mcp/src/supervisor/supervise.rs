@@ -24,7 +24,7 @@ use crate::supervisor::finalize::{
     BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, keep_best_delivered,
 };
 use crate::supervisor::strategy::Strategy;
-use crate::supervisor::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
@@ -58,7 +58,7 @@ impl WorkerFactory for Guarded {
         self.inner.model_for(target)
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         self.inner.run(spec, ctx).await
     }
 }

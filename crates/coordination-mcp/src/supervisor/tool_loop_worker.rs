@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::Error;
 use crate::mcp::client::McpToolset;
-use crate::supervisor::worker::{WorkerContext, WorkerFactory, WorkerSpec};
+use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::verbs::AgentTarget;
 
 /// How often queued steering is forwarded to a running loop's steering handle.
@@ -195,7 +195,7 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         self.profile_for(target).ok().map(|p| self.model_id(p))
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         // The loop spends from the agent's own budget; its turn limit is the carved turns, so
         // running out of turns ends the loop at its limit (a settle), not as an exhaustion.
         let budget = ctx.budget()?;

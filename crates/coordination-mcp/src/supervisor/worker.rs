@@ -17,9 +17,10 @@ use crate::supervisor::journal::{Entry, Journal};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount, SpawnBudget};
 
-/// What a worker is asked to do.
+/// What a worker is asked to do: one spawned agent's id, the profile it runs, its task and its
+/// budget. (Where it runs is a box, core-loop's `BoxSpec`; this is the agent.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerSpec {
+pub struct AgentAssignment {
     /// The agent's id.
     pub id: AgentId,
     /// The profile or subagent it runs.
@@ -55,7 +56,7 @@ pub trait WorkerFactory: Send + Sync + 'static {
     fn model_for(&self, target: &AgentTarget) -> Option<String>;
 
     /// Run the worker to completion. An `Err` marks the agent failed.
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error>;
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error>;
 }
 
 /// A worker's handle on its agent: report events and output, take steering, spend budget.
