@@ -165,7 +165,11 @@ async fn run_with_a_structured_profile_calls_an_mcp_tool_on_the_real_model() {
     .unwrap();
     let db = dir.path().join("runs.db");
     let out = Command::new(env!("CARGO_BIN_EXE_agentrt"))
-        .args(["run", profile.to_str().unwrap(), "What is 6 plus 7?"])
+        .args([
+            "run",
+            profile.to_str().unwrap(),
+            "What is 6 plus 7? Use the add tool.",
+        ])
         .args(["--store", db.to_str().unwrap()])
         .env_remove("AGENTRT_STORE")
         .env_remove("OPENAI_BASE_URL")

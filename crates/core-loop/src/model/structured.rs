@@ -176,30 +176,49 @@ fn reply_schema(tools: &[ToolSpec]) -> Value {
     Value::Object(schema)
 }
 
-/// The standing instructions: the reply format, and each tool with a compact summary of its
-/// arguments. The full schemas travel in the response format, where the server enforces them
-/// (llama.cpp turns them into a grammar) without spending prompt tokens on them; written out in
-/// the prompt, the five supervision verbs alone outgrew a small server's context.
+/// The standing instructions: the reply format, and each tool with its argument schema — or,
+/// for a long one, a compact summary of it. The full schemas travel in the response format,
+/// where the server enforces them (llama.cpp turns them into a grammar); written out in the
+/// prompt, the five supervision verbs alone outgrew a small server's context.
 fn instructions(tools: &[ToolSpec]) -> String {
     let mut text = String::from(
         "Reply with exactly one JSON object and nothing else.\n\
-         To call a tool: {\"tool\": \"<tool name>\", \"tool_arguments\": {<the tool's \
-         arguments>}}\n\
+         To call a tool: {\"tool\": \"<tool name>\", \"tool_arguments\": {<arguments matching \
+         the tool's schema>}}\n\
          To give your final answer: {\"answer\": \"<your answer>\"}\n\
          Call one tool at a time. A tool's result comes back in a message starting with \
-         \"Result of tool\". Once you have what you need, answer.\n\nTools (arguments marked ? \
-         may be left out):",
+         \"Result of tool\". Once you have what you need, answer.\n\nTools:",
     );
     for tool in tools {
+        // Only what constrains the arguments: a small model is misled by a schema's
+        // `$schema`, or by the title and description of a Rust argument struct.
+        let mut schema = tool.parameters.clone();
+        if let Value::Object(map) = &mut schema {
+            for key in ["$schema", "title", "description"] {
+                map.remove(key);
+            }
+        }
+        let written = schema.to_string();
+        let arguments = if written.len() <= FULL_SCHEMA_CHARS {
+            format!("Arguments schema: {written}")
+        } else {
+            format!(
+                "Arguments (? marks one that may be left out): {}",
+                summary(&tool.parameters, &tool.parameters, 0, &mut 0)
+            )
+        };
         text.push_str(&format!(
-            "\n- {}: {} Arguments: {}",
+            "\n- {}: {} {arguments}",
             tool.name,
-            tool.description.trim(),
-            summary(&tool.parameters, &tool.parameters, 0, &mut 0)
+            tool.description.trim()
         ));
     }
     text
 }
+
+/// The longest argument schema written out whole in the prompt; a longer one (the supervision
+/// verbs') is summarised instead.
+const FULL_SCHEMA_CHARS: usize = 400;
 
 /// How deep [`summary`] spells out nested objects; deeper ones are just `object`.
 const SUMMARY_DEPTH: usize = 2;
@@ -698,8 +717,9 @@ mod tests {
         let text = instructions(std::slice::from_ref(&tool));
         assert!(
             text.ends_with(
-                "- spawn: Starts one. Arguments: {budget?: {tokens?: integer}, \
-                 ids?: [string], mode?: \"all\"|\"any\", retries?: integer, task: string}"
+                "- spawn: Starts one. Arguments (? marks one that may be left out): \
+                 {budget?: {tokens?: integer}, ids?: [string], mode?: \"all\"|\"any\", \
+                 retries?: integer, task: string}"
             ),
             "{text}"
         );
