@@ -55,52 +55,43 @@
 //! ```
 #![warn(missing_docs)]
 
-mod check;
-mod client;
 mod error;
-mod finalize;
 #[doc(hidden)]
 pub mod fuzzing;
-mod journal;
-mod scripted;
-mod server;
-mod strategy;
-mod supervise;
+mod mcp;
 mod supervisor;
-mod tool_loop_worker;
 mod verbs;
-mod worker;
 
-pub use check::{
-    CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, JudgeModel,
-    OutputPredicate,
-};
-pub use client::{
+pub use error::Error;
+pub use mcp::client::{
     McpConnection, McpServerConfig, McpToolset, McpTransportConfig, RemoteTool, RemoteToolInfo,
     RemoteToolOutput,
 };
-pub use error::Error;
-pub use finalize::{
+pub use mcp::http::{HttpServerHandle, HttpServerOptions, serve_http};
+pub use mcp::server::{CoordinationServer, SERVER_INSTRUCTIONS, serve_stdio};
+pub use supervisor::check::{
+    CheckContext, CheckOutcome, CompletionCheck, CompletionChecker, DefaultChecker, JudgeModel,
+    OutputPredicate,
+};
+pub use supervisor::finalize::{
     BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, Rejection, keep_best_delivered,
 };
-pub use scripted::ScriptedWorkerFactory;
-pub use server::{
-    CoordinationServer, HttpServerHandle, HttpServerOptions, SERVER_INSTRUCTIONS, serve_http,
-    serve_stdio,
-};
-pub use strategy::{
+pub use supervisor::scripted::ScriptedWorkerFactory;
+pub use supervisor::strategy::{
     BreadthStrategy, DepthStrategy, SpawnPlan, Strategy, StrategyRun, StrategyStop,
     breadth_strategy, depth_strategy,
 };
-pub use supervise::{
+pub use supervisor::supervise::{
     SuperviseOptions, SupervisionOutcome, brain_session, supervise, supervisor_instructions,
     verb_tools,
 };
+pub use supervisor::tool_loop_worker::ToolLoopWorkerFactory;
+pub use supervisor::worker::{
+    AgentAssignment, SubSupervisor, WorkerContext, WorkerFactory, sub_supervisor_run,
+};
 pub use supervisor::{Supervisor, SupervisorOptions};
-pub use tool_loop_worker::ToolLoopWorkerFactory;
 pub use verbs::{
     AgentEvent, AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent,
     AwaitAgentResult, AwaitMode, BudgetAmount, Coordinator, Observation, ObserveAgent, SpawnAgent,
     SpawnAgentResult, SpawnBudget, SteerAck, SteerAgent, StopAgent, StopAgentResult,
 };
-pub use worker::{SubSupervisor, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run};

@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::check::{CheckOutcome, CompletionCheck};
+use crate::supervisor::check::{CheckOutcome, CompletionCheck};
 
 /// The id of a spawned agent, unique within one supervisor (e.g. `agt-0192f3...`).
 #[derive(

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentId, AwaitAgent, AwaitMode, BudgetAmount, Coordinator, DefaultChecker, Error, SpawnAgent,
-    SpawnBudget, SteerAgent, StopAgent, SubSupervisor, Supervisor, SupervisorOptions,
-    WorkerContext, WorkerFactory, WorkerSpec,
+    AgentAssignment, AgentId, AwaitAgent, AwaitMode, BudgetAmount, Coordinator, DefaultChecker,
+    Error, SpawnAgent, SpawnBudget, SteerAgent, StopAgent, SubSupervisor, Supervisor,
+    SupervisorOptions, WorkerContext, WorkerFactory,
 };
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
@@ -88,7 +88,7 @@ impl WorkerFactory for Driven {
         None
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         let Some(mut inbox) = self.inboxes.lock().unwrap().remove(&spec.task) else {
             return Err(Error::Worker(format!("no inbox for {}", spec.task)));
         };

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentrt_coordination_mcp::{
-    AgentTarget, AwaitAgent, AwaitMode, CompletionCheck, Coordinator, DefaultChecker, Error,
-    JudgeModel, SpawnAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory,
-    WorkerSpec,
+    AgentAssignment, AgentTarget, AwaitAgent, AwaitMode, CompletionCheck, Coordinator,
+    DefaultChecker, Error, JudgeModel, SpawnAgent, Supervisor, SupervisorOptions, WorkerContext,
+    WorkerFactory,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
@@ -26,7 +26,7 @@ impl WorkerFactory for BoxedWorkers {
         Some("m-worker".into())
     }
 
-    async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, _spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         std::fs::write(self.dir.join("marker"), b"built")?;
         ctx.set_box_dir(&self.dir);
         ctx.append_output("built the marker");

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck, Coordinator,
-    DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent, StopAgent,
-    Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, WorkerSpec, sub_supervisor_run,
+    AgentAssignment, AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck,
+    Coordinator, DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent,
+    StopAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, sub_supervisor_run,
 };
 use agentrt_core_loop::{Amounts, BudgetLimits, ExhaustionCause};
 use agentrt_session_store::{
@@ -58,7 +58,7 @@ impl WorkerFactory for Counting {
         None
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         *self
             .runs
             .lock()
@@ -614,7 +614,7 @@ impl WorkerFactory for Lead {
         None
     }
 
-    async fn run(&self, _spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, _spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sub = ctx
             .sub_supervisor(

@@ -13,13 +13,13 @@ mod loop_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_core_loop::model::{Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy};
+use agentrt_core_loop::model::{ChatModel, ModelOptions, model_from_profile};
 use agentrt_core_loop::{
     LoopOutcome, RuntimeEvent, StopReason, TextDeltaMode, ToolLoop, ToolRegistry, ToolStatus,
     run_tool_loop, stream_tool_loop,
 };
 use agentrt_core_loop::{ToolError, TypedTool};
-use agentrt_profiles::ToolCallMode;
+use agentrt_profiles::{AgentProfile, ToolCallMode};
 use agentrt_session_store::{SessionStatus, SessionStore, SqliteStore};
 use futures::StreamExt;
 use loop_support::{replay, tool_results};
@@ -36,10 +36,11 @@ fn base_url() -> String {
         .to_owned()
 }
 
-async fn server() -> (Arc<dyn ChatModel>, String) {
+/// The model id the server at [`base_url`] serves (exact execution: we ask for what it lists).
+async fn served_model() -> String {
     let base = base_url();
     let listing: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/models", base.trim_end_matches('/')))
+        .get(format!("{base}/models"))
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -52,23 +53,42 @@ async fn server() -> (Arc<dyn ChatModel>, String) {
         .json()
         .await
         .unwrap();
-    let model_id = listing["data"][0]["id"].as_str().unwrap().to_owned();
-    let client = OpenAiCompatible::builder(base)
-        .api_key("none")
-        .build()
-        .unwrap();
-    (Arc::new(client), model_id)
+    listing["data"][0]["id"].as_str().unwrap().to_owned()
+}
+
+/// The served model as the front doors build it: a profile naming `provider` at `base_url`,
+/// through `model_from_profile` — so the stack retries as theirs does (llama.cpp may close a
+/// pooled keep-alive connection just as the next request is sent, "connection closed before
+/// message completed", which a retry before any output reached the loop recovers from).
+async fn model(
+    provider: &str,
+    base_url: &str,
+    tool_calls: ToolCallMode,
+) -> (Arc<dyn ChatModel>, String) {
+    let model_id = served_model().await;
+    let profile = AgentProfile::from_toml_str(&format!(
+        "name = \"real\"\nharness = \"router\"\n[model]\nprovider = \"{provider}\"\n\
+         default = \"{model_id}\"\nbase_url = \"{base_url}\"\ntool_calls = \"{tool_calls}\""
+    ))
+    .unwrap();
+    let model = model_from_profile(&profile, &ModelOptions::new()).unwrap();
+    (model, model_id)
+}
+
+/// The server's OpenAI-compatible endpoint.
+async fn server(tool_calls: ToolCallMode) -> (Arc<dyn ChatModel>, String) {
+    model("llama.cpp", &base_url(), tool_calls).await
 }
 
 #[tokio::test]
 async fn a_real_completion_is_recorded_with_usage_and_the_reported_model() {
-    let (model, model_id) = server().await;
-    a_real_completion_is_recorded(model, model_id, "openai-compatible").await;
+    let (model, model_id) = server(ToolCallMode::Native).await;
+    a_real_completion_is_recorded(model, model_id, "llama.cpp").await;
 }
 
 #[tokio::test]
 async fn a_real_completion_over_anthropic_messages_is_recorded_the_same_way() {
-    let (model, model_id) = anthropic_server().await;
+    let (model, model_id) = anthropic_server(ToolCallMode::Native).await;
     a_real_completion_is_recorded(model, model_id, "anthropic").await;
 }
 
@@ -121,7 +141,7 @@ async fn a_real_completion_is_recorded(
 
 #[tokio::test]
 async fn cancelling_a_real_stream_mid_way_persists_a_cancelled_final() {
-    let (model, model_id) = server().await;
+    let (model, model_id) = server(ToolCallMode::Native).await;
     let store = loop_support::memory();
     let token = CancellationToken::new();
     // The cancel lands once the server has streamed three deltas (the stream yields committed
@@ -161,12 +181,10 @@ async fn cancelling_a_real_stream_mid_way_persists_a_cancelled_final() {
 }
 
 /// The same server through its Anthropic Messages endpoint (`{root}/v1/messages`).
-async fn anthropic_server() -> (Arc<dyn ChatModel>, String) {
-    let (_, model_id) = server().await;
+async fn anthropic_server(tool_calls: ToolCallMode) -> (Arc<dyn ChatModel>, String) {
     let base = base_url();
     let root = base.strip_suffix("/v1").unwrap_or(&base).to_owned();
-    let client = Anthropic::builder().base_url(root).build().unwrap();
-    (Arc::new(client), model_id)
+    model("anthropic", &root, tool_calls).await
 }
 
 /// Arguments of [`Calculator`].
@@ -193,22 +211,13 @@ impl TypedTool for Calculator {
     }
 }
 
-/// A tool loop in structured tool-call mode: one tool, a prompt the tiny model can follow.
+/// A tool loop on a structured tool-call model: one tool, a prompt the tiny model can follow.
 async fn structured_loop(
     model: Arc<dyn ChatModel>,
     model_id: String,
     max_turns: u32,
 ) -> (LoopOutcome, Arc<dyn SessionStore>) {
     let store = loop_support::memory();
-    // Retry as the front doors do: llama.cpp may close a pooled keep-alive connection just as
-    // the next request is sent ("connection closed before message completed"), which a retry
-    // before any output reached the loop recovers from.
-    let model: Arc<dyn ChatModel> = Arc::new(
-        ModelStack::from_arc(model)
-            .retry(RetryPolicy::default())
-            .tool_calls(ToolCallMode::Structured)
-            .build(),
-    );
     let outcome = run_tool_loop(
         ToolLoop::new(model, model_id, store.clone())
             .system("You are a helpful assistant.")
@@ -225,7 +234,7 @@ async fn structured_loop(
 
 #[tokio::test]
 async fn a_structured_tool_loop_calls_gets_the_result_and_answers_over_openai() {
-    let (model, model_id) = server().await;
+    let (model, model_id) = server(ToolCallMode::Structured).await;
     let (outcome, store) = structured_loop(model, model_id, 4).await;
     let results = tool_results(&store, &outcome.session_id).await;
     for e in replay(&store, &outcome.session_id).await {
@@ -273,14 +282,20 @@ async fn a_structured_tool_loop_calls_gets_the_result_and_answers_over_openai() 
     );
 }
 
-/// llama.cpp's `/v1/messages` (0.3.36) forwards only sampling settings to the model, so the
-/// `output_config.format` schema does not constrain the reply there: the tiny model answers in
-/// prose. What must hold regardless is the protocol: the server accepts the rendered history
+/// llama.cpp's `/v1/messages` honours no schema or grammar field, so the `output_config.format`
+/// schema does not constrain the reply there: the tiny model answers in prose. In the build the
+/// tests run (the llama.cpp vendored by llama-cpp-python 0.3.36), the Messages request is
+/// rebuilt as a Chat Completions request by `server_chat_convert_anthropic_to_oai`
+/// (tools/server/server-chat.cpp), which copies only `system`, `messages`, `tools`,
+/// `tool_choice`, `stop_sequences`, `max_tokens`, `temperature`, `top_p`, `top_k`, `stream`,
+/// `chat_template_kwargs`, `thinking` and `metadata`; `json_schema`, `grammar` and
+/// `response_format`, which the Chat Completions parser reads, never reach it. A whole
+/// structured loop through this endpoint therefore cannot be asserted on this server. What must hold regardless is the protocol: the server accepts the rendered history
 /// (no tool_use / tool_result blocks), and every reply becomes a tool call that gets a result
 /// the model reads — a reply outside the format an error result — or an answer.
 #[tokio::test]
 async fn a_structured_tool_loop_over_anthropic_messages_keeps_the_protocol() {
-    let (model, model_id) = anthropic_server().await;
+    let (model, model_id) = anthropic_server(ToolCallMode::Structured).await;
     let (outcome, store) = structured_loop(model, model_id, 2).await;
     assert!(
         matches!(

@@ -13,6 +13,12 @@
 //! `http://127.0.0.1:8090/v1`); start it with
 //! `AGENTRT_LLM_PORT=8090 AGENTRT_LLM_TEMPLATE=meetkai-functionary-medium-v3.2 bash ../shared/peers/llm/start.sh`.
 //!
+//! These tests exercise the bare provider client on purpose (the front doors wrap it in the
+//! retrying stack of `model_from_profile`), so they keep no idle connection: llama.cpp may
+//! close a pooled keep-alive connection just as the next request goes out ("connection closed
+//! before message completed"), a race that is not what these tests are about. Every request
+//! opens its own connection instead.
+//!
 //! The model is tiny: the tests judge protocol behaviour (streaming, usage, reported model,
 //! tool-call wire format, cancellation), never the quality of its text.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -87,9 +93,19 @@ async fn require_tools_server() {
     }
 }
 
+/// An HTTP client that keeps no idle connection, so no request can go out on a connection the
+/// server is closing (see the module docs).
+fn unpooled() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 fn client() -> OpenAiCompatible {
     OpenAiCompatible::builder(base_url())
         .provider_name("llama.cpp")
+        .client(unpooled())
         .build()
         .unwrap()
 }
@@ -204,6 +220,7 @@ fn add_tool() -> ToolSpec {
 async fn real_tool_call_round_trip() {
     require_tools_server().await;
     let tools_model = OpenAiCompatible::builder(tools_base_url())
+        .client(unpooled())
         .extra_body("tool_choice", json!("required"))
         .build()
         .unwrap();

@@ -78,7 +78,7 @@ pub use canonical::ContentAddress;
 pub use error::{FieldError, FieldErrorKind, Format, ProfileError, ValidationErrors};
 pub use profile::{
     AgentProfile, BudgetDefaults, Harness, McpServer, McpTransport, ModelSpec, Permissions,
-    Resources, Skill, SkillSource, StackSettings, ToolCallMode, ToolSpec,
+    ProfileTool, Resources, Skill, SkillSource, StackSettings, ToolCallMode,
 };
 pub use registry::ProfileRegistry;
 

@@ -41,7 +41,7 @@ pub struct AgentProfile {
     pub skills: Vec<Skill>,
     /// Tools the agent may call, unique by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tools: Vec<ToolSpec>,
+    pub tools: Vec<ProfileTool>,
     /// MCP servers whose tools the agent may use, unique by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mcp_servers: Vec<McpServer>,
@@ -296,10 +296,11 @@ impl From<Skill> for RawSkill {
     }
 }
 
-/// A tool the agent may call.
+/// A tool a profile names: the agent may call it (not to be confused with the tool definition
+/// offered to a model, core-loop's `model::ToolSpec`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ToolSpec {
+pub struct ProfileTool {
     /// Unique name of the tool within its profile.
     pub name: String,
     /// Tool-specific configuration (a JSON object without `null`s), given to the tool as is.

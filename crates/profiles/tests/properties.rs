@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use agentrt_profiles::{
     AgentProfile, BudgetDefaults, Format, Harness, McpServer, McpTransport, ModelSpec, Permissions,
-    ProfileError, Resources, Skill, SkillSource, StackSettings, ToolCallMode, ToolSpec,
+    ProfileError, ProfileTool, Resources, Skill, SkillSource, StackSettings, ToolCallMode,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -117,8 +117,9 @@ fn skill() -> impl Strategy<Value = Skill> {
         })
 }
 
-fn tool() -> impl Strategy<Value = ToolSpec> {
-    (name(), prop::option::of(json_object())).prop_map(|(name, config)| ToolSpec { name, config })
+fn tool() -> impl Strategy<Value = ProfileTool> {
+    (name(), prop::option::of(json_object()))
+        .prop_map(|(name, config)| ProfileTool { name, config })
 }
 
 fn mcp_server() -> impl Strategy<Value = McpServer> {

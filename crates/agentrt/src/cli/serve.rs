@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agentrt::coordination_mcp::{
     DefaultChecker, HttpServerOptions, Supervisor, SupervisorOptions, serve_http, serve_stdio,
@@ -34,6 +35,10 @@ pub(super) struct ServeArgs {
     /// The bearer token HTTP clients must send.
     #[arg(long, env = "AGENTRT_MCP_TOKEN")]
     token: Option<String>,
+    /// How long an HTTP client may take to send a request's headers, or a POST body, before it
+    /// is cut off (also how long an idle connection is kept).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    http_read_timeout: Duration,
     #[command(flatten)]
     supervision: SupervisionArgs,
 }
@@ -70,7 +75,12 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
 
     let coordinator = Arc::new(supervisor.clone());
     let served = match (args.http, token) {
-        (Some(addr), Some(token)) => serve_http_until_interrupted(coordinator, token, addr).await,
+        (Some(addr), Some(token)) => {
+            let options = HttpServerOptions::new(token)
+                .addr(addr)
+                .read_timeout(args.http_read_timeout);
+            serve_http_until_interrupted(coordinator, options).await
+        }
         _ => serve_stdio(coordinator).await.map_err(Into::into),
     };
     // Workers still running are stopped (and journaled as stopped) with the server.
@@ -82,13 +92,12 @@ pub(super) async fn serve(args: ServeArgs) -> Result<ExitCode> {
 /// line on stdout, which scripts read): a client may interrupt the server as soon as it has it.
 async fn serve_http_until_interrupted(
     coordinator: Arc<Supervisor>,
-    token: String,
-    addr: SocketAddr,
+    options: HttpServerOptions,
 ) -> Result<()> {
     #[cfg(unix)]
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("listening for Ctrl-C")?;
-    let handle = serve_http(coordinator, HttpServerOptions::new(token).addr(addr)).await?;
+    let handle = serve_http(coordinator, options).await?;
     println!("listening on {}", handle.url());
     #[cfg(unix)]
     interrupt.recv().await;

@@ -151,6 +151,7 @@ pub(super) async fn import(store: &Arc<dyn SessionStore>, file: &Path) -> Result
                     final_event,
                     error: record.error.clone(),
                     cleanup_error: record.cleanup_error.clone(),
+                    events: Vec::new(),
                 },
             )
             .await?;

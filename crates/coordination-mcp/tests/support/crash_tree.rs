@@ -18,7 +18,7 @@ use std::time::Duration;
 use agentrt_coordination_mcp::{
     AgentId, AgentTarget, AwaitAgent, AwaitMode, Coordinator, DefaultChecker, Error,
     ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions, WorkerContext,
-    WorkerFactory, WorkerSpec, sub_supervisor_run,
+    WorkerFactory, AgentAssignment, sub_supervisor_run,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
@@ -50,7 +50,7 @@ impl WorkerFactory for Lead {
         None
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         let leaves = Arc::new(
             ScriptedWorkerFactory::new()
                 .turns(3)

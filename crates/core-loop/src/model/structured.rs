@@ -176,6 +176,10 @@ fn reply_schema(tools: &[ToolSpec]) -> Value {
     Value::Object(schema)
 }
 
+/// The standing instructions: the reply format, and each tool with its argument schema — or,
+/// for a long one, a compact summary of it. The full schemas travel in the response format,
+/// where the server enforces them (llama.cpp turns them into a grammar); written out in the
+/// prompt, the five supervision verbs alone outgrew a small server's context.
 fn instructions(tools: &[ToolSpec]) -> String {
     let mut text = String::from(
         "Reply with exactly one JSON object and nothing else.\n\
@@ -194,12 +198,122 @@ fn instructions(tools: &[ToolSpec]) -> String {
                 map.remove(key);
             }
         }
+        let written = schema.to_string();
+        let arguments = if written.len() <= FULL_SCHEMA_CHARS {
+            format!("Arguments schema: {written}")
+        } else {
+            format!(
+                "Arguments (? marks one that may be left out): {}",
+                summary(&tool.parameters, &tool.parameters, 0, &mut 0)
+            )
+        };
         text.push_str(&format!(
-            "\n- {}: {} Arguments schema: {schema}",
-            tool.name, tool.description
+            "\n- {}: {} {arguments}",
+            tool.name,
+            tool.description.trim()
         ));
     }
     text
+}
+
+/// The longest argument schema written out whole in the prompt; a longer one (the supervision
+/// verbs') is summarised instead.
+const FULL_SCHEMA_CHARS: usize = 400;
+
+/// How deep [`summary`] spells out nested objects; deeper ones are just `object`.
+const SUMMARY_DEPTH: usize = 2;
+
+/// How many schema nodes one summary visits at most (a `$ref` cycle ends here).
+const SUMMARY_NODES: u32 = 256;
+
+/// A schema as a short type expression a small model can read: `{a: integer, b?: string}`,
+/// `[string]`, `"all"|"any"`. Only what the arguments look like: titles, descriptions and
+/// validation keywords are left to the schema itself. `$ref`s resolve against `root`.
+fn summary(schema: &Value, root: &Value, depth: usize, visited: &mut u32) -> String {
+    *visited += 1;
+    let Value::Object(map) = schema else {
+        return "any".to_owned();
+    };
+    if *visited > SUMMARY_NODES {
+        return "object".to_owned();
+    }
+    if let Some(Value::String(reference)) = map.get("$ref") {
+        return match resolve(root, reference) {
+            Some(target) => summary(target, root, depth, visited),
+            _ => "object".to_owned(),
+        };
+    }
+    if let Some(constant) = map.get("const") {
+        return constant.to_string();
+    }
+    if let Some(Value::Array(values)) = map.get("enum") {
+        return values
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("|");
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(alternatives)) = map.get(key) {
+            let shown: Vec<String> = alternatives
+                .iter()
+                .filter(|a| a.get("type") != Some(&json!("null")))
+                .map(|a| summary(a, root, depth, visited))
+                .collect();
+            return match shown.as_slice() {
+                [one] => one.clone(),
+                _ if shown.iter().all(|s| s.len() < 24) => shown.join("|"),
+                _ => "object".to_owned(),
+            };
+        }
+    }
+    let kind = match map.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|k| *k != "null")
+            .unwrap_or("any"),
+        _ if map.contains_key("properties") => "object",
+        _ => "any",
+    };
+    match kind {
+        "array" => match map.get("items") {
+            Some(items) => format!("[{}]", summary(items, root, depth + 1, visited)),
+            None => "[any]".to_owned(),
+        },
+        "object" => match map.get("properties") {
+            Some(Value::Object(properties)) if depth < SUMMARY_DEPTH => {
+                let required: Vec<&str> = map
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let fields: Vec<String> = properties
+                    .iter()
+                    .map(|(name, property)| {
+                        let optional = if required.contains(&name.as_str()) {
+                            ""
+                        } else {
+                            "?"
+                        };
+                        format!(
+                            "{name}{optional}: {}",
+                            summary(property, root, depth + 1, visited)
+                        )
+                    })
+                    .collect();
+                format!("{{{}}}", fields.join(", "))
+            }
+            _ => "object".to_owned(),
+        },
+        other => other.to_owned(),
+    }
+}
+
+/// The schema a local `$ref` (`#/$defs/X`, `#/definitions/X`) names in `root`.
+fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
+    root.pointer(reference.strip_prefix('#')?)
 }
 
 /// The history as plain turns: no tool calls, no tool role (templates without tool support
@@ -573,6 +687,48 @@ mod tests {
         assert_eq!(
             call_as_reply(&call),
             r#"{"tool": "add", "tool_arguments": {"a": 1, "b": [1, 2]}}"#
+        );
+    }
+
+    #[test]
+    fn tools_are_summarised_in_the_prompt_and_enforced_by_the_schema() {
+        let parameters = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Args",
+            "type": "object",
+            "properties": {
+                "task": {"type": "string", "description": "what to do"},
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "mode": {"$ref": "#/$defs/Mode"},
+                "budget": {"anyOf": [{"$ref": "#/$defs/Budget"}, {"type": "null"}]},
+                "retries": {"type": ["integer", "null"], "minimum": 0},
+            },
+            "required": ["task"],
+            "$defs": {
+                "Mode": {"type": "string", "enum": ["all", "any"]},
+                "Budget": {"type": "object", "properties": {"tokens": {"type": "integer"}}},
+            },
+        });
+        let tool = ToolSpec {
+            name: "spawn".into(),
+            description: "Starts one. ".into(),
+            parameters,
+        };
+        let text = instructions(std::slice::from_ref(&tool));
+        assert!(
+            text.ends_with(
+                "- spawn: Starts one. Arguments (? marks one that may be left out): \
+                 {budget?: {tokens?: integer}, ids?: [string], mode?: \"all\"|\"any\", \
+                 retries?: integer, task: string}"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("what to do") && !text.contains("$schema"));
+        let schema = reply_schema(&[tool]);
+        assert_eq!(
+            schema["anyOf"][1]["properties"]["tool_arguments"]["required"],
+            json!(["task"]),
+            "the full schema is what the reply must match"
         );
     }
 

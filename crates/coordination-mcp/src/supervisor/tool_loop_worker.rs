@@ -11,9 +11,9 @@ use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
 use crate::Error;
-use crate::client::McpToolset;
+use crate::mcp::client::McpToolset;
+use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::verbs::AgentTarget;
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// How often queued steering is forwarded to a running loop's steering handle.
 const STEER_POLL: Duration = Duration::from_millis(10);
@@ -195,7 +195,7 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         self.profile_for(target).ok().map(|p| self.model_id(p))
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         // The loop spends from the agent's own budget; its turn limit is the carved turns, so
         // running out of turns ends the loop at its limit (a settle), not as an exhaustion.
         let budget = ctx.budget()?;

@@ -11,15 +11,16 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::check::CompletionChecker;
-use crate::journal::{Entry, Journal};
 use crate::supervisor::AgentSlot;
+use crate::supervisor::check::CompletionChecker;
+use crate::supervisor::journal::{Entry, Journal};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::{AgentEventKind, AgentId, AgentTarget, BudgetAmount, SpawnBudget};
 
-/// What a worker is asked to do.
+/// What a worker is asked to do: one spawned agent's id, the profile it runs, its task and its
+/// budget. (Where it runs is a box, core-loop's `BoxSpec`; this is the agent.)
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerSpec {
+pub struct AgentAssignment {
     /// The agent's id.
     pub id: AgentId,
     /// The profile or subagent it runs.
@@ -49,13 +50,13 @@ pub trait WorkerFactory: Send + Sync + 'static {
     }
 
     /// The model this factory's workers run for `target`: `Some(model)`, or `None` only for
-    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervise)
+    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervisor::supervise)
     /// checks it against the supervisor profile's allowed-models guard at spawn time, so every
     /// factory must say — there is deliberately no default.
     fn model_for(&self, target: &AgentTarget) -> Option<String>;
 
     /// Run the worker to completion. An `Err` marks the agent failed.
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error>;
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error>;
 }
 
 /// A worker's handle on its agent: report events and output, take steering, spend budget.

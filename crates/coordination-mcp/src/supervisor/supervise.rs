@@ -16,19 +16,20 @@ use async_trait::async_trait;
 use futures::StreamExt;
 
 use crate::Error;
-use crate::check::{CompletionCheck, CompletionChecker, DefaultChecker};
-use crate::client::McpToolset;
-use crate::finalize::{
+use crate::mcp::client::McpToolset;
+use crate::mcp::http::{HttpServerOptions, serve_http};
+use crate::mcp::server::SERVER_INSTRUCTIONS;
+use crate::supervisor::check::{CompletionCheck, CompletionChecker, DefaultChecker};
+use crate::supervisor::finalize::{
     BestScoreSelector, CandidateSelector, Deliverable, FinalOutcome, keep_best_delivered,
 };
-use crate::server::{HttpServerOptions, SERVER_INSTRUCTIONS, serve_http};
-use crate::strategy::Strategy;
+use crate::supervisor::strategy::Strategy;
+use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::supervisor::{Supervisor, SupervisorOptions};
 use crate::verbs::AgentTarget;
 use crate::verbs::{
     AwaitAgent, AwaitMode, Coordinator, VerbFailure, VerbSpec, call_verb, verb_specs,
 };
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// Wraps the caller's worker factory so that every spawn's model (as the factory reports it
 /// through [`WorkerFactory::model_for`]) passes the supervisor profile's allowed-models guard,
@@ -57,7 +58,7 @@ impl WorkerFactory for Guarded {
         self.inner.model_for(target)
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         self.inner.run(spec, ctx).await
     }
 }
@@ -253,6 +254,7 @@ async fn brain_loop(
         .budget(budget.clone())
         .max_turns(options.max_turns)
     };
+    let fresh = || sampled(fresh(), profile);
     let Some(run) = &options.run else {
         let outcome = run_tool_loop(fresh()).await.map_err(loop_error)?;
         return Ok(BrainEnd {
@@ -273,17 +275,15 @@ async fn brain_loop(
             return recorded_end(options.store.as_ref(), &brain, point.next_seq).await;
         }
         Ok(_) => {
-            ToolLoop::new(
+            let resumed = ToolLoop::new(
                 options.model.clone(),
                 model_id.clone(),
                 options.store.clone(),
             )
             .tools(tools.clone())
             .budget(budget.clone())
-            .max_turns(options.max_turns)
-            .resume(brain)
-            .run()
-            .await
+            .max_turns(options.max_turns);
+            sampled(resumed, profile).resume(brain).run().await
         }
     };
     let outcome = outcome.map_err(loop_error)?;
@@ -291,6 +291,18 @@ async fn brain_loop(
         stop: outcome.stop,
         answer: outcome.answer,
     })
+}
+
+/// The supervisor profile's sampling (temperature, max tokens) on its brain's loop: the
+/// declared profile is what runs, and a temperature of 0 makes a brain's choices repeatable.
+fn sampled(mut brain: ToolLoop, profile: &AgentProfile) -> ToolLoop {
+    if let Some(temperature) = profile.model.temperature {
+        brain = brain.temperature(temperature as f32);
+    }
+    if let Some(max_tokens) = profile.model.max_tokens {
+        brain = brain.max_tokens(max_tokens);
+    }
+    brain
 }
 
 /// Run the external harness process against our MCP server until it exits.

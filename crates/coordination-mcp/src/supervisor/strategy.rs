@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
-use crate::check::CompletionCheck;
+use crate::supervisor::check::CompletionCheck;
 use crate::verbs::{
     AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent, AwaitMode, Coordinator, SpawnAgent,
     SpawnBudget, StopAgent,

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::Error;
+use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::verbs::{AgentTarget, BudgetAmount};
-use crate::worker::{WorkerContext, WorkerFactory, WorkerSpec};
 
 /// A [`WorkerFactory`] whose workers follow a script instead of calling a model.
 ///
@@ -121,7 +121,7 @@ impl WorkerFactory for ScriptedWorkerFactory {
         None
     }
 
-    async fn run(&self, spec: WorkerSpec, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
         let script = self.script_for(&spec.task);
         for turn in 1..=script.turns {
             for message in ctx.begin_turn()? {
