@@ -209,7 +209,6 @@ impl RolloutContext {
 
     /// The same context linked to an improve run: `run` is the run's session, `rollout` names
     /// this rollout within it, `trial` counts repeated rollouts of one scenario from 0.
-    #[allow(dead_code)] // used by the improve engine (next commit)
     pub(crate) fn linked(&self, run: SessionId, rollout: &str, phase: &str, trial: u32) -> Self {
         RolloutContext {
             link: json!({ "improve_run": run, "rollout": rollout, "phase": phase, "trial": trial }),
