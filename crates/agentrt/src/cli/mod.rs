@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
+mod improve;
 mod provider;
 mod rerun;
 mod run;
@@ -65,6 +66,15 @@ enum Command {
     /// A live view of the running sessions in a store: events, event rate, idle time and the
     /// last event of each, the most recently active first; refreshed until Ctrl-C.
     Top(top::TopArgs),
+    /// Search for a better version of a profile's texts (system prompt, instructions, skills,
+    /// tool descriptions) and ship it only when it wins on held-out scenarios.
+    ///
+    /// Reads an improve configuration (TOML); every rollout and reflection call is a recorded
+    /// session linked to the run, `--run` resumes a killed run without spending its finished
+    /// rollouts again. Shows rollouts, spend and the best score as it goes, prints the verdict
+    /// last, and writes a JSON and an HTML report beside the configuration.
+    /// `agentrt improve findings <store>` prints what recorded sessions show went wrong.
+    Improve(improve::ImproveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -170,6 +180,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Supervise(args) => supervise::run(args).await,
         Command::Top(args) => top::top(args).await,
+        Command::Improve(args) => improve::run(args).await,
     }
 }
 
