@@ -369,15 +369,13 @@ async fn resume_run(
                 journal.reflections.insert(entry.key.clone(), entry);
             }
             FINISHED if session.status == SessionStatus::Completed => {
-                #[derive(Deserialize)]
-                struct Done {
-                    report: ImprovementReport,
+                // An earlier attempt that failed left a final event without a report.
+                let payload = event.payload.clone().into_value();
+                if let Some(report) = payload.get("report") {
+                    let report: ImprovementReport = serde_json::from_value(report.clone())
+                        .map_err(|e| bad(format!("final report: {e}")))?;
+                    journal.finished = Some(Box::new(report));
                 }
-                let done: Done = event
-                    .payload
-                    .parse()
-                    .map_err(|e| bad(format!("final report: {e}")))?;
-                journal.finished = Some(Box::new(done.report));
             }
             _ => {}
         }
@@ -451,6 +449,8 @@ impl<E: Evaluator> Engine<'_, E> {
 
     /// Proposes children until the budget or the proposal cap ends the search.
     async fn search(&mut self) -> Result<String, Error> {
+        // Iterations that found nothing new (no proposal, or one already tried) in a row: the
+        // search has converged; stop rather than spend reflection calls on repeats.
         let mut idle = 0u32;
         loop {
             if let SearchStop::Stop(why) = self.may_propose() {
@@ -459,19 +459,15 @@ impl<E: Evaluator> Engine<'_, E> {
             let generator = self.options.generator.clone();
             let proposal = generator.propose(self).await?;
             self.iteration += 1;
-            match proposal {
-                Some(proposal) => {
-                    idle = 0;
-                    self.try_child(proposal).await?;
-                }
-                None => {
-                    idle += 1;
-                    if idle >= 3 * self.options.train.len().max(1) as u32 {
-                        return Ok(
-                            "the generator proposed nothing for many iterations in a row".into(),
-                        );
-                    }
-                }
+            let new = match proposal {
+                Some(proposal) => self.try_child(proposal).await?,
+                None => false,
+            };
+            idle = if new { 0 } else { idle + 1 };
+            if idle >= 3 * self.options.train.len().max(1) as u32 {
+                return Ok(format!(
+                    "{idle} proposals in a row brought nothing new (none, or candidates already tried)"
+                ));
             }
         }
     }
@@ -502,7 +498,8 @@ impl<E: Evaluator> Engine<'_, E> {
 
     /// Tries a proposal: rejects it when malformed or over length, compares it with its parent
     /// on the minibatch, and scores it on the selection partition when it wins there.
-    async fn try_child(&mut self, proposal: Proposal) -> Result<(), Error> {
+    /// Whether the proposal was a new candidate (not one already in the tree).
+    async fn try_child(&mut self, proposal: Proposal) -> Result<bool, Error> {
         let id = self.tree.len();
         let Some(&parent) = proposal.parents.first() else {
             return Err(Error::InvalidConfig(
@@ -548,15 +545,16 @@ impl<E: Evaluator> Engine<'_, E> {
             reason: String::new(),
             rollouts_at: self.rollouts_used,
         };
+        if self.tree.iter().any(|n| n.texts == proposal.texts) {
+            // Already tried (or its parent's own texts): not tried again, not recorded again.
+            return Ok(false);
+        }
         if let Some(reason) = self.reject_texts(&proposal.texts) {
             node.reason = reason;
-            return self.push_node(node).await;
+            self.push_node(node).await?;
+            return Ok(true);
         }
         node.address = self.address(&proposal.texts)?;
-        if node.changed.is_empty() {
-            node.reason = "identical to its parent".into();
-            return self.push_node(node).await;
-        }
         let parent_score: f64 = self
             .run_minibatch(
                 &parent_texts,
@@ -580,7 +578,8 @@ impl<E: Evaluator> Engine<'_, E> {
                 "did not beat its parent on the minibatch ({child_score:.2} vs {parent_score:.2})"
             );
             node.rollouts_at = self.rollouts_used;
-            return self.push_node(node).await;
+            self.push_node(node).await?;
+            return Ok(true);
         }
         let selection = self
             .score_selection(&proposal.texts, &node.address, Phase::Search)
@@ -591,7 +590,8 @@ impl<E: Evaluator> Engine<'_, E> {
         node.reason =
             format!("beat its parent on the minibatch ({child_score:.2} vs {parent_score:.2})");
         node.rollouts_at = self.rollouts_used;
-        self.push_node(node).await
+        self.push_node(node).await?;
+        Ok(true)
     }
 
     /// Why `texts` cannot be a candidate: a component outside the surface or missing, or a

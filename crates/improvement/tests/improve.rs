@@ -360,6 +360,17 @@ async fn a_run_killed_midway_resumes_without_re_spending_finished_rollouts() {
     assert_eq!(report.winner_address, reference.winner_address);
     assert_eq!(report.candidates.len(), reference.candidates.len());
     assert_eq!(report.rollouts, reference.rollouts);
+
+    // Opening the finished run again returns its report; nothing runs.
+    let again = Arc::new(Recording::new(ExpectedAnswer));
+    let same = improve(
+        &task.profile().expect("profile"),
+        options(&task, again.clone(), store.clone(), task.models()).run(run),
+    )
+    .await
+    .expect("finished run");
+    assert_eq!(same, report);
+    assert!(again.seen().is_empty());
 }
 
 #[tokio::test]
@@ -508,4 +519,40 @@ async fn the_surface_limits_what_changes() {
     let mut same = report.winner_profile.clone();
     same.system_prompt = profile.system_prompt.clone();
     assert_eq!(same, profile, "only the system prompt may change");
+}
+
+#[tokio::test]
+async fn a_search_that_only_repeats_itself_stops_instead_of_spinning() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    // The reflection model proposes the same text every time.
+    let reflector: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
+        ScriptedTurn::text("```\nAnswer with the code only.\n```").with_usage(1, 1)
+    }));
+    let agent = task.agent();
+    let reflection_model = task.reflection_model.clone();
+    let models = ProfileModels::from_fn(move |p| {
+        Ok(if p.model.default == reflection_model {
+            reflector.clone()
+        } else {
+            agent.clone()
+        })
+    });
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, models)
+            .budget(ImproveBudget::rollouts(10_000)),
+    )
+    .await
+    .expect("improve ends");
+    assert!(
+        report.stopped.contains("brought nothing new"),
+        "{}",
+        report.stopped
+    );
+    assert_eq!(
+        report.candidates.len(),
+        2,
+        "the repeated text is tried once"
+    );
 }
