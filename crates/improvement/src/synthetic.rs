@@ -147,7 +147,16 @@ impl SyntheticTask {
     /// Models for every profile: the reflection model for a profile on `reflection_model`, the
     /// agent for any other.
     pub fn models(&self) -> ProfileModels {
-        let (agent, reflector) = (self.agent(), self.reflector());
+        self.models_with(self.agent(), self.reflector())
+    }
+
+    /// The same routing with other models: `reflector` for a profile on `reflection_model`,
+    /// `agent` for any other (a test's recording or silent model, a timed wrapper).
+    pub fn models_with(
+        &self,
+        agent: Arc<dyn ChatModel>,
+        reflector: Arc<dyn ChatModel>,
+    ) -> ProfileModels {
         let reflection_model = self.reflection_model.clone();
         ProfileModels::from_fn(move |profile| {
             Ok(if profile.model.default == reflection_model {

@@ -221,16 +221,7 @@ async fn the_reflection_model_sees_train_minibatches_only() {
     let reflector = Arc::new(ScriptedModel::from_fn(|_| {
         ScriptedTurn::text("```\nAnswer with the code only.\n```").with_usage(1, 1)
     }));
-    let agent = task.agent();
-    let reflection_model = task.reflection_model.clone();
-    let seen = reflector.clone();
-    let models = ProfileModels::from_fn(move |p| {
-        Ok(if p.model.default == reflection_model {
-            seen.clone() as Arc<dyn ChatModel>
-        } else {
-            agent.clone()
-        })
-    });
+    let models = task.models_with(task.agent(), reflector.clone());
     let _ = improve(
         &task.profile().expect("profile"),
         options(&task, Arc::new(ExpectedAnswer), store, models).max_proposals(4),
@@ -262,15 +253,7 @@ async fn unknown_usage_makes_the_verdict_hold() {
     let silent: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(move |_| {
         ScriptedTurn::text("I do not know.")
     }));
-    let reflector = task.reflector();
-    let reflection_model = task.reflection_model.clone();
-    let models = ProfileModels::from_fn(move |p| {
-        Ok(if p.model.default == reflection_model {
-            reflector.clone()
-        } else {
-            silent.clone()
-        })
-    });
+    let models = task.models_with(silent, task.reflector());
     let report = improve(
         &task.profile().expect("profile"),
         options(&task, Arc::new(ExpectedAnswer), store, models).max_proposals(2),
@@ -529,15 +512,7 @@ async fn a_search_that_only_repeats_itself_stops_instead_of_spinning() {
     let reflector: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
         ScriptedTurn::text("```\nAnswer with the code only.\n```").with_usage(1, 1)
     }));
-    let agent = task.agent();
-    let reflection_model = task.reflection_model.clone();
-    let models = ProfileModels::from_fn(move |p| {
-        Ok(if p.model.default == reflection_model {
-            reflector.clone()
-        } else {
-            agent.clone()
-        })
-    });
+    let models = task.models_with(task.agent(), reflector);
     let report = improve(
         &task.profile().expect("profile"),
         options(&task, Arc::new(ExpectedAnswer), store, models)
