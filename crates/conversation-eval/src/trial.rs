@@ -503,6 +503,22 @@ impl Party {
     }
 }
 
+impl Party {
+    /// One reply without tools (the simulator's and the judge's turns).
+    async fn ask(
+        &mut self,
+        message: &str,
+        system: Option<String>,
+        budget: &Budget,
+        options: &EvalOptions,
+        scenario: &str,
+    ) -> Result<LoopOutcome, EvalError> {
+        let tools = ToolRegistry::new();
+        self.say(message, system, tools, 1, budget, options, scenario)
+            .await
+    }
+}
+
 /// What one simulator step came to.
 enum SimStep {
     Message(String),
@@ -614,11 +630,9 @@ impl Trial<'_> {
                 (self.simulator.session.is_none()).then(|| simulator::system_prompt(self.scenario));
             let outcome = self
                 .simulator
-                .say(
+                .ask(
                     &input,
                     system,
-                    ToolRegistry::new(),
-                    1,
                     &self.budget,
                     self.options,
                     &self.scenario.id,
@@ -804,11 +818,9 @@ impl Trial<'_> {
         for attempt in 0..2 {
             let system = (attempt == 0).then(|| judge::SYSTEM.to_owned());
             let outcome = party
-                .say(
+                .ask(
                     &input,
                     system,
-                    ToolRegistry::new(),
-                    1,
                     &self.budget,
                     self.options,
                     &self.scenario.id,

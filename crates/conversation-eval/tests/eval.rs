@@ -122,12 +122,14 @@ async fn events(
 #[tokio::test]
 async fn a_refund_conversation_passes_every_check_and_is_recorded_in_three_sessions() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let budget = Budget::new(BudgetLimits::unlimited().tokens(10_000)).unwrap();
     let opts = options(
         store.clone(),
         refund_agent(),
         texts(&["I want a refund.", "It is A1.", "###STOP###"]),
         texts(&[GOOD_VERDICT]),
-    );
+    )
+    .budget(budget.clone());
     let report = eval_persona(&agent(), &scenario(CHECKS), &opts)
         .await
         .unwrap();
@@ -206,6 +208,13 @@ async fn a_refund_conversation_passes_every_check_and_is_recorded_in_three_sessi
     assert_eq!(report.usage.judge.calls, 1);
     assert_eq!(total.calls_with_unknown_tokens, 0);
     assert_eq!(total.calls_with_unknown_cost, 8);
+    // The budget was charged exactly once for every call: resuming the agent's and the
+    // simulator's sessions did not charge their earlier turns again.
+    assert_eq!(
+        budget.snapshot().committed.tokens,
+        total.total_tokens().unwrap()
+    );
+    assert_eq!(budget.snapshot().committed.turns, 8);
     assert_eq!(total.total_cost(), None);
 }
 
