@@ -11,7 +11,7 @@ use agentrt::conversation_eval::{
     BatchOptions, BatchReport, EvalModels, EvalOptions, EvalScript, eval_batch, load_scenarios,
     render_html, render_markdown,
 };
-use agentrt::core_loop::model::ProfileModels;
+use agentrt::core_loop::model::{PriceTable, ProfileModels};
 use agentrt::core_loop::{Budget, BudgetLimits};
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -57,6 +57,10 @@ pub(super) struct EvalArgs {
     /// name → replies) instead of its model provider.
     #[arg(long, value_name = "SCRIPT")]
     offline: Option<PathBuf>,
+    /// Prices of the models (a core-loop price table, .toml or .json): without one every
+    /// call's cost is reported as unknown.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
     /// The batch's budget in tokens (every party of every trial).
     #[arg(long)]
     tokens: Option<u64>,
@@ -106,7 +110,11 @@ pub(super) async fn run(args: EvalArgs) -> Result<ExitCode> {
         limits = limits.wall_time(w);
     }
     let store = open_store(&args.store.store).await?;
-    let options = EvalOptions::new(store, simulator, judge, models).budget(Budget::new(limits)?);
+    let mut options =
+        EvalOptions::new(store, simulator, judge, models).budget(Budget::new(limits)?);
+    if let Some(path) = &args.prices {
+        options = options.prices(load_prices(path)?);
+    }
     let total = scenarios.len() as u64 * u64::from(args.trials);
     let bar = ProgressBar::new(total);
     bar.set_style(
@@ -140,6 +148,17 @@ pub(super) async fn run(args: EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_prices(path: &std::path::Path) -> Result<PriceTable> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the price table {}", path.display()))?;
+    let table = if path.extension().is_some_and(|e| e == "json") {
+        PriceTable::from_json_str(&text)
+    } else {
+        PriceTable::from_toml_str(&text)
+    };
+    table.with_context(|| format!("price table {}", path.display()))
 }
 
 fn rate(v: Option<f64>) -> String {
