@@ -140,3 +140,39 @@ fn eval_rejects_bad_flags_and_files_with_one_clear_line() {
             .contains("nowhere")
     );
 }
+
+#[test]
+fn eval_resume_takes_finished_trials_from_the_journal_instead_of_running_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs.db");
+    let out = dir.path().join("report");
+    let (store, out) = (store.to_str().unwrap(), out.to_str().unwrap());
+    let first = run(&eval_args(store, out, &[]));
+    assert!(first.status.success(), "{first:?}");
+    let stdout = String::from_utf8(first.stdout).unwrap();
+    let run_id = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("batch run "))
+        .unwrap()
+        .to_owned();
+    let count = || {
+        let listed = agentrt(&["sessions", "list", "--store", store, "--limit", "100"]);
+        String::from_utf8(listed.stdout).unwrap().lines().count()
+    };
+    let before = count();
+    let again = run(&eval_args(store, out, &["--resume", &run_id]));
+    let stdout = String::from_utf8(again.stdout).unwrap();
+    assert!(again.status.success(), "{stdout}");
+    assert!(stdout.contains(&format!("batch run {run_id}")), "{stdout}");
+    assert!(stdout.contains("pass@1 0.667"), "{stdout}");
+    assert_eq!(count(), before, "no trial ran again");
+
+    let other = run(&eval_args(
+        store,
+        out,
+        &["--resume", &run_id, "--trials", "2"],
+    ));
+    let stderr = String::from_utf8(other.stderr).unwrap();
+    assert_eq!(other.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("it ran another batch"), "{stderr}");
+}
