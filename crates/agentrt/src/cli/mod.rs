@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
 mod improve;
+mod eval;
 mod provider;
 mod rerun;
 mod run;
@@ -63,6 +64,15 @@ enum Command {
     /// profile's model. Everything is journaled; `--run` resumes a run after a crash. Exit 0
     /// when a worker was delivered (its output on stdout), 1 when none was.
     Supervise(supervise::SuperviseArgs),
+    /// Evaluate a profile's agent on persona scenarios: a simulated user converses with it
+    /// through its tool loop and tools, and a judge that is neither the agent's nor the
+    /// simulator's model decides; k trials per scenario.
+    ///
+    /// Prints a summary (pass@1, pass^k, cost, simulator errors) and writes markdown, HTML and
+    /// JSON reports. Every conversation is a session in the store, linked to the batch run;
+    /// `--resume RUN` continues a killed batch without re-running finished trials. `--offline
+    /// SCRIPT` runs scripted models instead of providers.
+    Eval(eval::EvalArgs),
     /// A live view of the running sessions in a store: events, event rate, idle time and the
     /// last event of each, the most recently active first; refreshed until Ctrl-C.
     Top(top::TopArgs),
@@ -181,6 +191,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Supervise(args) => supervise::run(args).await,
         Command::Top(args) => top::top(args).await,
         Command::Improve(args) => improve::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
     }
 }
 
