@@ -14,11 +14,15 @@
 //!   ([`pass_hat_k`]); [`render_markdown`], [`render_html`] render it.
 //! - Models come from core-loop's `ProfileModels` or from an offline [`EvalScript`]
 //!   ([`EvalModels`]).
+//! - [`PersonaEvaluator`] is improvement's `Evaluator` for scenarios: `improve()` improves a
+//!   profile against its own persona evals, each rollout one trial in the improve run's store,
+//!   budget and link.
 #![warn(missing_docs)]
 
 mod batch;
 mod environment;
 mod error;
+mod evaluator;
 mod judge;
 mod report;
 mod scenario;
@@ -30,6 +34,7 @@ pub use batch::{
     BatchOptions, BatchReport, ScenarioSummary, TrialCallback, eval_batch, pass_hat_k,
 };
 pub use error::EvalError;
+pub use evaluator::PersonaEvaluator;
 pub use judge::{CriterionScore, JudgeVerdict};
 pub use report::{render_html, render_markdown};
 pub use scenario::{

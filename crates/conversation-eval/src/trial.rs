@@ -36,6 +36,8 @@ pub struct EvalOptions {
     pub(crate) cancel: CancellationToken,
     pub(crate) batch: Option<SessionId>,
     pub(crate) trial: u32,
+    /// Metadata merged into every session of the trial (an improve run's link).
+    pub(crate) link: serde_json::Value,
 }
 
 impl std::fmt::Debug for EvalOptions {
@@ -69,6 +71,7 @@ impl EvalOptions {
             cancel: CancellationToken::new(),
             batch: None,
             trial: 0,
+            link: serde_json::Value::Null,
         }
     }
 
@@ -481,12 +484,18 @@ impl Party {
         }
         let outcome = match self.session {
             None => {
-                config = config.metadata(json!({"eval": {
+                let mut metadata = json!({"eval": {
                     "batch": options.batch.map(|b| b.to_string()),
                     "scenario": scenario,
                     "trial": options.trial,
                     "role": self.role,
-                }}));
+                }});
+                if let (Some(all), serde_json::Value::Object(link)) =
+                    (metadata.as_object_mut(), &options.link)
+                {
+                    all.extend(link.clone());
+                }
+                config = config.metadata(metadata);
                 if let Some(system) = system {
                     config = config.system(system);
                 }

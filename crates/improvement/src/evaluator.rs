@@ -217,6 +217,11 @@ impl RolloutContext {
         }
     }
 
+    /// The price table model calls are priced with, if the run has one.
+    pub fn prices(&self) -> Option<&PriceTable> {
+        self.prices.as_ref()
+    }
+
     /// The store every session of the rollout is recorded in.
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store

@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
-mod improve;
 mod eval;
+mod improve;
 mod provider;
 mod rerun;
 mod run;
