@@ -208,6 +208,15 @@ impl EvalScript {
         })
     }
 
+    /// Models for profiles outside any scenario (an improve run's reflection model): each
+    /// profile's replies from the `"*"` entry, by profile name.
+    pub fn models(self: Arc<Self>) -> ProfileModels {
+        ProfileModels::from_fn(move |profile| {
+            self.model_for(&profile.name, "*")
+                .map_err(|e| agentrt_core_loop::Error::InvalidConfig(e.to_string()))
+        })
+    }
+
     fn model_for(&self, profile: &str, scenario: &str) -> Result<Arc<dyn ChatModel>, EvalError> {
         let steps = self
             .scenarios

@@ -28,6 +28,25 @@
 //! # [[selection]] and [[test]] alike
 //! ```
 //!
+//! A `[scenarios]` table scores with persona evals instead of `[[train]]` tables: scenario files
+//! (`path`, a file or directory), the simulated user's and the judge's profiles, optionally the
+//! offline script (`offline`, as `agentrt eval --offline` reads it), and the split — the first
+//! `train` scenarios (in file order) train, the next `selection` select, the rest test (default
+//! a third each):
+//!
+//! ```toml
+//! [scenarios]
+//! path = "scenarios"
+//! simulator_profile = "customer.toml"
+//! judge_profile = "judge.toml"
+//! offline = "offline.json"
+//! train = 2
+//! selection = 2
+//! ```
+//!
+//! This crate sits below the persona evals, so it only reads and checks the table
+//! ([`ScenariosConfig`]); the `agentrt` facade turns it into an evaluator.
+//!
 //! A `[synthetic]` table (`facts`, `scenarios`, `seed`, `train`, `selection`) runs the offline
 //! [`SyntheticTask`](crate::SyntheticTask) instead: its scripted models, and — when not given —
 //! its profile, reflection profile and scenarios. Every problem is an [`Error::InvalidConfig`]
@@ -92,6 +111,9 @@ struct RawConfig {
     /// The offline synthetic task.
     #[serde(default)]
     synthetic: Option<SyntheticConfig>,
+    /// Persona-eval scenarios.
+    #[serde(default)]
+    scenarios: Option<RawScenarios>,
     /// Train scenarios.
     #[serde(default)]
     train: Vec<TaskScenario>,
@@ -170,6 +192,73 @@ struct SyntheticConfig {
     selection: Option<usize>,
 }
 
+/// `[scenarios]`, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenarios {
+    path: PathBuf,
+    simulator_profile: PathBuf,
+    judge_profile: PathBuf,
+    #[serde(default)]
+    offline: Option<PathBuf>,
+    #[serde(default)]
+    train: Option<usize>,
+    #[serde(default)]
+    selection: Option<usize>,
+}
+
+/// A `[scenarios]` table resolved: persona-eval scenarios as the run's evaluator. Paths are
+/// resolved against the config's directory and the profiles loaded; the facade loads the
+/// scenario files and builds the evaluator.
+#[derive(Debug, Clone)]
+pub struct ScenariosConfig {
+    /// The scenario file or directory.
+    pub path: PathBuf,
+    /// The simulated user's profile.
+    pub simulator: AgentProfile,
+    /// The judge's profile.
+    pub judge: AgentProfile,
+    /// The offline script every party's replies come from, if given.
+    pub offline: Option<PathBuf>,
+    train: Option<usize>,
+    selection: Option<usize>,
+}
+
+impl ScenariosConfig {
+    /// Splits `all` (in file order) into train, selection and test partitions: the first
+    /// `train`, the next `selection`, the rest (default a third each).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `scenarios.train` or `scenarios.selection` when a
+    /// partition would be empty.
+    pub fn split<T: Clone>(&self, all: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>), Error> {
+        let n_train = self.train.unwrap_or(all.len() / 3);
+        let n_sel = self.selection.unwrap_or(all.len() / 3);
+        for (field, n) in [("train", n_train), ("selection", n_sel)] {
+            if n == 0 {
+                return Err(Error::InvalidConfig(format!(
+                    "scenarios.{field} = 0 of {} scenarios: expected at least 1",
+                    all.len()
+                )));
+            }
+        }
+        if n_train + n_sel >= all.len() {
+            return Err(Error::InvalidConfig(format!(
+                "scenarios.train + scenarios.selection = {} leaves no test scenario of the {} \
+                 scenarios in {}",
+                n_train + n_sel,
+                all.len(),
+                self.path.display()
+            )));
+        }
+        Ok((
+            all[..n_train].to_vec(),
+            all[n_train..n_train + n_sel].to_vec(),
+            all[n_train + n_sel..].to_vec(),
+        ))
+    }
+}
+
 /// A configuration resolved against its file's directory: the profiles loaded, the scenarios
 /// partitioned, the generator and budget built.
 pub struct ImproveConfig {
@@ -179,6 +268,9 @@ pub struct ImproveConfig {
     pub reflection: AgentProfile,
     /// The synthetic task whose scripted models run, if the config names one.
     pub synthetic: Option<SyntheticTask>,
+    /// Persona-eval scenarios as the evaluator, if the config names them (then `train`,
+    /// `selection` and `test` are empty).
+    pub scenarios: Option<ScenariosConfig>,
     /// Train scenarios.
     pub train: Vec<TaskScenario>,
     /// Selection scenarios.
@@ -267,11 +359,49 @@ impl RawConfig {
             selection = all[n_train..n_train + n_sel].to_vec();
             test = all[n_train + n_sel..].to_vec();
         }
-        for (field, part) in [
-            ("train", &train),
-            ("selection", &selection),
-            ("test", &test),
-        ] {
+        let scenarios = match self.scenarios {
+            None => None,
+            Some(raw) => {
+                if self.synthetic.is_some() {
+                    return Err(invalid(
+                        "[scenarios] and [synthetic] are both given: expected one evaluator".into(),
+                    ));
+                }
+                if !(train.is_empty() && selection.is_empty() && test.is_empty()) {
+                    return Err(invalid(
+                        "[scenarios] and [[train]]/[[selection]]/[[test]] tables are both given: \
+                         expected one evaluator"
+                            .into(),
+                    ));
+                }
+                let profile_at = |field: &str, p: &PathBuf| {
+                    AgentProfile::load(dir.join(p)).map_err(|e| {
+                        invalid(format!(
+                            "scenarios.{field} = {:?}: {e}",
+                            p.display().to_string()
+                        ))
+                    })
+                };
+                Some(ScenariosConfig {
+                    path: dir.join(&raw.path),
+                    simulator: profile_at("simulator_profile", &raw.simulator_profile)?,
+                    judge: profile_at("judge_profile", &raw.judge_profile)?,
+                    offline: raw.offline.as_ref().map(|p| dir.join(p)),
+                    train: raw.train,
+                    selection: raw.selection,
+                })
+            }
+        };
+        let task_partitions = if scenarios.is_some() {
+            Vec::new()
+        } else {
+            vec![
+                ("train", &train),
+                ("selection", &selection),
+                ("test", &test),
+            ]
+        };
+        for (field, part) in task_partitions {
             if part.is_empty() {
                 return Err(invalid(format!(
                     "`{field}` has no scenarios: expected at least one [[{field}]] table"
@@ -353,6 +483,7 @@ impl RawConfig {
             profile,
             reflection,
             synthetic,
+            scenarios,
             train,
             selection,
             test,
@@ -399,11 +530,33 @@ impl ImproveConfig {
         store: std::sync::Arc<dyn agentrt_session_store::SessionStore>,
         models: agentrt_core_loop::model::ProfileModels,
     ) -> ImproveOptions<ExpectedAnswer> {
-        let mut options = ImproveOptions::new(
+        self.options_with(
             std::sync::Arc::new(ExpectedAnswer),
-            self.train.clone(),
-            self.selection.clone(),
-            self.test.clone(),
+            (
+                self.train.clone(),
+                self.selection.clone(),
+                self.test.clone(),
+            ),
+            store,
+            models,
+        )
+    }
+
+    /// The same options scoring with another `evaluator` on its own (train, selection, test)
+    /// `partitions` (persona evals, say: see [`ScenariosConfig::split`]).
+    pub fn options_with<E: crate::Evaluator>(
+        &self,
+        evaluator: std::sync::Arc<E>,
+        partitions: (Vec<E::Scenario>, Vec<E::Scenario>, Vec<E::Scenario>),
+        store: std::sync::Arc<dyn agentrt_session_store::SessionStore>,
+        models: agentrt_core_loop::model::ProfileModels,
+    ) -> ImproveOptions<E> {
+        let (train, selection, test) = partitions;
+        let mut options = ImproveOptions::new(
+            evaluator,
+            train,
+            selection,
+            test,
             store,
             models,
             self.reflection.clone(),

@@ -4,8 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use agentrt::conversation_eval::{EvalScript, PersonaEvaluator, load_scenarios};
 use agentrt::core_loop::model::{ModelOptions, ProfileModels};
-use agentrt::improvement::{ImproveConfig, ImprovementReport, improve, store_findings};
+use agentrt::improvement::{
+    Evaluator, ImproveConfig, ImproveOptions, ImprovementReport, ScenariosConfig, improve,
+    store_findings,
+};
+use agentrt::session_store::SessionStore;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -56,7 +63,7 @@ pub(super) async fn run(args: ImproveArgs) -> Result<ExitCode> {
     if let Some(ImproveCommand::Findings { store, run, limit }) = args.command {
         return findings(&store, run.as_deref(), limit).await;
     }
-    let Some(config_path) = args.config else {
+    let Some(config_path) = args.config.clone() else {
         anyhow::bail!("give the improve configuration file: agentrt improve <config.toml>");
     };
     let config = match ImproveConfig::load(&config_path) {
@@ -67,11 +74,57 @@ pub(super) async fn run(args: ImproveArgs) -> Result<ExitCode> {
         }
     };
     let store = open_store(&args.store.store).await?;
-    let models = match &config.synthetic {
-        Some(task) => task.models(),
+    match &config.scenarios {
+        None => {
+            let models = match &config.synthetic {
+                Some(task) => task.models(),
+                None => ProfileModels::new(ModelOptions::from_env()),
+            };
+            let options = config.options(store, models);
+            drive(&config, &config_path, &args, options).await
+        }
+        Some(scenarios) => match persona_options(&config, scenarios, store) {
+            Ok(options) => drive(&config, &config_path, &args, options).await,
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::from(1))
+            }
+        },
+    }
+}
+
+/// The config's `[scenarios]` evaluator: persona evals of the scenario files, split into the
+/// three partitions, every party's model from the offline script or the environment's
+/// providers (the reflection model too: from the script's `"*"` entry offline).
+fn persona_options(
+    config: &ImproveConfig,
+    scenarios: &ScenariosConfig,
+    store: Arc<dyn SessionStore>,
+) -> Result<ImproveOptions<PersonaEvaluator>> {
+    let loaded: Vec<_> = load_scenarios(&scenarios.path)?
+        .into_iter()
+        .map(|l| l.scenario)
+        .collect();
+    let partitions = scenarios.split(&loaded)?;
+    let mut evaluator = PersonaEvaluator::new(scenarios.simulator.clone(), scenarios.judge.clone());
+    let models = match &scenarios.offline {
+        Some(path) => {
+            let script = Arc::new(EvalScript::load(path)?);
+            evaluator = evaluator.scripted(script.clone());
+            script.models()
+        }
         None => ProfileModels::new(ModelOptions::from_env()),
     };
-    let mut options = config.options(store, models);
+    Ok(config.options_with(Arc::new(evaluator), partitions, store, models))
+}
+
+/// Runs the improve loop with a progress bar, then writes the reports and prints the verdict.
+async fn drive<E: Evaluator>(
+    config: &ImproveConfig,
+    config_path: &Path,
+    args: &ImproveArgs,
+    mut options: ImproveOptions<E>,
+) -> Result<ExitCode> {
     if let Some(run) = &args.run {
         options = options.run(parse_id(run)?);
     }
@@ -103,7 +156,7 @@ pub(super) async fn run(args: ImproveArgs) -> Result<ExitCode> {
     let report = improve(&config.profile, options).await;
     bar.finish_and_clear();
     let report = report?;
-    let (json, html) = report_paths(&config_path, args.report_dir.as_deref());
+    let (json, html) = report_paths(config_path, args.report_dir.as_deref());
     write_reports(&report, &json, &html)?;
     eprintln!("run {} (resume it with --run {})", report.run, report.run);
     eprintln!("reports: {} and {}", json.display(), html.display());
