@@ -64,7 +64,7 @@ fn assistant_turns(request: &ChatRequest) -> usize {
 }
 
 /// The four parties' models, by profile model; the reflection model's prompts are recorded.
-fn models(reflection_prompts: Arc<Mutex<Vec<String>>>) -> ProfileModels {
+fn models(reflection_prompts: Arc<Mutex<Vec<String>>>, flag_simulator: bool) -> ProfileModels {
     let agent: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|request| {
         let (system, _) = system_and_user(request);
         let reply = if system.contains(FACT) {
@@ -82,15 +82,20 @@ fn models(reflection_prompts: Arc<Mutex<Vec<String>>>) -> ProfileModels {
         };
         ScriptedTurn::text(reply).with_usage(10, 4)
     }));
-    let judge: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|request| {
+    let judge: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(move |request| {
         let (_, prompt) = system_and_user(request);
         let (score, reason) = if prompt.contains(&format!("AGENT: {FACT}")) {
             (1, "It said when the refund arrives.")
         } else {
             (0, JUDGE_REASON)
         };
+        let flag = if flag_simulator {
+            "\"The customer stopped before asking.\""
+        } else {
+            "null"
+        };
         ScriptedTurn::text(format!(
-            r#"{{"criteria": [{{"score": {score}, "reason": "{reason}"}}], "simulator_error": null}}"#
+            r#"{{"criteria": [{{"score": {score}, "reason": "{reason}"}}], "simulator_error": {flag}}}"#
         ))
         .with_usage(30, 10)
     }));
@@ -141,7 +146,7 @@ async fn a_support_prompt_learns_the_fact_its_persona_evals_ask_for_and_ships_on
         ids[2..4].to_vec(),
         ids[4..12].to_vec(),
         store.clone(),
-        models(prompts.clone()),
+        models(prompts.clone(), false),
         profile("reflector", "reflector-model", "You improve prompts."),
     )
     .allowed_models(["support-model", "reflector-model"])
@@ -199,4 +204,47 @@ async fn a_support_prompt_learns_the_fact_its_persona_evals_ask_for_and_ships_on
         "{total:?}"
     );
     assert_eq!(total.usage.calls_with_unknown_tokens, 0);
+}
+
+#[tokio::test]
+async fn a_trial_that_does_not_count_is_run_again_and_never_scored() {
+    let store: Arc<dyn SessionStore> = Arc::new(agentrt_session_store::MemoryStore::new());
+    let support = profile(
+        "support",
+        "support-model",
+        "You are the shop's support agent.",
+    );
+    let evaluator = PersonaEvaluator::new(
+        profile("customer", "customer-model", "You are a customer."),
+        profile("judge", "judge-model", "You grade conversations."),
+    )
+    .retries(2);
+    let ids: Vec<Scenario> = (0..3).map(|i| scenario(&format!("s{i}"))).collect();
+    let options = ImproveOptions::new(
+        Arc::new(evaluator),
+        ids[0..1].to_vec(),
+        ids[1..2].to_vec(),
+        ids[2..3].to_vec(),
+        store.clone(),
+        models(Arc::default(), true),
+        profile("reflector", "reflector-model", "You improve prompts."),
+    )
+    .allowed_models(["support-model", "reflector-model"])
+    .budget(ImproveBudget::rollouts(20));
+
+    let error = improve(&support, options).await.unwrap_err().to_string();
+
+    // Neither 0 nor 1: the run stops on the scenario, saying why, after three attempts.
+    assert!(error.contains("no trial counted in 3 attempts"), "{error}");
+    assert!(error.contains("SimulatorError"), "{error}");
+    // Every attempt's judge ran and was recorded.
+    let judges = store
+        .list(SessionFilter::default().limit(1000))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.metadata["eval"]["role"] == "judge")
+        .count();
+    assert_eq!(judges, 3);
 }
