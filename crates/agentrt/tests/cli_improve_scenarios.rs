@@ -1,6 +1,6 @@
 //! `agentrt improve` with persona evals as its evaluator, offline: the config's `[scenarios]`
 //! table names the product_eval example's scenario files, its customer and judge profiles and
-//! an offline script; the run's rollouts are persona trials, persisted and linked to the run;
+//! its offline script (whose `"*"` entry scripts the reflection model); the run's rollouts are persona trials, persisted and linked to the run;
 //! bad `[scenarios]` values are refused naming the field.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,19 +17,6 @@ fn agentrt(args: &[&str]) -> Output {
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/product_eval")
-}
-
-/// The example's offline script plus the reflection model's one reply (under `"*"`).
-fn script(dir: &Path) -> PathBuf {
-    let mut script: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(example().join("offline.json")).unwrap())
-            .unwrap();
-    script["*"] = serde_json::json!({
-        "reflector": ["```\nYou are the support agent of a small online shop. Refund only delivered orders, and say so when a refund is refused.\n```"]
-    });
-    let path = dir.join("offline.json");
-    std::fs::write(&path, script.to_string()).unwrap();
-    path
 }
 
 /// The example's scenarios, in the order the split reads them: the one the offline agent fails
@@ -78,7 +65,7 @@ offline = "{offline}"
         scenarios = scenarios(dir).display(),
         customer = ex.join("customer.toml").display(),
         judge = ex.join("judge.toml").display(),
-        offline = script(dir).display(),
+        offline = ex.join("offline.json").display(),
     );
     let path = dir.join("persona.toml");
     std::fs::write(&path, text).unwrap();
@@ -140,6 +127,24 @@ fn improve_runs_persona_trials_from_a_scenarios_directory_and_reports_the_verdic
         findings.contains("The agent claimed a refund that the tool refused."),
         "{findings}"
     );
+}
+
+#[test]
+fn the_examples_improve_config_runs_as_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = example().join("improve.toml");
+    let out = agentrt(&[
+        "improve",
+        config.to_str().unwrap(),
+        "--store",
+        dir.path().join("runs.db").to_str().unwrap(),
+        "--report-dir",
+        dir.path().to_str().unwrap(),
+        "--quiet",
+    ]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    assert!(dir.path().join("improve.report.json").exists());
 }
 
 #[test]
