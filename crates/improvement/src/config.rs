@@ -207,6 +207,42 @@ struct RawScenarios {
     selection: Option<usize>,
 }
 
+impl RawScenarios {
+    /// Loads the profiles and resolves the paths against `dir`; refuses a second evaluator
+    /// (`synthetic`, or task tables).
+    fn resolve(self, dir: &Path, synthetic: bool, tasks: bool) -> Result<ScenariosConfig, Error> {
+        let invalid = Error::InvalidConfig;
+        if synthetic {
+            return Err(invalid(
+                "[scenarios] and [synthetic] are both given: expected one evaluator".into(),
+            ));
+        }
+        if tasks {
+            return Err(invalid(
+                "[scenarios] and [[train]]/[[selection]]/[[test]] tables are both given: \
+                 expected one evaluator"
+                    .into(),
+            ));
+        }
+        let profile_at = |field: &str, p: &PathBuf| {
+            AgentProfile::load(dir.join(p)).map_err(|e| {
+                invalid(format!(
+                    "scenarios.{field} = {:?}: {e}",
+                    p.display().to_string()
+                ))
+            })
+        };
+        Ok(ScenariosConfig {
+            path: dir.join(&self.path),
+            simulator: profile_at("simulator_profile", &self.simulator_profile)?,
+            judge: profile_at("judge_profile", &self.judge_profile)?,
+            offline: self.offline.as_ref().map(|p| dir.join(p)),
+            train: self.train,
+            selection: self.selection,
+        })
+    }
+}
+
 /// A `[scenarios]` table resolved: persona-eval scenarios as the run's evaluator. Paths are
 /// resolved against the config's directory and the profiles loaded; the facade loads the
 /// scenario files and builds the evaluator.
@@ -306,6 +342,33 @@ impl RawConfig {
         toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string().trim().to_owned()))
     }
 
+    /// The candidate generator `generator` and `[gepa]` name.
+    fn generator(&self) -> Result<std::sync::Arc<dyn CandidateGenerator>, Error> {
+        let invalid = Error::InvalidConfig;
+        let gepa = self.gepa.clone();
+        let generator: std::sync::Arc<dyn CandidateGenerator> =
+            match self.generator.as_deref().unwrap_or("gepa") {
+                "gepa" => {
+                    let mut g = Gepa::default();
+                    if let Some(c) = &gepa {
+                        g.minibatch = c.minibatch.unwrap_or(g.minibatch);
+                        g.max_merges = c.max_merges.unwrap_or(g.max_merges);
+                    }
+                    if g.minibatch == 0 {
+                        return Err(invalid("gepa.minibatch = 0: expected at least 1".into()));
+                    }
+                    std::sync::Arc::new(g)
+                }
+                "rewrite" => std::sync::Arc::new(Rewrite::default()),
+                other => {
+                    return Err(invalid(format!(
+                        "generator = {other:?}: expected \"gepa\" or \"rewrite\""
+                    )));
+                }
+            };
+        Ok(generator)
+    }
+
     /// Loads the profiles (relative to `dir`), builds the synthetic task, the generator, the
     /// budget and the gate, and checks every value.
     ///
@@ -313,6 +376,7 @@ impl RawConfig {
     /// [`Error::InvalidConfig`] naming the field and what was expected; a profile's own errors.
     fn resolve(self, dir: &Path) -> Result<ImproveConfig, Error> {
         let invalid = |s: String| Error::InvalidConfig(s);
+        let generator = self.generator()?;
         let synthetic = self
             .synthetic
             .as_ref()
@@ -359,39 +423,13 @@ impl RawConfig {
             selection = all[n_train..n_train + n_sel].to_vec();
             test = all[n_train + n_sel..].to_vec();
         }
-        let scenarios = match self.scenarios {
-            None => None,
-            Some(raw) => {
-                if self.synthetic.is_some() {
-                    return Err(invalid(
-                        "[scenarios] and [synthetic] are both given: expected one evaluator".into(),
-                    ));
-                }
-                if !(train.is_empty() && selection.is_empty() && test.is_empty()) {
-                    return Err(invalid(
-                        "[scenarios] and [[train]]/[[selection]]/[[test]] tables are both given: \
-                         expected one evaluator"
-                            .into(),
-                    ));
-                }
-                let profile_at = |field: &str, p: &PathBuf| {
-                    AgentProfile::load(dir.join(p)).map_err(|e| {
-                        invalid(format!(
-                            "scenarios.{field} = {:?}: {e}",
-                            p.display().to_string()
-                        ))
-                    })
-                };
-                Some(ScenariosConfig {
-                    path: dir.join(&raw.path),
-                    simulator: profile_at("simulator_profile", &raw.simulator_profile)?,
-                    judge: profile_at("judge_profile", &raw.judge_profile)?,
-                    offline: raw.offline.as_ref().map(|p| dir.join(p)),
-                    train: raw.train,
-                    selection: raw.selection,
-                })
-            }
-        };
+        let scenarios = self
+            .scenarios
+            .map(|raw| {
+                let tasks = !(train.is_empty() && selection.is_empty() && test.is_empty());
+                raw.resolve(dir, self.synthetic.is_some(), tasks)
+            })
+            .transpose()?;
         let task_partitions = if scenarios.is_some() {
             Vec::new()
         } else {
@@ -416,27 +454,6 @@ impl RawConfig {
                 }
             }
         }
-        let gepa = self.gepa.clone();
-        let generator: std::sync::Arc<dyn CandidateGenerator> =
-            match self.generator.as_deref().unwrap_or("gepa") {
-                "gepa" => {
-                    let mut g = Gepa::default();
-                    if let Some(c) = &gepa {
-                        g.minibatch = c.minibatch.unwrap_or(g.minibatch);
-                        g.max_merges = c.max_merges.unwrap_or(g.max_merges);
-                    }
-                    if g.minibatch == 0 {
-                        return Err(invalid("gepa.minibatch = 0: expected at least 1".into()));
-                    }
-                    std::sync::Arc::new(g)
-                }
-                "rewrite" => std::sync::Arc::new(Rewrite::default()),
-                other => {
-                    return Err(invalid(format!(
-                        "generator = {other:?}: expected \"gepa\" or \"rewrite\""
-                    )));
-                }
-            };
         let b = &self.budget;
         if b.rollouts == 0 {
             return Err(invalid("budget.rollouts = 0: expected at least 1".into()));
