@@ -192,6 +192,9 @@ struct SyntheticConfig {
     selection: Option<usize>,
 }
 
+/// Scenarios split into the train, selection and test partitions, in that order.
+pub type Partitions<T> = (Vec<T>, Vec<T>, Vec<T>);
+
 /// `[scenarios]`, as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,7 +270,7 @@ impl ScenariosConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming `scenarios.train` or `scenarios.selection` when a
     /// partition would be empty.
-    pub fn split<T: Clone>(&self, all: &[T]) -> Result<(Vec<T>, Vec<T>, Vec<T>), Error> {
+    pub fn split<T: Clone>(&self, all: &[T]) -> Result<Partitions<T>, Error> {
         let n_train = self.train.unwrap_or(all.len() / 3);
         let n_sel = self.selection.unwrap_or(all.len() / 3);
         for (field, n) in [("train", n_train), ("selection", n_sel)] {
@@ -564,7 +567,7 @@ impl ImproveConfig {
     pub fn options_with<E: crate::Evaluator>(
         &self,
         evaluator: std::sync::Arc<E>,
-        partitions: (Vec<E::Scenario>, Vec<E::Scenario>, Vec<E::Scenario>),
+        partitions: Partitions<E::Scenario>,
         store: std::sync::Arc<dyn agentrt_session_store::SessionStore>,
         models: agentrt_core_loop::model::ProfileModels,
     ) -> ImproveOptions<E> {

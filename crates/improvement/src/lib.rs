@@ -26,7 +26,7 @@ mod search;
 mod surface;
 mod synthetic;
 
-pub use config::{ImproveConfig, ScenariosConfig};
+pub use config::{ImproveConfig, Partitions, ScenariosConfig};
 pub use engine::improve;
 pub use error::Error;
 pub use evaluator::{
