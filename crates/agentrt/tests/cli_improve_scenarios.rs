@@ -148,19 +148,30 @@ fn the_examples_improve_config_runs_as_the_readme_shows() {
 }
 
 #[test]
-fn a_split_that_leaves_no_test_scenario_is_refused_naming_the_field() {
+fn bad_scenarios_values_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "train = 2\nselection = 1");
-    let out = agentrt(&[
-        "improve",
-        &config,
-        "--store",
-        dir.path().join("s.db").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("scenarios.train + scenarios.selection = 3 leaves no test scenario"),
-        "{stderr}"
-    );
+    for (split, expected) in [
+        (
+            "train = 2\nselection = 1",
+            "scenarios.train + scenarios.selection = 3 leaves no test scenario",
+        ),
+        ("train = 0", "scenarios.train = 0 of 3 scenarios"),
+        ("selection = \"two\"", "selection"),
+        ("judge = \"judge.toml\"", "unknown field `judge`"),
+        (
+            "[synthetic]\nfacts = 2",
+            "[scenarios] and [synthetic] are both given: expected one evaluator",
+        ),
+    ] {
+        let config = config(dir.path(), split);
+        let out = agentrt(&[
+            "improve",
+            &config,
+            "--store",
+            dir.path().join("s.db").to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{split}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{split}: {stderr}");
+    }
 }
