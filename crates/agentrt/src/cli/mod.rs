@@ -15,6 +15,8 @@ use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
 mod limits;
+mod eval;
+mod improve;
 mod provider;
 mod rerun;
 mod run;
@@ -91,10 +93,28 @@ enum Command {
         after_help = "Example:\n  agentrt supervise supervisor.toml \"Fix the failing test\" --profiles profiles/ --wall-time 20m\n\nDefault limits when neither a flag nor the profile's [budget] sets them: 50 turns, 500000 tokens, 30m wall time."
     )]
     Supervise(supervise::SuperviseArgs),
+    /// Evaluate a profile's agent on persona scenarios: a simulated user converses with it
+    /// through its tool loop and tools, and a judge that is neither the agent's nor the
+    /// simulator's model decides; k trials per scenario.
+    ///
+    /// Prints a summary (pass@1, pass^k, cost, simulator errors) and writes markdown, HTML and
+    /// JSON reports. Every conversation is a session in the store, linked to the batch run;
+    /// `--resume RUN` continues a killed batch without re-running finished trials. `--offline
+    /// SCRIPT` runs scripted models instead of providers.
+    Eval(eval::EvalArgs),
     /// A live view of the running sessions in a store: events, event rate, idle time and the
     /// last event of each, the most recently active first; refreshed until Ctrl-C.
     #[command(after_help = "Example:\n  agentrt top --store runs.db --interval 500ms")]
     Top(top::TopArgs),
+    /// Search for a better version of a profile's texts (system prompt, instructions, skills,
+    /// tool descriptions) and ship it only when it wins on held-out scenarios.
+    ///
+    /// Reads an improve configuration (TOML); every rollout and reflection call is a recorded
+    /// session linked to the run, `--run` resumes a killed run without spending its finished
+    /// rollouts again. Shows rollouts, spend and the best score as it goes, prints the verdict
+    /// last, and writes a JSON and an HTML report beside the configuration.
+    /// `agentrt improve findings <store>` prints what recorded sessions show went wrong.
+    Improve(improve::ImproveArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +271,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Supervise(args) => supervise::run(args).await,
         Command::Top(args) => top::top(args).await,
+        Command::Improve(args) => improve::run(args).await,
+        Command::Eval(args) => eval::run(args).await,
     }
 }
 

@@ -139,6 +139,9 @@ pub struct ToolLoop {
     pub(super) metadata: Value,
     pub(super) cleanup: Option<CleanupFn>,
     pub(super) resume: Option<SessionId>,
+    /// The budget already holds the resumed session's earlier spend (see
+    /// [`ToolLoop::session_spend_counted`]).
+    pub(super) session_spend_counted: bool,
     /// The profile's system prompt (from [`ToolLoop::from_profile`]): it opens a new session's
     /// conversation; a resumed session already has it in its history.
     pub(super) profile_system: Option<String>,
@@ -187,6 +190,7 @@ impl ToolLoop {
             metadata: Value::Null,
             cleanup: None,
             resume: None,
+            session_spend_counted: false,
             profile_system: None,
         }
     }
@@ -351,6 +355,16 @@ impl ToolLoop {
     /// turns too.
     pub fn resume(mut self, id: SessionId) -> Self {
         self.resume = Some(id);
+        self
+    }
+
+    /// Says that the budget given to a resumed loop already holds what the session spent
+    /// before: its earlier runs spent from this same pool in this process (a conversation
+    /// continued turn after turn, each turn a resume). Without it a resume charges the
+    /// session's earlier spend again, which is right for a budget that has not seen it (a
+    /// restarted process) and double counting for one that has.
+    pub fn session_spend_counted(mut self) -> Self {
+        self.session_spend_counted = true;
         self
     }
 

@@ -263,7 +263,9 @@ impl Run {
         self.messages = history.messages;
         self.turns = history.turns;
         self.usage = history.usage;
-        self.record_resumed_spend();
+        if !cfg.session_spend_counted {
+            self.record_resumed_spend();
+        }
         let mut lost = history.lost;
         for (call, started) in history.outstanding {
             let how = if let Some(result) = lost.remove(&call.id) {

@@ -1,0 +1,533 @@
+//! `improve` on the synthetic task with scripted models: each rule the run enforces, as a
+//! behaviour a caller can observe.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use agentrt_core_loop::model::{ChatModel, ProfileModels, ScriptedModel, ScriptedTurn};
+use agentrt_core_loop::rounds::DeciderId;
+use agentrt_improvement::{
+    Error, Evaluation, Evaluator, ExpectedAnswer, ImproveBudget, ImproveOptions, PromotionVerdict,
+    Rewrite, RolloutContext, Surface, SyntheticTask, TaskScenario, improve,
+};
+use agentrt_profiles::AgentProfile;
+use agentrt_session_store::{SessionStore, SqliteStore};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+
+/// A task of 4 facts and 16 scenarios: 4 train, 4 selection, 8 test (each covering every fact).
+fn task() -> (
+    SyntheticTask,
+    Vec<TaskScenario>,
+    Vec<TaskScenario>,
+    Vec<TaskScenario>,
+) {
+    let task = SyntheticTask::new(4, 16, 7);
+    let all = task.scenarios();
+    (
+        task,
+        all[0..4].to_vec(),
+        all[4..8].to_vec(),
+        all[8..16].to_vec(),
+    )
+}
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn SessionStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("improve.db"))
+        .await
+        .expect("sqlite store");
+    (dir, Arc::new(store))
+}
+
+/// Records every evaluation (scenario id, phase) in order, then delegates.
+struct Recording<E> {
+    inner: E,
+    seen: Mutex<Vec<(String, String, String)>>,
+}
+
+impl<E> Recording<E> {
+    fn new(inner: E) -> Self {
+        Recording {
+            inner,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String, String)> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl<E: Evaluator<Scenario = TaskScenario>> Evaluator for Recording<E> {
+    type Scenario = TaskScenario;
+
+    fn grader(&self) -> DeciderId {
+        self.inner.grader()
+    }
+
+    async fn evaluate(
+        &self,
+        profile: &AgentProfile,
+        scenario: &TaskScenario,
+        ctx: &RolloutContext,
+    ) -> Result<Evaluation, Error> {
+        let phase = ctx.session_metadata()["phase"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self.seen.lock().expect("lock").push((
+            scenario.id.clone(),
+            phase,
+            profile.content_address().to_string(),
+        ));
+        self.inner.evaluate(profile, scenario, ctx).await
+    }
+}
+
+fn options<E: Evaluator<Scenario = TaskScenario>>(
+    task: &SyntheticTask,
+    evaluator: Arc<E>,
+    store: Arc<dyn SessionStore>,
+    models: ProfileModels,
+) -> ImproveOptions<E> {
+    let (_, train, selection, test) = self::task();
+    ImproveOptions::new(
+        evaluator,
+        train,
+        selection,
+        test,
+        store,
+        models,
+        task.reflection_profile().expect("reflection profile"),
+    )
+    .budget(ImproveBudget::rollouts(80))
+    .seed(3)
+}
+
+#[tokio::test]
+async fn a_clear_win_ships_and_reads_the_test_partition_only_at_the_end() {
+    let (task, _, selection, test) = task();
+    let (_dir, store) = sqlite().await;
+    let evaluator = Arc::new(Recording::new(ExpectedAnswer));
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, evaluator.clone(), store.clone(), task.models()),
+    )
+    .await
+    .expect("improve runs");
+
+    assert_eq!(
+        report.verdict,
+        PromotionVerdict::Ship,
+        "{:#?}",
+        report.reasons
+    );
+    let gate = report.gate.as_ref().expect("test comparison");
+    assert!(gate.interval.low > 0.0, "{gate:?}");
+    assert!(gate.candidate_mean > gate.baseline_mean);
+    assert!(report.diff.contains("+ The code of"), "{}", report.diff);
+    assert_ne!(report.winner_address, report.baseline_address);
+
+    // The test partition: touched once, at the very end, by the baseline and the winner,
+    // the same number of rollouts per scenario each.
+    let seen = evaluator.seen();
+    let test_ids: Vec<&str> = test.iter().map(|s| s.id.as_str()).collect();
+    let first_test = seen
+        .iter()
+        .position(|(id, _, _)| test_ids.contains(&id.as_str()))
+        .expect("test read");
+    assert!(
+        seen[first_test..]
+            .iter()
+            .all(|(_, phase, _)| phase == "test")
+    );
+    assert!(
+        seen[..first_test]
+            .iter()
+            .all(|(id, _, _)| !test_ids.contains(&id.as_str()))
+    );
+    let mut per: HashMap<(&str, &str), usize> = HashMap::new();
+    for (id, _, address) in &seen[first_test..] {
+        *per.entry((id.as_str(), address.as_str())).or_default() += 1;
+    }
+    assert_eq!(per.len(), 2 * test.len());
+    assert!(per.values().all(|&n| n == 1));
+    // Baseline and candidates got the same rollouts on each selection scenario.
+    let mut sel: HashMap<(&str, &str), usize> = HashMap::new();
+    for (id, _, address) in &seen {
+        if selection.iter().any(|s| &s.id == id) {
+            *sel.entry((id.as_str(), address.as_str())).or_default() += 1;
+        }
+    }
+    assert!(sel.values().all(|&n| n == 1), "{sel:?}");
+    let mut addresses: Vec<&str> = sel.keys().map(|(_, a)| *a).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert!(
+        addresses.len() >= 2,
+        "the baseline and at least one candidate"
+    );
+    for address in addresses {
+        let scenarios = sel.keys().filter(|(_, a)| *a == address).count();
+        assert_eq!(
+            scenarios,
+            selection.len(),
+            "every scored candidate ran every selection scenario"
+        );
+    }
+
+    // Reflection was spent and reported; everything is accounted (the scripted models report
+    // their usage).
+    let reflection = report
+        .spend
+        .iter()
+        .find(|s| s.phase == "reflection")
+        .expect("phase");
+    assert!(reflection.calls > 0 && reflection.usage.input_tokens > 0);
+    assert_eq!(report.reflection_calls, reflection.calls);
+    assert!(!report.unknown_spend);
+    let total = report.total().expect("total");
+    assert_eq!(total.rollouts, report.rollouts);
+    assert_eq!(total.rollouts as usize, seen.len());
+
+    // Every rollout and reflection is a persisted session linked to the run.
+    let run = store.get(&report.run).await.expect("run session");
+    assert_eq!(run.metadata["kind"], "improve.run");
+    let events: Vec<_> = store
+        .replay(&report.run, 0)
+        .try_collect()
+        .await
+        .expect("journal");
+    let rollouts = events
+        .iter()
+        .filter(|e| e.kind == "improve.rollout")
+        .count();
+    assert_eq!(rollouts as u64, report.rollouts);
+    for event in events.iter().filter(|e| e.kind == "improve.rollout") {
+        let payload = event.payload.clone().into_value();
+        let session: agentrt_session_store::SessionId =
+            serde_json::from_value(payload["evaluation"]["sessions"][0].clone()).expect("id");
+        let s = store.get(&session).await.expect("rollout session");
+        assert_eq!(s.metadata["improve_run"], serde_json::json!(report.run));
+    }
+}
+
+#[tokio::test]
+async fn the_reflection_model_sees_train_minibatches_only() {
+    let (task, train, selection, test) = task();
+    let (_dir, store) = sqlite().await;
+    let reflector = Arc::new(ScriptedModel::from_fn(|_| {
+        ScriptedTurn::text("```\nAnswer with the code only.\n```").with_usage(1, 1)
+    }));
+    let models = task.models_with(task.agent(), reflector.clone());
+    let _ = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, models).max_proposals(4),
+    )
+    .await
+    .expect("improve runs");
+    let prompts: Vec<String> = reflector
+        .requests()
+        .iter()
+        .flat_map(|r| r.messages.iter().map(|m| format!("{m:?}")))
+        .collect();
+    assert!(!prompts.is_empty());
+    let text = prompts.join("\n");
+    for s in selection.iter().chain(&test) {
+        assert!(
+            !text.contains(&s.task),
+            "reflection saw held-out `{}`",
+            s.id
+        );
+    }
+    assert!(train.iter().any(|s| text.contains(&s.task)));
+}
+
+#[tokio::test]
+async fn unknown_usage_makes_the_verdict_hold() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    // An agent whose calls report no usage.
+    let silent: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(move |_| {
+        ScriptedTurn::text("I do not know.")
+    }));
+    let models = task.models_with(silent, task.reflector());
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, models).max_proposals(2),
+    )
+    .await
+    .expect("improve runs");
+    assert!(report.unknown_spend);
+    assert_eq!(report.verdict, PromotionVerdict::Hold);
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("cannot be fully accounted"))
+    );
+}
+
+#[tokio::test]
+async fn a_run_killed_midway_resumes_without_re_spending_finished_rollouts() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+
+    /// Fails (as a crash would end the process) once it has evaluated `limit` rollouts.
+    struct Crashing {
+        limit: usize,
+        count: Mutex<usize>,
+    }
+    #[async_trait]
+    impl Evaluator for Crashing {
+        type Scenario = TaskScenario;
+        fn grader(&self) -> DeciderId {
+            ExpectedAnswer.grader()
+        }
+        async fn evaluate(
+            &self,
+            profile: &AgentProfile,
+            scenario: &TaskScenario,
+            ctx: &RolloutContext,
+        ) -> Result<Evaluation, Error> {
+            {
+                let mut n = self.count.lock().expect("lock");
+                if *n >= self.limit {
+                    return Err(Error::evaluator(&scenario.id, "process killed"));
+                }
+                *n += 1;
+            }
+            ExpectedAnswer.evaluate(profile, scenario, ctx).await
+        }
+    }
+
+    // The uninterrupted run, for reference.
+    let (_dir2, other) = sqlite().await;
+    let reference = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), other, task.models()),
+    )
+    .await
+    .expect("reference run");
+
+    let run = agentrt_session_store::SessionId::new();
+    let first = improve(
+        &task.profile().expect("profile"),
+        options(
+            &task,
+            Arc::new(Crashing {
+                limit: 15,
+                count: Mutex::new(0),
+            }),
+            store.clone(),
+            task.models(),
+        )
+        .run(run),
+    )
+    .await;
+    assert!(matches!(first, Err(Error::Evaluator { .. })), "{first:?}");
+
+    let resumed = Arc::new(Recording::new(ExpectedAnswer));
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, resumed.clone(), store.clone(), task.models()).run(run),
+    )
+    .await
+    .expect("resumed run");
+    assert_eq!(report.run, run);
+    // The 15 finished rollouts were reused, not run again.
+    assert_eq!(resumed.seen().len() as u64, report.rollouts - 15);
+    // And the run retraced the same search.
+    assert_eq!(report.winner_address, reference.winner_address);
+    assert_eq!(report.candidates.len(), reference.candidates.len());
+    assert_eq!(report.rollouts, reference.rollouts);
+
+    // Opening the finished run again returns its report; nothing runs.
+    let again = Arc::new(Recording::new(ExpectedAnswer));
+    let same = improve(
+        &task.profile().expect("profile"),
+        options(&task, again.clone(), store.clone(), task.models()).run(run),
+    )
+    .await
+    .expect("finished run");
+    assert_eq!(same, report);
+    assert!(again.seen().is_empty());
+}
+
+#[tokio::test]
+async fn the_selector_never_grades() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    struct JudgedByReflector(String);
+    #[async_trait]
+    impl Evaluator for JudgedByReflector {
+        type Scenario = TaskScenario;
+        fn grader(&self) -> DeciderId {
+            DeciderId::model(&self.0)
+        }
+        async fn evaluate(
+            &self,
+            profile: &AgentProfile,
+            scenario: &TaskScenario,
+            ctx: &RolloutContext,
+        ) -> Result<Evaluation, Error> {
+            ExpectedAnswer.evaluate(profile, scenario, ctx).await
+        }
+    }
+    let evaluator = Arc::new(JudgedByReflector(task.reflection_model.to_uppercase()));
+    let err = improve(
+        &task.profile().expect("profile"),
+        options(&task, evaluator, store, task.models()),
+    )
+    .await
+    .expect_err("refused");
+    assert!(matches!(err, Error::SelectorIsGrader { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn every_model_passes_the_allowed_models_guard() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let err = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, task.models())
+            .allowed_models(["synthetic-agent"]),
+    )
+    .await
+    .expect_err("refused");
+    match err {
+        Error::ModelNotAllowed { role, model, .. } => {
+            assert_eq!(role, "reflection");
+            assert_eq!(model, "synthetic-reflector");
+        }
+        other => panic!("expected ModelNotAllowed, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_budget_too_small_for_a_start_fails_before_spending_and_says_the_cost() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let evaluator = Arc::new(Recording::new(ExpectedAnswer));
+    let err = improve(
+        &task.profile().expect("profile"),
+        options(&task, evaluator.clone(), store, task.models()).budget(ImproveBudget::rollouts(10)),
+    )
+    .await
+    .expect_err("refused");
+    // 4 selection + (2 * 3 + 4) for one proposal + 2 * 8 for the test comparison.
+    match &err {
+        Error::RolloutBudgetTooSmall {
+            needed,
+            selection,
+            proposal,
+            test,
+            available,
+        } => {
+            assert_eq!(
+                (*needed, *selection, *proposal, *test, *available),
+                (30, 4, 10, 16, 10)
+            );
+        }
+        other => panic!("expected RolloutBudgetTooSmall, got {other}"),
+    }
+    assert!(err.to_string().contains("need 30 rollouts"), "{err}");
+    assert!(evaluator.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_candidate_text_over_the_length_budget_is_rejected() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, task.models())
+            .max_text_chars(40)
+            .max_proposals(3),
+    )
+    .await
+    .expect("improve runs");
+    let rejected: Vec<_> = report.candidates.iter().skip(1).collect();
+    assert!(!rejected.is_empty());
+    assert!(
+        rejected
+            .iter()
+            .all(|c| !c.accepted && c.reason.contains("length budget"))
+    );
+    assert_eq!(report.winner, 0);
+    assert_eq!(report.verdict, PromotionVerdict::Hold);
+}
+
+#[tokio::test]
+async fn rewrite_is_a_generator_behind_the_same_trait() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, task.models())
+            .generator(Arc::new(Rewrite::default()))
+            .max_proposals(3),
+    )
+    .await
+    .expect("improve runs");
+    assert_eq!(report.generator, "rewrite");
+    assert!(
+        report
+            .candidates
+            .iter()
+            .skip(1)
+            .all(|c| c.parents == vec![0])
+    );
+}
+
+#[tokio::test]
+async fn the_surface_limits_what_changes() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let mut profile = task.profile().expect("profile");
+    profile.instructions = Some("Be brief.".into());
+    let report = improve(
+        &profile,
+        options(&task, Arc::new(ExpectedAnswer), store, task.models())
+            .surface(Surface::parse(["system_prompt"]).expect("surface")),
+    )
+    .await
+    .expect("improve runs");
+    assert_eq!(
+        report.winner_profile.instructions.as_deref(),
+        Some("Be brief.")
+    );
+    let mut same = report.winner_profile.clone();
+    same.system_prompt = profile.system_prompt.clone();
+    assert_eq!(same, profile, "only the system prompt may change");
+}
+
+#[tokio::test]
+async fn a_search_that_only_repeats_itself_stops_instead_of_spinning() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    // The reflection model proposes the same text every time.
+    let reflector: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
+        ScriptedTurn::text("```\nAnswer with the code only.\n```").with_usage(1, 1)
+    }));
+    let models = task.models_with(task.agent(), reflector);
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), store, models)
+            .budget(ImproveBudget::rollouts(10_000)),
+    )
+    .await
+    .expect("improve ends");
+    assert!(
+        report.stopped.contains("brought nothing new"),
+        "{}",
+        report.stopped
+    );
+    assert_eq!(
+        report.candidates.len(),
+        2,
+        "the repeated text is tried once"
+    );
+}
