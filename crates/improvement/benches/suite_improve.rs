@@ -13,6 +13,12 @@
 //! - `improve.gepa_vs_rewrite_rollouts_ratio`: the first over the second (goal ≤ 0.33).
 //! - `improve.overhead_pct`: wall time outside model calls as a share of a GEPA run's wall time,
 //!   every rollout and reflection recorded in a SQLite store, each scripted call taking 50 ms.
+//! - `improve.overhead_real_model_pct`: the same for a small GEPA run (2 train, 2 selection, 2
+//!   test scenarios, one proposal) on the real server at `AGENTRT_LLM_BASE_URL` (skipped with a
+//!   note if none answers).
+//! - `improve.overhead_real_model_pct`: the same for a small GEPA run (2 train, 2 selection, 2
+//!   test scenarios, one proposal) on the real server at `AGENTRT_LLM_BASE_URL` (skipped with a
+//!   note if none answers).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -180,4 +186,84 @@ async fn main() {
         "BENCH improve.overhead_pct {:.2} %",
         (wall - model) / wall * 100.0
     );
+
+    match real_overhead(dir.path()).await {
+        Ok(pct) => println!("BENCH improve.overhead_real_model_pct {pct:.2} %"),
+        Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
+    }
+}
+
+/// Wall time outside model calls in a small GEPA run on the real server, as a percentage.
+async fn real_overhead(dir: &std::path::Path) -> Result<f64, String> {
+    let base = std::env::var("AGENTRT_LLM_BASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "http://127.0.0.1:8089/v1".to_owned());
+    let base = base.trim_end_matches('/').to_owned();
+    let listing: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/models"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("no server at {base}: {e}"))?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let model = listing["data"][0]["id"]
+        .as_str()
+        .ok_or("no model listed")?
+        .to_owned();
+    let profile = |name: &str, max_tokens: u32| {
+        agentrt_profiles::AgentProfile::from_json_str(
+            &serde_json::json!({
+                "name": name, "harness": "router", "system_prompt": "Answer with the code only.",
+                "model": {"provider": "llama.cpp", "default": model, "max_tokens": max_tokens,
+                          "temperature": 0.0},
+            })
+            .to_string(),
+        )
+        .unwrap()
+    };
+    let nanos = Arc::new(AtomicU64::new(0));
+    let inner = ProfileModels::new(agentrt_core_loop::model::ModelOptions::new().base_url(base));
+    let timed = {
+        let nanos = nanos.clone();
+        ProfileModels::from_fn(move |p| {
+            Ok(Arc::new(Timed {
+                inner: inner.model_for(p)?,
+                nanos: nanos.clone(),
+            }) as Arc<dyn ChatModel>)
+        })
+    };
+    let scenario = |i: u32| {
+        agentrt_improvement::TaskScenario::new(
+            format!("s{i}"),
+            format!("What is the code of item-{i}?"),
+            format!("ZQ{i}X"),
+        )
+    };
+    let store = Arc::new(SqliteStore::open(dir.join("real.db")).await.unwrap());
+    let options = ImproveOptions::new(
+        Arc::new(ExpectedAnswer),
+        vec![scenario(1), scenario(2)],
+        vec![scenario(3), scenario(4)],
+        vec![scenario(5), scenario(6)],
+        store,
+        timed,
+        profile("real-reflector", 48),
+    )
+    .allowed_models([model.clone()])
+    .budget(ImproveBudget::rollouts(20))
+    .max_proposals(1);
+    let started = Instant::now();
+    let report = improve(&profile("real-agent", 16), options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let wall = started.elapsed().as_secs_f64();
+    let model_s = nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    eprintln!(
+        "# real overhead run: {} rollouts, {} reflection calls, {wall:.2} s wall, {model_s:.2} s in model calls",
+        report.rollouts, report.reflection_calls
+    );
+    Ok((wall - model_s) / wall * 100.0)
 }
