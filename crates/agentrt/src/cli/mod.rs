@@ -14,9 +14,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 
-mod limits;
 mod eval;
 mod improve;
+mod limits;
 mod provider;
 mod rerun;
 mod run;

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentId, AgentTarget, AwaitAgent, AwaitMode, Coordinator, DefaultChecker, Error,
-    ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions, WorkerContext,
-    WorkerFactory, AgentAssignment, sub_supervisor_run,
+    AgentAssignment, AgentId, AgentTarget, AwaitAgent, AwaitMode, Coordinator, DefaultChecker,
+    Error, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions,
+    WorkerContext, WorkerFactory, sub_supervisor_run,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
