@@ -6,7 +6,7 @@ use anyhow::Result;
 #[cfg(feature = "otel")]
 pub(super) type Telemetry = Option<agentrt::otel::OtelPipeline>;
 #[cfg(not(feature = "otel"))]
-pub(super) type Telemetry = ();
+pub(super) struct Telemetry;
 
 /// Starts the export when `--otlp` or the environment (`OTEL_EXPORTER_OTLP_ENDPOINT` /
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) asks for it; message contents only with
@@ -31,7 +31,7 @@ pub(super) fn start(otlp: bool, content: bool) -> Result<Telemetry> {
     if otlp || content {
         anyhow::bail!("--otlp: this agentrt was built without the `otel` feature");
     }
-    Ok(())
+    Ok(Telemetry)
 }
 
 /// Exports what is still queued. A failure to export is a warning: the command's own outcome
