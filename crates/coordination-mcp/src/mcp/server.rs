@@ -38,7 +38,7 @@ settled is not delivered.";
 
 /// The MCP server handler: the five verbs of a [`Coordinator`] as tools.
 ///
-/// Serve it with [`serve_stdio`], [`serve_http`], or any rmcp transport
+/// Serve it with [`serve_stdio`], [`serve_http`](crate::serve_http), or any rmcp transport
 /// (`CoordinationServer::new(c).serve(transport)`).
 #[derive(Clone)]
 pub struct CoordinationServer {

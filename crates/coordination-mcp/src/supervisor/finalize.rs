@@ -36,7 +36,7 @@ pub trait CandidateSelector: Send + Sync {
 /// score that is not a finite number, counts as unknown, and unknown ranks after every known
 /// score — never as zero, never as best. Among equal or unknown scores the cheaper comes first:
 /// fewer tokens spent, then fewer turns, then the earlier result. A rule, not a model; identity
-/// `"rule:best-score-then-cheaper"`. [`supervise`](crate::supervisor::supervise) uses it unless told
+/// `"rule:best-score-then-cheaper"`. [`supervise`](crate::supervise) uses it unless told
 /// otherwise.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BestScoreSelector;

@@ -179,14 +179,14 @@ impl Supervisor {
     /// - a settled agent (delivered or not, failed, stopped) is restored with its result and
     ///   is never run again, so it is never delivered twice; its spending is charged to the pool;
     /// - an agent whose work was detached into another session of `store`
-    ///   ([`WorkerContext::follow_session`]) is re-attached: it regains its budget and a
+    ///   ([`WorkerContext::follow_session`](crate::WorkerContext::follow_session)) is re-attached: it regains its budget and a
     ///   driver polls that session once per [`SupervisorOptions::detached_poll`], settling only
     ///   when it reaches a terminal status (it never stops or destroys that work);
     /// - an agent that was stopped but whose end was not journaled settles as stopped;
     /// - any other in-flight agent is *in doubt*: its whole budget is charged (what it
     ///   spent cannot be proven), and it is started again under the same id only when its spawn
     ///   carried an idempotency key (with every steering message it had accepted, in order);
-    ///   otherwise it ends as [`AgentStatus::InDoubt`].
+    ///   otherwise it ends as [`AgentStatus::InDoubt`](crate::AgentStatus::InDoubt).
     ///
     /// Idempotency keys and steer operation ids keep working across the restart: a retried
     /// spawn or steer after resume is answered as a duplicate.
@@ -259,7 +259,7 @@ impl Supervisor {
     }
 
     /// A handle to the root budget every agent's budget is carved from. Work given this handle
-    /// (the supervisor's own brain: [`supervise`](crate::supervisor::supervise) runs its tool loop on it)
+    /// (the supervisor's own brain: [`supervise`](crate::supervise) runs its tool loop on it)
     /// spends from the same pool as the workers, so the whole tree together never exceeds it.
     pub fn root_budget(&self) -> Budget {
         self.inner.root.clone()

@@ -50,7 +50,7 @@ pub trait WorkerFactory: Send + Sync + 'static {
     }
 
     /// The model this factory's workers run for `target`: `Some(model)`, or `None` only for
-    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervisor::supervise)
+    /// workers that call no model at all (scripted workers). [`supervise`](crate::supervise)
     /// checks it against the supervisor profile's allowed-models guard at spawn time, so every
     /// factory must say — there is deliberately no default.
     fn model_for(&self, target: &AgentTarget) -> Option<String>;

@@ -26,7 +26,7 @@ pub type CostFn = Arc<dyn Fn(&str, &Usage) -> Option<f64> + Send + Sync>;
 
 pub(super) type CleanupFn = Box<dyn FnOnce() -> BoxFuture<'static, Result<(), String>> + Send>;
 
-/// How streamed assistant text is recorded as [`RuntimeEvent::TextDelta`] events.
+/// How streamed assistant text is recorded as [`RuntimeEvent::TextDelta`](crate::RuntimeEvent::TextDelta) events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextDeltaMode {
     /// No text-delta events (the text is still in the model-response event).
@@ -59,7 +59,7 @@ pub(super) struct SteerState {
 }
 
 /// Injects user messages into a running loop. A message is delivered at the next turn boundary
-/// (before the next model call), recorded as a [`RuntimeEvent::SteerReceived`] event, and given
+/// (before the next model call), recorded as a [`RuntimeEvent::SteerReceived`](crate::RuntimeEvent::SteerReceived) event, and given
 /// to the model as a user message. Clones share the queue.
 #[derive(Debug, Clone, Default)]
 pub struct SteeringHandle {
@@ -260,13 +260,13 @@ impl ToolLoop {
         self
     }
 
-    /// Stop with [`StopReason::MaxTurns`] after this many turns (counted over the session).
+    /// Stop with [`StopReason::MaxTurns`](crate::StopReason::MaxTurns) after this many turns (counted over the session).
     pub fn max_turns(mut self, max_turns: u32) -> Self {
         self.max_turns = Some(max_turns);
         self
     }
 
-    /// Stop with [`StopReason::Cancelled`] when this token fires (mid-stream and mid-tool too).
+    /// Stop with [`StopReason::Cancelled`](crate::StopReason::Cancelled) when this token fires (mid-stream and mid-tool too).
     pub fn cancellation(mut self, token: CancellationToken) -> Self {
         self.cancel = token;
         self
@@ -348,7 +348,7 @@ impl ToolLoop {
     }
 
     /// Continue the stopped session `id` instead of starting a new one (see
-    /// [`resume_tool_loop`]). Messages added to this builder are delivered as steering
+    /// [`resume_tool_loop`](crate::resume_tool_loop)). Messages added to this builder are delivered as steering
     /// messages (they must be user messages; a completed session needs at least one); a
     /// profile's system prompt ([`ToolLoop::from_profile`]) is not added again, the session
     /// already has it. The turn limit ([`ToolLoop::max_turns`]) counts the session's earlier
@@ -380,12 +380,12 @@ impl ToolLoop {
         self
     }
 
-    /// Runs the loop to its end. See [`run_tool_loop`].
+    /// Runs the loop to its end. See [`run_tool_loop`](crate::run_tool_loop).
     pub async fn run(self) -> Result<LoopOutcome, Error> {
         drive(self, None).await
     }
 
-    /// Runs the loop as a stream of persisted events. See [`stream_tool_loop`].
+    /// Runs the loop as a stream of persisted events. See [`stream_tool_loop`](crate::stream_tool_loop).
     pub fn stream(self) -> LoopStream {
         let sink: Sink = Arc::new(Mutex::new(VecDeque::new()));
         LoopStream {

@@ -91,7 +91,7 @@ pub async fn run_tool_loop(config: ToolLoop) -> Result<LoopOutcome, Error> {
 }
 
 /// Runs a tool loop as a stream: each item is an event that has been persisted, ending with the
-/// [`RuntimeEvent::Final`] event (or an `Err` when the loop could not start or its final event
+/// [`RuntimeEvent::Final`](crate::RuntimeEvent::Final) event (or an `Err` when the loop could not start or its final event
 /// could not be persisted). [`LoopStream::outcome`] holds the outcome once the stream ended.
 ///
 /// The loop advances only while the stream is polled. Dropping the stream abandons the run

@@ -14,7 +14,7 @@ use crate::event::RecordedEvent;
 
 pub(super) type Sink = Arc<Mutex<VecDeque<RecordedEvent>>>;
 
-/// The stream returned by [`stream_tool_loop`].
+/// The stream returned by [`stream_tool_loop`](crate::stream_tool_loop).
 pub struct LoopStream {
     pub(super) engine: Option<BoxFuture<'static, Result<LoopOutcome, Error>>>,
     pub(super) sink: Sink,
