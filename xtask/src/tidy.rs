@@ -3,8 +3,7 @@
 //! - **Layering**: a crate depends (normal, dev or build) only on crates below it, in the order
 //!   `docs/architecture.md` states on its `Layers, bottom first:` line — the one place the order
 //!   is written.
-//! - **No unused dependencies**: every declared dependency is named in the sources that can use
-//!   it (a normal dependency in the crate's own `src/`, a dev-dependency anywhere in the package).
+//! - **No unused dependencies**: every declared dependency is named in the sources that can use //!   it (a normal dependency in the crate's own `src/`, a dev-dependency anywhere in the package).
 //! - **One name, one thing**: no public name is exported by two crates' manifests in
 //!   `docs/exports/`.
 //! - **Size**: source files at most [`MAX_FILE_LINES`] lines, functions at most

@@ -81,7 +81,7 @@ pub enum EvalError {
     },
     /// A model, loop or budget could not be set up or could not persist its final event.
     #[error(transparent)]
-    Loop(#[from] agentrt_core_loop::Error),
+    Loop(#[from] agentrt_core_loop::LoopError),
     /// The session store failed.
     #[error(transparent)]
     Store(#[from] agentrt_session_store::StoreError),

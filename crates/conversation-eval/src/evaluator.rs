@@ -25,7 +25,7 @@ use crate::scenario::Scenario;
 use crate::script::{EvalModels, EvalScript};
 use crate::trial::{EvalOptions, Speaker, TrialReport, add_usage, eval_persona};
 
-type Error = agentrt_improvement::Error;
+type Error = agentrt_improvement::ImproveError;
 
 impl EvalScenario for Scenario {
     fn id(&self) -> &str {

@@ -103,7 +103,7 @@ impl ScriptStep {
 
     fn turn(&self, n: usize) -> ScriptedTurn {
         if let Some(message) = &self.fail {
-            return ScriptedTurn::fail(agentrt_core_loop::Error::InvalidConfig(format!(
+            return ScriptedTurn::fail(agentrt_core_loop::LoopError::InvalidConfig(format!(
                 "scripted failure: {message}"
             )));
         }
@@ -213,7 +213,7 @@ impl EvalScript {
     pub fn models(self: Arc<Self>) -> ProfileModels {
         ProfileModels::from_fn(move |profile| {
             self.model_for(&profile.name, "*")
-                .map_err(|e| agentrt_core_loop::Error::InvalidConfig(e.to_string()))
+                .map_err(|e| agentrt_core_loop::LoopError::InvalidConfig(e.to_string()))
         })
     }
 
@@ -239,7 +239,7 @@ impl EvalScript {
                     .count();
                 match steps.get(n) {
                     Some(step) => step.turn(n),
-                    None => ScriptedTurn::fail(agentrt_core_loop::Error::ScriptExhausted {
+                    None => ScriptedTurn::fail(agentrt_core_loop::LoopError::ScriptExhausted {
                         turns: steps.len(),
                     }),
                 }

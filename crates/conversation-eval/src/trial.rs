@@ -423,7 +423,7 @@ fn trial_budget(
     }
     match parent.carve(l) {
         Ok(b) => Ok(Ok(b)),
-        Err(agentrt_core_loop::Error::BudgetExhausted(e)) => Ok(Err(e.to_string())),
+        Err(agentrt_core_loop::LoopError::BudgetExhausted(e)) => Ok(Err(e.to_string())),
         Err(e) => Err(EvalError::InvalidOptions(format!(
             "the scenario's limits cannot be carved from the batch budget: {e}"
         ))),

@@ -5,11 +5,11 @@ use crate::verbs::AgentId;
 /// Everything that can go wrong in supervision, in the coordination MCP server and in the MCP client.
 ///
 /// Each variant names what was wrong (which field, which id, which server) so a caller — or an LLM
-/// supervisor reading the error through MCP — can correct its request. [`Error::code`] gives a stable
+/// supervisor reading the error through MCP — can correct its request. [`CoordinationError::code`] gives a stable
 /// machine-readable code for each variant.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum CoordinationError {
     /// A request field had a value the verb cannot accept.
     #[error("invalid request: field `{field}`: {message}")]
     InvalidRequest {
@@ -114,33 +114,33 @@ pub enum Error {
     Io(std::io::Error),
 }
 
-impl From<std::io::Error> for Error {
+impl From<std::io::Error> for CoordinationError {
     fn from(e: std::io::Error) -> Self {
-        Error::Io(e)
+        CoordinationError::Io(e)
     }
 }
 
-impl Error {
+impl CoordinationError {
     /// A stable, machine-readable code for this error (`"invalid_request"`, `"unknown_agent"`, ...).
     ///
     /// The MCP server returns it as `error.code` in the structured content of a failed tool call.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::InvalidRequest { .. } => "invalid_request",
-            Error::UnknownAgent(_) => "unknown_agent",
-            Error::IdempotencyConflict { .. } => "idempotency_conflict",
-            Error::OperationConflict { .. } => "operation_conflict",
-            Error::NotRunning { .. } => "not_running",
-            Error::BudgetExhausted(_) => "budget_exhausted",
-            Error::ModelNotAllowed { .. } => "model_not_allowed",
-            Error::HarnessNotSupported { .. } => "harness_not_supported",
-            Error::Worker(_) => "worker",
-            Error::Check(_) => "check",
-            Error::Mcp { .. } => "mcp",
-            Error::ToolCall { .. } => "tool_call",
-            Error::Journal(_) => "journal",
-            Error::DepthLimit { .. } => "depth_limit",
-            Error::Io(_) => "io",
+            CoordinationError::InvalidRequest { .. } => "invalid_request",
+            CoordinationError::UnknownAgent(_) => "unknown_agent",
+            CoordinationError::IdempotencyConflict { .. } => "idempotency_conflict",
+            CoordinationError::OperationConflict { .. } => "operation_conflict",
+            CoordinationError::NotRunning { .. } => "not_running",
+            CoordinationError::BudgetExhausted(_) => "budget_exhausted",
+            CoordinationError::ModelNotAllowed { .. } => "model_not_allowed",
+            CoordinationError::HarnessNotSupported { .. } => "harness_not_supported",
+            CoordinationError::Worker(_) => "worker",
+            CoordinationError::Check(_) => "check",
+            CoordinationError::Mcp { .. } => "mcp",
+            CoordinationError::ToolCall { .. } => "tool_call",
+            CoordinationError::Journal(_) => "journal",
+            CoordinationError::DepthLimit { .. } => "depth_limit",
+            CoordinationError::Io(_) => "io",
         }
     }
 
@@ -148,23 +148,23 @@ impl Error {
     pub(crate) fn ensure_model_allowed(
         profile: &agentrt_profiles::AgentProfile,
         model: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CoordinationError> {
         agentrt_profiles::ensure_model_allowed(profile, model).map_err(|e| match e {
             agentrt_profiles::ProfileError::ModelNotAllowed {
                 profile,
                 model,
                 allowed,
-            } => Error::ModelNotAllowed {
+            } => CoordinationError::ModelNotAllowed {
                 profile,
                 model,
                 allowed,
             },
-            other => Error::Worker(other.to_string()),
+            other => CoordinationError::Worker(other.to_string()),
         })
     }
 
     pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
-        Error::InvalidRequest {
+        CoordinationError::InvalidRequest {
             field,
             message: message.into(),
         }

@@ -33,7 +33,7 @@
 //! use agentrt_core_loop::BudgetLimits;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), agentrt_coordination_mcp::Error> {
+//! # async fn main() -> Result<(), agentrt_coordination_mcp::CoordinationError> {
 //! let supervisor = Supervisor::new(
 //!     Arc::new(ScriptedWorkerFactory::new().turns(2)),
 //!     SupervisorOptions::with_root_budget(BudgetLimits::unlimited().tokens(1_000).turns(10)),
@@ -62,7 +62,7 @@ mod mcp;
 mod supervisor;
 mod verbs;
 
-pub use error::Error;
+pub use error::CoordinationError;
 pub use mcp::client::{
     McpConnection, McpServerConfig, McpToolset, McpTransportConfig, RemoteTool, RemoteToolInfo,
     RemoteToolOutput,

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::supervisor::check::{CheckOutcome, CompletionCheck};
 
 /// The id of a spawned agent, unique within one supervisor (e.g. `agt-0192f3...`).
@@ -258,20 +258,26 @@ impl std::fmt::Display for AgentTarget {
 
 impl SpawnAgent {
     /// The spawn target, checking that exactly one of `profile` / `subagent` is a non-empty name.
-    pub fn target(&self) -> Result<AgentTarget, Error> {
+    pub fn target(&self) -> Result<AgentTarget, CoordinationError> {
         match (&self.profile, &self.subagent) {
             (Some(p), None) if !p.trim().is_empty() => Ok(AgentTarget::Profile(p.clone())),
             (None, Some(s)) if !s.trim().is_empty() => Ok(AgentTarget::Subagent(s.clone())),
-            (Some(_), Some(_)) => Err(Error::invalid(
+            (Some(_), Some(_)) => Err(CoordinationError::invalid(
                 "profile",
                 "give exactly one of `profile` or `subagent`, not both",
             )),
-            (None, None) => Err(Error::invalid(
+            (None, None) => Err(CoordinationError::invalid(
                 "profile",
                 "give exactly one of `profile` or `subagent`; neither was given",
             )),
-            (Some(_), None) => Err(Error::invalid("profile", "the profile name is empty")),
-            (None, Some(_)) => Err(Error::invalid("subagent", "the subagent name is empty")),
+            (Some(_), None) => Err(CoordinationError::invalid(
+                "profile",
+                "the profile name is empty",
+            )),
+            (None, Some(_)) => Err(CoordinationError::invalid(
+                "subagent",
+                "the subagent name is empty",
+            )),
         }
     }
 }
@@ -507,15 +513,17 @@ pub struct StopAgentResult {
 #[async_trait]
 pub trait Coordinator: Send + Sync {
     /// Start a worker on a task, reserving its budget; see [`SpawnAgent`].
-    async fn spawn_agent(&self, request: SpawnAgent) -> Result<SpawnAgentResult, Error>;
+    async fn spawn_agent(&self, request: SpawnAgent)
+    -> Result<SpawnAgentResult, CoordinationError>;
     /// Status, new events and output so far; see [`ObserveAgent`].
-    async fn observe_agent(&self, request: ObserveAgent) -> Result<Observation, Error>;
+    async fn observe_agent(&self, request: ObserveAgent) -> Result<Observation, CoordinationError>;
     /// Queue a message for the worker's next turn boundary, once per operation id; see [`SteerAgent`].
-    async fn steer_agent(&self, request: SteerAgent) -> Result<SteerAck, Error>;
+    async fn steer_agent(&self, request: SteerAgent) -> Result<SteerAck, CoordinationError>;
     /// Wait up to a timeout for agents to reach a terminal state; see [`AwaitAgent`].
-    async fn await_agent(&self, request: AwaitAgent) -> Result<AwaitAgentResult, Error>;
+    async fn await_agent(&self, request: AwaitAgent)
+    -> Result<AwaitAgentResult, CoordinationError>;
     /// Stop a running agent, releasing its unspent budget; see [`StopAgent`].
-    async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, Error>;
+    async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, CoordinationError>;
 }
 
 /// One of the five verbs as a tool: what the MCP server lists and the in-process brain offers.
@@ -612,7 +620,7 @@ pub(crate) enum VerbFailure {
     /// The arguments do not fit the verb's schema; the message says which and how.
     Arguments(String),
     /// The verb ran and failed (unknown agent, exhausted budget, ...).
-    Verb(Error),
+    Verb(CoordinationError),
     /// The answer could not be encoded as JSON (a bug, not bad input).
     Encode(String),
 }
@@ -625,7 +633,9 @@ fn parse_args<T: serde::de::DeserializeOwned>(
         .map_err(|e| VerbFailure::Arguments(format!("invalid arguments for `{verb}`: {e}")))
 }
 
-fn answer<T: Serialize>(result: Result<T, Error>) -> Result<serde_json::Value, VerbFailure> {
+fn answer<T: Serialize>(
+    result: Result<T, CoordinationError>,
+) -> Result<serde_json::Value, VerbFailure> {
     let value = result.map_err(VerbFailure::Verb)?;
     serde_json::to_value(value).map_err(|e| VerbFailure::Encode(e.to_string()))
 }

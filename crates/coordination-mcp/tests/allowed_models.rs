@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use agentrt_coordination_mcp::{
-    AwaitAgent, CompletionCheck, Coordinator, Error, SpawnAgent, Supervisor, SupervisorOptions,
-    ToolLoopWorkerFactory,
+    AwaitAgent, CompletionCheck, CoordinationError, Coordinator, SpawnAgent, Supervisor,
+    SupervisorOptions, ToolLoopWorkerFactory,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ProfileModels, ScriptedModel, ScriptedTurn};
@@ -79,7 +79,7 @@ async fn a_model_outside_the_profiles_allowed_set_is_refused_loudly_and_nothing_
         .await
         .unwrap_err();
     match &error {
-        Error::ModelNotAllowed {
+        CoordinationError::ModelNotAllowed {
             profile,
             model,
             allowed,
@@ -133,7 +133,7 @@ async fn a_subagents_own_allowed_set_is_also_enforced() {
         .await
         .unwrap_err();
     match &error {
-        Error::ModelNotAllowed {
+        CoordinationError::ModelNotAllowed {
             profile,
             model,
             allowed,
@@ -164,7 +164,7 @@ async fn an_unknown_subagent_is_a_typed_request_error_naming_the_known_ones() {
         .await
         .unwrap_err();
     match &error {
-        Error::InvalidRequest { field, message } => {
+        CoordinationError::InvalidRequest { field, message } => {
             assert_eq!(*field, "subagent");
             assert!(
                 message.contains("ghost") && message.contains("narrow"),

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentId, AwaitAgent, AwaitMode, BudgetAmount, Coordinator, DefaultChecker,
-    Error, SpawnAgent, SpawnBudget, SteerAgent, StopAgent, SubSupervisor, Supervisor,
+    AgentAssignment, AgentId, AwaitAgent, AwaitMode, BudgetAmount, CoordinationError, Coordinator,
+    DefaultChecker, SpawnAgent, SpawnBudget, SteerAgent, StopAgent, SubSupervisor, Supervisor,
     SupervisorOptions, WorkerContext, WorkerFactory,
 };
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
@@ -50,7 +50,7 @@ enum Cmd {
     /// Spawn in its sub-supervisor.
     SubSpawn {
         request: SpawnAgent,
-        done: oneshot::Sender<Result<AgentId, Error>>,
+        done: oneshot::Sender<Result<AgentId, CoordinationError>>,
     },
     /// Wait for one of its sub-supervisor's agents to reach a terminal state.
     SubAwait {
@@ -88,9 +88,16 @@ impl WorkerFactory for Driven {
         None
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         let Some(mut inbox) = self.inboxes.lock().unwrap().remove(&spec.task) else {
-            return Err(Error::Worker(format!("no inbox for {}", spec.task)));
+            return Err(CoordinationError::Worker(format!(
+                "no inbox for {}",
+                spec.task
+            )));
         };
         let mut sub: Option<SubSupervisor> = None;
         while let Some(cmd) = inbox.recv().await {
@@ -129,7 +136,7 @@ impl WorkerFactory for Driven {
                 Cmd::SubSpawn { request, done } => {
                     let result = match &sub {
                         Some(s) => s.spawn_agent(request).await.map(|r| r.id),
-                        None => Err(Error::Worker("no sub-supervisor".into())),
+                        None => Err(CoordinationError::Worker("no sub-supervisor".into())),
                     };
                     let _ = done.send(result);
                 }
@@ -433,7 +440,7 @@ impl Tree {
             None => self.s.spawn_agent(request).await.map(|r| r.id),
             Some(p) => ask(&self.nodes[p].inbox, |done| Cmd::SubSpawn { request, done })
                 .await
-                .unwrap_or_else(|| Err(Error::Worker("parent gone".into()))),
+                .unwrap_or_else(|| Err(CoordinationError::Worker("parent gone".into()))),
         };
         if let Ok(id) = spawned {
             assert!(
@@ -590,7 +597,7 @@ impl Tree {
             };
             let refused = self.s.spawn_agent(probe).await.unwrap_err();
             assert!(
-                matches!(&refused, Error::BudgetExhausted(e)
+                matches!(&refused, CoordinationError::BudgetExhausted(e)
                     if e.cause == ExhaustionCause::Unaccountable),
                 "{refused}"
             );

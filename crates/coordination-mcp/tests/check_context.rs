@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentTarget, AwaitAgent, AwaitMode, CompletionCheck, Coordinator,
-    DefaultChecker, Error, JudgeModel, SpawnAgent, Supervisor, SupervisorOptions, WorkerContext,
-    WorkerFactory,
+    AgentAssignment, AgentTarget, AwaitAgent, AwaitMode, CompletionCheck, CoordinationError,
+    Coordinator, DefaultChecker, JudgeModel, SpawnAgent, Supervisor, SupervisorOptions,
+    WorkerContext, WorkerFactory,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
@@ -26,7 +26,11 @@ impl WorkerFactory for BoxedWorkers {
         Some("m-worker".into())
     }
 
-    async fn run(&self, _spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        _spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         std::fs::write(self.dir.join("marker"), b"built")?;
         ctx.set_box_dir(&self.dir);
         ctx.append_output("built the marker");
@@ -65,7 +69,7 @@ async fn a_judge_that_is_the_workers_own_model_is_refused_at_spawn() {
     assert!(
         matches!(
             &error,
-            Error::InvalidRequest {
+            CoordinationError::InvalidRequest {
                 field: "completion_check.model",
                 ..
             }

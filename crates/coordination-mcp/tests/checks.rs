@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use agentrt_coordination_mcp::{
     AgentStatus, AwaitAgent, AwaitMode, CheckContext, CheckOutcome, CompletionCheck,
-    CompletionChecker, Coordinator, DefaultChecker, Error, JudgeModel, ScriptedWorkerFactory,
-    SpawnAgent, Supervisor, SupervisorOptions,
+    CompletionChecker, CoordinationError, Coordinator, DefaultChecker, JudgeModel,
+    ScriptedWorkerFactory, SpawnAgent, Supervisor, SupervisorOptions,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
@@ -115,7 +115,7 @@ async fn the_workers_own_model_is_refused_as_its_judge_without_asking_it() {
     assert!(
         matches!(
             &refused,
-            Error::InvalidRequest { field: "completion_check.model", message }
+            CoordinationError::InvalidRequest { field: "completion_check.model", message }
                 if message.contains("the worker's own model")
         ),
         "{refused}"
@@ -165,7 +165,7 @@ async fn a_judge_that_cannot_answer_is_a_check_error_never_a_pass() {
         .with_judge(JudgeModel::new("judge-m", Arc::new(model)).timeout(Duration::from_millis(50)));
     let error = checker.check(&judge_check(), "Paris.").await.unwrap_err();
     assert!(
-        matches!(&error, Error::Check(message) if message.contains("did not answer within 50 ms")),
+        matches!(&error, CoordinationError::Check(message) if message.contains("did not answer within 50 ms")),
         "{error}"
     );
 }
@@ -313,10 +313,14 @@ struct Legacy;
 
 #[async_trait::async_trait]
 impl CompletionChecker for Legacy {
-    fn validate(&self, _check: &CompletionCheck) -> Result<(), Error> {
+    fn validate(&self, _check: &CompletionCheck) -> Result<(), CoordinationError> {
         Ok(())
     }
-    async fn check(&self, _check: &CompletionCheck, output: &str) -> Result<CheckOutcome, Error> {
+    async fn check(
+        &self,
+        _check: &CompletionCheck,
+        output: &str,
+    ) -> Result<CheckOutcome, CoordinationError> {
         Ok(CheckOutcome::pass(format!("legacy saw {output}")))
     }
 }

@@ -7,8 +7,8 @@ mod common;
 
 use agentrt_coordination_mcp::{
     AgentId, AgentResult, AgentStatus, AwaitAgent, BestScoreSelector, BudgetAmount,
-    CandidateSelector, CheckOutcome, CompletionCheck, CompletionChecker, Coordinator,
-    DefaultChecker, Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnAgent,
+    CandidateSelector, CheckOutcome, CompletionCheck, CompletionChecker, CoordinationError,
+    Coordinator, DefaultChecker, Deliverable, FinalOutcome, ScriptedWorkerFactory, SpawnAgent,
     SpawnBudget, SuperviseOptions, Supervisor, SupervisorOptions, keep_best_delivered, supervise,
 };
 use agentrt_core_loop::BudgetLimits;
@@ -117,7 +117,7 @@ impl CandidateSelector for Named {
     fn identity(&self) -> &str {
         self.0
     }
-    async fn rank(&self, _candidates: &[AgentResult]) -> Result<Vec<usize>, Error> {
+    async fn rank(&self, _candidates: &[AgentResult]) -> Result<Vec<usize>, CoordinationError> {
         Ok(self.1.clone())
     }
 }
@@ -168,10 +168,14 @@ struct PlusCounter;
 
 #[async_trait]
 impl CompletionChecker for PlusCounter {
-    fn validate(&self, _check: &CompletionCheck) -> Result<(), Error> {
+    fn validate(&self, _check: &CompletionCheck) -> Result<(), CoordinationError> {
         Ok(())
     }
-    async fn check(&self, _check: &CompletionCheck, output: &str) -> Result<CheckOutcome, Error> {
+    async fn check(
+        &self,
+        _check: &CompletionCheck,
+        output: &str,
+    ) -> Result<CheckOutcome, CoordinationError> {
         let pluses = output.lines().last().unwrap_or("").matches('+').count();
         Ok(CheckOutcome::pass(format!("{pluses} pluses")).with_score(pluses as f64))
     }
@@ -248,7 +252,7 @@ async fn a_selector_that_is_also_the_judge_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::InvalidRequest { field: "selector", message } if message.contains("never the judge")),
+        matches!(&error, CoordinationError::InvalidRequest { field: "selector", message } if message.contains("never the judge")),
         "{error}"
     );
 }
@@ -266,7 +270,7 @@ async fn the_judges_model_is_refused_as_selector_however_its_id_is_written() {
     assert!(
         matches!(
             &error,
-            Error::InvalidRequest {
+            CoordinationError::InvalidRequest {
                 field: "selector",
                 ..
             }
@@ -294,7 +298,7 @@ async fn the_selectors_order_decides_and_a_bad_ranking_is_an_error() {
         assert!(
             matches!(
                 error,
-                Error::InvalidRequest {
+                CoordinationError::InvalidRequest {
                     field: "selector",
                     ..
                 }
@@ -316,7 +320,10 @@ async fn an_invalid_deliverable_check_is_refused_before_anything_is_ranked() {
     let error = keep_best_delivered(&results, &BestScoreSelector, &bad)
         .await
         .unwrap_err();
-    assert!(matches!(error, Error::InvalidRequest { .. }), "{error}");
+    assert!(
+        matches!(error, CoordinationError::InvalidRequest { .. }),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use agentrt_coordination_mcp::{
     AgentAssignment, AgentId, AgentStatus, AwaitAgent, AwaitMode, BudgetAmount, CompletionCheck,
-    Coordinator, DefaultChecker, Error, ObserveAgent, SpawnAgent, SpawnBudget, SteerAgent,
-    StopAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory, sub_supervisor_run,
+    CoordinationError, Coordinator, DefaultChecker, ObserveAgent, SpawnAgent, SpawnBudget,
+    SteerAgent, StopAgent, Supervisor, SupervisorOptions, WorkerContext, WorkerFactory,
+    sub_supervisor_run,
 };
 use agentrt_core_loop::{Amounts, BudgetLimits, ExhaustionCause};
 use agentrt_session_store::{
@@ -58,7 +59,11 @@ impl WorkerFactory for Counting {
         None
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         *self
             .runs
             .lock()
@@ -117,7 +122,7 @@ async fn open(
     factory: &Arc<Counting>,
     store: &Arc<dyn SessionStore>,
     run: SessionId,
-) -> Result<Supervisor, Error> {
+) -> Result<Supervisor, CoordinationError> {
     Supervisor::open(
         factory.clone(),
         Arc::new(DefaultChecker::new()),
@@ -230,7 +235,7 @@ fn settled_work_is_reused_and_keys_and_steer_ids_survive_a_restart() {
         assert_eq!(retried.id, done.id);
         let conflict = s.spawn_agent(spawn("other", Some("k1"))).await.unwrap_err();
         assert!(
-            matches!(conflict, Error::IdempotencyConflict { .. }),
+            matches!(conflict, CoordinationError::IdempotencyConflict { .. }),
             "{conflict}"
         );
         let steer = s
@@ -474,7 +479,7 @@ fn a_run_is_resumed_only_with_its_own_budget_and_never_after_it_ended() {
         assert!(
             matches!(
                 other_budget,
-                Error::InvalidRequest {
+                CoordinationError::InvalidRequest {
                     field: "root_budget",
                     ..
                 }
@@ -485,7 +490,7 @@ fn a_run_is_resumed_only_with_its_own_budget_and_never_after_it_ended() {
         let not_a_journal = store.create(NewSession::new()).await.unwrap().id;
         let e = open(&factory, &store, not_a_journal).await.unwrap_err();
         assert!(
-            matches!(e, Error::Journal(ref m) if m.contains("not a coordination journal")),
+            matches!(e, CoordinationError::Journal(ref m) if m.contains("not a coordination journal")),
             "{e}"
         );
 
@@ -500,7 +505,7 @@ fn a_run_is_resumed_only_with_its_own_budget_and_never_after_it_ended() {
             .unwrap();
         let e = open(&factory, &store, run).await.unwrap_err();
         assert!(
-            matches!(e, Error::Journal(ref m) if m.contains("already ended")),
+            matches!(e, CoordinationError::Journal(ref m) if m.contains("already ended")),
             "{e}"
         );
     });
@@ -518,7 +523,7 @@ fn a_second_coordinator_on_the_same_run_is_fenced_off() {
         second.spawn_agent(spawn("a #ms=4", None)).await.unwrap();
         // The first one's view of the journal is stale: its write conflicts and takes no effect.
         let e = first.spawn_agent(spawn("b #ms=4", None)).await.unwrap_err();
-        assert!(matches!(e, Error::Journal(_)), "{e}");
+        assert!(matches!(e, CoordinationError::Journal(_)), "{e}");
         assert_eq!(first.budget().carved_out, Amounts::ZERO, "nothing carved");
         assert_eq!(factory.runs("b #ms=4"), 0, "nothing started");
     });
@@ -614,7 +619,11 @@ impl WorkerFactory for Lead {
         None
     }
 
-    async fn run(&self, _spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        _spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let sub = ctx
             .sub_supervisor(
@@ -774,7 +783,7 @@ fn a_resumed_run_counts_its_wall_time_from_when_it_first_started() {
         // Its hour is long over: resuming does not grant a fresh one.
         let e = s.spawn_agent(spawn("late", None)).await.unwrap_err();
         assert!(
-            matches!(&e, Error::BudgetExhausted(x) if x.cause == ExhaustionCause::DeadlinePassed),
+            matches!(&e, CoordinationError::BudgetExhausted(x) if x.cause == ExhaustionCause::DeadlinePassed),
             "{e}"
         );
         assert_eq!(factory.runs("late"), 0);

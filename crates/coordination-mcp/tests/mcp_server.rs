@@ -568,7 +568,7 @@ async fn an_http_server_needs_a_token() {
     assert!(
         matches!(
             err,
-            agentrt_coordination_mcp::Error::InvalidRequest { field: "token", .. }
+            agentrt_coordination_mcp::CoordinationError::InvalidRequest { field: "token", .. }
         ),
         "{err}"
     );
@@ -587,7 +587,7 @@ async fn our_mcp_client_reaches_our_http_server_with_a_bearer_header() {
     };
     let refused = McpToolset::connect(&[config("wrong")]).await.unwrap_err();
     assert!(
-        matches!(refused, agentrt_coordination_mcp::Error::Mcp { ref server, .. } if server == "coord"),
+        matches!(refused, agentrt_coordination_mcp::CoordinationError::Mcp { ref server, .. } if server == "coord"),
         "{refused}"
     );
 

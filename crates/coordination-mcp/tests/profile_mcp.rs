@@ -115,7 +115,9 @@ async fn a_profile_server_that_cannot_start_is_an_error_naming_it() {
     ]));
     let error = McpToolset::connect_profile(&profile).await.unwrap_err();
     match error {
-        agentrt_coordination_mcp::Error::Mcp { server, .. } => assert_eq!(server, "ghost"),
+        agentrt_coordination_mcp::CoordinationError::Mcp { server, .. } => {
+            assert_eq!(server, "ghost")
+        }
         other => panic!("expected an Mcp error, got {other:?}"),
     }
 }
@@ -217,7 +219,9 @@ async fn supervise_fails_before_the_first_turn_when_a_profile_server_cannot_star
     );
     let error = supervise(&profile, "anything", options).await.unwrap_err();
     match error {
-        agentrt_coordination_mcp::Error::Mcp { server, .. } => assert_eq!(server, "ghost"),
+        agentrt_coordination_mcp::CoordinationError::Mcp { server, .. } => {
+            assert_eq!(server, "ghost")
+        }
         other => panic!("expected an Mcp error, got {other:?}"),
     }
     assert_eq!(

@@ -154,7 +154,7 @@ async fn our_client_uses_a_python_sdk_server_over_stdio() {
     let not_object = add.call(json!([1, 2])).await.unwrap_err();
     assert!(matches!(
         not_object,
-        agentrt_coordination_mcp::Error::ToolCall { .. }
+        agentrt_coordination_mcp::CoordinationError::ToolCall { .. }
     ));
 
     toolset.shutdown().await;
@@ -209,7 +209,7 @@ async fn a_server_that_cannot_start_fails_connect_and_names_the_server() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, agentrt_coordination_mcp::Error::Mcp { ref server, .. } if server == "ghost"),
+        matches!(err, agentrt_coordination_mcp::CoordinationError::Mcp { ref server, .. } if server == "ghost"),
         "{err}"
     );
     let duplicate = McpToolset::connect(&[sdk_server_stdio("same"), sdk_server_stdio("same")])
@@ -218,7 +218,7 @@ async fn a_server_that_cannot_start_fails_connect_and_names_the_server() {
     assert!(
         matches!(
             duplicate,
-            agentrt_coordination_mcp::Error::InvalidRequest {
+            agentrt_coordination_mcp::CoordinationError::InvalidRequest {
                 field: "mcp_servers.name",
                 ..
             }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentStatus, AgentTarget, BestScoreSelector, CompletionCheck, Coordinator, DefaultChecker,
-    Deliverable, Error, FinalOutcome, ScriptedWorkerFactory, SpawnBudget, SpawnPlan, Strategy,
-    StrategyStop, Supervisor, SupervisorOptions, breadth_strategy, depth_strategy,
+    AgentStatus, AgentTarget, BestScoreSelector, CompletionCheck, CoordinationError, Coordinator,
+    DefaultChecker, Deliverable, FinalOutcome, ScriptedWorkerFactory, SpawnBudget, SpawnPlan,
+    Strategy, StrategyStop, Supervisor, SupervisorOptions, breadth_strategy, depth_strategy,
     keep_best_delivered,
 };
 use agentrt_core_loop::{Amounts, BudgetLimits};
@@ -276,7 +276,7 @@ async fn invalid_strategies_fail_loud_before_spawning() {
         .await
         .unwrap_err();
     assert!(
-        matches!(zero, Error::InvalidRequest { field: "k", .. }),
+        matches!(zero, CoordinationError::InvalidRequest { field: "k", .. }),
         "{zero}"
     );
     let unchecked = depth_strategy(
@@ -289,7 +289,7 @@ async fn invalid_strategies_fail_loud_before_spawning() {
     assert!(
         matches!(
             unchecked,
-            Error::InvalidRequest {
+            CoordinationError::InvalidRequest {
                 field: "completion_check",
                 ..
             }
@@ -302,7 +302,7 @@ async fn invalid_strategies_fail_loud_before_spawning() {
         .unwrap_err();
     assert!(matches!(
         keyless,
-        Error::InvalidRequest {
+        CoordinationError::InvalidRequest {
             field: "run_key",
             ..
         }

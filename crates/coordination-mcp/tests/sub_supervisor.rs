@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentResult, AwaitAgent, AwaitMode, BudgetAmount, Coordinator, DefaultChecker,
-    Error, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions,
-    WorkerContext, WorkerFactory,
+    AgentAssignment, AgentResult, AwaitAgent, AwaitMode, BudgetAmount, CoordinationError,
+    Coordinator, DefaultChecker, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor,
+    SupervisorOptions, WorkerContext, WorkerFactory,
 };
 use agentrt_core_loop::{Amounts, BudgetLimits};
 use async_trait::async_trait;
@@ -35,7 +35,11 @@ impl WorkerFactory for Recursive {
         None
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         if !spec.task.starts_with("lead") {
             ctx.begin_turn()?;
             ctx.charge(BudgetAmount::new(10, 0))?;
@@ -216,7 +220,11 @@ async fn scripted_leaves_under_a_sub_supervisor_conserve_the_root() {
             None
         }
 
-        async fn run(&self, _spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+        async fn run(
+            &self,
+            _spec: AgentAssignment,
+            ctx: WorkerContext,
+        ) -> Result<(), CoordinationError> {
             let sub = ctx
                 .sub_supervisor(
                     Arc::new(ScriptedWorkerFactory::new().turns(2).delay(Duration::ZERO)),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 mod common;
 
 use agentrt_coordination_mcp::{
-    Error, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
+    CoordinationError, FinalOutcome, ScriptedWorkerFactory, SuperviseOptions, supervise,
     supervisor_instructions,
 };
 use agentrt_core_loop::StopReason;
@@ -101,7 +101,7 @@ async fn other_harnesses_without_an_external_command_are_a_typed_not_supported_e
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::HarnessNotSupported { harness } if harness == "claude-code"),
+        matches!(&error, CoordinationError::HarnessNotSupported { harness } if harness == "claude-code"),
         "{error}"
     );
 }
@@ -118,7 +118,7 @@ async fn the_supervisors_own_model_is_checked_by_the_allowed_models_guard() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::ModelNotAllowed { model, .. } if model == "other"),
+        matches!(&error, CoordinationError::ModelNotAllowed { model, .. } if model == "other"),
         "{error}"
     );
 }
@@ -342,7 +342,7 @@ async fn a_supervision_that_nothing_bounds_is_refused() {
     assert!(
         matches!(
             err,
-            Error::InvalidRequest {
+            CoordinationError::InvalidRequest {
                 field: "budget",
                 ..
             }

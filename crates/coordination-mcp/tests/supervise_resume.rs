@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    Error, ScriptedWorkerFactory, SuperviseOptions, SupervisionOutcome, brain_session, supervise,
+    CoordinationError, ScriptedWorkerFactory, SuperviseOptions, SupervisionOutcome, brain_session,
+    supervise,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_core_loop::model::{ChatRequest, Message, ScriptedModel, ScriptedTurn};
@@ -89,7 +90,7 @@ async fn kinds(store: &Arc<dyn SessionStore>, run: &SessionId) -> Vec<String> {
 /// it still in flight: the caller then kills the runtime, as SIGKILL would the process.
 async fn cut_after_first_spawn<F>(store: &Arc<dyn SessionStore>, run: SessionId, run_to_end: F)
 where
-    F: std::future::Future<Output = Result<SupervisionOutcome, Error>> + Send + 'static,
+    F: std::future::Future<Output = Result<SupervisionOutcome, CoordinationError>> + Send + 'static,
 {
     let task = tokio::spawn(run_to_end);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -178,7 +179,7 @@ fn a_durable_supervise_killed_mid_run_resumes_to_the_uninterrupted_outcome() {
             .await
             .unwrap_err();
         assert!(
-            matches!(again, Error::Journal(ref m) if m.contains("already ended")),
+            matches!(again, CoordinationError::Journal(ref m) if m.contains("already ended")),
             "{again}"
         );
     });

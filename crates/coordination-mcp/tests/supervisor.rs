@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentEventKind, AgentId, AgentStatus, AwaitAgent, AwaitMode, CompletionCheck, Coordinator,
-    DefaultChecker, Error, ObserveAgent, ScriptedWorkerFactory, SpawnAgent, SpawnBudget,
-    SteerAgent, StopAgent, Supervisor, SupervisorOptions,
+    AgentEventKind, AgentId, AgentStatus, AwaitAgent, AwaitMode, CompletionCheck,
+    CoordinationError, Coordinator, DefaultChecker, ObserveAgent, ScriptedWorkerFactory,
+    SpawnAgent, SpawnBudget, SteerAgent, StopAgent, Supervisor, SupervisorOptions,
 };
 use agentrt_core_loop::{Amounts, BudgetDimension, BudgetLimits, ExhaustionCause};
 
@@ -251,7 +251,7 @@ async fn an_idempotency_key_dedupes_spawns_and_rejects_a_different_request() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::IdempotencyConflict { ref key, .. } if key == "k1"),
+        matches!(err, CoordinationError::IdempotencyConflict { ref key, .. } if key == "k1"),
         "{err}"
     );
 }
@@ -323,7 +323,10 @@ async fn a_reused_operation_id_with_another_message_is_a_conflict() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::OperationConflict { .. }), "{err}");
+    assert!(
+        matches!(err, CoordinationError::OperationConflict { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -340,7 +343,7 @@ async fn steering_a_finished_agent_is_an_error_that_names_its_state() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::NotRunning { ref state, .. } if state == "settled"),
+        matches!(err, CoordinationError::NotRunning { ref state, .. } if state == "settled"),
         "{err}"
     );
 }
@@ -496,7 +499,7 @@ async fn spawns_beyond_the_root_budget_fail_loudly() {
     assert!(
         matches!(
             &err,
-            Error::BudgetExhausted(e) if e.dimension == BudgetDimension::Tokens
+            CoordinationError::BudgetExhausted(e) if e.dimension == BudgetDimension::Tokens
                 && e.cause == ExhaustionCause::Insufficient { requested: 200, available: 100 }
         ),
         "{err}"
@@ -556,7 +559,7 @@ async fn bad_requests_get_errors_that_name_the_field() {
     for (request, field) in cases {
         let err = s.spawn_agent(request.clone()).await.unwrap_err();
         assert!(
-            matches!(err, Error::InvalidRequest { field: f, .. } if f == field),
+            matches!(err, CoordinationError::InvalidRequest { field: f, .. } if f == field),
             "{request:?}: {err}"
         );
     }
@@ -568,7 +571,7 @@ async fn bad_requests_get_errors_that_name_the_field() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::Worker(ref m) if m.contains("stranger")),
+        matches!(err, CoordinationError::Worker(ref m) if m.contains("stranger")),
         "{err}"
     );
     assert_eq!(
@@ -585,7 +588,7 @@ async fn bad_requests_get_errors_that_name_the_field() {
         })
         .await
         .unwrap_err();
-    assert!(matches!(unknown, Error::UnknownAgent(_)));
+    assert!(matches!(unknown, CoordinationError::UnknownAgent(_)));
     assert_eq!(unknown.code(), "unknown_agent");
 }
 
@@ -609,7 +612,7 @@ async fn command_checks_are_refused_unless_the_host_allows_them() {
     assert!(
         matches!(
             err,
-            Error::InvalidRequest {
+            CoordinationError::InvalidRequest {
                 field: "completion_check.kind",
                 ..
             }
@@ -692,7 +695,7 @@ mod conservation {
                     assert_eq!(snapshot.overdraft, Amounts::ZERO);
                     match spawned {
                         Ok(r) => ids.push((r.id, p.stop_after_ms)),
-                        Err(Error::BudgetExhausted { .. }) => {}
+                        Err(CoordinationError::BudgetExhausted { .. }) => {}
                         Err(other) => panic!("unexpected spawn error: {other}"),
                     }
                 }

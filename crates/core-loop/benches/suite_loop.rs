@@ -46,7 +46,7 @@ use agentrt_core_loop::model::{
     ModelStack, OpenAiCompatible, ResolvedStack, StreamItem, ToolCall, Usage, stack_for,
 };
 use agentrt_core_loop::{
-    Error, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
+    LoopError, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, run_tool_loop,
 };
 use agentrt_profiles::StackSettings;
 use agentrt_session_store::{
@@ -100,7 +100,7 @@ impl ChatModel for BenchModel {
         "scripted"
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -405,7 +405,7 @@ impl ChatModel for Timed {
     fn provider(&self) -> &str {
         self.inner.provider()
     }
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         let started = Instant::now();
         let mut stream = self.inner.stream(request).await?;
         let nanos = self.nanos.clone();

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::LoopError;
 
 /// Nano-dollars per dollar: dollars are accounted internally as integer nano-dollars so that
 /// conservation is exact.
@@ -492,8 +492,8 @@ impl Default for Budget {
 impl Budget {
     /// A root pool with these limits.
     ///
-    /// Errors: [`Error::InvalidConfig`] if the dollar limit is negative or not a number.
-    pub fn new(limits: BudgetLimits) -> Result<Budget, Error> {
+    /// Errors: [`LoopError::InvalidConfig`] if the dollar limit is negative or not a number.
+    pub fn new(limits: BudgetLimits) -> Result<Budget, LoopError> {
         validate_limits(&limits)?;
         let created = Instant::now();
         Ok(Budget {
@@ -532,10 +532,10 @@ impl Budget {
     /// the child too. The child's deadline is the earlier of this pool's deadline and
     /// `limits.wall_time` from now. A child without an unknown-usage policy inherits this one's.
     ///
-    /// Errors: [`Error::BudgetExhausted`] if this pool cannot hold the child (naming the
-    /// dimension), [`Error::InvalidConfig`] for an unlimited child dimension on a limited pool
+    /// Errors: [`LoopError::BudgetExhausted`] if this pool cannot hold the child (naming the
+    /// dimension), [`LoopError::InvalidConfig`] for an unlimited child dimension on a limited pool
     /// or a negative dollar limit.
-    pub fn carve(&self, limits: BudgetLimits) -> Result<Budget, Error> {
+    pub fn carve(&self, limits: BudgetLimits) -> Result<Budget, LoopError> {
         validate_limits(&limits)?;
         let child_limit = internal_limits(&limits);
         let mut st = self.node.lock();
@@ -543,7 +543,7 @@ impl Budget {
         for d in DIMS {
             match (self.node.limit[idx(d)], child_limit[idx(d)]) {
                 (Some(_), None) => {
-                    return Err(Error::InvalidConfig(format!(
+                    return Err(LoopError::InvalidConfig(format!(
                         "budget carve: the parent pool is limited on {} but the child asks for \
                          no limit; give the child an explicit {} limit",
                         d.public(),
@@ -553,7 +553,7 @@ impl Budget {
                 (Some(_), Some(want)) => {
                     let avail = self.node.available(&st, d).unwrap_or(u64::MAX);
                     if want > avail {
-                        return Err(Error::BudgetExhausted(BudgetExhausted {
+                        return Err(LoopError::BudgetExhausted(BudgetExhausted {
                             dimension: d.public(),
                             cause: ExhaustionCause::Insufficient {
                                 requested: want,
@@ -731,11 +731,11 @@ impl Budget {
     }
 }
 
-fn validate_limits(limits: &BudgetLimits) -> Result<(), Error> {
+fn validate_limits(limits: &BudgetLimits) -> Result<(), LoopError> {
     if let Some(d) = limits.dollars
         && (d.is_nan() || d < 0.0)
     {
-        return Err(Error::InvalidConfig(format!(
+        return Err(LoopError::InvalidConfig(format!(
             "budget dollars: {d} is not a non-negative number"
         )));
     }
@@ -918,7 +918,7 @@ mod tests {
         assert_eq!(err.cause, ExhaustionCause::Unaccountable);
         assert!(matches!(
             root.carve(BudgetLimits::unlimited().tokens(10)),
-            Err(Error::BudgetExhausted(_))
+            Err(LoopError::BudgetExhausted(_))
         ));
         let sibling_err = sibling.reserve(Amounts::ZERO.with_tokens(1)).unwrap_err();
         assert_eq!(
@@ -964,7 +964,7 @@ mod tests {
         let child = parent.carve(BudgetLimits::unlimited().tokens(60)).unwrap();
         assert!(matches!(
             parent.carve(BudgetLimits::unlimited().tokens(50)),
-            Err(Error::BudgetExhausted(BudgetExhausted {
+            Err(LoopError::BudgetExhausted(BudgetExhausted {
                 dimension: BudgetDimension::Tokens,
                 ..
             }))
@@ -989,7 +989,7 @@ mod tests {
         let parent = Budget::new(BudgetLimits::unlimited().turns(3)).unwrap();
         assert!(matches!(
             parent.carve(BudgetLimits::unlimited()),
-            Err(Error::InvalidConfig(_))
+            Err(LoopError::InvalidConfig(_))
         ));
     }
 
@@ -997,7 +997,7 @@ mod tests {
     fn negative_dollars_are_rejected() {
         assert!(matches!(
             Budget::new(BudgetLimits::unlimited().dollars(-1.0)),
-            Err(Error::InvalidConfig(_))
+            Err(LoopError::InvalidConfig(_))
         ));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 /// Everything that can go wrong in models, tools, budgets and loops.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum LoopError {
     // ---- loop, budget and store errors (owned by the loop half) ----
     /// A configuration value is invalid (which value, and what was expected).
     #[error("invalid configuration: {0}")]
@@ -141,7 +141,7 @@ pub enum Error {
         /// How the run stopped, when it did not fail.
         stop: Option<Box<crate::rounds::RoundsStop>>,
         /// The run's primary failure, when it failed.
-        primary: Option<Box<Error>>,
+        primary: Option<Box<LoopError>>,
         /// Why persisting failed.
         source: agentrt_session_store::StoreError,
     },
@@ -156,7 +156,7 @@ pub enum Error {
     },
 }
 
-fn rounds_ending(stop: Option<&crate::rounds::RoundsStop>, primary: Option<&Error>) -> String {
+fn rounds_ending(stop: Option<&crate::rounds::RoundsStop>, primary: Option<&LoopError>) -> String {
     match (stop, primary) {
         (_, Some(e)) => format!("failed: {e}"),
         (Some(stop), None) => format!("{stop:?}"),
@@ -164,14 +164,14 @@ fn rounds_ending(stop: Option<&crate::rounds::RoundsStop>, primary: Option<&Erro
     }
 }
 
-impl From<agentrt_session_store::StoreError> for Error {
+impl From<agentrt_session_store::StoreError> for LoopError {
     fn from(e: agentrt_session_store::StoreError) -> Self {
-        Error::Store(e)
+        LoopError::Store(e)
     }
 }
 
-impl From<agentrt_profiles::ProfileError> for Error {
+impl From<agentrt_profiles::ProfileError> for LoopError {
     fn from(e: agentrt_profiles::ProfileError) -> Self {
-        Error::Profile(e)
+        LoopError::Profile(e)
     }
 }

@@ -270,7 +270,7 @@ pub struct FailureInfo {
 
 impl FailureInfo {
     /// The recorded form of an error.
-    pub fn from_error(error: &crate::Error) -> Self {
+    pub fn from_error(error: &crate::LoopError) -> Self {
         FailureInfo {
             kind: error_kind(error).to_owned(),
             message: error.to_string(),
@@ -338,29 +338,29 @@ impl SessionUsage {
 }
 
 /// A stable name for each error variant, as recorded in failure events.
-fn error_kind(error: &crate::Error) -> &'static str {
-    use crate::Error;
+fn error_kind(error: &crate::LoopError) -> &'static str {
+    use crate::LoopError;
     match error {
-        Error::InvalidConfig(_) => "invalid_config",
-        Error::BudgetExhausted(_) => "budget_exhausted",
-        Error::Store(_) => "store",
-        Error::Profile(_) => "profile",
-        Error::UnreconciledToolCalls { .. } => "unreconciled_tool_calls",
-        Error::NotResumable { .. } => "not_resumable",
-        Error::NotReplayable { .. } => "not_replayable",
-        Error::FinalNotPersisted { .. } => "final_not_persisted",
-        Error::RoundsFinalNotPersisted { .. } => "rounds_final_not_persisted",
-        Error::Cleanup(_) => "cleanup",
-        Error::Auth(_) => "auth",
-        Error::ModelNotFound(_) => "model_not_found",
-        Error::BadRequest(_) => "bad_request",
-        Error::RateLimited { .. } => "rate_limited",
-        Error::Server { .. } => "server",
-        Error::Connect(_) => "connect",
-        Error::Timeout(_) => "timeout",
-        Error::MalformedStream(_) => "malformed_stream",
-        Error::Worker { .. } => "worker",
-        Error::NoAnswer { .. } => "no_answer",
+        LoopError::InvalidConfig(_) => "invalid_config",
+        LoopError::BudgetExhausted(_) => "budget_exhausted",
+        LoopError::Store(_) => "store",
+        LoopError::Profile(_) => "profile",
+        LoopError::UnreconciledToolCalls { .. } => "unreconciled_tool_calls",
+        LoopError::NotResumable { .. } => "not_resumable",
+        LoopError::NotReplayable { .. } => "not_replayable",
+        LoopError::FinalNotPersisted { .. } => "final_not_persisted",
+        LoopError::RoundsFinalNotPersisted { .. } => "rounds_final_not_persisted",
+        LoopError::Cleanup(_) => "cleanup",
+        LoopError::Auth(_) => "auth",
+        LoopError::ModelNotFound(_) => "model_not_found",
+        LoopError::BadRequest(_) => "bad_request",
+        LoopError::RateLimited { .. } => "rate_limited",
+        LoopError::Server { .. } => "server",
+        LoopError::Connect(_) => "connect",
+        LoopError::Timeout(_) => "timeout",
+        LoopError::MalformedStream(_) => "malformed_stream",
+        LoopError::Worker { .. } => "worker",
+        LoopError::NoAnswer { .. } => "no_answer",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

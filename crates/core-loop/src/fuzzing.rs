@@ -14,7 +14,7 @@ use agentrt_session_store::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use crate::Error;
+use crate::LoopError;
 use crate::model::{
     ChatResponse, ModelDelta, ScriptedModel, ScriptedTurn, StreamItem, assemble_anthropic,
     assemble_openai, sse_events_of,
@@ -183,7 +183,8 @@ pub fn stored_session(data: &[u8]) {
         }
         let model = ScriptedModel::from_fn(|_| ScriptedTurn::text("resumed"));
         let config = ToolLoop::new(Arc::new(model), "m", store.clone()).max_turns(2);
-        let outcome: Result<_, Error> = resume_tool_loop(store.clone(), session.id, config).await;
+        let outcome: Result<_, LoopError> =
+            resume_tool_loop(store.clone(), session.id, config).await;
         drop(outcome);
         let after = read_all(&store, &session.id).await;
         assert!(after.len() >= before.len(), "resume lost committed events");

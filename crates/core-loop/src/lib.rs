@@ -19,7 +19,7 @@ pub use budget::{
     Amounts, Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetSnapshot,
     ExhaustionCause, Reservation, Spend, UnknownUsagePolicy,
 };
-pub use error::Error;
+pub use error::LoopError;
 pub use event::{FailureInfo, RecordedEvent, RuntimeEvent, SessionUsage, StopReason};
 pub use rerun::{Divergence, Rerun, RerunReport, first_divergence};
 pub use rounds::{

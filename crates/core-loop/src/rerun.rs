@@ -15,7 +15,7 @@ use agentrt_session_store::{BlobAddress, Event, MemoryStore, SessionId, SessionS
 use futures::TryStreamExt;
 use serde_json::{Value, json};
 
-use crate::Error;
+use crate::LoopError;
 use crate::budget::{Budget, BudgetLimits};
 use crate::event::{RecordedEvent, RuntimeEvent};
 use crate::model::{ChatRequest, Message, PriceTable, ReplayModel, ToolSpec};
@@ -49,13 +49,13 @@ use crate::tool_loop::{LoopOutcome, TextDeltaMode, ToolLoop, profile_system};
 /// A re-run is one uninterrupted run: steering messages are not delivered again and a recorded
 /// resume has no counterpart, so either shows as a divergence. A recorded model call that
 /// failed has no recorded response; the re-run's call fails with
-/// [`Error::ScriptExhausted`](crate::Error::ScriptExhausted) instead. Costs are computed only
+/// [`LoopError::ScriptExhausted`](crate::LoopError::ScriptExhausted) instead. Costs are computed only
 /// with a [`Rerun::price_table`]. Sessions recorded before model requests carried their
 /// temperature and max tokens compare those as absent.
 ///
 /// ```no_run
 /// # async fn demo(store: std::sync::Arc<dyn agentrt_session_store::SessionStore>,
-/// #               id: agentrt_session_store::SessionId) -> Result<(), agentrt_core_loop::Error> {
+/// #               id: agentrt_session_store::SessionId) -> Result<(), agentrt_core_loop::LoopError> {
 /// use agentrt_core_loop::{Rerun, ToolRegistry};
 /// let report = Rerun::load(store, id).await?.tools(ToolRegistry::new()).run().await?;
 /// match &report.divergence {
@@ -97,14 +97,14 @@ impl Rerun {
     /// Loads the session `session` from `store`: its events, and the profile it ran (kept in
     /// the store under the session's profile content address).
     ///
-    /// Errors: [`Error::Store`] (e.g. no such session), [`Error::NotReplayable`] when the
+    /// Errors: [`LoopError::Store`] (e.g. no such session), [`LoopError::NotReplayable`] when the
     /// session is not a tool-loop session or its profile is not in the store (sessions
-    /// recorded before profiles were kept), [`Error::Profile`] when the stored profile no
+    /// recorded before profiles were kept), [`LoopError::Profile`] when the stored profile no
     /// longer validates.
-    pub async fn load(store: Arc<dyn SessionStore>, session: SessionId) -> Result<Self, Error> {
+    pub async fn load(store: Arc<dyn SessionStore>, session: SessionId) -> Result<Self, LoopError> {
         let record = store.get(&session).await?;
         let events: Vec<Event> = store.replay(&session, 0).try_collect().await?;
-        let not_replayable = |reason: String| Error::NotReplayable {
+        let not_replayable = |reason: String| LoopError::NotReplayable {
             session: session.to_string(),
             reason,
         };
@@ -138,7 +138,7 @@ impl Rerun {
             None => None,
             Some(address) => Some(recorded_profile(&*store, address).await.map_err(
                 |e| match e {
-                    Error::NotReplayable { reason, .. } => not_replayable(reason),
+                    LoopError::NotReplayable { reason, .. } => not_replayable(reason),
                     other => other,
                 },
             )?),
@@ -207,9 +207,9 @@ impl Rerun {
     /// Runs the session again with the replay model and compares the two.
     ///
     /// `Ok` whenever the re-run's final event was persisted, diverged or not. Errors: as
-    /// [`ToolLoop::run`] (e.g. [`Error::Profile`] when the profile does not allow the recorded
-    /// model), and [`Error::Store`] reading the re-run back.
-    pub async fn run(self) -> Result<RerunReport, Error> {
+    /// [`ToolLoop::run`] (e.g. [`LoopError::Profile`] when the profile does not allow the recorded
+    /// model), and [`LoopError::Store`] reading the re-run back.
+    pub async fn run(self) -> Result<RerunReport, LoopError> {
         let model = Arc::new(ReplayModel::from_events(&self.events)?);
         let into = self
             .into
@@ -272,8 +272,11 @@ impl Rerun {
 }
 
 /// Reads the profile stored under `address` (a `sha256:` content address).
-async fn recorded_profile(store: &dyn SessionStore, address: &str) -> Result<AgentProfile, Error> {
-    let not_stored = |why: String| Error::NotReplayable {
+async fn recorded_profile(
+    store: &dyn SessionStore,
+    address: &str,
+) -> Result<AgentProfile, LoopError> {
+    let not_stored = |why: String| LoopError::NotReplayable {
         session: String::new(),
         reason: format!("its profile {address} {why}"),
     };

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::Error;
+use crate::LoopError;
 use crate::event::{FailureInfo, StopReason};
 use crate::model::{ChatRequest, ChatResponse, FinishReason, ToolCall};
 use crate::tool::{ToolResult, ToolStatus};
@@ -64,7 +64,7 @@ pub(crate) fn agent_span(agent: Option<&str>, provider: &str, model: &str) -> Sp
 }
 
 /// Records how a run ended on its `invoke_agent` span.
-pub(crate) fn record_run(span: &Span, outcome: &Result<LoopOutcome, Error>) {
+pub(crate) fn record_run(span: &Span, outcome: &Result<LoopOutcome, LoopError>) {
     match outcome {
         Ok(outcome) => {
             let conversation = outcome.session_id.to_string();
@@ -168,7 +168,7 @@ pub(crate) fn record_error(span: &Span, kind: &str) {
 }
 
 /// Marks a `chat` span failed with the model error's stable kind.
-pub(crate) fn record_model_error(span: &Span, error: &Error) {
+pub(crate) fn record_model_error(span: &Span, error: &LoopError) {
     record_error(span, &FailureInfo::from_error(error).kind);
 }
 

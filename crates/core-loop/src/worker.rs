@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::Error;
+use crate::LoopError;
 
 /// What a backend can do, as answered by its (memoized, fail-closed) probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -172,7 +172,7 @@ impl std::fmt::Display for CheckpointId {
     }
 }
 
-/// Why a worker operation failed, carried by [`Error::Worker`].
+/// Why a worker operation failed, carried by [`LoopError::Worker`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum WorkerFailure {
@@ -204,27 +204,30 @@ pub trait WorkerBox: Send + Sync + std::fmt::Debug {
         &self,
         request: ExecRequest,
         output: Option<mpsc::Sender<OutputChunk>>,
-    ) -> Result<ExecOutcome, Error>;
+    ) -> Result<ExecOutcome, LoopError>;
 
     /// Reads a file, `path` relative to the workspace root.
-    async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error>;
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, LoopError>;
 
     /// Writes (creates or replaces) a file, `path` relative to the workspace root; parent
     /// directories are created.
-    async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), Error>;
+    async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), LoopError>;
 
     /// Opens a session named `name` and returns its id.
-    async fn open_session(&self, name: &str) -> Result<BoxSessionId, Error>;
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, LoopError>;
 
     /// The session's status, or `None` when the box does not know it (never opened, ended,
     /// or the box is gone).
-    async fn session_status(&self, id: &BoxSessionId) -> Result<Option<BoxSessionStatus>, Error>;
+    async fn session_status(
+        &self,
+        id: &BoxSessionId,
+    ) -> Result<Option<BoxSessionStatus>, LoopError>;
 
     /// Seals the current workspace state; later forks start from it.
-    async fn checkpoint(&self) -> Result<CheckpointId, Error>;
+    async fn checkpoint(&self) -> Result<CheckpointId, LoopError>;
 
     /// Destroys the box; idempotent.
-    async fn destroy(&self) -> Result<(), Error>;
+    async fn destroy(&self) -> Result<(), LoopError>;
 }
 
 /// A provider of worker boxes. The round loop asks [`WorkerBackend::capabilities`] and never
@@ -235,12 +238,12 @@ pub trait WorkerBackend: Send + Sync {
     async fn capabilities(&self) -> Capabilities;
 
     /// Creates a fresh box from a spec.
-    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error>;
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, LoopError>;
 
     /// Starts a child box from a checkpoint. The child inherits the parent's spec (image,
     /// environment, limits) and its sessions as they were at the checkpoint.
-    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, Error>;
+    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, LoopError>;
 
     /// Drops the backend's hold on a checkpoint; its storage goes once no box uses it.
-    async fn release_checkpoint(&self, checkpoint: &CheckpointId) -> Result<(), Error>;
+    async fn release_checkpoint(&self, checkpoint: &CheckpointId) -> Result<(), LoopError>;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentrt_core_loop::model::{ChatModel, Message, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
-    Budget, BudgetDimension, BudgetLimits, Error, ExhaustionCause, RuntimeEvent, StopReason,
+    Budget, BudgetDimension, BudgetLimits, ExhaustionCause, LoopError, RuntimeEvent, StopReason,
     TextDeltaMode, ToolLoop, ToolRegistry, ToolStatus, UnknownUsagePolicy, run_tool_loop,
     stream_tool_loop,
 };
@@ -314,7 +314,7 @@ async fn cancellation_mid_stream_persists_a_cancelled_final() {
 #[tokio::test]
 async fn a_failed_run_has_its_failure_persisted_and_replayable() {
     let store = memory();
-    let model = ScriptedModel::new([ScriptedTurn::fail(Error::Server {
+    let model = ScriptedModel::new([ScriptedTurn::fail(LoopError::Server {
         status: 503,
         message: "overloaded".into(),
     })]);
@@ -328,7 +328,7 @@ async fn a_failed_run_has_its_failure_persisted_and_replayable() {
     assert!(error.message.contains("overloaded"));
     assert!(matches!(
         outcome.error,
-        Some(Error::Server { status: 503, .. })
+        Some(LoopError::Server { status: 503, .. })
     ));
 
     let session = store.get(&outcome.session_id).await.unwrap();
@@ -349,7 +349,7 @@ async fn a_failed_run_has_its_failure_persisted_and_replayable() {
 #[tokio::test]
 async fn a_cleanup_failure_is_recorded_beside_the_primary_failure() {
     let store = memory();
-    let model = ScriptedModel::new([ScriptedTurn::fail(Error::Auth("bad key".into()))]);
+    let model = ScriptedModel::new([ScriptedTurn::fail(LoopError::Auth("bad key".into()))]);
     let outcome = run_tool_loop(
         ToolLoop::new(Arc::new(model), "m", store.clone())
             .user("hi")
@@ -358,7 +358,7 @@ async fn a_cleanup_failure_is_recorded_beside_the_primary_failure() {
     .await
     .unwrap();
     assert!(
-        matches!(outcome.error, Some(Error::Auth(_))),
+        matches!(outcome.error, Some(LoopError::Auth(_))),
         "the primary failure wins"
     );
     assert_eq!(
@@ -513,7 +513,7 @@ async fn an_unpersistable_final_is_an_error_not_a_silent_success() {
         .await
         .unwrap_err();
     match err {
-        Error::FinalNotPersisted { stop, .. } => assert_eq!(*stop, StopReason::Answered),
+        LoopError::FinalNotPersisted { stop, .. } => assert_eq!(*stop, StopReason::Answered),
         other => panic!("expected FinalNotPersisted, got {other}"),
     }
 }
@@ -545,7 +545,7 @@ tokens = 10000
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::Profile(_)), "{err}");
+    assert!(matches!(err, LoopError::Profile(_)), "{err}");
     assert!(
         store
             .list(Default::default())

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
-    Error, RecordedEvent, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool,
+    LoopError, RecordedEvent, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool,
     resume_tool_loop, stream_tool_loop,
 };
 use agentrt_session_store::{Event, SessionStatus, SessionStore, SqliteStore, StoreError};
@@ -191,7 +191,7 @@ async fn events(
 
 /// Runs the loop until it ends; returns the events it yielded (each persisted first) and how it
 /// ended.
-async fn run_until_fault(config: ToolLoop) -> (Vec<RecordedEvent>, Result<StopReason, Error>) {
+async fn run_until_fault(config: ToolLoop) -> (Vec<RecordedEvent>, Result<StopReason, LoopError>) {
     let mut stream = stream_tool_loop(config);
     let mut seen = Vec::new();
     let mut error = None;
@@ -325,9 +325,9 @@ async fn a_filesystem_turning_read_only_mid_run_fails_typed_and_resumes_after_re
 
 /// The store error a loop failure carries: the failed write itself, or the final event that
 /// could not be persisted after it (the loop stops on the first).
-fn error_store(error: &Error) -> Option<&StoreError> {
+fn error_store(error: &LoopError) -> Option<&StoreError> {
     match error {
-        Error::Store(e) | Error::FinalNotPersisted { source: e, .. } => Some(e),
+        LoopError::Store(e) | LoopError::FinalNotPersisted { source: e, .. } => Some(e),
         _ => None,
     }
 }

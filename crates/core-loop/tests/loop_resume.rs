@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use agentrt_core_loop::model::{Message, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
-    Budget, BudgetLimits, Error, RuntimeEvent, StopReason, ToolLoop, ToolRegistry, ToolStatus,
+    Budget, BudgetLimits, LoopError, RuntimeEvent, StopReason, ToolLoop, ToolRegistry, ToolStatus,
     resume_tool_loop, run_tool_loop, stream_tool_loop,
 };
 use agentrt_session_store::{SessionStatus, SessionStore};
@@ -291,7 +291,7 @@ async fn a_failed_result_persist_stops_the_loop_and_resume_restores_the_result_w
     // between the tool and the next model call), so the model was called once more and its
     // answer was lost with the result: the run did not answer.
     assert!(
-        matches!(outcome.error, Some(Error::Store(_))),
+        matches!(outcome.error, Some(LoopError::Store(_))),
         "{:?}",
         outcome.error
     );
@@ -355,7 +355,7 @@ async fn when_the_store_is_down_the_call_is_reconciled_as_interrupted_never_reru
     )
     .await
     .unwrap_err();
-    let Error::FinalNotPersisted { stop, session, .. } = err else {
+    let LoopError::FinalNotPersisted { stop, session, .. } = err else {
         panic!("expected FinalNotPersisted, got {err}")
     };
     // The result rides with the final (no commit between the tool and the model's answer), so
@@ -409,7 +409,7 @@ async fn a_call_whose_start_was_never_persisted_runs_on_resume() {
     )
     .await
     .unwrap();
-    assert!(matches!(outcome.error, Some(Error::Store(_))));
+    assert!(matches!(outcome.error, Some(LoopError::Store(_))));
     assert_eq!(
         add.calls.load(Ordering::SeqCst),
         1,
@@ -522,7 +522,7 @@ async fn a_completed_session_without_a_new_message_is_not_resumable_and_others_t
     .await
     .unwrap_err();
     // Without a new message there is nothing to continue.
-    assert!(matches!(err, Error::NotResumable { .. }), "{err}");
+    assert!(matches!(err, LoopError::NotResumable { .. }), "{err}");
     assert_eq!(
         store.get(&done.session_id).await.unwrap().status,
         SessionStatus::Completed,
@@ -532,9 +532,9 @@ async fn a_completed_session_without_a_new_message_is_not_resumable_and_others_t
     // A failed session continues with a follow-up user message, recorded as steering.
     let failed = run_tool_loop(
         ToolLoop::new(
-            Arc::new(ScriptedModel::new([ScriptedTurn::fail(Error::Connect(
-                "refused".into(),
-            ))])),
+            Arc::new(ScriptedModel::new([ScriptedTurn::fail(
+                LoopError::Connect("refused".into()),
+            )])),
             "m",
             store.clone(),
         )
@@ -638,7 +638,7 @@ async fn a_refused_resume_leaves_the_session_as_it_was() {
         .run()
         .await;
     assert!(
-        matches!(refused, Err(Error::InvalidConfig(_))),
+        matches!(refused, Err(LoopError::InvalidConfig(_))),
         "{refused:?}"
     );
     let session = store.get(&first.session_id).await.unwrap();
@@ -664,7 +664,7 @@ async fn a_session_killed_before_its_first_event_resumes_by_starting_in_place() 
     )
     .await;
     assert!(
-        matches!(refused, Err(Error::NotResumable { .. })),
+        matches!(refused, Err(LoopError::NotResumable { .. })),
         "{refused:?}"
     );
     let outcome = resume_tool_loop(

@@ -4,7 +4,7 @@
 
 mod support;
 
-use agentrt_core_loop::Error;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{
     Anthropic, ChatModel, ChatRequest, FinishReason, Message, ModelDelta, StreamItem, ToolCall,
     ToolSpec,
@@ -237,7 +237,7 @@ async fn an_error_event_mid_stream_is_a_provider_error() {
     let server = FaultServer::start([Reply::sse(body)]).await;
     let error = client(&server).complete(request()).await.unwrap_err();
     assert!(
-        matches!(&error, Error::ProviderStream(m) if m == "overloaded_error: Overloaded"),
+        matches!(&error, LoopError::ProviderStream(m) if m == "overloaded_error: Overloaded"),
         "{error:?}"
     );
 }
@@ -250,7 +250,7 @@ async fn a_stream_without_message_stop_is_malformed() {
     let model = client(&server);
     for _ in 0..2 {
         let error = model.complete(request()).await.unwrap_err();
-        assert!(matches!(error, Error::MalformedStream(_)), "{error:?}");
+        assert!(matches!(error, LoopError::MalformedStream(_)), "{error:?}");
     }
 }
 
@@ -274,10 +274,10 @@ async fn http_errors_use_anthropics_error_shape() {
     for _ in 0..4 {
         errors.push(model.stream(request()).await.err().unwrap());
     }
-    assert!(matches!(&errors[0], Error::Auth(m) if m.contains("invalid x-api-key")));
-    assert!(matches!(&errors[1], Error::ModelNotFound(m) if m.contains("claude-test")));
-    assert!(matches!(&errors[2], Error::BadRequest(m) if m.contains("max_tokens: too large")));
+    assert!(matches!(&errors[0], LoopError::Auth(m) if m.contains("invalid x-api-key")));
+    assert!(matches!(&errors[1], LoopError::ModelNotFound(m) if m.contains("claude-test")));
+    assert!(matches!(&errors[2], LoopError::BadRequest(m) if m.contains("max_tokens: too large")));
     assert!(
-        matches!(&errors[3], Error::Server { status: 529, message } if message == "Overloaded")
+        matches!(&errors[3], LoopError::Server { status: 529, message } if message == "Overloaded")
     );
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use agentrt_core_loop::Error;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, FinishReason, Message, ModelDelta, OpenAiCompatible, StreamItem,
     ToolSpec,
@@ -45,11 +45,11 @@ fn client(server: &FaultServer) -> OpenAiCompatible {
         .unwrap()
 }
 
-async fn collect(model: &OpenAiCompatible) -> Vec<Result<StreamItem, Error>> {
+async fn collect(model: &OpenAiCompatible) -> Vec<Result<StreamItem, LoopError>> {
     model.stream(request()).await.unwrap().collect().await
 }
 
-fn done(items: &[Result<StreamItem, Error>]) -> &agentrt_core_loop::model::ChatResponse {
+fn done(items: &[Result<StreamItem, LoopError>]) -> &agentrt_core_loop::model::ChatResponse {
     match items.last() {
         Some(Ok(StreamItem::Done(response))) => response,
         other => panic!("expected a final response, got {other:?}"),
@@ -210,26 +210,28 @@ async fn http_statuses_become_typed_errors_with_the_servers_message() {
     for _ in 0..8 {
         errors.push(model.stream(request()).await.err().expect("must fail"));
     }
-    assert!(matches!(&errors[0], Error::Auth(m) if m.contains("invalid api key")));
-    assert!(matches!(&errors[1], Error::Auth(m) if m.contains("forbidden")));
+    assert!(matches!(&errors[0], LoopError::Auth(m) if m.contains("invalid api key")));
+    assert!(matches!(&errors[1], LoopError::Auth(m) if m.contains("forbidden")));
     assert!(
-        matches!(&errors[2], Error::ModelNotFound(m) if m.contains("test-model") && m.contains("does not exist"))
+        matches!(&errors[2], LoopError::ModelNotFound(m) if m.contains("test-model") && m.contains("does not exist"))
     );
-    assert!(matches!(&errors[3], Error::BadRequest(m) if m.contains("context length exceeded")));
+    assert!(
+        matches!(&errors[3], LoopError::BadRequest(m) if m.contains("context length exceeded"))
+    );
     assert!(matches!(
         &errors[4],
-        Error::RateLimited { retry_after: Some(d), message } if *d == Duration::from_secs(3) && message == "rate limited"
+        LoopError::RateLimited { retry_after: Some(d), message } if *d == Duration::from_secs(3) && message == "rate limited"
     ));
     assert!(
-        matches!(&errors[5], Error::RateLimited { retry_after: Some(d), .. } if d.is_zero()),
+        matches!(&errors[5], LoopError::RateLimited { retry_after: Some(d), .. } if d.is_zero()),
         "an HTTP-date in the past means: retry now; got {:?}",
         errors[5]
     );
     assert!(
-        matches!(&errors[6], Error::Server { status: 503, message } if message == "overloaded")
+        matches!(&errors[6], LoopError::Server { status: 503, message } if message == "overloaded")
     );
     assert!(
-        matches!(&errors[7], Error::Server { status: 500, message } if message == "plain text failure")
+        matches!(&errors[7], LoopError::Server { status: 500, message } if message == "plain text failure")
     );
 }
 
@@ -243,18 +245,18 @@ async fn a_refused_connection_is_a_connect_error() {
         .build()
         .unwrap();
     let error = model.stream(request()).await.err().unwrap();
-    assert!(matches!(error, Error::Connect(_)), "{error:?}");
+    assert!(matches!(error, LoopError::Connect(_)), "{error:?}");
 }
 
 #[tokio::test]
 async fn a_connection_closed_before_the_response_is_a_connect_error() {
     let server = FaultServer::start([Reply::Close]).await;
     let error = client(&server).stream(request()).await.err().unwrap();
-    assert!(matches!(error, Error::Connect(_)), "{error:?}");
+    assert!(matches!(error, LoopError::Connect(_)), "{error:?}");
 }
 
 /// Asserts the stream yields some deltas and then ends in `Err` (never in `Done`).
-fn assert_fails_after_output(items: &[Result<StreamItem, Error>]) -> &Error {
+fn assert_fails_after_output(items: &[Result<StreamItem, LoopError>]) -> &LoopError {
     assert!(
         !items.iter().any(|i| matches!(i, Ok(StreamItem::Done(_)))),
         "a broken stream must not end in a final response: {items:?}"
@@ -277,7 +279,7 @@ async fn a_bad_json_chunk_is_a_malformed_stream() {
     let items = collect(&client(&server)).await;
     assert!(matches!(&items[0], Ok(StreamItem::Delta(_))));
     let error = assert_fails_after_output(&items);
-    assert!(matches!(error, Error::MalformedStream(m) if m.contains("not valid JSON")));
+    assert!(matches!(error, LoopError::MalformedStream(m) if m.contains("not valid JSON")));
 }
 
 #[tokio::test]
@@ -289,7 +291,7 @@ async fn a_stream_that_ends_without_done_is_malformed() {
     .await;
     let items = collect(&client(&server)).await;
     let error = assert_fails_after_output(&items);
-    assert!(matches!(error, Error::MalformedStream(m) if m.contains("[DONE]")));
+    assert!(matches!(error, LoopError::MalformedStream(m) if m.contains("[DONE]")));
 }
 
 #[tokio::test]
@@ -300,7 +302,7 @@ async fn done_without_a_finish_reason_is_malformed() {
     ])])
     .await;
     let error = client(&server).complete(request()).await.unwrap_err();
-    assert!(matches!(error, Error::MalformedStream(m) if m.contains("finish_reason")));
+    assert!(matches!(error, LoopError::MalformedStream(m) if m.contains("finish_reason")));
 }
 
 #[tokio::test]
@@ -317,7 +319,7 @@ async fn a_connection_cut_mid_stream_is_an_error_not_a_partial_success() {
         Ok(StreamItem::Delta(ModelDelta::Text { .. }))
     ));
     let error = assert_fails_after_output(&items);
-    assert!(matches!(error, Error::MalformedStream(_)), "{error:?}");
+    assert!(matches!(error, LoopError::MalformedStream(_)), "{error:?}");
 }
 
 #[tokio::test]
@@ -329,7 +331,7 @@ async fn an_error_object_inside_the_stream_is_a_provider_error() {
     .await;
     let items = collect(&client(&server)).await;
     let error = assert_fails_after_output(&items);
-    assert!(matches!(error, Error::ProviderStream(m) if m == "upstream overloaded"));
+    assert!(matches!(error, LoopError::ProviderStream(m) if m == "upstream overloaded"));
 }
 
 #[tokio::test]
@@ -397,7 +399,7 @@ async fn an_injected_client_timeout_on_a_hanging_server_is_a_typed_timeout() {
         .unwrap();
     let error = model.stream(request()).await.err().unwrap();
     assert!(
-        matches!(error, Error::Timeout(waited) if waited >= Duration::from_millis(300)),
+        matches!(error, LoopError::Timeout(waited) if waited >= Duration::from_millis(300)),
         "{error:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! The price table: loading, exact dollars, and unknown instead of a guess.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use agentrt_core_loop::Error;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{ModelPrice, PriceTable, Usage};
 
 fn usage(input: Option<u64>, output: Option<u64>, cached: Option<u64>) -> Usage {
@@ -100,23 +100,23 @@ fn cost_is_unknown_without_a_price_or_with_unknown_usage() {
 fn bad_tables_are_typed_errors_naming_the_model_and_field() {
     let negative = PriceTable::from_toml_str("[models.m]\ninput = -1.0\noutput = 1.0\n");
     assert!(
-        matches!(&negative, Err(Error::InvalidPrices(m)) if m.contains("\"m\"") && m.contains("`input`")),
+        matches!(&negative, Err(LoopError::InvalidPrices(m)) if m.contains("\"m\"") && m.contains("`input`")),
         "{negative:?}"
     );
     let unknown_field =
         PriceTable::from_json_str(r#"{"models": {"m": {"input": 1, "output": 1, "extra": 2}}}"#);
-    assert!(matches!(unknown_field, Err(Error::InvalidPrices(m)) if m.contains("extra")));
+    assert!(matches!(unknown_field, Err(LoopError::InvalidPrices(m)) if m.contains("extra")));
     let missing = PriceTable::from_toml_str("[models.m]\ninput = 1.0\n");
-    assert!(matches!(missing, Err(Error::InvalidPrices(m)) if m.contains("output")));
+    assert!(matches!(missing, Err(LoopError::InvalidPrices(m)) if m.contains("output")));
     let dir = tempfile::tempdir().unwrap();
     let yaml = dir.path().join("prices.yaml");
     std::fs::write(&yaml, "").unwrap();
     assert!(
-        matches!(PriceTable::load(&yaml), Err(Error::InvalidPrices(m)) if m.contains("prices.yaml"))
+        matches!(PriceTable::load(&yaml), Err(LoopError::InvalidPrices(m)) if m.contains("prices.yaml"))
     );
     assert!(matches!(
         PriceTable::load(dir.path().join("absent.toml")),
-        Err(Error::InvalidPrices(m)) if m.contains("absent.toml")
+        Err(LoopError::InvalidPrices(m)) if m.contains("absent.toml")
     ));
     let mut table = PriceTable::new();
     assert!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentrt_core_loop::Error;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, FinishReason, Message, ModelDelta, ScriptedModel, ScriptedTurn,
     StreamItem, Usage,
@@ -23,7 +23,7 @@ fn request(text: &str) -> ChatRequest {
     }
 }
 
-async fn collect(model: &ScriptedModel, text: &str) -> Vec<Result<StreamItem, Error>> {
+async fn collect(model: &ScriptedModel, text: &str) -> Vec<Result<StreamItem, LoopError>> {
     model.stream(request(text)).await.unwrap().collect().await
 }
 
@@ -126,7 +126,7 @@ async fn exhausting_the_script_is_a_typed_error_and_requests_are_recorded() {
     model.complete(request("first")).await.unwrap();
     let error = model.complete(request("second")).await.unwrap_err();
     assert!(
-        matches!(error, Error::ScriptExhausted { turns: 1 }),
+        matches!(error, LoopError::ScriptExhausted { turns: 1 }),
         "{error:?}"
     );
     let requests = model.requests();
@@ -143,19 +143,19 @@ async fn exhausting_the_script_is_a_typed_error_and_requests_are_recorded() {
 #[tokio::test]
 async fn scripted_errors_fail_at_open_or_mid_stream() {
     let model = ScriptedModel::new([
-        ScriptedTurn::fail(Error::Server {
+        ScriptedTurn::fail(LoopError::Server {
             status: 503,
             message: "down".into(),
         }),
         ScriptedTurn::text("one two three")
-            .fail_mid_stream(2, Error::MalformedStream("cut".into())),
+            .fail_mid_stream(2, LoopError::MalformedStream("cut".into())),
     ]);
     let open = model.stream(request("a")).await.err().unwrap();
-    assert!(matches!(open, Error::Server { status: 503, .. }));
+    assert!(matches!(open, LoopError::Server { status: 503, .. }));
     let items = collect(&model, "b").await;
     assert_eq!(items.len(), 3, "two deltas then the error: {items:?}");
     assert!(items[0].is_ok() && items[1].is_ok());
-    assert!(matches!(items[2], Err(Error::MalformedStream(_))));
+    assert!(matches!(items[2], Err(LoopError::MalformedStream(_))));
     assert!(
         !items.iter().any(|i| matches!(i, Ok(StreamItem::Done(_)))),
         "a failed stream never ends in Done"

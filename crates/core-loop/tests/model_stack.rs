@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use agentrt_core_loop::Error;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{
     ChatModel, ChatRequest, Message, ModelPrice, ModelStack, OpenAiCompatible, PriceTable,
     RetryPolicy, ScriptedModel, ScriptedTurn, StreamItem, Usage, UsageMeter,
@@ -89,7 +89,7 @@ async fn retries_are_bounded_and_the_last_error_is_returned() {
     .await;
     let model = ModelStack::new(http(&server)).retry(fast_retry(3)).build();
     let error = model.complete(request()).await.unwrap_err();
-    assert!(matches!(error, Error::Server { status: 503, ref message } if message == "three"));
+    assert!(matches!(error, LoopError::Server { status: 503, ref message } if message == "three"));
     assert_eq!(
         server.requests().len(),
         3,
@@ -104,7 +104,7 @@ async fn a_retry_after_longer_than_the_cap_is_returned_not_waited_for() {
     let model = ModelStack::new(http(&server)).retry(fast_retry(5)).build();
     let error = model.complete(request()).await.unwrap_err();
     assert!(
-        matches!(error, Error::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600))
+        matches!(error, LoopError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3600))
     );
     assert_eq!(server.requests().len(), 1);
 }
@@ -119,11 +119,11 @@ async fn non_transient_errors_are_not_retried() {
     let model = ModelStack::new(http(&server)).retry(fast_retry(5)).build();
     assert!(matches!(
         model.complete(request()).await.unwrap_err(),
-        Error::Auth(_)
+        LoopError::Auth(_)
     ));
     assert!(matches!(
         model.complete(request()).await.unwrap_err(),
-        Error::BadRequest(_)
+        LoopError::BadRequest(_)
     ));
     assert_eq!(server.requests().len(), 2, "one request per call");
 }
@@ -142,7 +142,7 @@ async fn errors_after_output_reached_the_caller_are_never_retried() {
     let scripted = ScriptedModel::new([
         ScriptedTurn::text("one two three").fail_mid_stream(
             1,
-            Error::Server {
+            LoopError::Server {
                 status: 500,
                 message: "died mid-answer".into(),
             },
@@ -155,7 +155,10 @@ async fn errors_after_output_reached_the_caller_are_never_retried() {
     let items: Vec<_> = model.stream(request()).await.unwrap().collect().await;
     assert_eq!(items.len(), 2);
     assert!(matches!(items[0], Ok(StreamItem::Delta(_))));
-    assert!(matches!(items[1], Err(Error::Server { status: 500, .. })));
+    assert!(matches!(
+        items[1],
+        Err(LoopError::Server { status: 500, .. })
+    ));
     assert_eq!(scripted.calls(), 1);
 
     let server = FaultServer::start([
@@ -165,7 +168,7 @@ async fn errors_after_output_reached_the_caller_are_never_retried() {
     .await;
     let model = ModelStack::new(http(&server)).retry(fast_retry(5)).build();
     let error = model.complete(request()).await.unwrap_err();
-    assert!(matches!(error, Error::MalformedStream(_)), "{error:?}");
+    assert!(matches!(error, LoopError::MalformedStream(_)), "{error:?}");
     assert_eq!(server.requests().len(), 1);
 }
 
@@ -179,7 +182,7 @@ async fn a_hanging_server_hits_the_open_timeout() {
     let started = Instant::now();
     let error = model.complete(request()).await.unwrap_err();
     assert!(
-        matches!(error, Error::Timeout(d) if d == Duration::from_millis(300)),
+        matches!(error, LoopError::Timeout(d) if d == Duration::from_millis(300)),
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -203,7 +206,7 @@ async fn a_stalled_stream_hits_the_idle_timeout_and_the_connection_is_dropped() 
     let items: Vec<_> = model.stream(request()).await.unwrap().collect().await;
     assert_eq!(items.len(), 2, "{items:?}");
     assert!(matches!(items[0], Ok(StreamItem::Delta(_))));
-    assert!(matches!(items[1], Err(Error::Timeout(d)) if d == Duration::from_millis(300)));
+    assert!(matches!(items[1], Err(LoopError::Timeout(d)) if d == Duration::from_millis(300)));
     assert!(
         server
             .wait_for_disconnects(1, Duration::from_secs(20))
@@ -274,7 +277,7 @@ async fn the_meter_sums_known_usage_and_counts_unknowns_separately() {
             output_tokens: None,
             cached_tokens: Some(4),
         }),
-        ScriptedTurn::fail(Error::Auth("no".into())),
+        ScriptedTurn::fail(LoopError::Auth("no".into())),
         ScriptedTurn::text("c d e").with_usage(1, 1),
         ScriptedTurn::text("f").with_usage(3, 4),
     ]);
@@ -346,7 +349,10 @@ fn a_stack_builds_outside_a_runtime_and_says_so_instead_of_panicking_when_used_t
     let model = ModelStack::new(ScriptedModel::new([ScriptedTurn::text("ok")]))
         .rate_limit(10, Duration::from_secs(1))
         .build();
-    assert!(matches!(model.service(), Err(Error::ModelUnavailable(_))));
+    assert!(matches!(
+        model.service(),
+        Err(LoopError::ModelUnavailable(_))
+    ));
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let response = runtime.block_on(model.complete(request())).unwrap();
     assert_eq!(response.content.as_deref(), Some("ok"));

@@ -14,7 +14,7 @@ use agentrt_core_loop::model::{
     OpenAiCompatible, ResponseFormat, ScriptedModel, ScriptedTurn, StreamItem, ToolCall, ToolSpec,
 };
 use agentrt_core_loop::{
-    Error, RuntimeEvent, StopReason, TextDeltaMode, ToolLoop, ToolRegistry, ToolStatus,
+    LoopError, RuntimeEvent, StopReason, TextDeltaMode, ToolLoop, ToolRegistry, ToolStatus,
     run_tool_loop,
 };
 use agentrt_profiles::ToolCallMode;
@@ -376,7 +376,7 @@ async fn a_callers_own_response_format_with_tools_is_a_bad_request() {
     let Err(error) = model.stream(request).await else {
         panic!("expected an error");
     };
-    assert!(matches!(error, Error::BadRequest(_)), "{error}");
+    assert!(matches!(error, LoopError::BadRequest(_)), "{error}");
     assert_eq!(scripted.calls(), 0, "nothing was sent");
 }
 

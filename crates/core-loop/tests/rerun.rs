@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use agentrt_core_loop::model::{ChatModel, Message, ReplayModel, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::{
-    Error, Rerun, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, first_divergence,
+    LoopError, Rerun, StopReason, ToolError, ToolLoop, ToolRegistry, TypedTool, first_divergence,
 };
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{Event, NewEvent, NewSession, SessionId, SessionStore};
@@ -221,7 +221,7 @@ async fn the_replay_model_answers_with_the_recorded_responses_in_order() {
     assert_eq!(second.usage.output_tokens, Some(6));
     assert!(matches!(
         model.complete(request).await,
-        Err(Error::ScriptExhausted { turns: 2 })
+        Err(LoopError::ScriptExhausted { turns: 2 })
     ));
     assert_eq!(model.requests().len(), 3);
 }
@@ -245,7 +245,10 @@ async fn a_session_whose_profile_is_not_stored_is_refused_by_name() {
         .await
         .unwrap();
     let error = Rerun::load(store.clone(), session.id).await.unwrap_err();
-    assert!(matches!(error, Error::NotReplayable { .. }), "{error:?}");
+    assert!(
+        matches!(error, LoopError::NotReplayable { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
     assert!(
         message.contains(&address) && message.contains("is not in the store"),

@@ -12,7 +12,7 @@ use agentrt_core_loop::rounds::{
     AgentRun, Iteration, LoopUntil, RunContext, TextOutput, ValidationContext, Validator, Verdict,
 };
 use agentrt_core_loop::worker::BoxSpec;
-use agentrt_core_loop::{Boxes, Error, LineageOptions, RoundsConfig, RoundsStop, loop_until};
+use agentrt_core_loop::{Boxes, LineageOptions, LoopError, RoundsConfig, RoundsStop, loop_until};
 use agentrt_session_store::{
     HookedStore, MemoryStore, SessionStatus, SessionStore, StoreError, StoreWrite, WriteHook,
 };
@@ -44,14 +44,14 @@ impl Validator<String> for Never {
     fn id(&self) -> &str {
         "never"
     }
-    async fn validate(&self, _: &String, _: ValidationContext<'_>) -> Result<Verdict, Error> {
+    async fn validate(&self, _: &String, _: ValidationContext<'_>) -> Result<Verdict, LoopError> {
         Ok(Verdict::fail("no"))
     }
 }
 
 /// A runner failing structurally (not a soft, per-iteration failure).
-async fn broken(_ctx: RunContext) -> Result<AgentRun, Error> {
-    Err(Error::InvalidConfig(
+async fn broken(_ctx: RunContext) -> Result<AgentRun, LoopError> {
+    Err(LoopError::InvalidConfig(
         "the agent's tools are misconfigured".into(),
     ))
 }
@@ -87,7 +87,7 @@ async fn a_cleanup_error_beside_a_primary_failure_is_recorded_and_the_primary_fa
         }
         let err = loop_until("t", &one_round(), &config).await.unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidConfig(m) if m.contains("misconfigured")),
+            matches!(&err, LoopError::InvalidConfig(m) if m.contains("misconfigured")),
             "the run's own failure is the error ({lineage:?}): {err}"
         );
         let session = only_session_of(store.list(Default::default()).await.unwrap().items);
@@ -127,7 +127,7 @@ async fn a_failed_final_that_cannot_be_persisted_is_a_typed_error_carrying_the_p
         .validator(Never)
         .store(store);
     let err = loop_until("t", &one_round(), &config).await.unwrap_err();
-    let Error::RoundsFinalNotPersisted {
+    let LoopError::RoundsFinalNotPersisted {
         session,
         stop,
         primary,
@@ -138,7 +138,7 @@ async fn a_failed_final_that_cannot_be_persisted_is_a_typed_error_carrying_the_p
     };
     assert!(stop.is_none());
     assert!(
-        matches!(primary.as_deref(), Some(Error::InvalidConfig(m)) if m.contains("misconfigured")),
+        matches!(primary.as_deref(), Some(LoopError::InvalidConfig(m)) if m.contains("misconfigured")),
         "{primary:?}"
     );
     assert!(matches!(source, StoreError::Closed));
@@ -158,7 +158,7 @@ async fn a_completed_final_that_cannot_be_persisted_is_a_typed_error_with_the_st
         .validator(Never)
         .store(store);
     let err = loop_until("t", &one_round(), &config).await.unwrap_err();
-    let Error::RoundsFinalNotPersisted { stop, primary, .. } = &err else {
+    let LoopError::RoundsFinalNotPersisted { stop, primary, .. } = &err else {
         panic!("expected RoundsFinalNotPersisted, got {err}");
     };
     assert!(primary.is_none());

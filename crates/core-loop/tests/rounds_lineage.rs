@@ -17,7 +17,7 @@ use agentrt_core_loop::rounds::{
 };
 use agentrt_core_loop::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerFailure};
 use agentrt_core_loop::{
-    Boxes, Decision, Error, LineageOptions, RoundDriver, RoundsConfig, RoundsStop, WorkItem,
+    Boxes, Decision, LineageOptions, LoopError, RoundDriver, RoundsConfig, RoundsStop, WorkItem,
     fanout, loop_until, run_agent_rounds,
 };
 use agentrt_session_store::{MemoryStore, SessionStatus, SessionStore};
@@ -68,14 +68,14 @@ impl RoundDriver<String> for Driver {
         &self,
         _task: &str,
         history: &RoundHistory<String>,
-    ) -> Result<Vec<WorkItem>, Error> {
+    ) -> Result<Vec<WorkItem>, LoopError> {
         self.live_at_plan
             .lock()
             .unwrap()
             .push(self.backend.counters.live());
         Ok((self.plan)(history))
     }
-    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, Error> {
+    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, LoopError> {
         Ok(if history.rounds() >= self.rounds {
             Decision::Done
         } else {
@@ -98,7 +98,7 @@ impl Validator<String> for Check {
         &self,
         output: &String,
         _ctx: ValidationContext<'_>,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Verdict, LoopError> {
         Ok(if (self.0)(output) {
             Verdict::pass()
         } else {
@@ -118,7 +118,7 @@ fn on(backend: &Arc<FakeBackend>) -> Boxes {
 /// work session it was given.
 fn logging_runner(
     sessions: Arc<Mutex<Vec<Option<BoxSessionId>>>>,
-) -> impl Fn(RunContext) -> futures::future::BoxFuture<'static, Result<AgentRun, Error>> + Send + Sync
+) -> impl Fn(RunContext) -> futures::future::BoxFuture<'static, Result<AgentRun, LoopError>> + Send + Sync
 {
     move |ctx: RunContext| {
         let sessions = sessions.clone();
@@ -199,7 +199,7 @@ async fn session_continuity_fails_hard_when_the_box_no_longer_knows_the_session(
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::Worker { kind: WorkerFailure::Validation, ref message } if message.contains("unknown")),
+        matches!(err, LoopError::Worker { kind: WorkerFailure::Validation, ref message } if message.contains("unknown")),
         "{err}"
     );
     assert_eq!(
@@ -234,7 +234,7 @@ fn seed_then_fanout(backend: &Arc<FakeBackend>, special: BoxSpec) -> Driver {
     })
 }
 
-async fn seed_runner(ctx: RunContext) -> Result<AgentRun, Error> {
+async fn seed_runner(ctx: RunContext) -> Result<AgentRun, LoopError> {
     let worker = ctx.worker_box.expect("a box");
     if ctx.item.prompt == "seed" {
         worker.write_file("seed.txt", b"seeded").await?;
@@ -604,7 +604,7 @@ async fn lineage_with_a_caller_owned_box_is_refused_with_a_configuration_error()
         .lineage(CONTINUITY);
     let err = run_agent_rounds("t", &driver, &config).await.unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("caller-owned")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("caller-owned")),
         "{err}"
     );
     // Without lineage the caller's box is used and never destroyed by the loop.
@@ -619,7 +619,7 @@ async fn lineage_with_a_caller_owned_box_is_refused_with_a_configuration_error()
     let config = RoundsConfig::new(seed_runner, TextOutput).lineage(FORKS);
     let err = run_agent_rounds("t", &driver, &config).await.unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("worker boxes")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("worker boxes")),
         "{err}"
     );
 }

@@ -15,7 +15,7 @@ use agentrt_core_loop::rounds::{
 };
 use agentrt_core_loop::worker::{BoxSpec, WorkerFailure};
 use agentrt_core_loop::{
-    Boxes, Budget, BudgetDimension, BudgetLimits, Decision, Error, RoundDriver, RoundsConfig,
+    Boxes, Budget, BudgetDimension, BudgetLimits, Decision, LoopError, RoundDriver, RoundsConfig,
     RoundsStop, WorkItem, fanout, loop_until, panel, pipeline, run_agent_rounds,
 };
 use agentrt_session_store::{MemoryStore, SessionStatus, SessionStore};
@@ -51,10 +51,10 @@ impl RoundDriver<String> for FnDriver {
         &self,
         task: &str,
         history: &RoundHistory<String>,
-    ) -> Result<Vec<WorkItem>, Error> {
+    ) -> Result<Vec<WorkItem>, LoopError> {
         Ok((self.plan)(task, history))
     }
-    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, Error> {
+    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, LoopError> {
         Ok((self.decide)(history))
     }
     fn parent_authoring(&self) -> ParentAuthoring {
@@ -86,7 +86,7 @@ impl Validator<String> for Check {
         &self,
         output: &String,
         _ctx: ValidationContext<'_>,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Verdict, LoopError> {
         Ok(if (self.pass)(output) {
             Verdict::pass()
         } else {
@@ -96,7 +96,7 @@ impl Validator<String> for Check {
 }
 
 /// A runner that echoes the prompt.
-async fn echo(ctx: RunContext) -> Result<AgentRun, Error> {
+async fn echo(ctx: RunContext) -> Result<AgentRun, LoopError> {
     Ok(AgentRun::new(format!("out:{}", ctx.item.prompt)))
 }
 
@@ -182,7 +182,7 @@ async fn soft_failures_become_recorded_iterations_and_the_run_goes_on() {
     );
     let runner = |ctx: RunContext| async move {
         match ctx.item.prompt.as_str() {
-            "flaky" => Err(Error::Server {
+            "flaky" => Err(LoopError::Server {
                 status: 503,
                 message: "overloaded".into(),
             }),
@@ -219,7 +219,7 @@ async fn a_structural_failure_ends_the_run_with_its_error_and_a_failed_session()
     );
     let runner = |ctx: RunContext| async move {
         if ctx.item.prompt == "b" {
-            Err(Error::Worker {
+            Err(LoopError::Worker {
                 kind: WorkerFailure::Validation,
                 message: "session s-1 unknown".into(),
             })
@@ -232,7 +232,7 @@ async fn a_structural_failure_ends_the_run_with_its_error_and_a_failed_session()
     assert!(
         matches!(
             err,
-            Error::Worker {
+            LoopError::Worker {
                 kind: WorkerFailure::Validation,
                 ..
             }
@@ -291,7 +291,7 @@ async fn the_validator_judges_while_the_box_is_alive_and_boxes_go_after() {
             &self,
             output: &String,
             ctx: ValidationContext<'_>,
-        ) -> Result<Verdict, Error> {
+        ) -> Result<Verdict, LoopError> {
             let worker = ctx.worker_box.expect("the box is handed to the validator");
             let session = ctx.box_session.expect("a work session");
             assert!(
@@ -451,7 +451,7 @@ async fn an_authored_parent_under_inferred_parents_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("parent 0")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("parent 0")),
         "{err}"
     );
 }
@@ -467,7 +467,7 @@ async fn an_authored_parent_that_does_not_exist_is_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("parent 5")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("parent 5")),
         "{err}"
     );
 }
@@ -547,7 +547,7 @@ async fn loop_until_ends_at_its_round_limit_when_the_check_never_passes() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("check")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("check")),
         "{err}"
     );
 }
@@ -598,7 +598,7 @@ async fn fanout_refuses_a_selector_that_is_also_the_judge() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("judge")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("judge")),
         "{err}"
     );
 }
@@ -618,7 +618,7 @@ async fn fanout_refuses_the_judges_model_as_selector_however_its_id_is_written()
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("judge")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("judge")),
         "{err}"
     );
 }
@@ -707,7 +707,7 @@ async fn panel_runs_every_view_of_one_artifact_and_aggregates_them() {
 }
 
 /// A runner that spends 100 tokens of its run's budget.
-async fn spending(ctx: RunContext) -> Result<AgentRun, Error> {
+async fn spending(ctx: RunContext) -> Result<AgentRun, LoopError> {
     spend(&ctx.budget, 100)?;
     Ok(AgentRun::new(ctx.item.prompt))
 }

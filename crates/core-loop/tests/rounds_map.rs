@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use agentrt_core_loop::{Error, map_with_concurrency};
+use agentrt_core_loop::{LoopError, map_with_concurrency};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -139,7 +139,7 @@ async fn zero_concurrency_is_a_configuration_error() {
     .await
     .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidConfig(ref m) if m.contains("max_concurrency")),
+        matches!(err, LoopError::InvalidConfig(ref m) if m.contains("max_concurrency")),
         "{err}"
     );
 }

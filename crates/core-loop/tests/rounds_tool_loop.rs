@@ -14,7 +14,7 @@ use agentrt_core_loop::rounds::{
 };
 use agentrt_core_loop::worker::{BoxSpec, WorkerFailure};
 use agentrt_core_loop::{
-    Boxes, Budget, BudgetLimits, Error, LineageOptions, RoundsConfig, RoundsStop, ToolError,
+    Boxes, Budget, BudgetLimits, LineageOptions, LoopError, RoundsConfig, RoundsStop, ToolError,
     ToolLoop, ToolRegistry, TypedTool, loop_until,
 };
 use agentrt_session_store::{MemoryStore, Retention, SessionStatus, SessionStore};
@@ -31,7 +31,7 @@ impl Validator<String> for SaysGood {
         &self,
         output: &String,
         _ctx: ValidationContext<'_>,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Verdict, LoopError> {
         Ok(if output == "good" {
             Verdict::pass()
         } else {
@@ -277,7 +277,7 @@ impl Validator<String> for ThenPrune {
     fn id(&self) -> &str {
         "judge"
     }
-    async fn validate(&self, _: &String, _: ValidationContext<'_>) -> Result<Verdict, Error> {
+    async fn validate(&self, _: &String, _: ValidationContext<'_>) -> Result<Verdict, LoopError> {
         let retention = Retention::ended_before(i64::MAX).status(SessionStatus::Completed);
         let pruned = self.0.prune(retention).await?;
         assert_eq!(pruned.sessions.len(), 1, "the agent's session was removed");
@@ -300,7 +300,7 @@ async fn a_removed_agent_session_fails_the_continued_round_loud() {
     let err = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
         .await
         .unwrap_err();
-    let Error::Worker {
+    let LoopError::Worker {
         kind: WorkerFailure::Validation,
         message,
     } = &err
@@ -323,14 +323,14 @@ async fn a_continued_round_whose_parent_run_did_not_answer_fails_loud() {
     let backend = Arc::new(FakeBackend::new(false));
     // Round 1's model fails (a soft failure of that iteration): there is no agent to continue.
     let model: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|_| {
-        ScriptedTurn::fail(Error::Connect("refused".into()))
+        ScriptedTurn::fail(LoopError::Connect("refused".into()))
     }));
     let config = continued_refine(model, store.clone(), &backend);
     let err = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Worker { kind: WorkerFailure::Validation, message }
+        matches!(&err, LoopError::Worker { kind: WorkerFailure::Validation, message }
             if message.contains("reported no agent session")),
         "{err}"
     );

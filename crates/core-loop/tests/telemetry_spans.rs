@@ -238,7 +238,7 @@ async fn a_run_is_an_invoke_agent_span_over_chat_and_execute_tool_spans() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_model_call_that_fails_marks_its_span_and_the_run_with_the_error_type() {
     let (spans, outcome) = traced_run(vec![ScriptedTurn::fail(
-        agentrt_core_loop::Error::ModelUnavailable("down".into()),
+        agentrt_core_loop::LoopError::ModelUnavailable("down".into()),
     )])
     .await;
     assert!(matches!(outcome.stop, StopReason::Failed { .. }));

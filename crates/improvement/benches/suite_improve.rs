@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agentrt_core_loop::Error as LoopError;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, ProfileModels, StreamItem};
 use agentrt_improvement::{
     CandidateGenerator, ExpectedAnswer, Gepa, ImproveBudget, ImproveOptions, ImprovementReport,

@@ -49,7 +49,7 @@
 //!
 //! A `[synthetic]` table (`facts`, `scenarios`, `seed`, `train`, `selection`) runs the offline
 //! [`SyntheticTask`](crate::SyntheticTask) instead: its scripted models, and — when not given —
-//! its profile, reflection profile and scenarios. Every problem is an [`Error::InvalidConfig`]
+//! its profile, reflection profile and scenarios. Every problem is an [`ImproveError::InvalidConfig`]
 //! naming the field.
 //!
 //! [`ImproveConfig::load`] reads one.
@@ -61,7 +61,7 @@ use agentrt_core_loop::{BudgetLimits, UnknownUsagePolicy};
 use agentrt_profiles::AgentProfile;
 use serde::Deserialize;
 
-use crate::Error;
+use crate::ImproveError;
 use crate::evaluator::{ExpectedAnswer, TaskScenario};
 use crate::gate::GatePolicy;
 use crate::options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions};
@@ -213,8 +213,13 @@ struct RawScenarios {
 impl RawScenarios {
     /// Loads the profiles and resolves the paths against `dir`; refuses a second evaluator
     /// (`synthetic`, or task tables).
-    fn resolve(self, dir: &Path, synthetic: bool, tasks: bool) -> Result<ScenariosConfig, Error> {
-        let invalid = Error::InvalidConfig;
+    fn resolve(
+        self,
+        dir: &Path,
+        synthetic: bool,
+        tasks: bool,
+    ) -> Result<ScenariosConfig, ImproveError> {
+        let invalid = ImproveError::InvalidConfig;
         if synthetic {
             return Err(invalid(
                 "[scenarios] and [synthetic] are both given: expected one evaluator".into(),
@@ -268,21 +273,21 @@ impl ScenariosConfig {
     /// `train`, the next `selection`, the rest (default a third each).
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming `scenarios.train` or `scenarios.selection` when a
+    /// [`ImproveError::InvalidConfig`] naming `scenarios.train` or `scenarios.selection` when a
     /// partition would be empty.
-    pub fn split<T: Clone>(&self, all: &[T]) -> Result<Partitions<T>, Error> {
+    pub fn split<T: Clone>(&self, all: &[T]) -> Result<Partitions<T>, ImproveError> {
         let n_train = self.train.unwrap_or(all.len() / 3);
         let n_sel = self.selection.unwrap_or(all.len() / 3);
         for (field, n) in [("train", n_train), ("selection", n_sel)] {
             if n == 0 {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ImproveError::InvalidConfig(format!(
                     "scenarios.{field} = 0 of {} scenarios: expected at least 1",
                     all.len()
                 )));
             }
         }
         if n_train + n_sel >= all.len() {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ImproveError::InvalidConfig(format!(
                 "scenarios.train + scenarios.selection = {} leaves no test scenario of the {} \
                  scenarios in {}",
                 n_train + n_sel,
@@ -340,14 +345,15 @@ impl RawConfig {
     /// Parses a configuration from TOML text.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] with the parser's message (the field, line and column).
-    fn from_toml_str(text: &str) -> Result<Self, Error> {
-        toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string().trim().to_owned()))
+    /// [`ImproveError::InvalidConfig`] with the parser's message (the field, line and column).
+    fn from_toml_str(text: &str) -> Result<Self, ImproveError> {
+        toml::from_str(text)
+            .map_err(|e| ImproveError::InvalidConfig(e.to_string().trim().to_owned()))
     }
 
     /// The candidate generator `generator` and `[gepa]` name.
-    fn generator(&self) -> Result<std::sync::Arc<dyn CandidateGenerator>, Error> {
-        let invalid = Error::InvalidConfig;
+    fn generator(&self) -> Result<std::sync::Arc<dyn CandidateGenerator>, ImproveError> {
+        let invalid = ImproveError::InvalidConfig;
         let gepa = self.gepa.clone();
         let generator: std::sync::Arc<dyn CandidateGenerator> =
             match self.generator.as_deref().unwrap_or("gepa") {
@@ -376,9 +382,9 @@ impl RawConfig {
     /// budget and the gate, and checks every value.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the field and what was expected; a profile's own errors.
-    fn resolve(self, dir: &Path) -> Result<ImproveConfig, Error> {
-        let invalid = |s: String| Error::InvalidConfig(s);
+    /// [`ImproveError::InvalidConfig`] naming the field and what was expected; a profile's own errors.
+    fn resolve(self, dir: &Path) -> Result<ImproveConfig, ImproveError> {
+        let invalid = |s: String| ImproveError::InvalidConfig(s);
         let generator = self.generator()?;
         let synthetic = self
             .synthetic
@@ -386,7 +392,7 @@ impl RawConfig {
             .map(|s| SyntheticTask::new(s.facts, s.scenarios.unwrap_or(3 * s.facts), s.seed));
         let load = |field: &str,
                     path: &Option<PathBuf>,
-                    fallback: Option<Result<AgentProfile, Error>>| {
+                    fallback: Option<Result<AgentProfile, ImproveError>>| {
             match (path, fallback) {
                 (Some(p), _) => AgentProfile::load(dir.join(p))
                     .map_err(|e| invalid(format!("{field} = {:?}: {e}", p.display().to_string()))),
@@ -526,12 +532,13 @@ impl ImproveConfig {
     /// built, every value checked.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the file, the field and what was expected.
-    pub fn load(path: &Path) -> Result<ImproveConfig, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidConfig(format!("cannot read {}: {e}", path.display())))?;
+    /// [`ImproveError::InvalidConfig`] naming the file, the field and what was expected.
+    pub fn load(path: &Path) -> Result<ImproveConfig, ImproveError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ImproveError::InvalidConfig(format!("cannot read {}: {e}", path.display()))
+        })?;
         let config = RawConfig::from_toml_str(&text)
-            .map_err(|e| Error::InvalidConfig(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ImproveError::InvalidConfig(format!("{}: {e}", path.display())))?;
         config.resolve(path.parent().unwrap_or(Path::new(".")))
     }
 
@@ -539,7 +546,7 @@ impl ImproveConfig {
     ///
     /// # Errors
     /// As [`ImproveConfig::load`].
-    pub fn from_toml_str(text: &str, dir: &Path) -> Result<ImproveConfig, Error> {
+    pub fn from_toml_str(text: &str, dir: &Path) -> Result<ImproveConfig, ImproveError> {
         RawConfig::from_toml_str(text)?.resolve(dir)
     }
 

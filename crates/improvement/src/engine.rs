@@ -20,7 +20,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::Error;
+use crate::ImproveError;
 use crate::evaluator::{EvalScenario, Evaluation, Evaluator, RolloutContext};
 use crate::findings::session_findings;
 use crate::gate::{GatePolicy, PairedTrial, PromotionVerdict, promotion_gate};
@@ -84,16 +84,16 @@ struct ReflectionEntry {
 /// Spend that cannot be accounted (calls with unknown usage) makes the verdict `hold`.
 ///
 /// # Errors
-/// Before anything is spent: [`Error::InvalidConfig`] for unusable options (empty partitions,
-/// duplicate scenario ids, zero trials), [`Error::ModelNotAllowed`] for a model outside the
-/// allowed models, [`Error::SelectorIsGrader`], [`Error::RolloutBudgetTooSmall`] /
-/// [`Error::BudgetTooSmall`] with what the start would cost, [`Error::MalformedCandidate`]
+/// Before anything is spent: [`ImproveError::InvalidConfig`] for unusable options (empty partitions,
+/// duplicate scenario ids, zero trials), [`ImproveError::ModelNotAllowed`] for a model outside the
+/// allowed models, [`ImproveError::SelectorIsGrader`], [`ImproveError::RolloutBudgetTooSmall`] /
+/// [`ImproveError::BudgetTooSmall`] with what the start would cost, [`ImproveError::MalformedCandidate`]
 /// when the surface does not fit the profile. During the run: the evaluator's and the store's
 /// errors (the run session is then finished as failed, and can be resumed).
 pub async fn improve<E: Evaluator>(
     profile: &AgentProfile,
     options: ImproveOptions<E>,
-) -> Result<ImprovementReport, Error> {
+) -> Result<ImprovementReport, ImproveError> {
     let surface = options
         .surface
         .clone()
@@ -165,8 +165,8 @@ fn check_options<E: Evaluator>(
     profile: &AgentProfile,
     surface: &Surface,
     options: &ImproveOptions<E>,
-) -> Result<(), Error> {
-    let invalid = |s: String| Err(Error::InvalidConfig(s));
+) -> Result<(), ImproveError> {
+    let invalid = |s: String| Err(ImproveError::InvalidConfig(s));
     for (name, part) in [
         ("train", &options.train),
         ("selection", &options.selection),
@@ -219,7 +219,7 @@ fn check_options<E: Evaluator>(
         ("reflection", &options.reflection.model.default),
     ] {
         if !allowed.iter().any(|m| m == model) {
-            return Err(Error::ModelNotAllowed {
+            return Err(ImproveError::ModelNotAllowed {
                 role: role.to_owned(),
                 model: model.clone(),
                 allowed: allowed.join(", "),
@@ -237,7 +237,7 @@ fn check_options<E: Evaluator>(
         DeciderId::model(&profile.model.default),
     ] {
         if selector == grader {
-            return Err(Error::SelectorIsGrader {
+            return Err(ImproveError::SelectorIsGrader {
                 selector: selector.to_string(),
                 grader: grader.to_string(),
             });
@@ -246,7 +246,7 @@ fn check_options<E: Evaluator>(
     check_budget(options)
 }
 
-fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), Error> {
+fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), ImproveError> {
     let t = u64::from(options.trials);
     let selection = options.selection.len() as u64 * t;
     let minibatch = options.generator.minibatch_size().min(options.train.len()) as u64;
@@ -254,7 +254,7 @@ fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), Error> 
     let test = 2 * options.test.len() as u64 * t;
     let needed = selection + proposal + test;
     if options.budget.rollouts < needed {
-        return Err(Error::RolloutBudgetTooSmall {
+        return Err(ImproveError::RolloutBudgetTooSmall {
             needed,
             selection,
             proposal,
@@ -267,7 +267,7 @@ fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), Error> 
         if let Some(tokens) = limits.tokens
             && per.tokens.saturating_mul(needed) > tokens
         {
-            return Err(Error::BudgetTooSmall {
+            return Err(ImproveError::BudgetTooSmall {
                 dimension: agentrt_core_loop::BudgetDimension::Tokens,
                 needed: (per.tokens.saturating_mul(needed)) as f64,
                 available: tokens as f64,
@@ -277,7 +277,7 @@ fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), Error> 
         if let Some(limit) = limits.dollars
             && dollars > limit
         {
-            return Err(Error::BudgetTooSmall {
+            return Err(ImproveError::BudgetTooSmall {
                 dimension: agentrt_core_loop::BudgetDimension::Dollars,
                 needed: dollars,
                 available: limit,
@@ -299,7 +299,7 @@ struct Journal {
 async fn open_run<E: Evaluator>(
     profile: &AgentProfile,
     options: &ImproveOptions<E>,
-) -> Result<(SessionId, u64, Journal), Error> {
+) -> Result<(SessionId, u64, Journal), ImproveError> {
     let store = &options.store;
     if let Some(id) = options.run {
         match store.get(&id).await {
@@ -341,9 +341,9 @@ async fn open_run<E: Evaluator>(
 async fn resume_run(
     store: &dyn SessionStore,
     session: agentrt_session_store::Session,
-) -> Result<(SessionId, u64, Journal), Error> {
+) -> Result<(SessionId, u64, Journal), ImproveError> {
     let run = session.id;
-    let bad = |reason: String| Error::Journal {
+    let bad = |reason: String| ImproveError::Journal {
         run: run.to_string(),
         reason,
     };
@@ -419,7 +419,7 @@ enum SearchStop {
 }
 
 impl<E: Evaluator> Engine<'_, E> {
-    async fn run(&mut self, baseline: CandidateTexts) -> Result<ImprovementReport, Error> {
+    async fn run(&mut self, baseline: CandidateTexts) -> Result<ImprovementReport, ImproveError> {
         // The baseline, scored on the selection partition.
         let address = self.address(&baseline)?;
         let selection = self
@@ -448,7 +448,7 @@ impl<E: Evaluator> Engine<'_, E> {
     }
 
     /// Proposes children until the budget or the proposal cap ends the search.
-    async fn search(&mut self) -> Result<String, Error> {
+    async fn search(&mut self) -> Result<String, ImproveError> {
         // Iterations that found nothing new (no proposal, or one already tried) in a row: the
         // search has converged; stop rather than spend reflection calls on repeats.
         let mut idle = 0u32;
@@ -499,10 +499,10 @@ impl<E: Evaluator> Engine<'_, E> {
     /// Tries a proposal: rejects it when malformed or over length, compares it with its parent
     /// on the minibatch, and scores it on the selection partition when it wins there.
     /// Whether the proposal was a new candidate (not one already in the tree).
-    async fn try_child(&mut self, proposal: Proposal) -> Result<bool, Error> {
+    async fn try_child(&mut self, proposal: Proposal) -> Result<bool, ImproveError> {
         let id = self.tree.len();
         let Some(&parent) = proposal.parents.first() else {
-            return Err(Error::InvalidConfig(
+            return Err(ImproveError::InvalidConfig(
                 "generator proposed a child without a parent".into(),
             ));
         };
@@ -512,7 +512,7 @@ impl<E: Evaluator> Engine<'_, E> {
                 .iter()
                 .any(|&i| i >= self.options.train.len())
         {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ImproveError::InvalidConfig(format!(
                 "generator `{}` proposed parents {:?} / minibatch {:?} outside the tree or the train partition",
                 self.options.generator.name(),
                 proposal.parents,
@@ -623,14 +623,14 @@ impl<E: Evaluator> Engine<'_, E> {
         None
     }
 
-    async fn push_node(&mut self, node: CandidateNode) -> Result<(), Error> {
+    async fn push_node(&mut self, node: CandidateNode) -> Result<(), ImproveError> {
         self.tree.push(node);
         self.journal_candidate(self.tree.len() - 1).await?;
         self.progress("search");
         Ok(())
     }
 
-    fn address(&self, texts: &CandidateTexts) -> Result<String, Error> {
+    fn address(&self, texts: &CandidateTexts) -> Result<String, ImproveError> {
         Ok(self
             .surface
             .apply(&self.base_profile, texts)?
@@ -644,7 +644,7 @@ impl<E: Evaluator> Engine<'_, E> {
         texts: &CandidateTexts,
         address: &str,
         phase: Phase,
-    ) -> Result<Vec<f64>, Error> {
+    ) -> Result<Vec<f64>, ImproveError> {
         let mut scores = Vec::with_capacity(self.options.selection.len());
         for i in 0..self.options.selection.len() {
             let evals = self
@@ -661,7 +661,7 @@ impl<E: Evaluator> Engine<'_, E> {
         texts: &CandidateTexts,
         address: &str,
         minibatch: &[usize],
-    ) -> Result<Vec<(usize, Evaluation)>, Error> {
+    ) -> Result<Vec<(usize, Evaluation)>, ImproveError> {
         let mut out = Vec::new();
         for &i in minibatch {
             for e in self
@@ -683,7 +683,7 @@ impl<E: Evaluator> Engine<'_, E> {
         partition: Partition,
         index: usize,
         phase: Phase,
-    ) -> Result<Vec<Evaluation>, Error> {
+    ) -> Result<Vec<Evaluation>, ImproveError> {
         let options = self.options;
         let scenario = match partition {
             Partition::Train => &options.train[index],
@@ -745,7 +745,7 @@ impl<E: Evaluator> Engine<'_, E> {
         }
     }
 
-    async fn append(&mut self, event: NewEvent) -> Result<(), Error> {
+    async fn append(&mut self, event: NewEvent) -> Result<(), ImproveError> {
         self.next_seq = self
             .options
             .store
@@ -754,7 +754,7 @@ impl<E: Evaluator> Engine<'_, E> {
         Ok(())
     }
 
-    async fn journal_candidate(&mut self, id: usize) -> Result<(), Error> {
+    async fn journal_candidate(&mut self, id: usize) -> Result<(), ImproveError> {
         let node = serde_json::to_value(&self.tree[id]).unwrap_or(Value::Null);
         self.append(NewEvent::new(CANDIDATE, node)).await
     }
@@ -802,7 +802,7 @@ impl<E: Evaluator> Engine<'_, E> {
     }
 
     /// The test comparison (the only read of the test partition), the gate and the report.
-    async fn finish(&mut self, stopped: String) -> Result<ImprovementReport, Error> {
+    async fn finish(&mut self, stopped: String) -> Result<ImprovementReport, ImproveError> {
         let winner = self.best();
         let mut reasons = Vec::new();
         let mut gate = None;
@@ -888,7 +888,7 @@ impl<E: Evaluator> Engine<'_, E> {
     }
 
     /// Baseline and winner on every test scenario, the same trials each, paired.
-    async fn test_comparison(&mut self, winner: usize) -> Result<Vec<PairedTrial>, Error> {
+    async fn test_comparison(&mut self, winner: usize) -> Result<Vec<PairedTrial>, ImproveError> {
         let (base, base_addr) = (self.tree[0].texts.clone(), self.tree[0].address.clone());
         let (win, win_addr) = (
             self.tree[winner].texts.clone(),
@@ -1032,15 +1032,15 @@ impl<E: Evaluator> Search for Engine<'_, E> {
         &mut self,
         candidate: usize,
         minibatch: &[usize],
-    ) -> Result<Vec<TrainRecord>, Error> {
+    ) -> Result<Vec<TrainRecord>, ImproveError> {
         let Some(node) = self.tree.get(candidate) else {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ImproveError::InvalidConfig(format!(
                 "run_train: candidate {candidate} is not in the tree"
             )));
         };
         let (texts, address) = (node.texts.clone(), node.address.clone());
         if let Some(&bad) = minibatch.iter().find(|&&i| i >= self.options.train.len()) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(ImproveError::InvalidConfig(format!(
                 "run_train: train index {bad} is outside the train partition"
             )));
         }
@@ -1064,7 +1064,7 @@ impl<E: Evaluator> Search for Engine<'_, E> {
         Ok(records)
     }
 
-    async fn reflect(&mut self, prompt: String) -> Result<Option<String>, Error> {
+    async fn reflect(&mut self, prompt: String) -> Result<Option<String>, ImproveError> {
         let key = format!("reflect/{}", self.iteration);
         let first_touch = self.touched.insert(key.clone());
         if let Some(entry) = self.reflections.get(&key) {

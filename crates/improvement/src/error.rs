@@ -5,7 +5,7 @@ use agentrt_core_loop::BudgetDimension;
 /// Everything that can go wrong in an improvement run, each variant naming what was wrong.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ImproveError {
     /// The options or a configuration value are unusable: the message names the field, the
     /// value and what was expected.
     #[error("invalid improvement configuration: {0}")]
@@ -25,7 +25,7 @@ pub enum Error {
          but the budget allows {available}"
     )]
     BudgetTooSmall {
-        /// The dimension that does not suffice (rollouts: [`Error::RolloutBudgetTooSmall`]).
+        /// The dimension that does not suffice (rollouts: [`ImproveError::RolloutBudgetTooSmall`]).
         dimension: BudgetDimension,
         /// What the start would cost, in the dimension's unit (tokens, dollars, seconds).
         needed: f64,
@@ -91,7 +91,7 @@ pub enum Error {
     },
     /// A model, loop or budget error from core-loop.
     #[error(transparent)]
-    CoreLoop(#[from] agentrt_core_loop::Error),
+    CoreLoop(#[from] agentrt_core_loop::LoopError),
     /// The session store failed.
     #[error(transparent)]
     Store(#[from] agentrt_session_store::StoreError),
@@ -105,13 +105,13 @@ pub enum Error {
     },
 }
 
-impl Error {
+impl ImproveError {
     /// An evaluator failure on `scenario` from any error.
     pub fn evaluator(
         scenario: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        Error::Evaluator {
+        ImproveError::Evaluator {
             scenario: scenario.into(),
             source: source.into(),
         }

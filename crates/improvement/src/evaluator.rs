@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::Error;
+use crate::ImproveError;
 
 /// One unit of work a candidate is scored on: a task, a conversation with a persona, a
 /// benchmark item. The improvement loop needs only its identity and a readable rendering of its
@@ -81,7 +81,7 @@ impl EvalScenario for TaskScenario {
 /// The graded result of one rollout: one candidate on one scenario, one trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
-    /// The score, in `[0, 1]` (checked: anything else is [`Error::BadEvaluation`]).
+    /// The score, in `[0, 1]` (checked: anything else is [`ImproveError::BadEvaluation`]).
     pub score: f64,
     /// What went right or wrong, in words: the reflection model reads it.
     pub feedback: String,
@@ -125,12 +125,12 @@ impl Evaluation {
     /// Checks the contract: a finite score in `[0, 1]`.
     ///
     /// # Errors
-    /// [`Error::BadEvaluation`] naming `scenario` and the score.
-    pub fn check(&self, scenario: &str) -> Result<(), Error> {
+    /// [`ImproveError::BadEvaluation`] naming `scenario` and the score.
+    pub fn check(&self, scenario: &str) -> Result<(), ImproveError> {
         if self.score.is_finite() && (0.0..=1.0).contains(&self.score) {
             Ok(())
         } else {
-            Err(Error::BadEvaluation {
+            Err(ImproveError::BadEvaluation {
                 scenario: scenario.to_owned(),
                 reason: format!("score {} is outside [0, 1]", self.score),
             })
@@ -163,7 +163,7 @@ pub trait Evaluator: Send + Sync {
         profile: &AgentProfile,
         scenario: &Self::Scenario,
         ctx: &RolloutContext,
-    ) -> Result<Evaluation, Error>;
+    ) -> Result<Evaluation, ImproveError>;
 }
 
 /// Where and on what a rollout runs: the run's store, the models, the budget it spends from, and
@@ -254,7 +254,7 @@ impl RolloutContext {
     ///
     /// # Errors
     /// The profile's model cannot be built or is not allowed.
-    pub fn tool_loop(&self, profile: &AgentProfile) -> Result<ToolLoop, Error> {
+    pub fn tool_loop(&self, profile: &AgentProfile) -> Result<ToolLoop, ImproveError> {
         let model = self.models.model_for(profile)?;
         let tool_loop = ToolLoop::from_profile(profile, model, self.store.clone())?
             .budget(self.budget.clone())
@@ -273,7 +273,7 @@ impl RolloutContext {
         &self,
         profile: &AgentProfile,
         task: &str,
-    ) -> Result<LoopOutcome, Error> {
+    ) -> Result<LoopOutcome, ImproveError> {
         Ok(self.tool_loop(profile)?.user(task).run().await?)
     }
 }
@@ -297,9 +297,9 @@ impl Evaluator for ExpectedAnswer {
         profile: &AgentProfile,
         scenario: &TaskScenario,
         ctx: &RolloutContext,
-    ) -> Result<Evaluation, Error> {
+    ) -> Result<Evaluation, ImproveError> {
         let expected = scenario.expected.as_deref().ok_or_else(|| {
-            Error::InvalidConfig(format!(
+            ImproveError::InvalidConfig(format!(
                 "scenario `{}`: `expected` is missing (ExpectedAnswer grades against it)",
                 scenario.id
             ))

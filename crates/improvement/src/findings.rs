@@ -6,7 +6,7 @@ use agentrt_core_loop::{RecordedEvent, RuntimeEvent, StopReason, ToolStatus};
 use agentrt_session_store::{SessionId, SessionStore};
 use futures::TryStreamExt;
 
-use crate::Error;
+use crate::ImproveError;
 
 /// The findings of one recorded session, in the order they happened: each failed tool call,
 /// and how the session stopped when it did not simply answer.
@@ -16,7 +16,7 @@ use crate::Error;
 pub async fn session_findings(
     store: &dyn SessionStore,
     session: &SessionId,
-) -> Result<Vec<String>, Error> {
+) -> Result<Vec<String>, ImproveError> {
     let events: Vec<_> = store.replay(session, 0).try_collect().await?;
     let mut findings = Vec::new();
     for event in &events {
@@ -76,7 +76,7 @@ pub async fn store_findings(
     store: &dyn SessionStore,
     run: Option<&SessionId>,
     limit: u32,
-) -> Result<Vec<Finding>, Error> {
+) -> Result<Vec<Finding>, ImproveError> {
     let mut out = Vec::new();
     if let Some(run) = run {
         let session = store.get(run).await?;
@@ -86,7 +86,7 @@ pub async fn store_findings(
             .and_then(serde_json::Value::as_str)
             != Some("improve.run")
         {
-            return Err(Error::Journal {
+            return Err(ImproveError::Journal {
                 run: run.to_string(),
                 reason: "the session is not an improve run".into(),
             });

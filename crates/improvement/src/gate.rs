@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::ImproveError;
 use crate::rng::SplitMix64;
 
 /// One paired trial: the baseline and the candidate on the same scenario, same trial index.
@@ -123,14 +123,14 @@ pub struct GateDecision {
 /// `require_mcnemar`, McNemar rejects "no difference").
 ///
 /// # Errors
-/// [`Error::InvalidConfig`] for no trials, a score outside `[0, 1]`, a confidence outside
+/// [`ImproveError::InvalidConfig`] for no trials, a score outside `[0, 1]`, a confidence outside
 /// (0, 1) or zero resamples.
 pub fn promotion_gate(
     baseline: &str,
     candidate: &str,
     trials: &[PairedTrial],
     policy: &GatePolicy,
-) -> Result<GateDecision, Error> {
+) -> Result<GateDecision, ImproveError> {
     check_inputs(trials, policy)?;
     let mut clusters: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for t in trials {
@@ -214,25 +214,25 @@ pub fn promotion_gate(
     })
 }
 
-fn check_inputs(trials: &[PairedTrial], policy: &GatePolicy) -> Result<(), Error> {
+fn check_inputs(trials: &[PairedTrial], policy: &GatePolicy) -> Result<(), ImproveError> {
     if trials.is_empty() {
-        return Err(Error::InvalidConfig(
+        return Err(ImproveError::InvalidConfig(
             "promotion gate: no paired trials (the test partition is empty)".into(),
         ));
     }
     if !(policy.confidence > 0.0 && policy.confidence < 1.0) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(ImproveError::InvalidConfig(format!(
             "gate.confidence = {}: expected a number strictly between 0 and 1",
             policy.confidence
         )));
     }
     if policy.resamples == 0 {
-        return Err(Error::InvalidConfig(
+        return Err(ImproveError::InvalidConfig(
             "gate.resamples = 0: expected at least 1".into(),
         ));
     }
     if !policy.required_lift.is_finite() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(ImproveError::InvalidConfig(format!(
             "gate.required_lift = {}: expected a finite number",
             policy.required_lift
         )));
@@ -240,7 +240,7 @@ fn check_inputs(trials: &[PairedTrial], policy: &GatePolicy) -> Result<(), Error
     for t in trials {
         for (who, s) in [("baseline", t.baseline), ("candidate", t.candidate)] {
             if !(s.is_finite() && (0.0..=1.0).contains(&s)) {
-                return Err(Error::InvalidConfig(format!(
+                return Err(ImproveError::InvalidConfig(format!(
                     "promotion gate: scenario `{}` trial {}: {who} score {s} is outside [0, 1]",
                     t.scenario, t.trial
                 )));

@@ -28,7 +28,7 @@ mod synthetic;
 
 pub use config::{ImproveConfig, Partitions, ScenariosConfig};
 pub use engine::improve;
-pub use error::Error;
+pub use error::ImproveError;
 pub use evaluator::{
     EvalScenario, Evaluation, Evaluator, ExpectedAnswer, RolloutContext, TaskScenario,
 };

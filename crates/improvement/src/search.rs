@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::ImproveError;
 use crate::surface::{CandidateTexts, Surface};
 
 /// One rollout of a train minibatch as a generator (and the reflection model) sees it.
@@ -98,10 +98,10 @@ pub trait Search: Send {
         &mut self,
         candidate: usize,
         minibatch: &[usize],
-    ) -> Result<Vec<TrainRecord>, Error>;
+    ) -> Result<Vec<TrainRecord>, ImproveError>;
     /// Asks the reflection model `prompt` (one persisted session, spent and reported as
     /// reflection). `None` when it gave no answer.
-    async fn reflect(&mut self, prompt: String) -> Result<Option<String>, Error>;
+    async fn reflect(&mut self, prompt: String) -> Result<Option<String>, ImproveError>;
 }
 
 /// Proposes candidates. Implementations: [`Gepa`], [`Rewrite`], or a caller's own.
@@ -114,7 +114,7 @@ pub trait CandidateGenerator: Send + Sync {
     fn minibatch_size(&self) -> usize;
 
     /// Proposes one child, or `None` when it has nothing to propose this iteration.
-    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, Error>;
+    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, ImproveError>;
 }
 
 /// Reflective evolution as in GEPA (Agrawal et al., arXiv 2507.19457).
@@ -155,7 +155,7 @@ impl CandidateGenerator for Gepa {
         self.minibatch.max(1)
     }
 
-    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, Error> {
+    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, ImproveError> {
         if let Some(merge) = self.try_merge(search) {
             return Ok(Some(merge));
         }
@@ -362,7 +362,7 @@ impl CandidateGenerator for Rewrite {
         self.minibatch.max(1)
     }
 
-    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, Error> {
+    async fn propose(&self, search: &mut dyn Search) -> Result<Option<Proposal>, ImproveError> {
         let components = search.surface().components().to_vec();
         if components.is_empty() {
             return Ok(None);

@@ -13,7 +13,7 @@ use agentrt_profiles::{AgentProfile, SkillSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Error;
+use crate::ImproveError;
 
 /// One text of a profile a search may change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,8 +32,8 @@ impl Component {
     /// Parses a component name: `system_prompt`, `instructions`, `skill:<name>`, `tool:<name>`.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] naming the text and the accepted forms.
-    pub fn parse(name: &str) -> Result<Component, Error> {
+    /// [`ImproveError::InvalidConfig`] naming the text and the accepted forms.
+    pub fn parse(name: &str) -> Result<Component, ImproveError> {
         match name {
             "system_prompt" => return Ok(Component::SystemPrompt),
             "instructions" => return Ok(Component::Instructions),
@@ -44,7 +44,7 @@ impl Component {
             Some(("tool", tool)) if !tool.is_empty() => {
                 Ok(Component::ToolDescription(tool.to_owned()))
             }
-            _ => Err(Error::InvalidConfig(format!(
+            _ => Err(ImproveError::InvalidConfig(format!(
                 "surface component `{name}`: expected `system_prompt`, `instructions`, \
                  `skill:<name>` or `tool:<name>`"
             ))),
@@ -118,7 +118,7 @@ impl Surface {
     ///
     /// # Errors
     /// A name that is not a component.
-    pub fn parse<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self, Error> {
+    pub fn parse<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<Self, ImproveError> {
         let components = names
             .into_iter()
             .map(|n| Component::parse(n.as_ref()))
@@ -157,10 +157,10 @@ impl Surface {
     /// The texts of the surface's components in `profile`.
     ///
     /// # Errors
-    /// [`Error::MalformedCandidate`] when the profile lacks a component: no skill or tool of
+    /// [`ImproveError::MalformedCandidate`] when the profile lacks a component: no skill or tool of
     /// that name, a skill read from a file (only inline text can be changed), a tool
     /// description that is not a string.
-    pub fn read(&self, profile: &AgentProfile) -> Result<CandidateTexts, Error> {
+    pub fn read(&self, profile: &AgentProfile) -> Result<CandidateTexts, ImproveError> {
         let mut texts = CandidateTexts::default();
         for component in &self.components {
             texts.set(component.to_string(), read_component(profile, component)?);
@@ -172,14 +172,14 @@ impl Surface {
     /// the candidate's text, nothing else touched.
     ///
     /// # Errors
-    /// [`Error::MalformedCandidate`] when the candidate lacks one of the surface's components,
+    /// [`ImproveError::MalformedCandidate`] when the candidate lacks one of the surface's components,
     /// has a component outside the surface, or the profile lacks a component.
     pub fn apply(
         &self,
         profile: &AgentProfile,
         candidate: &CandidateTexts,
-    ) -> Result<AgentProfile, Error> {
-        let malformed = |reason: String| Error::MalformedCandidate {
+    ) -> Result<AgentProfile, ImproveError> {
+        let malformed = |reason: String| ImproveError::MalformedCandidate {
             profile: profile.name.clone(),
             reason,
         };
@@ -216,16 +216,17 @@ impl Surface {
 /// `profile` with `winner`'s texts applied (the surface is the winner's own components).
 ///
 /// # Errors
-/// [`Error::MalformedCandidate`] for a component name that is not one, or one the profile
+/// [`ImproveError::MalformedCandidate`] for a component name that is not one, or one the profile
 /// lacks (a skill or tool it does not have, a skill read from a file).
 pub fn apply_winner_to_profile(
     profile: &AgentProfile,
     winner: &CandidateTexts,
-) -> Result<AgentProfile, Error> {
-    let surface = Surface::parse(winner.components()).map_err(|e| Error::MalformedCandidate {
-        profile: profile.name.clone(),
-        reason: e.to_string(),
-    })?;
+) -> Result<AgentProfile, ImproveError> {
+    let surface =
+        Surface::parse(winner.components()).map_err(|e| ImproveError::MalformedCandidate {
+            profile: profile.name.clone(),
+            reason: e.to_string(),
+        })?;
     surface.apply(profile, winner)
 }
 
@@ -233,8 +234,8 @@ fn tool_description(config: Option<&serde_json::Map<String, Value>>) -> Option<&
     config.and_then(|c| c.get("description"))
 }
 
-fn read_component(profile: &AgentProfile, component: &Component) -> Result<String, Error> {
-    let missing = |reason: String| Error::MalformedCandidate {
+fn read_component(profile: &AgentProfile, component: &Component) -> Result<String, ImproveError> {
+    let missing = |reason: String| ImproveError::MalformedCandidate {
         profile: profile.name.clone(),
         reason,
     };
@@ -275,7 +276,7 @@ fn write_component(
     profile: &mut AgentProfile,
     component: &Component,
     text: &str,
-) -> Result<(), Error> {
+) -> Result<(), ImproveError> {
     // Reading first checks the component exists in the form it can be written back.
     read_component(profile, component)?;
     let optional = |text: &str| (!text.is_empty()).then(|| text.to_owned());

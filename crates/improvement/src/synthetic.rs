@@ -19,7 +19,7 @@ use agentrt_core_loop::model::{
 };
 use agentrt_profiles::AgentProfile;
 
-use crate::Error;
+use crate::ImproveError;
 use crate::evaluator::TaskScenario;
 use crate::rng::SplitMix64;
 
@@ -101,7 +101,7 @@ impl SyntheticTask {
     ///
     /// # Errors
     /// Never in practice (the profile is built from a fixed text).
-    pub fn profile(&self) -> Result<AgentProfile, Error> {
+    pub fn profile(&self) -> Result<AgentProfile, ImproveError> {
         Ok(AgentProfile::from_toml_str(&format!(
             "name = \"synthetic-agent\"\nharness = \"router\"\nsystem_prompt = \"Answer with the item's code only.\"\n\
              [model]\nprovider = \"scripted\"\ndefault = \"{}\"\nallowed = [\"{}\", \"{}\"]\n",
@@ -113,7 +113,7 @@ impl SyntheticTask {
     ///
     /// # Errors
     /// Never in practice.
-    pub fn reflection_profile(&self) -> Result<AgentProfile, Error> {
+    pub fn reflection_profile(&self) -> Result<AgentProfile, ImproveError> {
         Ok(AgentProfile::from_toml_str(&format!(
             "name = \"synthetic-reflector\"\nharness = \"router\"\n[model]\nprovider = \"scripted\"\ndefault = \"{}\"\n",
             self.reflection_model

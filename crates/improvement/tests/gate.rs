@@ -1,6 +1,8 @@
 //! The promotion gate on its own: paired trials in, ship or hold with reasons out.
 
-use agentrt_improvement::{Error, GatePolicy, PairedTrial, PromotionVerdict, promotion_gate};
+use agentrt_improvement::{
+    GatePolicy, ImproveError, PairedTrial, PromotionVerdict, promotion_gate,
+};
 
 fn pairs(scores: &[(f64, f64)]) -> Vec<PairedTrial> {
     scores
@@ -114,7 +116,7 @@ fn the_bootstrap_is_seeded_and_clusters_trials_by_scenario() {
 #[test]
 fn bad_input_is_a_typed_error_naming_it() {
     let err = promotion_gate("b", "c", &[], &GatePolicy::default()).expect_err("empty");
-    assert!(matches!(err, Error::InvalidConfig(ref m) if m.contains("no paired trials")));
+    assert!(matches!(err, ImproveError::InvalidConfig(ref m) if m.contains("no paired trials")));
     let err =
         promotion_gate("b", "c", &pairs(&[(0.0, 1.5)]), &GatePolicy::default()).expect_err("range");
     assert!(

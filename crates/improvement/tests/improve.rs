@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use agentrt_core_loop::model::{ChatModel, ProfileModels, ScriptedModel, ScriptedTurn};
 use agentrt_core_loop::rounds::DeciderId;
 use agentrt_improvement::{
-    Error, Evaluation, Evaluator, ExpectedAnswer, ImproveBudget, ImproveOptions, PromotionVerdict,
-    Rewrite, RolloutContext, Surface, SyntheticTask, TaskScenario, improve,
+    Evaluation, Evaluator, ExpectedAnswer, ImproveBudget, ImproveError, ImproveOptions,
+    PromotionVerdict, Rewrite, RolloutContext, Surface, SyntheticTask, TaskScenario, improve,
 };
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{SessionStore, SqliteStore};
@@ -72,7 +72,7 @@ impl<E: Evaluator<Scenario = TaskScenario>> Evaluator for Recording<E> {
         profile: &AgentProfile,
         scenario: &TaskScenario,
         ctx: &RolloutContext,
-    ) -> Result<Evaluation, Error> {
+    ) -> Result<Evaluation, ImproveError> {
         let phase = ctx.session_metadata()["phase"]
             .as_str()
             .unwrap_or_default()
@@ -291,11 +291,11 @@ async fn a_run_killed_midway_resumes_without_re_spending_finished_rollouts() {
             profile: &AgentProfile,
             scenario: &TaskScenario,
             ctx: &RolloutContext,
-        ) -> Result<Evaluation, Error> {
+        ) -> Result<Evaluation, ImproveError> {
             {
                 let mut n = self.count.lock().expect("lock");
                 if *n >= self.limit {
-                    return Err(Error::evaluator(&scenario.id, "process killed"));
+                    return Err(ImproveError::evaluator(&scenario.id, "process killed"));
                 }
                 *n += 1;
             }
@@ -327,7 +327,10 @@ async fn a_run_killed_midway_resumes_without_re_spending_finished_rollouts() {
         .run(run),
     )
     .await;
-    assert!(matches!(first, Err(Error::Evaluator { .. })), "{first:?}");
+    assert!(
+        matches!(first, Err(ImproveError::Evaluator { .. })),
+        "{first:?}"
+    );
 
     let resumed = Arc::new(Recording::new(ExpectedAnswer));
     let report = improve(
@@ -372,7 +375,7 @@ async fn the_selector_never_grades() {
             profile: &AgentProfile,
             scenario: &TaskScenario,
             ctx: &RolloutContext,
-        ) -> Result<Evaluation, Error> {
+        ) -> Result<Evaluation, ImproveError> {
             ExpectedAnswer.evaluate(profile, scenario, ctx).await
         }
     }
@@ -383,7 +386,10 @@ async fn the_selector_never_grades() {
     )
     .await
     .expect_err("refused");
-    assert!(matches!(err, Error::SelectorIsGrader { .. }), "{err}");
+    assert!(
+        matches!(err, ImproveError::SelectorIsGrader { .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -398,7 +404,7 @@ async fn every_model_passes_the_allowed_models_guard() {
     .await
     .expect_err("refused");
     match err {
-        Error::ModelNotAllowed { role, model, .. } => {
+        ImproveError::ModelNotAllowed { role, model, .. } => {
             assert_eq!(role, "reflection");
             assert_eq!(model, "synthetic-reflector");
         }
@@ -419,7 +425,7 @@ async fn a_budget_too_small_for_a_start_fails_before_spending_and_says_the_cost(
     .expect_err("refused");
     // 4 selection + (2 * 3 + 4) for one proposal + 2 * 8 for the test comparison.
     match &err {
-        Error::RolloutBudgetTooSmall {
+        ImproveError::RolloutBudgetTooSmall {
             needed,
             selection,
             proposal,

@@ -1,6 +1,6 @@
 //! The surface: which texts of a profile may change, read and applied exactly.
 
-use agentrt_improvement::{CandidateTexts, Error, Surface, apply_winner_to_profile};
+use agentrt_improvement::{CandidateTexts, ImproveError, Surface, apply_winner_to_profile};
 use agentrt_profiles::AgentProfile;
 
 fn profile() -> AgentProfile {
@@ -77,7 +77,7 @@ fn a_malformed_winner_is_a_typed_configuration_error() {
         let mut winner = CandidateTexts::default();
         winner.set(component, "x");
         match apply_winner_to_profile(&p, &winner) {
-            Err(Error::MalformedCandidate { profile, reason }) => {
+            Err(ImproveError::MalformedCandidate { profile, reason }) => {
                 assert_eq!(profile, "p");
                 assert!(reason.contains(expected), "{component}: {reason}");
             }

@@ -5,7 +5,7 @@ use agentrt_core_loop::worker::WorkerFailure;
 /// Everything that can go wrong creating, running, checkpointing and forking boxes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum LineageError {
     /// A path given for a file operation would leave the workspace (absolute, `..`, or
     /// through a symlink).
     #[error("path {path:?} escapes the workspace: {reason}")]
@@ -88,34 +88,38 @@ pub enum Error {
 }
 
 /// This crate's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = LineageError> = std::result::Result<T, E>;
 
-impl Error {
+impl LineageError {
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<std::path::PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    ) -> impl FnOnce(std::io::Error) -> LineageError {
         let path = path.into();
-        move |source| Error::Io { op, path, source }
+        move |source| LineageError::Io { op, path, source }
     }
 
     /// The worker-failure kind the round loop sees for this error.
     pub fn failure_kind(&self) -> WorkerFailure {
         match self {
-            Error::UnknownSession { .. } | Error::Invalid { .. } => WorkerFailure::Validation,
-            Error::PathEscape { .. } => WorkerFailure::PathEscape,
-            Error::Unsupported(_)
-            | Error::LimitUnenforceable { .. }
-            | Error::ChainTooDeep { .. } => WorkerFailure::Unsupported,
-            Error::Destroyed(_) => WorkerFailure::Destroyed,
-            Error::Spawn { .. } | Error::Mount { .. } | Error::Io { .. } => WorkerFailure::Backend,
+            LineageError::UnknownSession { .. } | LineageError::Invalid { .. } => {
+                WorkerFailure::Validation
+            }
+            LineageError::PathEscape { .. } => WorkerFailure::PathEscape,
+            LineageError::Unsupported(_)
+            | LineageError::LimitUnenforceable { .. }
+            | LineageError::ChainTooDeep { .. } => WorkerFailure::Unsupported,
+            LineageError::Destroyed(_) => WorkerFailure::Destroyed,
+            LineageError::Spawn { .. } | LineageError::Mount { .. } | LineageError::Io { .. } => {
+                WorkerFailure::Backend
+            }
         }
     }
 }
 
-impl From<Error> for agentrt_core_loop::Error {
-    fn from(error: Error) -> Self {
-        agentrt_core_loop::Error::Worker {
+impl From<LineageError> for agentrt_core_loop::LoopError {
+    fn from(error: LineageError) -> Self {
+        agentrt_core_loop::LoopError::Worker {
             kind: error.failure_kind(),
             message: error.to_string(),
         }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
-use crate::error::{Error, Result};
+use crate::error::{LineageError, Result};
 use crate::sys;
 
 /// Where the workspace appears inside a bubblewrap box.
@@ -93,7 +93,7 @@ impl Runner {
                     child.nproc = Some(u64::from(pids.saturating_add(overhead)));
                 }
                 None => {
-                    return Err(Error::LimitUnenforceable {
+                    return Err(LineageError::LimitUnenforceable {
                         limit: "pids",
                         reason: "no writable pids cgroup and RLIMIT_NPROC does not bind root"
                             .into(),
@@ -256,7 +256,7 @@ pub(crate) async fn run(
         .kill_on_drop(true)
         .process_group(0);
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
+    let mut child = command.spawn().map_err(|source| LineageError::Spawn {
         program: program.to_string(),
         source,
     })?;
@@ -294,7 +294,7 @@ pub(crate) async fn run(
     if let Some(pid) = pid {
         sys::kill_process_group(pid);
     }
-    let status = status.map_err(|source| Error::Spawn {
+    let status = status.map_err(|source| LineageError::Spawn {
         program: program.to_string(),
         source,
     })?;

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::error::{Error, Result};
+use crate::error::{LineageError, Result};
 use crate::sys;
 
 /// The deepest layer chain this store mounts.
@@ -33,7 +33,7 @@ use crate::sys;
 /// takes at most one page (4096 bytes) of options. Layers are named by short relative paths
 /// (`l/<n>`), which keeps 400 layers within one page for layer numbers below 10^6. Every
 /// checkpoint that sealed new data adds one layer to a box's chain; a lineage deeper than this
-/// fails with [`Error::ChainTooDeep`] instead of mounting something the kernel would reject.
+/// fails with [`LineageError::ChainTooDeep`] instead of mounting something the kernel would reject.
 pub const MAX_CHAIN_DEPTH: usize = 400;
 
 const MAX_OPTIONS_LEN: usize = 4000;
@@ -99,18 +99,18 @@ impl OverlayLineage {
     /// layers) when the last handle on the store goes.
     pub fn temporary_in(parent: impl AsRef<Path>) -> Result<Self> {
         let parent = parent.as_ref();
-        std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
+        std::fs::create_dir_all(parent).map_err(LineageError::io("create directory", parent))?;
         let dir = tempfile::Builder::new()
             .prefix("agentrt-")
             .tempdir_in(parent)
-            .map_err(Error::io("create directory", parent))?;
+            .map_err(LineageError::io("create directory", parent))?;
         Self::create(dir.keep(), true)
     }
 
     fn create(root: PathBuf, remove_on_drop: bool) -> Result<Self> {
         for sub in ["l/0", "b", "s"] {
             let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(Error::io("create directory", dir))?;
+            std::fs::create_dir_all(&dir).map_err(LineageError::io("create directory", dir))?;
         }
         // Best effort: without privileges the overlay probe fails anyway.
         let private_mount = sys::make_private_mount(&root).is_ok();
@@ -198,14 +198,14 @@ impl StoreInner {
     pub(crate) fn seal(self: &Arc<Self>, upper: &Path, parent: &Chain) -> Result<Chain> {
         let depth = parent.layers.len() + 1;
         if depth > MAX_CHAIN_DEPTH {
-            return Err(Error::ChainTooDeep {
+            return Err(LineageError::ChainTooDeep {
                 depth,
                 max: MAX_CHAIN_DEPTH,
             });
         }
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let dest = self.root.join(Self::layer_rel(id));
-        std::fs::rename(upper, &dest).map_err(Error::io("seal layer", upper))?;
+        std::fs::rename(upper, &dest).map_err(LineageError::io("seal layer", upper))?;
         let mut layers = Vec::with_capacity(depth);
         layers.push(id);
         layers.extend_from_slice(&parent.layers);
@@ -320,7 +320,7 @@ impl OverlayWorkspace {
     /// Creates `b/<name>/{u,w,m}` and mounts the chain with a fresh upper layer.
     pub(crate) fn create(store: Arc<StoreInner>, name: &str, chain: Chain) -> Result<Self> {
         if let Err(reason) = store.probe() {
-            return Err(Error::Unsupported(format!("overlayfs: {reason}")));
+            return Err(LineageError::Unsupported(format!("overlayfs: {reason}")));
         }
         let mut ws = Self {
             store,
@@ -330,7 +330,7 @@ impl OverlayWorkspace {
         };
         for sub in ["u", "w", "m"] {
             let dir = ws.dir().join(sub);
-            std::fs::create_dir_all(&dir).map_err(Error::io("create directory", dir))?;
+            std::fs::create_dir_all(&dir).map_err(LineageError::io("create directory", dir))?;
         }
         ws.mount()?;
         Ok(ws)
@@ -356,16 +356,18 @@ impl OverlayWorkspace {
             options.push_str(",volatile");
         }
         if options.len() > MAX_OPTIONS_LEN {
-            return Err(Error::ChainTooDeep {
+            return Err(LineageError::ChainTooDeep {
                 depth: self.chain.depth(),
                 max: MAX_CHAIN_DEPTH,
             });
         }
         let merged = self.merged();
-        sys::mount_overlay(&self.store.root, &merged, &options).map_err(|source| Error::Mount {
-            op: "mount",
-            path: merged,
-            source,
+        sys::mount_overlay(&self.store.root, &merged, &options).map_err(|source| {
+            LineageError::Mount {
+                op: "mount",
+                path: merged,
+                source,
+            }
         })?;
         self.mounted = true;
         Ok(())
@@ -374,7 +376,7 @@ impl OverlayWorkspace {
     fn unmount(&mut self) -> Result<()> {
         if self.mounted {
             let merged = self.merged();
-            sys::unmount(&merged).map_err(|source| Error::Mount {
+            sys::unmount(&merged).map_err(|source| LineageError::Mount {
                 op: "umount",
                 path: merged,
                 source,
@@ -400,18 +402,18 @@ impl OverlayWorkspace {
         let dir = self.dir();
         let upper = dir.join("u");
         let empty = std::fs::read_dir(&upper)
-            .map_err(Error::io("read upper layer", &upper))?
+            .map_err(LineageError::io("read upper layer", &upper))?
             .next()
             .is_none();
         if !empty {
             let chain = self.store.seal(&upper, &self.chain)?;
-            std::fs::create_dir(&upper).map_err(Error::io("create directory", &upper))?;
+            std::fs::create_dir(&upper).map_err(LineageError::io("create directory", &upper))?;
             self.chain = chain;
         }
         // A volatile mount leaves a marker in the work dir that refuses reuse; start clean.
         let work = dir.join("w");
-        std::fs::remove_dir_all(&work).map_err(Error::io("clear work directory", &work))?;
-        std::fs::create_dir(&work).map_err(Error::io("create directory", &work))?;
+        std::fs::remove_dir_all(&work).map_err(LineageError::io("clear work directory", &work))?;
+        std::fs::create_dir(&work).map_err(LineageError::io("create directory", &work))?;
         Ok(self.chain.clone())
     }
 
@@ -419,7 +421,7 @@ impl OverlayWorkspace {
     pub(crate) fn destroy(&mut self) -> Result<()> {
         self.unmount()?;
         let dir = self.dir();
-        std::fs::remove_dir_all(&dir).map_err(Error::io("remove box", dir))
+        std::fs::remove_dir_all(&dir).map_err(LineageError::io("remove box", dir))
     }
 
     pub(crate) fn chain_depth(&self) -> usize {
@@ -440,27 +442,31 @@ impl Drop for OverlayWorkspace {
 /// Recursively copies `from` into `to` (created): directories, regular files (with their
 /// permissions) and symlinks (as symlinks). Other file types are skipped.
 pub(crate) fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(from).map_err(Error::io("inspect", from))?;
+    let meta = std::fs::symlink_metadata(from).map_err(LineageError::io("inspect", from))?;
     if !meta.is_dir() {
-        return Err(Error::Invalid {
+        return Err(LineageError::Invalid {
             field: "workspace_seed",
             message: format!("{} is not a directory", from.display()),
         });
     }
-    std::fs::create_dir_all(to).map_err(Error::io("create directory", to))?;
-    std::fs::set_permissions(to, meta.permissions()).map_err(Error::io("set permissions", to))?;
-    for entry in std::fs::read_dir(from).map_err(Error::io("read directory", from))? {
-        let entry = entry.map_err(Error::io("read directory", from))?;
+    std::fs::create_dir_all(to).map_err(LineageError::io("create directory", to))?;
+    std::fs::set_permissions(to, meta.permissions())
+        .map_err(LineageError::io("set permissions", to))?;
+    for entry in std::fs::read_dir(from).map_err(LineageError::io("read directory", from))? {
+        let entry = entry.map_err(LineageError::io("read directory", from))?;
         let src = entry.path();
         let dst = to.join(entry.file_name());
-        let kind = entry.file_type().map_err(Error::io("inspect", &src))?;
+        let kind = entry
+            .file_type()
+            .map_err(LineageError::io("inspect", &src))?;
         if kind.is_dir() {
             copy_tree(&src, &dst)?;
         } else if kind.is_symlink() {
-            let target = std::fs::read_link(&src).map_err(Error::io("read link", &src))?;
-            std::os::unix::fs::symlink(target, &dst).map_err(Error::io("create symlink", &dst))?;
+            let target = std::fs::read_link(&src).map_err(LineageError::io("read link", &src))?;
+            std::os::unix::fs::symlink(target, &dst)
+                .map_err(LineageError::io("create symlink", &dst))?;
         } else if kind.is_file() {
-            std::fs::copy(&src, &dst).map_err(Error::io("copy", &src))?;
+            std::fs::copy(&src, &dst).map_err(LineageError::io("copy", &src))?;
         }
     }
     Ok(())
@@ -517,9 +523,8 @@ impl PlainWorkspace {
         let merged = ws.merged();
         match seed {
             Some(seed) => copy_tree(seed, &merged)?,
-            None => {
-                std::fs::create_dir_all(&merged).map_err(Error::io("create directory", &merged))?
-            }
+            None => std::fs::create_dir_all(&merged)
+                .map_err(LineageError::io("create directory", &merged))?,
         }
         Ok(ws)
     }
@@ -531,7 +536,8 @@ impl PlainWorkspace {
 
     pub(crate) fn destroy(&mut self) -> Result<()> {
         if !self.removed {
-            std::fs::remove_dir_all(&self.dir).map_err(Error::io("remove box", &self.dir))?;
+            std::fs::remove_dir_all(&self.dir)
+                .map_err(LineageError::io("remove box", &self.dir))?;
             self.removed = true;
         }
         Ok(())

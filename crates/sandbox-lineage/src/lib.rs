@@ -30,7 +30,7 @@
 //!   copy). The round loop's lineage then degrades to fresh boxes.
 //! - A writable pids cgroup (v1 `pids` hierarchy or v2) to enforce a pids limit
 //!   (`BoxLimits::pids`) as root; when none exists a pids limit is refused with
-//!   [`Error::LimitUnenforceable`] rather than ignored.
+//!   [`LineageError::LimitUnenforceable`] rather than ignored.
 //! - `criu` is optional: `can_checkpoint_process` is true only when `criu check` passes.
 //!
 //! # Example
@@ -74,7 +74,7 @@ mod sandbox;
 mod sys;
 mod worker_impl;
 
-pub use error::{Error, Result};
+pub use error::{LineageError, Result};
 pub use layers::{MAX_CHAIN_DEPTH, OverlayLineage};
 pub use probe::CapabilityReport;
 pub use sandbox::{BackendOptions, BubblewrapBackend, Checkpoint, LocalDirBackend, SandboxBox};

@@ -2,7 +2,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{LineageError, Result};
 
 /// Resolves `relative` inside `root`, refusing absolute paths, `..`, and any symlink on the way
 /// (an existing symlink component could point outside the workspace). Components that do not
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// could swap a checked directory for a symlink. The final component is additionally opened
 /// with `O_NOFOLLOW` by the callers.
 pub(crate) fn confine(root: &Path, relative: &str) -> Result<PathBuf> {
-    let escape = |reason| Error::PathEscape {
+    let escape = |reason| LineageError::PathEscape {
         path: relative.to_string(),
         reason,
     };
@@ -36,7 +36,7 @@ pub(crate) fn confine(root: &Path, relative: &str) -> Result<PathBuf> {
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("inspect", resolved)(e)),
+                    Err(e) => return Err(LineageError::io("inspect", resolved)(e)),
                 }
             }
             Component::CurDir => {}
@@ -88,7 +88,10 @@ mod tests {
             "",
         ] {
             let err = confine(dir.path(), bad).unwrap_err();
-            assert!(matches!(err, Error::PathEscape { .. }), "{bad}: {err}");
+            assert!(
+                matches!(err, LineageError::PathEscape { .. }),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -10,7 +10,7 @@ use agentrt_core_loop::worker::{
 };
 use tokio::sync::{OnceCell, RwLock, mpsc};
 
-use crate::error::{Error, Result};
+use crate::error::{LineageError, Result};
 use crate::exec::{self, Launch, Runner};
 use crate::layers::{
     Chain, OverlayLineage, OverlayWorkspace, PlainWorkspace, Snapshot, StoreInner,
@@ -159,7 +159,7 @@ impl BackendCore {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Error::Io {
+        .map_err(|e| LineageError::Io {
             op: "run blocking task",
             path: PathBuf::new(),
             source: std::io::Error::other(e),
@@ -170,21 +170,21 @@ fn validate_spec(spec: &BoxSpec) -> Result<()> {
     if let Some(seed) = &spec.workspace_seed
         && !seed.is_dir()
     {
-        return Err(Error::Invalid {
+        return Err(LineageError::Invalid {
             field: "workspace_seed",
             message: format!("{} is not a directory", seed.display()),
         });
     }
     for name in spec.env_allow.iter().chain(spec.env.keys()) {
         if name.is_empty() || name.contains('=') || name.contains('\0') {
-            return Err(Error::Invalid {
+            return Err(LineageError::Invalid {
                 field: "env",
                 message: format!("{name:?} is not a valid variable name"),
             });
         }
     }
     if spec.limits.pids == Some(0) {
-        return Err(Error::Invalid {
+        return Err(LineageError::Invalid {
             field: "limits.pids",
             message: "must be at least 1".into(),
         });
@@ -381,10 +381,10 @@ impl SandboxBox {
     ) -> Result<ExecOutcome> {
         let guard = self.inner.workspace.read().await;
         if guard.is_none() {
-            return Err(Error::Destroyed(self.inner.id.clone()));
+            return Err(LineageError::Destroyed(self.inner.id.clone()));
         }
         let Some(program) = request.argv.first().cloned() else {
-            return Err(Error::Invalid {
+            return Err(LineageError::Invalid {
                 field: "argv",
                 message: "must name a program".into(),
             });
@@ -396,7 +396,7 @@ impl SandboxBox {
         let cwd = request.cwd.clone().or(session_cwd).unwrap_or_default();
         let host_cwd = paths::confine_dir(&self.inner.root, &cwd)?;
         if !host_cwd.is_dir() {
-            return Err(Error::Invalid {
+            return Err(LineageError::Invalid {
                 field: "cwd",
                 message: format!("{cwd:?} is not a directory in the workspace"),
             });
@@ -436,7 +436,7 @@ impl SandboxBox {
 
     fn require_session(&self, id: &BoxSessionId) -> Result<BoxSessionStatus> {
         self.session_status(id)
-            .ok_or_else(|| Error::UnknownSession {
+            .ok_or_else(|| LineageError::UnknownSession {
                 box_id: self.inner.id.clone(),
                 session: id.0.clone(),
             })
@@ -446,7 +446,7 @@ impl SandboxBox {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let guard = self.inner.workspace.read().await;
         if guard.is_none() {
-            return Err(Error::Destroyed(self.inner.id.clone()));
+            return Err(LineageError::Destroyed(self.inner.id.clone()));
         }
         let full = paths::confine(&self.inner.root, path)?;
         blocking(move || {
@@ -456,10 +456,10 @@ impl SandboxBox {
                 .read(true)
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&full)
-                .map_err(Error::io("open", &full))?;
+                .map_err(LineageError::io("open", &full))?;
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)
-                .map_err(Error::io("read", &full))?;
+                .map_err(LineageError::io("read", &full))?;
             Ok(bytes)
         })
         .await
@@ -470,7 +470,7 @@ impl SandboxBox {
     pub async fn write_file(&self, path: &str, contents: &[u8]) -> Result<()> {
         let guard = self.inner.workspace.read().await;
         if guard.is_none() {
-            return Err(Error::Destroyed(self.inner.id.clone()));
+            return Err(LineageError::Destroyed(self.inner.id.clone()));
         }
         let full = paths::confine(&self.inner.root, path)?;
         let contents = contents.to_vec();
@@ -478,7 +478,8 @@ impl SandboxBox {
             use std::io::Write;
             use std::os::unix::fs::OpenOptionsExt;
             if let Some(parent) = full.parent() {
-                std::fs::create_dir_all(parent).map_err(Error::io("create directory", parent))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(LineageError::io("create directory", parent))?;
             }
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -486,8 +487,9 @@ impl SandboxBox {
                 .truncate(true)
                 .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(&full)
-                .map_err(Error::io("open", &full))?;
-            file.write_all(&contents).map_err(Error::io("write", &full))
+                .map_err(LineageError::io("open", &full))?;
+            file.write_all(&contents)
+                .map_err(LineageError::io("write", &full))
         })
         .await
     }
@@ -503,10 +505,10 @@ impl SandboxBox {
     pub async fn open_session_in(&self, name: &str, cwd: &str) -> Result<BoxSessionId> {
         let guard = self.inner.workspace.read().await;
         if guard.is_none() {
-            return Err(Error::Destroyed(self.inner.id.clone()));
+            return Err(LineageError::Destroyed(self.inner.id.clone()));
         }
         let dir = paths::confine_dir(&self.inner.root, cwd)?;
-        std::fs::create_dir_all(&dir).map_err(Error::io("create directory", &dir))?;
+        std::fs::create_dir_all(&dir).map_err(LineageError::io("create directory", &dir))?;
         let id = BoxSessionId(uuid::Uuid::new_v4().to_string());
         let status = BoxSessionStatus {
             id: id.clone(),
@@ -547,7 +549,7 @@ impl SandboxBox {
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
         let mut guard = self.inner.workspace.write().await;
         let Some(mut workspace) = guard.take() else {
-            return Err(Error::Destroyed(self.inner.id.clone()));
+            return Err(LineageError::Destroyed(self.inner.id.clone()));
         };
         let store = self.inner.core.store().clone();
         let (workspace, sealed) = blocking(move || {
@@ -665,7 +667,7 @@ impl BubblewrapBackend {
     /// A bubblewrap backend with explicit options.
     pub fn with_options(options: BackendOptions) -> Result<Self> {
         let bwrap = find_on_path("bwrap").ok_or_else(|| {
-            Error::Unsupported("bubblewrap is not installed (no `bwrap` on PATH)".into())
+            LineageError::Unsupported("bubblewrap is not installed (no `bwrap` on PATH)".into())
         })?;
         Ok(Self {
             core: BackendCore::new("bubblewrap", options, Runner::Bubblewrap { bwrap })?,

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use agentrt_core_loop::Error as LoopError;
+use agentrt_core_loop::LoopError;
 use agentrt_core_loop::worker::{
     BoxSessionId, BoxSessionStatus, BoxSpec, Capabilities, CheckpointId, ExecOutcome, ExecRequest,
     OutputChunk, WorkerBackend, WorkerBox,
 };
 use tokio::sync::mpsc;
 
-use crate::error::Error;
+use crate::LineageError;
 use crate::sandbox::{BubblewrapBackend, LocalDirBackend, SandboxBox};
 
 #[async_trait::async_trait]
@@ -80,12 +80,14 @@ macro_rules! impl_worker_backend {
                     .checkpoints
                     .lock()
                     .map_err(|_| {
-                        LoopError::from(Error::Unsupported("checkpoint registry poisoned".into()))
+                        LoopError::from(LineageError::Unsupported(
+                            "checkpoint registry poisoned".into(),
+                        ))
                     })?
                     .get(checkpoint)
                     .cloned();
                 let Some(found) = found else {
-                    return Err(Error::Invalid {
+                    return Err(LineageError::Invalid {
                         field: "checkpoint",
                         message: format!("unknown or released checkpoint {checkpoint}"),
                     }

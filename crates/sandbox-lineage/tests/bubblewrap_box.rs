@@ -8,7 +8,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use agentrt_core_loop::worker::{BoxLimits, BoxSpec, ExecRequest, OutputChunk, WorkerBackend};
-use agentrt_sandbox_lineage::Error;
+use agentrt_sandbox_lineage::LineageError;
 use common::{bubblewrap, run, sh, state_dir, stdout};
 
 #[tokio::test]
@@ -221,7 +221,7 @@ async fn exec_timeout_kills_the_process_tree() {
     // The background child died with the box's pid namespace: nothing writes later.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(
-        matches!(b.read_file("late").await, Err(Error::Io { .. })),
+        matches!(b.read_file("late").await, Err(LineageError::Io { .. })),
         "a child outlived the timeout"
     );
 }
@@ -416,11 +416,14 @@ async fn file_access_is_confined_to_the_workspace() {
         "host-link",
     ] {
         assert!(
-            matches!(b.read_file(bad).await, Err(Error::PathEscape { .. })),
+            matches!(b.read_file(bad).await, Err(LineageError::PathEscape { .. })),
             "read {bad}"
         );
         assert!(
-            matches!(b.write_file(bad, b"x").await, Err(Error::PathEscape { .. })),
+            matches!(
+                b.write_file(bad, b"x").await,
+                Err(LineageError::PathEscape { .. })
+            ),
             "write {bad}"
         );
     }
@@ -428,7 +431,7 @@ async fn file_access_is_confined_to_the_workspace() {
     request.cwd = Some("..".into());
     assert!(matches!(
         b.exec(request).await,
-        Err(Error::PathEscape { .. })
+        Err(LineageError::PathEscape { .. })
     ));
     let mut request = sh("pwd");
     request.cwd = Some("sub/dir".into());
@@ -469,8 +472,14 @@ async fn destroyed_boxes_refuse_work_and_forget_sessions() {
     b.destroy().await.unwrap();
     assert!(b.is_destroyed().await);
     assert!(b.session_status(&session).is_none());
-    assert!(matches!(b.exec(sh("true")).await, Err(Error::Destroyed(_))));
-    assert!(matches!(b.read_file("x").await, Err(Error::Destroyed(_))));
+    assert!(matches!(
+        b.exec(sh("true")).await,
+        Err(LineageError::Destroyed(_))
+    ));
+    assert!(matches!(
+        b.read_file("x").await,
+        Err(LineageError::Destroyed(_))
+    ));
     assert!(!root.exists(), "workspace removed");
 }
 

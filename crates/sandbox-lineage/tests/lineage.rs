@@ -14,7 +14,7 @@ use std::time::Duration;
 use agentrt_core_loop::worker::{
     BoxSessionId, BoxSpec, ExecRequest, WorkerBackend, WorkerBox, WorkerFailure,
 };
-use agentrt_sandbox_lineage::{BubblewrapBackend, Error};
+use agentrt_sandbox_lineage::{BubblewrapBackend, LineageError};
 use common::{bubblewrap, bubblewrap_without_fork, run, state_dir, stdout};
 
 /// Runs `script` in `b` through the trait and returns its trimmed standard output.
@@ -87,7 +87,7 @@ async fn a_released_checkpoint_can_no_longer_be_forked() {
     assert!(
         matches!(
             err,
-            agentrt_core_loop::Error::Worker {
+            agentrt_core_loop::LoopError::Worker {
                 kind: WorkerFailure::Validation,
                 ..
             }
@@ -128,11 +128,11 @@ async fn an_exec_in_an_unknown_or_closed_box_session_is_refused_before_anything_
     let mut request = common::sh("echo ran > ran.txt");
     request.session = Some(stranger);
     let err = b.exec(request).await.unwrap_err();
-    assert!(matches!(err, Error::UnknownSession { .. }), "{err}");
+    assert!(matches!(err, LineageError::UnknownSession { .. }), "{err}");
     // The round loop sees it as a hard validation failure.
     assert!(matches!(
-        agentrt_core_loop::Error::from(err),
-        agentrt_core_loop::Error::Worker {
+        agentrt_core_loop::LoopError::from(err),
+        agentrt_core_loop::LoopError::Worker {
             kind: WorkerFailure::Validation,
             ..
         }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use agentrt_core_loop::worker::{BoxSpec, ExecRequest};
-use agentrt_sandbox_lineage::{BackendOptions, Error, LocalDirBackend};
+use agentrt_sandbox_lineage::{BackendOptions, LineageError, LocalDirBackend};
 use common::{bubblewrap, run, sh, state_dir, stdout};
 
 #[tokio::test]
@@ -60,7 +60,7 @@ async fn bad_specs_and_requests_get_typed_errors() {
     };
     assert!(matches!(
         backend.create_box(&missing).await,
-        Err(Error::Invalid {
+        Err(LineageError::Invalid {
             field: "workspace_seed",
             ..
         })
@@ -71,19 +71,19 @@ async fn bad_specs_and_requests_get_typed_errors() {
     };
     assert!(matches!(
         backend.create_box(&bad_env).await,
-        Err(Error::Invalid { field: "env", .. })
+        Err(LineageError::Invalid { field: "env", .. })
     ));
     let b = backend.create_box(&BoxSpec::default()).await.unwrap();
     let empty = ExecRequest::default();
     assert!(matches!(
         b.exec(empty).await,
-        Err(Error::Invalid { field: "argv", .. })
+        Err(LineageError::Invalid { field: "argv", .. })
     ));
     let mut nowhere = sh("true");
     nowhere.cwd = Some("no/such/dir".into());
     assert!(matches!(
         b.exec(nowhere).await,
-        Err(Error::Invalid { field: "cwd", .. })
+        Err(LineageError::Invalid { field: "cwd", .. })
     ));
     let out = b
         .exec(ExecRequest::new(["/no/such/program"]))

@@ -13,10 +13,10 @@ use agentrt_core_loop::worker::{BoxSpec, ExecRequest, WorkerBackend, WorkerBox, 
 use agentrt_sandbox_lineage::LocalDirBackend;
 use common::{bubblewrap, state_dir};
 
-fn is_escape(result: &Result<impl std::fmt::Debug, agentrt_core_loop::Error>) -> bool {
+fn is_escape(result: &Result<impl std::fmt::Debug, agentrt_core_loop::LoopError>) -> bool {
     matches!(
         result,
-        Err(agentrt_core_loop::Error::Worker {
+        Err(agentrt_core_loop::LoopError::Worker {
             kind: WorkerFailure::PathEscape,
             ..
         })

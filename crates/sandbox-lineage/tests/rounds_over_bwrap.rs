@@ -2,7 +2,7 @@
 //! [`BubblewrapBackend`] with overlayfs lineage: every agent run execs shell commands inside its
 //! bubblewrap box. Fork fanout (the parent's pre-checkpoint writes visible, siblings isolated),
 //! session continuity (same box, same session, state carried), a session closed between rounds
-//! (a hard `Error::Worker` validation failure), pruning (live boxes flat across rounds), the
+//! (a hard `LoopError::Worker` validation failure), pruning (live boxes flat across rounds), the
 //! fresh fallback when the overlay is disabled, and the default-off invariant.
 //!
 //! These tests need `bwrap` and root (overlay mounts); they fail, never skip, without them.
@@ -23,7 +23,7 @@ use agentrt_core_loop::worker::{
     WorkerFailure,
 };
 use agentrt_core_loop::{
-    Boxes, Decision, Error, FailureInfo, LineageOptions, RoundDriver, RoundsConfig, RoundsStop,
+    Boxes, Decision, FailureInfo, LineageOptions, LoopError, RoundDriver, RoundsConfig, RoundsStop,
     WorkItem, fanout, loop_until, run_agent_rounds,
 };
 use agentrt_sandbox_lineage::{BackendOptions, BubblewrapBackend, SandboxBox};
@@ -82,13 +82,13 @@ async fn sh(
     worker: &Arc<dyn WorkerBox>,
     session: Option<&BoxSessionId>,
     script: &str,
-) -> Result<String, Error> {
+) -> Result<String, LoopError> {
     let mut request = ExecRequest::new(["/bin/sh", "-c", script]);
     request.timeout = Some(Duration::from_secs(60));
     request.session = session.cloned();
     let outcome = worker.exec(request, None).await?;
     if !outcome.success() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(LoopError::InvalidConfig(format!(
             "test command {script:?} failed: {:?} {}",
             outcome.code,
             String::from_utf8_lossy(&outcome.stderr)
@@ -132,7 +132,7 @@ impl RoundDriver<String> for Driver {
         &self,
         _task: &str,
         history: &RoundHistory<String>,
-    ) -> Result<Vec<WorkItem>, Error> {
+    ) -> Result<Vec<WorkItem>, LoopError> {
         self.live_at_plan
             .lock()
             .unwrap()
@@ -142,7 +142,7 @@ impl RoundDriver<String> for Driver {
         }
         Ok((self.plan)(history))
     }
-    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, Error> {
+    async fn decide(&self, history: &RoundHistory<String>) -> Result<Decision, LoopError> {
         Ok(if history.rounds() >= self.rounds {
             Decision::Done
         } else {
@@ -177,7 +177,7 @@ fn parent_then_children(store_root: &Path, k: usize) -> Driver {
 /// listing would be a leak. Output: `seed|CHILD_SPEC|listing|session`.
 fn parent_child_runner(
     children: usize,
-) -> impl Fn(RunContext) -> futures::future::BoxFuture<'static, Result<AgentRun, Error>> + Send + Sync
+) -> impl Fn(RunContext) -> futures::future::BoxFuture<'static, Result<AgentRun, LoopError>> + Send + Sync
 {
     let barrier = Arc::new(tokio::sync::Barrier::new(children));
     move |ctx: RunContext| {
@@ -354,7 +354,7 @@ impl Validator<String> for HasLines {
         &self,
         output: &String,
         ctx: ValidationContext<'_>,
-    ) -> Result<Verdict, Error> {
+    ) -> Result<Verdict, LoopError> {
         // The box is still alive while the check runs.
         let worker = ctx.worker_box.expect("a box");
         let on_disk = worker.read_file("log.txt").await?;
@@ -457,15 +457,15 @@ impl WorkerBackend for Tracked {
     async fn capabilities(&self) -> Capabilities {
         WorkerBackend::capabilities(self.inner.as_ref()).await
     }
-    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, LoopError> {
         let made = self.inner.create_box(spec).await?;
         self.boxes.lock().unwrap().push(made.clone());
         Ok(Arc::new(made))
     }
-    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, LoopError> {
         WorkerBackend::fork(self.inner.as_ref(), checkpoint).await
     }
-    async fn release_checkpoint(&self, checkpoint: &CheckpointId) -> Result<(), Error> {
+    async fn release_checkpoint(&self, checkpoint: &CheckpointId) -> Result<(), LoopError> {
         WorkerBackend::release_checkpoint(self.inner.as_ref(), checkpoint).await
     }
 }
@@ -514,7 +514,7 @@ async fn a_session_closed_between_rounds_ends_the_run_with_a_worker_validation_e
     assert!(
         matches!(
             err,
-            Error::Worker { kind: WorkerFailure::Validation, ref message } if message.contains("unknown")
+            LoopError::Worker { kind: WorkerFailure::Validation, ref message } if message.contains("unknown")
         ),
         "{err}"
     );

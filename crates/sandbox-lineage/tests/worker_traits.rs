@@ -48,7 +48,7 @@ async fn backends_serve_the_round_loop_through_the_worker_traits() {
         let err = worker.exec(stranger, None).await.unwrap_err();
         assert!(matches!(
             err,
-            agentrt_core_loop::Error::Worker {
+            agentrt_core_loop::LoopError::Worker {
                 kind: WorkerFailure::Validation,
                 ..
             }
@@ -56,7 +56,7 @@ async fn backends_serve_the_round_loop_through_the_worker_traits() {
         let err = worker.read_file("../../etc/passwd").await.unwrap_err();
         assert!(matches!(
             err,
-            agentrt_core_loop::Error::Worker {
+            agentrt_core_loop::LoopError::Worker {
                 kind: WorkerFailure::PathEscape,
                 ..
             }
@@ -73,7 +73,7 @@ async fn backends_serve_the_round_loop_through_the_worker_traits() {
         let err = backend.fork(&checkpoint).await.unwrap_err();
         assert!(matches!(
             err,
-            agentrt_core_loop::Error::Worker {
+            agentrt_core_loop::LoopError::Worker {
                 kind: WorkerFailure::Validation,
                 ..
             }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use agentrt_core_loop::{Tool, ToolCallError, ToolError, ToolRegistry};
 use async_trait::async_trait;
 
-use crate::Error;
+use crate::CoordinationError;
 
 /// How to reach an external MCP server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,8 +147,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl McpConnection {
     /// Start or connect to the server and complete the MCP handshake.
-    pub async fn connect(config: &McpServerConfig) -> Result<Self, Error> {
-        let failed = |message: String| Error::Mcp {
+    pub async fn connect(config: &McpServerConfig) -> Result<Self, CoordinationError> {
+        let failed = |message: String| CoordinationError::Mcp {
             server: config.name.clone(),
             message,
         };
@@ -202,11 +202,15 @@ impl McpConnection {
     }
 
     /// Every tool the server offers (following pagination).
-    pub async fn list_tools(&self) -> Result<Vec<RemoteToolInfo>, Error> {
-        let tools = self.peer.list_all_tools().await.map_err(|e| Error::Mcp {
-            server: self.name.clone(),
-            message: format!("tools/list failed: {e}"),
-        })?;
+    pub async fn list_tools(&self) -> Result<Vec<RemoteToolInfo>, CoordinationError> {
+        let tools = self
+            .peer
+            .list_all_tools()
+            .await
+            .map_err(|e| CoordinationError::Mcp {
+                server: self.name.clone(),
+                message: format!("tools/list failed: {e}"),
+            })?;
         Ok(tools
             .into_iter()
             .map(|tool| RemoteToolInfo {
@@ -223,8 +227,8 @@ impl McpConnection {
         &self,
         tool: &str,
         arguments: serde_json::Value,
-    ) -> Result<RemoteToolOutput, Error> {
-        let call_error = |message: String| Error::ToolCall {
+    ) -> Result<RemoteToolOutput, CoordinationError> {
+        let call_error = |message: String| CoordinationError::ToolCall {
             server: self.name.clone(),
             tool: tool.to_owned(),
             message,
@@ -249,13 +253,13 @@ impl McpConnection {
 
     /// Close the connection; a stdio server's process is asked to exit, then killed.
     /// Closing twice is a no-op.
-    pub async fn shutdown(&self) -> Result<(), Error> {
+    pub async fn shutdown(&self) -> Result<(), CoordinationError> {
         let taken = self.service.lock().await.take();
         if let Some(mut service) = taken {
             service
                 .close_with_timeout(CLOSE_TIMEOUT)
                 .await
-                .map_err(|e| Error::Mcp {
+                .map_err(|e| CoordinationError::Mcp {
                     server: self.name.clone(),
                     message: format!("shutdown failed: {e}"),
                 })?;
@@ -290,7 +294,10 @@ impl RemoteTool {
     }
 
     /// Call the tool on its server.
-    pub async fn call(&self, arguments: serde_json::Value) -> Result<RemoteToolOutput, Error> {
+    pub async fn call(
+        &self,
+        arguments: serde_json::Value,
+    ) -> Result<RemoteToolOutput, CoordinationError> {
         self.connection.call_tool(&self.info.name, arguments).await
     }
 }
@@ -339,13 +346,13 @@ pub struct McpToolset {
 impl McpToolset {
     /// Connect to every server and list its tools. If any server fails, the ones already
     /// connected are shut down and the first failure is returned.
-    pub async fn connect(configs: &[McpServerConfig]) -> Result<Self, Error> {
+    pub async fn connect(configs: &[McpServerConfig]) -> Result<Self, CoordinationError> {
         let mut set = McpToolset::default();
         let mut names = std::collections::BTreeSet::new();
         for config in configs {
             if !names.insert(config.name.as_str()) {
                 set.shutdown().await;
-                return Err(Error::invalid(
+                return Err(CoordinationError::invalid(
                     "mcp_servers.name",
                     format!("two servers are named `{}`", config.name),
                 ));
@@ -387,7 +394,9 @@ impl McpToolset {
     /// Connect to every MCP server `profile` names in `mcp_servers` (starting stdio servers,
     /// connecting to HTTP ones), as [`McpToolset::connect`] does. A profile without MCP servers
     /// gives an empty toolset.
-    pub async fn connect_profile(profile: &agentrt_profiles::AgentProfile) -> Result<Self, Error> {
+    pub async fn connect_profile(
+        profile: &agentrt_profiles::AgentProfile,
+    ) -> Result<Self, CoordinationError> {
         let configs: Vec<McpServerConfig> = profile
             .mcp_servers
             .iter()

@@ -40,7 +40,7 @@ use tower_http::validate_request::{
 };
 
 use super::server::CoordinationServer;
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::Coordinator;
 
 /// The largest request body accepted, 4 MiB (the same limit rmcp applies).
@@ -341,26 +341,26 @@ async fn checked_json_rpc_body(
 /// [`HttpServerHandle::shutdown`].
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] for an empty token, a path that does not start with `/` or a
-/// zero read timeout; [`Error::Io`] when the address cannot be bound.
+/// [`CoordinationError::InvalidRequest`] for an empty token, a path that does not start with `/` or a
+/// zero read timeout; [`CoordinationError::Io`] when the address cannot be bound.
 pub async fn serve_http(
     coordinator: Arc<dyn Coordinator>,
     options: HttpServerOptions,
-) -> Result<HttpServerHandle, Error> {
+) -> Result<HttpServerHandle, CoordinationError> {
     if options.token.trim().is_empty() {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "token",
             "an HTTP server needs a non-empty bearer token",
         ));
     }
     if !options.path.starts_with('/') {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "path",
             "the endpoint path must start with `/`",
         ));
     }
     if options.read_timeout.is_zero() {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "read_timeout",
             "a read timeout of zero would refuse every request",
         ));

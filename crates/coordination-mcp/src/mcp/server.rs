@@ -24,7 +24,7 @@ use rmcp::model::{
 };
 use rmcp::{ServerHandler, ServiceExt, tool_handler};
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{Coordinator, VerbFailure, call_verb, verb_specs};
 
 /// The standing instructions the server sends in its `initialize` result.
@@ -52,7 +52,7 @@ impl std::fmt::Debug for CoordinationServer {
     }
 }
 
-fn tool_error(error: Error) -> CallToolResult {
+fn tool_error(error: CoordinationError) -> CallToolResult {
     CallToolResult::structured_error(serde_json::json!({
         "error": { "code": error.code(), "message": error.to_string() }
     }))
@@ -123,8 +123,8 @@ impl ServerHandler for CoordinationServer {
 /// are read and written through Tokio's reactor directly; Tokio's own stdio goes through its
 /// blocking thread pool, a thread hand-off on every read and write, which was most of a no-op
 /// call's round trip. Both are back in blocking mode when this returns.
-pub async fn serve_stdio(coordinator: Arc<dyn Coordinator>) -> Result<(), Error> {
-    let mcp_error = |message: String| Error::Mcp {
+pub async fn serve_stdio(coordinator: Arc<dyn Coordinator>) -> Result<(), CoordinationError> {
+    let mcp_error = |message: String| CoordinationError::Mcp {
         server: "stdio".into(),
         message,
     };

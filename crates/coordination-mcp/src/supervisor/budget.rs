@@ -6,22 +6,25 @@ use std::time::Duration;
 use agentrt_core_loop::{BudgetLimits, BudgetSnapshot};
 
 use super::Supervisor;
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{BudgetAmount, SpawnAgent, SpawnBudget};
 
 impl Supervisor {
     /// The limits of the budget carved for `request`: each dimension as asked, or else the
     /// default share capped by what the root has left (see
     /// [`SupervisorOptions::default_spawn_budget`]).
-    pub(super) fn carve_for(&self, request: &SpawnAgent) -> Result<BudgetLimits, Error> {
+    pub(super) fn carve_for(
+        &self,
+        request: &SpawnAgent,
+    ) -> Result<BudgetLimits, CoordinationError> {
         if let Some(why) = &self.inner.invalid_root {
-            return Err(Error::invalid("root_budget", why.clone()));
+            return Err(CoordinationError::invalid("root_budget", why.clone()));
         }
         let root = &self.inner.root;
         root.check()?;
         let asked = request.budget.unwrap_or_default();
         if asked.turns == Some(0) {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "budget.turns",
                 "a worker needs at least one turn",
             ));
@@ -29,7 +32,7 @@ impl Supervisor {
         if let Some(d) = asked.dollars
             && (d.is_nan() || d < 0.0)
         {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "budget.dollars",
                 format!("{d} is not a non-negative number of dollars"),
             ));
@@ -62,13 +65,15 @@ impl Supervisor {
             Some(turns) => Some(turns),
             None => match share(default.turns, turns_left) {
                 Some(0) => {
-                    return Err(Error::BudgetExhausted(agentrt_core_loop::BudgetExhausted {
-                        dimension: agentrt_core_loop::BudgetDimension::Turns,
-                        cause: agentrt_core_loop::ExhaustionCause::Insufficient {
-                            requested: default.turns.unwrap_or(1),
-                            available: 0,
+                    return Err(CoordinationError::BudgetExhausted(
+                        agentrt_core_loop::BudgetExhausted {
+                            dimension: agentrt_core_loop::BudgetDimension::Turns,
+                            cause: agentrt_core_loop::ExhaustionCause::Insufficient {
+                                requested: default.turns.unwrap_or(1),
+                                available: 0,
+                            },
                         },
-                    }));
+                    ));
                 }
                 other => other,
             },
@@ -114,10 +119,14 @@ pub(crate) fn whole(reserved: &SpawnBudget) -> BudgetAmount {
 }
 
 /// A core-loop budget error as this crate's.
-pub(crate) fn budget_error(e: agentrt_core_loop::Error) -> Error {
+pub(crate) fn budget_error(e: agentrt_core_loop::LoopError) -> CoordinationError {
     match e {
-        agentrt_core_loop::Error::BudgetExhausted(exhausted) => Error::BudgetExhausted(exhausted),
-        agentrt_core_loop::Error::InvalidConfig(why) => Error::invalid("budget", why),
-        other => Error::Worker(format!("budget: {other}")),
+        agentrt_core_loop::LoopError::BudgetExhausted(exhausted) => {
+            CoordinationError::BudgetExhausted(exhausted)
+        }
+        agentrt_core_loop::LoopError::InvalidConfig(why) => {
+            CoordinationError::invalid("budget", why)
+        }
+        other => CoordinationError::Worker(format!("budget: {other}")),
     }
 }

@@ -21,7 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
-use crate::Error;
+use crate::CoordinationError;
 
 /// How to decide whether a worker's output is delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -170,15 +170,23 @@ impl CheckContext {
 pub trait CompletionChecker: Send + Sync {
     /// Reject a check that can never be evaluated (bad regex, unknown predicate, commands not
     /// allowed) at spawn time, before any budget is reserved.
-    fn validate(&self, check: &CompletionCheck) -> Result<(), Error>;
+    fn validate(&self, check: &CompletionCheck) -> Result<(), CoordinationError>;
 
     /// Evaluate `check` against a worker's final `output`. An error means the check could not be
     /// run; the supervisor records it as a failing check (never as delivery).
-    async fn check(&self, check: &CompletionCheck, output: &str) -> Result<CheckOutcome, Error>;
+    async fn check(
+        &self,
+        check: &CompletionCheck,
+        output: &str,
+    ) -> Result<CheckOutcome, CoordinationError>;
 
     /// [`validate`](CompletionChecker::validate) for the worker described by `ctx` (e.g. refuse
     /// a judge that is the worker's own model before anything is spawned).
-    fn validate_in(&self, check: &CompletionCheck, ctx: &CheckContext) -> Result<(), Error> {
+    fn validate_in(
+        &self,
+        check: &CompletionCheck,
+        ctx: &CheckContext,
+    ) -> Result<(), CoordinationError> {
         let _ = ctx;
         self.validate(check)
     }
@@ -190,7 +198,7 @@ pub trait CompletionChecker: Send + Sync {
         check: &CompletionCheck,
         output: &str,
         ctx: &CheckContext,
-    ) -> Result<CheckOutcome, Error> {
+    ) -> Result<CheckOutcome, CoordinationError> {
         let _ = ctx;
         self.check(check, output).await
     }
@@ -250,7 +258,11 @@ impl JudgeModel {
     /// Ask the judge whether `output` meets `criteria`. An error means the judge could not be
     /// asked (the model call failed or timed out); a reply without a verdict is a failing
     /// outcome.
-    pub async fn judge(&self, criteria: &str, output: &str) -> Result<CheckOutcome, Error> {
+    pub async fn judge(
+        &self,
+        criteria: &str,
+        output: &str,
+    ) -> Result<CheckOutcome, CoordinationError> {
         let request = ChatRequest {
             model: self.model_id.clone(),
             messages: vec![
@@ -272,12 +284,12 @@ impl JudgeModel {
         let response = tokio::time::timeout(self.timeout, self.model.complete(request))
             .await
             .map_err(|_| {
-                Error::Check(format!(
+                CoordinationError::Check(format!(
                     "judge `{id}` did not answer within {} ms",
                     self.timeout.as_millis()
                 ))
             })?
-            .map_err(|e| Error::Check(format!("judge `{id}`: {e}")))?;
+            .map_err(|e| CoordinationError::Check(format!("judge `{id}`: {e}")))?;
         Ok(parse_verdict(id, response.content.as_deref().unwrap_or("")))
     }
 }
@@ -378,42 +390,45 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl CompletionChecker for DefaultChecker {
-    fn validate(&self, check: &CompletionCheck) -> Result<(), Error> {
+    fn validate(&self, check: &CompletionCheck) -> Result<(), CoordinationError> {
         match check {
-            CompletionCheck::OutputContains { text } if text.is_empty() => Err(Error::invalid(
-                "completion_check.text",
-                "the text to look for is empty (it would match every output)",
-            )),
+            CompletionCheck::OutputContains { text } if text.is_empty() => {
+                Err(CoordinationError::invalid(
+                    "completion_check.text",
+                    "the text to look for is empty (it would match every output)",
+                ))
+            }
             CompletionCheck::OutputContains { .. } => Ok(()),
             CompletionCheck::OutputMatches { pattern } => regex::Regex::new(pattern)
                 .map(|_| ())
-                .map_err(|e| Error::invalid("completion_check.pattern", e.to_string())),
+                .map_err(|e| CoordinationError::invalid("completion_check.pattern", e.to_string())),
             CompletionCheck::Predicate { name } if self.predicates.contains_key(name) => Ok(()),
             CompletionCheck::Predicate { name } => {
                 let mut known: Vec<_> = self.predicates.keys().cloned().collect();
                 known.sort();
-                Err(Error::invalid(
+                Err(CoordinationError::invalid(
                     "completion_check.name",
                     format!("unknown predicate `{name}`; known: {known:?}"),
                 ))
             }
-            CompletionCheck::Command { .. } if !self.allow_commands => Err(Error::invalid(
-                "completion_check.kind",
-                "command checks are disabled on this supervisor",
-            )),
-            CompletionCheck::Command { program, .. } if program.is_empty() => Err(Error::invalid(
-                "completion_check.program",
-                "the program is empty",
-            )),
+            CompletionCheck::Command { .. } if !self.allow_commands => {
+                Err(CoordinationError::invalid(
+                    "completion_check.kind",
+                    "command checks are disabled on this supervisor",
+                ))
+            }
+            CompletionCheck::Command { program, .. } if program.is_empty() => Err(
+                CoordinationError::invalid("completion_check.program", "the program is empty"),
+            ),
             CompletionCheck::Command { .. } => Ok(()),
             CompletionCheck::Judge { criteria, .. } if criteria.trim().is_empty() => Err(
-                Error::invalid("completion_check.criteria", "the criteria are empty"),
+                CoordinationError::invalid("completion_check.criteria", "the criteria are empty"),
             ),
             CompletionCheck::Judge { model, .. } if self.judges.contains_key(model) => Ok(()),
             CompletionCheck::Judge { model, .. } => {
                 let mut known: Vec<_> = self.judges.keys().cloned().collect();
                 known.sort();
-                Err(Error::invalid(
+                Err(CoordinationError::invalid(
                     "completion_check.model",
                     format!("no judge model `{model}` on this supervisor; judges: {known:?}"),
                 ))
@@ -421,12 +436,16 @@ impl CompletionChecker for DefaultChecker {
         }
     }
 
-    fn validate_in(&self, check: &CompletionCheck, ctx: &CheckContext) -> Result<(), Error> {
+    fn validate_in(
+        &self,
+        check: &CompletionCheck,
+        ctx: &CheckContext,
+    ) -> Result<(), CoordinationError> {
         self.validate(check)?;
         if let (CompletionCheck::Judge { model, .. }, Some(worker)) = (check, &ctx.worker_model)
             && DeciderId::model(model) == DeciderId::model(worker)
         {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "completion_check.model",
                 format!(
                     "the judge `{model}` is the worker's own model; a worker is never judged by \
@@ -437,7 +456,11 @@ impl CompletionChecker for DefaultChecker {
         Ok(())
     }
 
-    async fn check(&self, check: &CompletionCheck, output: &str) -> Result<CheckOutcome, Error> {
+    async fn check(
+        &self,
+        check: &CompletionCheck,
+        output: &str,
+    ) -> Result<CheckOutcome, CoordinationError> {
         self.check_in(check, output, &CheckContext::default()).await
     }
 
@@ -446,7 +469,7 @@ impl CompletionChecker for DefaultChecker {
         check: &CompletionCheck,
         output: &str,
         ctx: &CheckContext,
-    ) -> Result<CheckOutcome, Error> {
+    ) -> Result<CheckOutcome, CoordinationError> {
         self.validate_in(check, ctx)?;
         match check {
             CompletionCheck::OutputContains { text } => Ok(if output.contains(text.as_str()) {
@@ -455,8 +478,9 @@ impl CompletionChecker for DefaultChecker {
                 CheckOutcome::fail(format!("output does not contain {text:?}"))
             }),
             CompletionCheck::OutputMatches { pattern } => {
-                let re = regex::Regex::new(pattern)
-                    .map_err(|e| Error::invalid("completion_check.pattern", e.to_string()))?;
+                let re = regex::Regex::new(pattern).map_err(|e| {
+                    CoordinationError::invalid("completion_check.pattern", e.to_string())
+                })?;
                 Ok(if re.is_match(output) {
                     CheckOutcome::pass(format!("output matches /{pattern}/"))
                 } else {
@@ -465,7 +489,7 @@ impl CompletionChecker for DefaultChecker {
             }
             CompletionCheck::Predicate { name } => {
                 let predicate = self.predicates.get(name).ok_or_else(|| {
-                    Error::invalid(
+                    CoordinationError::invalid(
                         "completion_check.name",
                         format!("unknown predicate `{name}`"),
                     )
@@ -497,7 +521,7 @@ impl CompletionChecker for DefaultChecker {
             }
             CompletionCheck::Judge { model, criteria } => {
                 let judge = self.judges.get(model).ok_or_else(|| {
-                    Error::invalid(
+                    CoordinationError::invalid(
                         "completion_check.model",
                         format!("no judge model `{model}`"),
                     )
@@ -516,18 +540,17 @@ async fn run_command_in_box(
     args: &[String],
     output: &str,
     timeout: Duration,
-) -> Result<CheckOutcome, Error> {
+) -> Result<CheckOutcome, CoordinationError> {
     let mut request =
         ExecRequest::new(std::iter::once(program.to_owned()).chain(args.iter().cloned()));
     request.stdin = Some(output.as_bytes().to_vec());
     request.timeout = Some(timeout);
     let box_id = worker_box.id();
-    let outcome = worker_box
-        .exec(request, None)
-        .await
-        .map_err(|e| Error::Check(format!("cannot run `{program}` in box {box_id}: {e}")))?;
+    let outcome = worker_box.exec(request, None).await.map_err(|e| {
+        CoordinationError::Check(format!("cannot run `{program}` in box {box_id}: {e}"))
+    })?;
     if outcome.timed_out {
-        return Err(Error::Check(format!(
+        return Err(CoordinationError::Check(format!(
             "`{program}` did not finish within {} ms in box {box_id}",
             timeout.as_millis()
         )));
@@ -563,12 +586,12 @@ async fn run_command_check(
     output: &str,
     timeout: Duration,
     box_dir: Option<&Path>,
-) -> Result<CheckOutcome, Error> {
+) -> Result<CheckOutcome, CoordinationError> {
     let mut command = tokio::process::Command::new(program);
     if let Some(dir) = box_dir {
         // A missing box must not silently become "run wherever the supervisor happens to be".
         if !dir.is_dir() {
-            return Err(Error::Check(format!(
+            return Err(CoordinationError::Check(format!(
                 "the worker's box directory {} does not exist",
                 dir.display()
             )));
@@ -582,11 +605,11 @@ async fn run_command_check(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Check(format!("cannot start `{program}`: {e}")))?;
+        .map_err(|e| CoordinationError::Check(format!("cannot start `{program}`: {e}")))?;
     let mut stdin = child
         .stdin
         .take()
-        .ok_or_else(|| Error::Check(format!("`{program}` has no standard input")))?;
+        .ok_or_else(|| CoordinationError::Check(format!("`{program}` has no standard input")))?;
     let input = output.as_bytes().to_vec();
     let writer = tokio::spawn(async move {
         // A command may exit without reading its input; a broken pipe is not a check failure.
@@ -596,11 +619,13 @@ async fn run_command_check(
     let waited = tokio::time::timeout(timeout, child.wait_with_output()).await;
     writer.abort();
     match waited {
-        Err(_) => Err(Error::Check(format!(
+        Err(_) => Err(CoordinationError::Check(format!(
             "`{program}` did not finish within {} ms",
             timeout.as_millis()
         ))),
-        Ok(Err(e)) => Err(Error::Check(format!("waiting for `{program}`: {e}"))),
+        Ok(Err(e)) => Err(CoordinationError::Check(format!(
+            "waiting for `{program}`: {e}"
+        ))),
         Ok(Ok(out)) if out.status.success() => Ok(CheckOutcome::pass(format!(
             "`{program}` exited with status 0"
         ))),

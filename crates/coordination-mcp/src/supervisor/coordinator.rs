@@ -8,7 +8,7 @@ use futures::FutureExt;
 use super::journal::Entry;
 use super::slot::{AgentState, lock};
 use super::{SteerRecord, Supervisor};
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{
     AwaitAgent, AwaitAgentResult, AwaitMode, Coordinator, Observation, ObserveAgent, SpawnAgent,
     SpawnAgentResult, SteerAck, SteerAgent, StopAgent, StopAgentResult,
@@ -16,24 +16,30 @@ use crate::verbs::{
 
 #[async_trait]
 impl Coordinator for Supervisor {
-    async fn spawn_agent(&self, request: SpawnAgent) -> Result<SpawnAgentResult, Error> {
+    async fn spawn_agent(
+        &self,
+        request: SpawnAgent,
+    ) -> Result<SpawnAgentResult, CoordinationError> {
         let fingerprint = match &request.idempotency_key {
             None => None,
             Some(key) if key.is_empty() => {
-                return Err(Error::invalid("idempotency_key", "the key is empty"));
+                return Err(CoordinationError::invalid(
+                    "idempotency_key",
+                    "the key is empty",
+                ));
             }
             Some(key) => {
                 let mut unkeyed = request.clone();
                 unkeyed.idempotency_key = None;
                 let print = serde_json::to_string(&unkeyed)
-                    .map_err(|e| Error::invalid("idempotency_key", e.to_string()))?;
+                    .map_err(|e| CoordinationError::invalid("idempotency_key", e.to_string()))?;
                 Some((key.clone(), print))
             }
         };
         self.start(request, fingerprint).await
     }
 
-    async fn observe_agent(&self, request: ObserveAgent) -> Result<Observation, Error> {
+    async fn observe_agent(&self, request: ObserveAgent) -> Result<Observation, CoordinationError> {
         let slot = self.slot(&request.id)?;
         let (status, events, output, next_cursor, final_spent) = {
             let state = slot.state();
@@ -63,14 +69,17 @@ impl Coordinator for Supervisor {
         })
     }
 
-    async fn steer_agent(&self, request: SteerAgent) -> Result<SteerAck, Error> {
+    async fn steer_agent(&self, request: SteerAgent) -> Result<SteerAck, CoordinationError> {
         if request.operation_id.is_empty() {
-            return Err(Error::invalid("operation_id", "the operation id is empty"));
+            return Err(CoordinationError::invalid(
+                "operation_id",
+                "the operation id is empty",
+            ));
         }
         let _gate = self.inner.steer_gate.lock().await;
         if let Some(record) = lock(&self.inner.steer_ops).get(&request.operation_id) {
             if record.id != request.id || record.message != request.message {
-                return Err(Error::OperationConflict {
+                return Err(CoordinationError::OperationConflict {
                     operation_id: request.operation_id,
                 });
             }
@@ -81,7 +90,7 @@ impl Coordinator for Supervisor {
             });
         }
         let slot = self.slot(&request.id)?;
-        let not_running = |state: &AgentState| Error::NotRunning {
+        let not_running = |state: &AgentState| CoordinationError::NotRunning {
             id: request.id.clone(),
             state: state.status.state_name().to_owned(),
         };
@@ -121,9 +130,15 @@ impl Coordinator for Supervisor {
         })
     }
 
-    async fn await_agent(&self, request: AwaitAgent) -> Result<AwaitAgentResult, Error> {
+    async fn await_agent(
+        &self,
+        request: AwaitAgent,
+    ) -> Result<AwaitAgentResult, CoordinationError> {
         if request.ids.is_empty() {
-            return Err(Error::invalid("ids", "give at least one agent id"));
+            return Err(CoordinationError::invalid(
+                "ids",
+                "give at least one agent id",
+            ));
         }
         let slots = request
             .ids
@@ -170,7 +185,7 @@ impl Coordinator for Supervisor {
         })
     }
 
-    async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, Error> {
+    async fn stop_agent(&self, request: StopAgent) -> Result<StopAgentResult, CoordinationError> {
         let slot = self.slot(&request.id)?;
         let first_stop = {
             let state = slot.state();

@@ -8,7 +8,7 @@ use agentrt_core_loop::rounds::DeciderId;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::supervisor::check::{CheckOutcome, CompletionCheck, CompletionChecker};
 use crate::verbs::{AgentId, AgentResult};
 
@@ -26,7 +26,7 @@ pub trait CandidateSelector: Send + Sync {
 
     /// The order in which to try `candidates`, best first, as indices into `candidates`. It must
     /// list each index exactly once.
-    async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, Error>;
+    async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, CoordinationError>;
 }
 
 /// The definition of best: the highest completion-check score first, ties to the cheaper.
@@ -75,7 +75,7 @@ impl CandidateSelector for BestScoreSelector {
         "rule:best-score-then-cheaper"
     }
 
-    async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, Error> {
+    async fn rank(&self, candidates: &[AgentResult]) -> Result<Vec<usize>, CoordinationError> {
         Ok(Self::order(candidates))
     }
 }
@@ -153,7 +153,7 @@ impl FinalOutcome {
 /// failure for that candidate (never as delivery).
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] when the selector is the deliverable's judge (the same
+/// [`CoordinationError::InvalidRequest`] when the selector is the deliverable's judge (the same
 /// [`DeciderId`]), when
 /// the deliverable check is invalid, or when the selector's ranking is not a permutation of the
 /// delivered candidates; the selector's own error is returned as is.
@@ -161,9 +161,9 @@ pub async fn keep_best_delivered(
     results: &[AgentResult],
     selector: &dyn CandidateSelector,
     deliverable: &Deliverable,
-) -> Result<FinalOutcome, Error> {
+) -> Result<FinalOutcome, CoordinationError> {
     if DeciderId::new(selector.identity()) == deliverable.judge {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "selector",
             format!(
                 "the selector `{}` is also the deliverable's judge; the selector is never the judge",
@@ -200,7 +200,7 @@ pub async fn keep_best_delivered(
         || unique.len() != order.len()
         || order.iter().any(|&i| i >= delivered.len())
     {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "selector",
             format!(
                 "selector `{}` ranked {order:?}, not a permutation of 0..{}",

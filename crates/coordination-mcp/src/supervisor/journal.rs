@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::Error;
+use crate::CoordinationError;
 use agentrt_core_loop::BudgetLimits;
 
 use crate::verbs::{AgentId, AgentResult, BudgetAmount, SpawnAgent, SpawnBudget};
@@ -95,14 +95,15 @@ impl Entry {
         }
     }
 
-    fn to_event(&self) -> Result<NewEvent, Error> {
-        let payload = serde_json::to_value(self)
-            .map_err(|e| Error::Journal(format!("cannot encode a {} entry: {e}", self.kind())))?;
+    fn to_event(&self) -> Result<NewEvent, CoordinationError> {
+        let payload = serde_json::to_value(self).map_err(|e| {
+            CoordinationError::Journal(format!("cannot encode a {} entry: {e}", self.kind()))
+        })?;
         Ok(NewEvent::new(self.kind(), payload))
     }
 }
 
-type Ack = oneshot::Sender<Result<(), Error>>;
+type Ack = oneshot::Sender<Result<(), CoordinationError>>;
 
 /// The writer side of a run's journal. Cheap to clone.
 #[derive(Clone)]
@@ -118,8 +119,8 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn store_error(what: &str, e: StoreError) -> Error {
-    Error::Journal(format!("{what}: {e}"))
+fn store_error(what: &str, e: StoreError) -> CoordinationError {
+    CoordinationError::Journal(format!("{what}: {e}"))
 }
 
 impl Journal {
@@ -129,11 +130,11 @@ impl Journal {
         store: Arc<dyn SessionStore>,
         run: SessionId,
         root: BudgetLimits,
-    ) -> Result<(Journal, Vec<Entry>), Error> {
+    ) -> Result<(Journal, Vec<Entry>), CoordinationError> {
         let (next_seq, entries) = match store.resume_point(&run).await {
             Ok(point) => {
                 if point.status.is_final() {
-                    return Err(Error::Journal(format!(
+                    return Err(CoordinationError::Journal(format!(
                         "run `{run}` has already ended ({}); a finished run is not resumed",
                         point.status.as_str()
                     )));
@@ -146,7 +147,7 @@ impl Journal {
                     Some(Entry::Run {
                         root: journaled, ..
                     }) => {
-                        return Err(Error::invalid(
+                        return Err(CoordinationError::invalid(
                             "root_budget",
                             format!(
                                 "run `{run}` was started with root budget {journaled:?}, \
@@ -155,7 +156,7 @@ impl Journal {
                         ));
                     }
                     _ => {
-                        return Err(Error::Journal(format!(
+                        return Err(CoordinationError::Journal(format!(
                             "session `{run}` is not a coordination journal (no `coord.run` entry first)"
                         )));
                     }
@@ -200,7 +201,7 @@ impl Journal {
     }
 
     /// Append `entries` (in order, atomically) and return once they are durable.
-    pub(crate) async fn write(&self, entries: &[Entry]) -> Result<(), Error> {
+    pub(crate) async fn write(&self, entries: &[Entry]) -> Result<(), CoordinationError> {
         let events = entries
             .iter()
             .map(Entry::to_event)
@@ -208,14 +209,17 @@ impl Journal {
         let (ack, done) = oneshot::channel();
         self.queue
             .send((events, ack))
-            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?;
+            .map_err(|_| CoordinationError::Journal("the journal writer has stopped".into()))?;
         done.await
-            .map_err(|_| Error::Journal("the journal writer has stopped".into()))?
+            .map_err(|_| CoordinationError::Journal("the journal writer has stopped".into()))?
     }
 }
 
 /// Every entry of `run`, in order. Events of other kinds are skipped.
-async fn read_entries(store: &dyn SessionStore, run: &SessionId) -> Result<Vec<Entry>, Error> {
+async fn read_entries(
+    store: &dyn SessionStore,
+    run: &SessionId,
+) -> Result<Vec<Entry>, CoordinationError> {
     let mut stream = store.replay(run, 0);
     let mut entries = Vec::new();
     while let Some(event) = stream.next().await {
@@ -224,7 +228,7 @@ async fn read_entries(store: &dyn SessionStore, run: &SessionId) -> Result<Vec<E
             continue;
         }
         let entry: Entry = event.payload.parse().map_err(|e| {
-            Error::Journal(format!(
+            CoordinationError::Journal(format!(
                 "run `{run}`: entry {} ({}) cannot be read: {e}",
                 event.seq, event.kind
             ))
@@ -251,7 +255,7 @@ async fn write_groups(
         }
         if let Some(why) = &fenced {
             for (_, ack) in group {
-                let _ = ack.send(Err(Error::Journal(why.clone())));
+                let _ = ack.send(Err(CoordinationError::Journal(why.clone())));
             }
             continue;
         }
@@ -272,7 +276,7 @@ async fn write_groups(
                     ));
                 }
                 for (_, ack) in group {
-                    let _ = ack.send(Err(Error::Journal(message.clone())));
+                    let _ = ack.send(Err(CoordinationError::Journal(message.clone())));
                 }
             }
         }

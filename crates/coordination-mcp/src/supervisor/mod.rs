@@ -38,7 +38,7 @@ use std::time::Duration;
 use agentrt_core_loop::{Budget, BudgetLimits, BudgetSnapshot};
 use agentrt_session_store::{SessionId, SessionStore};
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{AgentId, Coordinator, StopAgent};
 use check::{CompletionChecker, DefaultChecker};
 use journal::{Entry, Journal};
@@ -192,8 +192,8 @@ impl Supervisor {
     /// spawn or steer after resume is answered as a duplicate.
     ///
     /// # Errors
-    /// [`Error::Journal`] when the store fails, the run has already ended, or the session is not
-    /// a journal; [`Error::InvalidRequest`] when `options.root_budget` differs from the run's or
+    /// [`CoordinationError::Journal`] when the store fails, the run has already ended, or the session is not
+    /// a journal; [`CoordinationError::InvalidRequest`] when `options.root_budget` differs from the run's or
     /// is not a budget (a negative dollar limit).
     ///
     /// The run's wall time counts from when the run was first started, not from this resume.
@@ -203,7 +203,7 @@ impl Supervisor {
         options: SupervisorOptions,
         store: Arc<dyn SessionStore>,
         run: SessionId,
-    ) -> Result<Supervisor, Error> {
+    ) -> Result<Supervisor, CoordinationError> {
         Self::open_at_depth(factory, checker, options, store, run, 0, None).await
     }
 
@@ -217,7 +217,7 @@ impl Supervisor {
         run: SessionId,
         depth: u32,
         parent: Option<&Budget>,
-    ) -> Result<Supervisor, Error> {
+    ) -> Result<Supervisor, CoordinationError> {
         let (journal, entries) = Journal::open(store, run, options.root_budget).await?;
         let mut limits = options.root_budget;
         if let (
@@ -286,11 +286,11 @@ impl Supervisor {
         }
     }
 
-    fn slot(&self, id: &AgentId) -> Result<Arc<AgentSlot>, Error> {
+    fn slot(&self, id: &AgentId) -> Result<Arc<AgentSlot>, CoordinationError> {
         lock(&self.inner.agents)
             .get(id)
             .cloned()
-            .ok_or_else(|| Error::UnknownAgent(id.clone()))
+            .ok_or_else(|| CoordinationError::UnknownAgent(id.clone()))
     }
 }
 

@@ -10,7 +10,7 @@ use super::journal::Entry;
 use super::slot::{AgentSlot, lock};
 use super::worker::AgentAssignment;
 use super::{SpawnRecord, SteerRecord, Supervisor, whole};
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{
     AgentEventKind, AgentId, AgentResult, AgentStatus, BudgetAmount, SpawnAgent, SpawnBudget,
 };
@@ -124,7 +124,7 @@ impl Supervisor {
     /// Resumes from the journal: a fold over its entries (`fold_journal`), a plan of what each
     /// agent becomes (`plan_resume`), then a short apply step — the decisions are
     /// journaled before any agent is registered or started again.
-    pub(super) async fn resume(&self, entries: Vec<Entry>) -> Result<(), Error> {
+    pub(super) async fn resume(&self, entries: Vec<Entry>) -> Result<(), CoordinationError> {
         let folded = {
             let mut ops = lock(&self.inner.steer_ops);
             fold_journal(entries, &mut ops)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::verbs::{AgentTarget, BudgetAmount};
 
@@ -102,14 +102,14 @@ impl ScriptedWorkerFactory {
 
 #[async_trait]
 impl WorkerFactory for ScriptedWorkerFactory {
-    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+    fn validate(&self, target: &AgentTarget) -> Result<(), CoordinationError> {
         let name = match target {
             AgentTarget::Profile(name) | AgentTarget::Subagent(name) => name,
         };
         if self.known.is_empty() || self.known.contains(name) {
             Ok(())
         } else {
-            Err(Error::Worker(format!(
+            Err(CoordinationError::Worker(format!(
                 "no scripted worker for {target}; known: {:?}",
                 self.known
             )))
@@ -121,7 +121,11 @@ impl WorkerFactory for ScriptedWorkerFactory {
         None
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         let script = self.script_for(&spec.task);
         for turn in 1..=script.turns {
             for message in ctx.begin_turn()? {
@@ -135,7 +139,7 @@ impl WorkerFactory for ScriptedWorkerFactory {
             }
         }
         if script.fail {
-            return Err(Error::Worker(format!(
+            return Err(CoordinationError::Worker(format!(
                 "scripted failure after {} turns",
                 script.turns
             )));

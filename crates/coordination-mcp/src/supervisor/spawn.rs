@@ -12,7 +12,7 @@ use super::journal::{Entry, Journal};
 use super::slot::{AgentSlot, lock};
 use super::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use super::{SpawnRecord, Supervisor};
-use crate::Error;
+use crate::CoordinationError;
 use crate::verbs::{
     AgentEventKind, AgentId, AgentResult, AgentStatus, AgentTarget, SpawnAgent, SpawnAgentResult,
     SpawnBudget,
@@ -23,10 +23,10 @@ impl Supervisor {
         &self,
         request: SpawnAgent,
         fingerprint: Option<(String, String)>,
-    ) -> Result<SpawnAgentResult, Error> {
+    ) -> Result<SpawnAgentResult, CoordinationError> {
         let target = request.target()?;
         if request.task.trim().is_empty() {
-            return Err(Error::invalid("task", "the task is empty"));
+            return Err(CoordinationError::invalid("task", "the task is empty"));
         }
         self.inner.factory.validate(&target)?;
         let check_ctx = self.check_context(&target);
@@ -40,7 +40,7 @@ impl Supervisor {
                 .map(|r| (r.fingerprint.clone(), r.id.clone()));
             if let Some((known_print, id)) = known {
                 if &known_print != print {
-                    return Err(Error::IdempotencyConflict {
+                    return Err(CoordinationError::IdempotencyConflict {
                         key: key.clone(),
                         existing: id,
                     });

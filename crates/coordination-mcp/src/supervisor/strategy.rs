@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::supervisor::check::CompletionCheck;
 use crate::verbs::{
     AgentId, AgentResult, AgentStatus, AgentTarget, AwaitAgent, AwaitMode, Coordinator, SpawnAgent,
@@ -91,9 +91,9 @@ impl SpawnPlan {
         }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    fn validate(&self) -> Result<(), CoordinationError> {
         if self.run_key.trim().is_empty() {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "run_key",
                 "the run key is empty (it names the run's idempotency keys)",
             ));
@@ -183,7 +183,11 @@ pub trait Strategy: Send + Sync {
     ///
     /// # Errors
     /// An invalid configuration, a refused first spawn, or a failing verb call.
-    async fn run(&self, coordinator: &dyn Coordinator, task: &str) -> Result<StrategyRun, Error>;
+    async fn run(
+        &self,
+        coordinator: &dyn Coordinator,
+        task: &str,
+    ) -> Result<StrategyRun, CoordinationError>;
 }
 
 /// `k` parallel workers on the same task; see [`breadth_strategy`].
@@ -225,10 +229,14 @@ impl Strategy for BreadthStrategy {
         format!("breadth: {} parallel workers", self.k)
     }
 
-    async fn run(&self, coordinator: &dyn Coordinator, task: &str) -> Result<StrategyRun, Error> {
+    async fn run(
+        &self,
+        coordinator: &dyn Coordinator,
+        task: &str,
+    ) -> Result<StrategyRun, CoordinationError> {
         self.plan.validate()?;
         if self.k == 0 {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "k",
                 "a breadth strategy needs at least one worker",
             ));
@@ -242,7 +250,7 @@ impl Strategy for BreadthStrategy {
                 .await
             {
                 Ok(spawned) => ids.push(spawned.id),
-                Err(error @ Error::BudgetExhausted { .. }) if !ids.is_empty() => {
+                Err(error @ CoordinationError::BudgetExhausted { .. }) if !ids.is_empty() => {
                     budget_stop = Some(StrategyStop::BudgetExhausted {
                         spawned: i,
                         detail: error.to_string(),
@@ -277,16 +285,20 @@ impl Strategy for DepthStrategy {
         format!("depth: up to {} refinement rounds", self.rounds)
     }
 
-    async fn run(&self, coordinator: &dyn Coordinator, task: &str) -> Result<StrategyRun, Error> {
+    async fn run(
+        &self,
+        coordinator: &dyn Coordinator,
+        task: &str,
+    ) -> Result<StrategyRun, CoordinationError> {
         self.plan.validate()?;
         if self.rounds == 0 {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "rounds",
                 "a depth strategy needs at least one round",
             ));
         }
         if self.plan.completion_check.is_none() {
-            return Err(Error::invalid(
+            return Err(CoordinationError::invalid(
                 "completion_check",
                 "a depth strategy refines until the completion check passes; give it one",
             ));
@@ -300,7 +312,7 @@ impl Strategy for DepthStrategy {
                 .await
             {
                 Ok(spawned) => spawned.id,
-                Err(error @ Error::BudgetExhausted { .. }) if round > 1 => {
+                Err(error @ CoordinationError::BudgetExhausted { .. }) if round > 1 => {
                     return Ok(StrategyRun {
                         results,
                         stop: StrategyStop::BudgetExhausted {
@@ -377,7 +389,7 @@ async fn settle(
     coordinator: &dyn Coordinator,
     ids: &[AgentId],
     wait: Duration,
-) -> Result<(Vec<AgentResult>, Vec<AgentId>), Error> {
+) -> Result<(Vec<AgentResult>, Vec<AgentId>), CoordinationError> {
     let deadline = Instant::now() + wait;
     let mut done: HashMap<AgentId, AgentResult> = HashMap::new();
     let mut pending: Vec<AgentId> = ids.to_vec();
@@ -410,7 +422,7 @@ async fn settle(
             })
             .await?;
         if !awaited.pending.is_empty() {
-            return Err(Error::Worker(format!(
+            return Err(CoordinationError::Worker(format!(
                 "agents {:?} were stopped but did not finish",
                 awaited.pending
             )));
@@ -423,7 +435,7 @@ async fn settle(
         .iter()
         .map(|id| {
             done.remove(id)
-                .ok_or_else(|| Error::Worker(format!("no result for agent {id}")))
+                .ok_or_else(|| CoordinationError::Worker(format!("no result for agent {id}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((results, stopped))

@@ -15,7 +15,7 @@ use agentrt_session_store::{
 use async_trait::async_trait;
 use futures::StreamExt;
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::mcp::client::McpToolset;
 use crate::mcp::http::{HttpServerOptions, serve_http};
 use crate::mcp::server::SERVER_INSTRUCTIONS;
@@ -41,14 +41,14 @@ struct Guarded {
 
 #[async_trait]
 impl WorkerFactory for Guarded {
-    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+    fn validate(&self, target: &AgentTarget) -> Result<(), CoordinationError> {
         self.inner.validate(target)?;
         if let Some(model) = self.inner.model_for(target) {
-            Error::ensure_model_allowed(&self.profile, &model)?;
+            CoordinationError::ensure_model_allowed(&self.profile, &model)?;
             if let AgentTarget::Subagent(name) = target
                 && let Some(subagent) = self.profile.subagent(name)
             {
-                Error::ensure_model_allowed(subagent, &model)?;
+                CoordinationError::ensure_model_allowed(subagent, &model)?;
             }
         }
         Ok(())
@@ -58,7 +58,11 @@ impl WorkerFactory for Guarded {
         self.inner.model_for(target)
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         self.inner.run(spec, ctx).await
     }
 }
@@ -211,7 +215,7 @@ async fn run_brain(
     options: &SuperviseOptions,
     model_id: String,
     supervisor: &Supervisor,
-) -> Result<BrainEnd, Error> {
+) -> Result<BrainEnd, CoordinationError> {
     // The profile's own MCP servers are started (or connected) for the brain's loop, beside the
     // verbs, and shut down when it ends however it ends. One that cannot be reached fails the
     // run before the brain takes a turn.
@@ -240,8 +244,10 @@ async fn brain_loop(
     model_id: String,
     tools: ToolRegistry,
     budget: agentrt_core_loop::Budget,
-) -> Result<BrainEnd, Error> {
-    let loop_error = |e: agentrt_core_loop::Error| Error::Worker(format!("supervisor loop: {e}"));
+) -> Result<BrainEnd, CoordinationError> {
+    let loop_error = |e: agentrt_core_loop::LoopError| {
+        CoordinationError::Worker(format!("supervisor loop: {e}"))
+    };
     let fresh = || {
         ToolLoop::new(
             options.model.clone(),
@@ -266,7 +272,7 @@ async fn brain_loop(
     let outcome = match options.store.resume_point(&brain).await {
         Err(StoreError::NotFound(_)) => fresh().session_id(brain).run().await,
         Err(e) => {
-            return Err(Error::Journal(format!(
+            return Err(CoordinationError::Journal(format!(
                 "supervisor loop session {brain}: {e}"
             )));
         }
@@ -311,13 +317,13 @@ async fn run_external(
     task: &str,
     options: &SuperviseOptions,
     supervisor: &Supervisor,
-) -> Result<BrainEnd, Error> {
+) -> Result<BrainEnd, CoordinationError> {
     let Some((program, args)) = options
         .external_command
         .as_deref()
         .and_then(|c| c.split_first())
     else {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "external_command",
             "give the program (and its arguments) of the external harness",
         ));
@@ -343,7 +349,7 @@ async fn run_external(
         .await;
     server.shutdown().await;
     let output = output.map_err(|e| {
-        Error::Worker(format!(
+        CoordinationError::Worker(format!(
             "external harness `{program}` ({}) could not start: {e}",
             profile.harness
         ))
@@ -358,7 +364,7 @@ async fn run_external(
             .into_iter()
             .rev()
             .collect();
-        return Err(Error::Worker(format!(
+        return Err(CoordinationError::Worker(format!(
             "external harness `{program}` ({}) exited with {}: {}",
             profile.harness,
             output.status,
@@ -376,16 +382,17 @@ async fn recorded_end(
     store: &dyn SessionStore,
     brain: &SessionId,
     next_seq: u64,
-) -> Result<BrainEnd, Error> {
+) -> Result<BrainEnd, CoordinationError> {
     let mut last = store.replay(brain, next_seq.saturating_sub(1));
     while let Some(event) = last.next().await {
-        let event =
-            event.map_err(|e| Error::Journal(format!("supervisor loop session {brain}: {e}")))?;
+        let event = event.map_err(|e| {
+            CoordinationError::Journal(format!("supervisor loop session {brain}: {e}"))
+        })?;
         if let Ok(RuntimeEvent::Final { stop, answer, .. }) = event.payload.parse() {
             return Ok(BrainEnd { stop, answer });
         }
     }
-    Err(Error::Journal(format!(
+    Err(CoordinationError::Journal(format!(
         "supervisor loop session {brain} is completed but has no final event"
     )))
 }
@@ -404,8 +411,7 @@ pub struct SupervisionOutcome {
     pub budget: BudgetSnapshot,
 }
 
-/// The standing prompt of a supervisor running `profile`: its own instructions, then how to use
-/// the five verbs and which subagents it may spawn.
+/// The standing prompt of a supervisor running `profile`: its own instructions, then how to use /// the five verbs and which subagents it may spawn.
 pub fn supervisor_instructions(profile: &AgentProfile) -> String {
     let mut text = String::new();
     if let Some(system) = &profile.system_prompt {
@@ -493,7 +499,7 @@ pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
 /// prompted by [`supervisor_instructions`], plus the tools of every MCP server the profile names
 /// (see [`McpToolset::connect_profile`]; started for the loop and shut down when it ends). Every spawn's model (see
 /// [`WorkerFactory::model_for`]) must pass the profile's allowed-models guard, or the spawn
-/// fails with [`Error::ModelNotAllowed`] and nothing is reserved. For any other harness the
+/// fails with [`CoordinationError::ModelNotAllowed`] and nothing is reserved. For any other harness the
 /// brain is the process [`SuperviseOptions::external_command`] names, which reaches the same
 /// supervisor through our MCP server ([`serve_http`], loopback, a fresh bearer token). When the
 /// brain stops, live workers are stopped and every worker's result goes through
@@ -505,32 +511,32 @@ pub fn verb_tools(coordinator: Arc<dyn Coordinator>) -> ToolRegistry {
 /// event when the finalizer has decided.
 ///
 /// # Errors
-/// [`Error::Journal`] when a durable run cannot be opened, resumed or closed (or has already
-/// ended); [`Error::HarnessNotSupported`] for any other harness (an external harness reaching the
-/// verbs through the MCP server is not wired yet); [`Error::ModelNotAllowed`] when the
-/// supervisor's model is not allowed by the profile; [`Error::Worker`] when the loop itself
+/// [`CoordinationError::Journal`] when a durable run cannot be opened, resumed or closed (or has already
+/// ended); [`CoordinationError::HarnessNotSupported`] for any other harness (an external harness reaching the
+/// verbs through the MCP server is not wired yet); [`CoordinationError::ModelNotAllowed`] when the
+/// supervisor's model is not allowed by the profile; [`CoordinationError::Worker`] when the loop itself
 /// fails; finalizer errors as [`keep_best_delivered`] returns them.
 pub async fn supervise(
     profile: &AgentProfile,
     task: &str,
     options: SuperviseOptions,
-) -> Result<SupervisionOutcome, Error> {
+) -> Result<SupervisionOutcome, CoordinationError> {
     if profile.harness != Harness::Router
         && options.external_command.is_none()
         && options.strategy.is_none()
     {
-        return Err(Error::HarnessNotSupported {
+        return Err(CoordinationError::HarnessNotSupported {
             harness: profile.harness.to_string(),
         });
     }
     if task.trim().is_empty() {
-        return Err(Error::invalid("task", "the task is empty"));
+        return Err(CoordinationError::invalid("task", "the task is empty"));
     }
     let model_id = options
         .model_id
         .clone()
         .unwrap_or_else(|| profile.model.default.clone());
-    Error::ensure_model_allowed(profile, &model_id)?;
+    CoordinationError::ensure_model_allowed(profile, &model_id)?;
 
     let workers: Arc<dyn WorkerFactory> = Arc::new(Guarded {
         inner: options.workers.clone(),
@@ -593,13 +599,13 @@ pub async fn supervise(
 
 /// Refuses a supervision that nothing bounds: a tree of agents with no limit on tokens, dollars,
 /// wall time or turns could spend without end.
-fn ensure_bounded(budget: &BudgetLimits) -> Result<(), Error> {
+fn ensure_bounded(budget: &BudgetLimits) -> Result<(), CoordinationError> {
     if budget.tokens.is_none()
         && budget.dollars.is_none()
         && budget.wall_time.is_none()
         && budget.turns.is_none()
     {
-        return Err(Error::invalid(
+        return Err(CoordinationError::invalid(
             "budget",
             "a supervision needs a root budget bounding at least one of tokens, dollars, wall \
              time or turns; none was given",
@@ -613,8 +619,8 @@ async fn end_run(
     store: &dyn SessionStore,
     run: &SessionId,
     outcome: &FinalOutcome,
-) -> Result<(), Error> {
-    let journal = |e: StoreError| Error::Journal(format!("cannot end run {run}: {e}"));
+) -> Result<(), CoordinationError> {
+    let journal = |e: StoreError| CoordinationError::Journal(format!("cannot end run {run}: {e}"));
     let next = store.resume_point(run).await.map_err(journal)?.next_seq;
     let winner = outcome.winner().map(|w| w.id.clone());
     store

@@ -10,7 +10,7 @@ use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use agentrt_session_store::SessionStore;
 use async_trait::async_trait;
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::mcp::client::McpToolset;
 use crate::supervisor::worker::{AgentAssignment, WorkerContext, WorkerFactory};
 use crate::verbs::AgentTarget;
@@ -35,13 +35,13 @@ const STEER_POLL: Duration = Duration::from_millis(10);
 /// sampling settings, and the tools of its MCP servers (started for the worker's loop beside
 /// the factory-wide [`tools`](ToolLoopWorkerFactory::tools), shut down when it ends; one that
 /// cannot be reached fails the worker). A name that resolves to nothing is refused at spawn
-/// time with [`Error::InvalidRequest`] naming the field and the known names.
+/// time with [`CoordinationError::InvalidRequest`] naming the field and the known names.
 ///
 /// # Allowed-models guard
 ///
 /// Every spawn is checked at validation time (before anything is spawned or reserved): the
 /// model must be allowed by the target's own profile and, with a supervisor profile set, by
-/// the supervisor's profile too. A refusal is [`Error::ModelNotAllowed`] naming the model and
+/// the supervisor's profile too. A refusal is [`CoordinationError::ModelNotAllowed`] naming the model and
 /// the allowed set — never a silent fallback.
 ///
 /// # Budget
@@ -118,13 +118,13 @@ impl ToolLoopWorkerFactory {
     /// The profile a spawn of `target` runs.
     ///
     /// # Errors
-    /// [`Error::InvalidRequest`] (field `profile` or `subagent`) when nothing of that name is
+    /// [`CoordinationError::InvalidRequest`] (field `profile` or `subagent`) when nothing of that name is
     /// known, listing what is.
-    pub fn profile_for(&self, target: &AgentTarget) -> Result<&AgentProfile, Error> {
+    pub fn profile_for(&self, target: &AgentTarget) -> Result<&AgentProfile, CoordinationError> {
         match target {
             AgentTarget::Subagent(name) => {
                 let Some(supervisor) = &self.supervisor else {
-                    return Err(Error::invalid(
+                    return Err(CoordinationError::invalid(
                         "subagent",
                         format!("no supervisor profile is set, so subagent `{name}` is unknown"),
                     ));
@@ -135,7 +135,7 @@ impl ToolLoopWorkerFactory {
                         .iter()
                         .map(|s| s.name.as_str())
                         .collect();
-                    Error::invalid(
+                    CoordinationError::invalid(
                         "subagent",
                         format!(
                             "profile `{}` has no subagent `{name}` (subagents: [{}])",
@@ -157,7 +157,7 @@ impl ToolLoopWorkerFactory {
                             known.push(&s.name);
                         }
                         known.sort_unstable();
-                        Err(Error::invalid(
+                        Err(CoordinationError::invalid(
                             "profile",
                             format!(
                                 "no profile named `{name}` (profiles: [{}])",
@@ -181,12 +181,12 @@ impl ToolLoopWorkerFactory {
 
 #[async_trait]
 impl WorkerFactory for ToolLoopWorkerFactory {
-    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+    fn validate(&self, target: &AgentTarget) -> Result<(), CoordinationError> {
         let profile = self.profile_for(target)?;
         let model = self.model_id(profile);
-        Error::ensure_model_allowed(profile, &model)?;
+        CoordinationError::ensure_model_allowed(profile, &model)?;
         if let Some(supervisor) = &self.supervisor {
-            Error::ensure_model_allowed(supervisor, &model)?;
+            CoordinationError::ensure_model_allowed(supervisor, &model)?;
         }
         Ok(())
     }
@@ -195,7 +195,11 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         self.profile_for(target).ok().map(|p| self.model_id(p))
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         // The loop spends from the agent's own budget; its turn limit is the carved turns, so
         // running out of turns ends the loop at its limit (a settle), not as an exhaustion.
         let budget = ctx.budget()?;
@@ -208,9 +212,9 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         let model = self
             .models
             .model_for(&profile)
-            .map_err(|e| Error::Worker(format!("profile `{}`: {e}", profile.name)))?;
+            .map_err(|e| CoordinationError::Worker(format!("profile `{}`: {e}", profile.name)))?;
         let config = ToolLoop::from_profile(&profile, model, self.store.clone())
-            .map_err(|e| Error::Worker(format!("profile `{}`: {e}", profile.name)))?
+            .map_err(|e| CoordinationError::Worker(format!("profile `{}`: {e}", profile.name)))?
             .model_id(self.model_id(&profile));
         // The profile's own MCP servers are started (or connected) for this worker's loop and
         // shut down when it ends.
@@ -242,7 +246,7 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         let outcome = run_tool_loop(config).await;
         forwarder.abort();
         servers.shutdown().await;
-        let outcome = outcome.map_err(|e| Error::Worker(format!("tool loop: {e}")))?;
+        let outcome = outcome.map_err(|e| CoordinationError::Worker(format!("tool loop: {e}")))?;
 
         ctx.progress(format!(
             "tool loop session {} stopped: {} after {} turns",
@@ -253,7 +257,9 @@ impl WorkerFactory for ToolLoopWorkerFactory {
         }
         match outcome.stop {
             StopReason::Answered | StopReason::MaxTurns { .. } => Ok(()),
-            other => Err(Error::Worker(format!("tool loop stopped: {other}"))),
+            other => Err(CoordinationError::Worker(format!(
+                "tool loop stopped: {other}"
+            ))),
         }
     }
 }
@@ -319,7 +325,10 @@ default = "small"
     }
 
     /// Runs one worker and returns its output, or the spawn's refusal.
-    async fn output_of(profile: Option<&str>, subagent: Option<&str>) -> Result<String, Error> {
+    async fn output_of(
+        profile: Option<&str>,
+        subagent: Option<&str>,
+    ) -> Result<String, CoordinationError> {
         let supervisor = Supervisor::new(
             Arc::new(factory()),
             crate::SupervisorOptions::with_root_budget(
@@ -377,7 +386,7 @@ default = "small"
         assert!(
             matches!(
                 err,
-                Error::InvalidRequest {
+                CoordinationError::InvalidRequest {
                     field: "profile",
                     ..
                 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+use crate::CoordinationError;
 use crate::supervisor::AgentSlot;
 use crate::supervisor::check::CompletionChecker;
 use crate::supervisor::journal::{Entry, Journal};
@@ -44,7 +44,7 @@ pub struct AgentAssignment {
 pub trait WorkerFactory: Send + Sync + 'static {
     /// Refuse a target this factory cannot run (an unknown profile, a model the profile does not
     /// allow) at spawn time, before any budget is reserved. The default accepts every target.
-    fn validate(&self, target: &AgentTarget) -> Result<(), Error> {
+    fn validate(&self, target: &AgentTarget) -> Result<(), CoordinationError> {
         let _ = target;
         Ok(())
     }
@@ -56,7 +56,8 @@ pub trait WorkerFactory: Send + Sync + 'static {
     fn model_for(&self, target: &AgentTarget) -> Option<String>;
 
     /// Run the worker to completion. An `Err` marks the agent failed.
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error>;
+    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext)
+    -> Result<(), CoordinationError>;
 }
 
 /// A worker's handle on its agent: report events and output, take steering, spend budget.
@@ -90,7 +91,7 @@ impl WorkerContext {
     /// A turn boundary: charges one turn against the agent's budget and returns the steering
     /// messages queued since the previous boundary, each exactly once, in the order they were
     /// accepted. Fails when the budget has no turn left (or refuses new work).
-    pub fn begin_turn(&self) -> Result<Vec<String>, Error> {
+    pub fn begin_turn(&self) -> Result<Vec<String>, CoordinationError> {
         self.charge(BudgetAmount::new(0, 1))?;
         let turn = self.slot.turns_begun();
         self.slot
@@ -124,10 +125,10 @@ impl WorkerContext {
     /// after the worker returns only delays giving the unspent part back.
     ///
     /// # Errors
-    /// [`Error::Worker`] once the agent has settled.
-    pub fn budget(&self) -> Result<Budget, Error> {
+    /// [`CoordinationError::Worker`] once the agent has settled.
+    pub fn budget(&self) -> Result<Budget, CoordinationError> {
         self.slot.budget().ok_or_else(|| {
-            Error::Worker(format!(
+            CoordinationError::Worker(format!(
                 "agent `{}` has settled: its budget is closed",
                 self.slot.id
             ))
@@ -137,7 +138,7 @@ impl WorkerContext {
     /// Charge known spending (tokens, dollars, turns) against the agent's budget. Fails,
     /// recording nothing, when it does not fit or the budget refuses new work; a worker should
     /// check [`WorkerContext::remaining`] before spending.
-    pub fn charge(&self, amount: BudgetAmount) -> Result<(), Error> {
+    pub fn charge(&self, amount: BudgetAmount) -> Result<(), CoordinationError> {
         self.budget()?.reserve(amount.amounts())?.commit(Spend {
             tokens: Some(amount.tokens),
             dollars: Some(amount.dollars),
@@ -153,7 +154,7 @@ impl WorkerContext {
     ///
     /// # Errors
     /// As [`WorkerContext::charge`], when the budget already refuses new work.
-    pub fn charge_unknown(&self, turns: u64) -> Result<(), Error> {
+    pub fn charge_unknown(&self, turns: u64) -> Result<(), CoordinationError> {
         self.budget()?
             .reserve(Amounts::ZERO.with_turns(turns))?
             .commit(Spend {
@@ -212,13 +213,13 @@ impl WorkerContext {
     /// the detached work: stopping the agent only stops following it.
     ///
     /// # Errors
-    /// [`Error::Journal`] when the reference cannot be journaled (then nothing was handed over);
-    /// [`Error::Worker`] when the session cannot be read or did not complete.
+    /// [`CoordinationError::Journal`] when the reference cannot be journaled (then nothing was handed over);
+    /// [`CoordinationError::Worker`] when the session cannot be read or did not complete.
     pub async fn follow_session(
         &self,
         store: Arc<dyn SessionStore>,
         session: SessionId,
-    ) -> Result<(), Error> {
+    ) -> Result<(), CoordinationError> {
         if let Some(journal) = &self.journal {
             journal
                 .write(&[Entry::Attach {
@@ -236,8 +237,9 @@ impl WorkerContext {
         &self,
         store: Arc<dyn SessionStore>,
         session: SessionId,
-    ) -> Result<(), Error> {
-        let read = |e: StoreError| Error::Worker(format!("detached session {session}: {e}"));
+    ) -> Result<(), CoordinationError> {
+        let read =
+            |e: StoreError| CoordinationError::Worker(format!("detached session {session}: {e}"));
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let record = loop {
@@ -268,7 +270,7 @@ impl WorkerContext {
         }
         match record.status {
             SessionStatus::Completed => Ok(()),
-            status => Err(Error::Worker(format!(
+            status => Err(CoordinationError::Worker(format!(
                 "detached session {session} ended {}{}",
                 status.as_str(),
                 record.error.map(|e| format!(": {e}")).unwrap_or_default()
@@ -294,9 +296,9 @@ impl WorkerContext {
     /// lives in memory.
     ///
     /// # Errors
-    /// [`Error::DepthLimit`] when this worker is already at the supervisor's
-    /// [`max_depth`](SupervisorOptions::max_depth); [`Error::BudgetExhausted`] when `budget` does
-    /// not fit in what is left of this worker's budget, and [`Error::InvalidRequest`] when it
+    /// [`CoordinationError::DepthLimit`] when this worker is already at the supervisor's
+    /// [`max_depth`](SupervisorOptions::max_depth); [`CoordinationError::BudgetExhausted`] when `budget` does
+    /// not fit in what is left of this worker's budget, and [`CoordinationError::InvalidRequest`] when it
     /// leaves out a dimension that budget limits (nothing is carved then); for a durable
     /// sub-supervisor, what [`Supervisor::open`] returns (for example a budget that differs from
     /// the one its run was started with).
@@ -305,9 +307,9 @@ impl WorkerContext {
         factory: Arc<dyn WorkerFactory>,
         checker: Arc<dyn CompletionChecker>,
         budget: BudgetLimits,
-    ) -> Result<SubSupervisor, Error> {
+    ) -> Result<SubSupervisor, CoordinationError> {
         if self.depth >= self.max_depth {
-            return Err(Error::DepthLimit {
+            return Err(CoordinationError::DepthLimit {
                 depth: self.depth,
                 max_depth: self.max_depth,
             });
@@ -411,9 +413,12 @@ impl SubSupervisor {
     /// the parent.
     ///
     /// # Errors
-    /// [`Error::Worker`] when some agent had not settled within `grace`: the sub-tree is
+    /// [`CoordinationError::Worker`] when some agent had not settled within `grace`: the sub-tree is
     /// dropped all the same (its agents are stopped), and what it spent stays spent.
-    pub async fn close(self, grace: std::time::Duration) -> Result<BudgetAmount, Error> {
+    pub async fn close(
+        self,
+        grace: std::time::Duration,
+    ) -> Result<BudgetAmount, CoordinationError> {
         self.supervisor
             .stop_all("the parent closed its sub-supervisor")
             .await;
@@ -430,7 +435,7 @@ impl SubSupervisor {
                 })
                 .await?;
             if waited.timed_out {
-                return Err(Error::Worker(
+                return Err(CoordinationError::Worker(
                     "a sub-supervisor's agent did not settle in time; what it spent stays charged"
                         .into(),
                 ));

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentId, AgentTarget, AwaitAgent, AwaitMode, Coordinator, DefaultChecker,
-    Error, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions,
+    AgentAssignment, AgentId, AgentTarget, AwaitAgent, AwaitMode, CoordinationError, Coordinator,
+    DefaultChecker, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions,
     WorkerContext, WorkerFactory, sub_supervisor_run,
 };
 use agentrt_core_loop::BudgetLimits;
@@ -50,7 +50,11 @@ impl WorkerFactory for Lead {
         None
     }
 
-    async fn run(&self, spec: AgentAssignment, ctx: WorkerContext) -> Result<(), Error> {
+    async fn run(
+        &self,
+        spec: AgentAssignment,
+        ctx: WorkerContext,
+    ) -> Result<(), CoordinationError> {
         let leaves = Arc::new(
             ScriptedWorkerFactory::new()
                 .turns(3)

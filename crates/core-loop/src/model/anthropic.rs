@@ -13,7 +13,7 @@ use super::types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
     StreamItem, ToolCall, Usage,
 };
-use crate::Error;
+use crate::LoopError;
 
 const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -28,7 +28,7 @@ const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// (JSON outputs). The stream's `text_delta` and `input_json_delta` events become
 /// [`ModelDelta`]s (tool calls are numbered in order of appearance), `message_delta` carries the
 /// stop reason and output usage, `message_stop` ends the stream, and an `error` event becomes
-/// [`Error::ProviderStream`].
+/// [`LoopError::ProviderStream`].
 ///
 /// Usage follows the crate-wide meaning: [`Usage::input_tokens`] counts every prompt token
 /// (Anthropic's `input_tokens` plus `cache_read_input_tokens` plus
@@ -66,7 +66,7 @@ impl Anthropic {
     }
 
     /// A client configured from `ANTHROPIC_API_KEY` and optional `ANTHROPIC_BASE_URL`.
-    pub fn from_env() -> Result<Self, Error> {
+    pub fn from_env() -> Result<Self, LoopError> {
         let mut builder = Self::builder();
         if let Ok(url) = std::env::var("ANTHROPIC_BASE_URL")
             && !url.is_empty()
@@ -120,18 +120,18 @@ impl AnthropicBuilder {
     }
 
     /// Checks the configuration and builds the client.
-    pub fn build(self) -> Result<Anthropic, Error> {
+    pub fn build(self) -> Result<Anthropic, LoopError> {
         let base_url = self.base_url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base_url).map_err(|e| {
-            Error::InvalidModelConfig(format!("base URL {base_url:?} is not a URL: {e}"))
+            LoopError::InvalidModelConfig(format!("base URL {base_url:?} is not a URL: {e}"))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::InvalidModelConfig(format!(
+            return Err(LoopError::InvalidModelConfig(format!(
                 "base URL {base_url:?} must be http or https"
             )));
         }
         if self.default_max_tokens == 0 {
-            return Err(Error::InvalidModelConfig(
+            return Err(LoopError::InvalidModelConfig(
                 "default_max_tokens must be at least 1".into(),
             ));
         }
@@ -156,7 +156,7 @@ impl ChatModel for Anthropic {
         "anthropic"
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         let body = request_body(&request, self.default_max_tokens)?;
         let builder = self
             .client
@@ -170,7 +170,10 @@ impl ChatModel for Anthropic {
 }
 
 /// The JSON body of a streamed Messages call.
-pub(crate) fn request_body(request: &ChatRequest, default_max_tokens: u32) -> Result<Value, Error> {
+pub(crate) fn request_body(
+    request: &ChatRequest,
+    default_max_tokens: u32,
+) -> Result<Value, LoopError> {
     let mut system = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     let mut push = |role: &'static str, block: Value| match messages.last_mut() {
@@ -250,7 +253,7 @@ pub(crate) fn request_body(request: &ChatRequest, default_max_tokens: u32) -> Re
     Ok(Value::Object(body))
 }
 
-fn tool_use_block(call: &ToolCall) -> Result<Value, Error> {
+fn tool_use_block(call: &ToolCall) -> Result<Value, LoopError> {
     let input = if call.arguments.trim().is_empty() {
         json!({})
     } else {
@@ -258,7 +261,7 @@ fn tool_use_block(call: &ToolCall) -> Result<Value, Error> {
             .ok()
             .filter(Value::is_object)
             .ok_or_else(|| {
-                Error::BadRequest(format!(
+                LoopError::BadRequest(format!(
                     "tool call {} ({}) has arguments that are not a JSON object, which the \
                      Anthropic API cannot carry: {}",
                     call.id,
@@ -389,9 +392,9 @@ impl Assembler {
     }
 
     /// Handles one event; returns `true` when the message is complete.
-    fn on_data(&mut self, data: &str, out: &mut VecDeque<StreamItem>) -> Result<bool, Error> {
+    fn on_data(&mut self, data: &str, out: &mut VecDeque<StreamItem>) -> Result<bool, LoopError> {
         let event: Event = serde_json::from_str(data).map_err(|e| {
-            Error::MalformedStream(format!("event is not valid JSON ({e}): {}", preview(data)))
+            LoopError::MalformedStream(format!("event is not valid JSON ({e}): {}", preview(data)))
         })?;
         match event {
             Event::MessageStart { message } => {
@@ -427,7 +430,7 @@ impl Assembler {
                 BlockDelta::TextDelta { text } => self.push_text(text, out),
                 BlockDelta::InputJsonDelta { partial_json } => {
                     let position = *self.tool_blocks.get(&index).ok_or_else(|| {
-                        Error::MalformedStream(format!(
+                        LoopError::MalformedStream(format!(
                             "input_json_delta for block {index}, which is not a tool_use block"
                         ))
                     })?;
@@ -456,7 +459,7 @@ impl Assembler {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("(no message)");
-                return Err(Error::ProviderStream(format!("{kind}: {message}")));
+                return Err(LoopError::ProviderStream(format!("{kind}: {message}")));
             }
             Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => {}
         }
@@ -471,14 +474,14 @@ impl Assembler {
         out.push_back(StreamItem::Delta(ModelDelta::Text { text }));
     }
 
-    fn finish(self) -> Result<ChatResponse, Error> {
+    fn finish(self) -> Result<ChatResponse, LoopError> {
         if !self.started {
-            return Err(Error::MalformedStream(
+            return Err(LoopError::MalformedStream(
                 "message_stop without message_start".into(),
             ));
         }
         let finish_reason = self.stop_reason.ok_or_else(|| {
-            Error::MalformedStream("message_stop arrived before any stop_reason".into())
+            LoopError::MalformedStream("message_stop arrived before any stop_reason".into())
         })?;
         // Anthropic's input_tokens excludes cache reads and writes; ours counts every prompt
         // token. Unknown if the base count is unknown.
@@ -532,7 +535,7 @@ pub(crate) fn assemble(events: EventStream) -> ChatStream {
             if state.finished {
                 return None;
             }
-            let fail = |mut state: State, error: Error| {
+            let fail = |mut state: State, error: LoopError| {
                 state.finished = true;
                 state.pending.clear();
                 Some((Err(error), state))
@@ -541,7 +544,7 @@ pub(crate) fn assemble(events: EventStream) -> ChatStream {
                 None => {
                     return fail(
                         state,
-                        Error::MalformedStream("stream ended without message_stop".into()),
+                        LoopError::MalformedStream("stream ended without message_stop".into()),
                     );
                 }
                 Some(Err(error)) => return fail(state, error),
@@ -663,7 +666,7 @@ mod tests {
         };
         assert!(matches!(
             request_body(&request, 1),
-            Err(Error::BadRequest(m)) if m.contains("toolu_1")
+            Err(LoopError::BadRequest(m)) if m.contains("toolu_1")
         ));
     }
 }

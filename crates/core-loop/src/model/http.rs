@@ -8,13 +8,13 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
-use crate::Error;
+use crate::LoopError;
 
 /// Longest error body we read from a failed response (the message is kept, not megabytes).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
 /// SSE events of a response body, with transport and parse errors already typed.
-pub(crate) type EventStream = BoxStream<'static, Result<Event, Error>>;
+pub(crate) type EventStream = BoxStream<'static, Result<Event, LoopError>>;
 
 /// A credential whose `Debug` output is redacted.
 #[derive(Clone)]
@@ -28,14 +28,14 @@ impl std::fmt::Debug for Secret {
 
 /// Parses user-supplied header pairs once, at build time, so a bad header is a configuration
 /// error rather than a failure of every call.
-pub(crate) fn parse_headers(pairs: &[(String, String)]) -> Result<HeaderMap, Error> {
+pub(crate) fn parse_headers(pairs: &[(String, String)]) -> Result<HeaderMap, LoopError> {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
         let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| {
-            Error::InvalidModelConfig(format!("header name {name:?} is not valid: {e}"))
+            LoopError::InvalidModelConfig(format!("header name {name:?} is not valid: {e}"))
         })?;
         let mut header_value = HeaderValue::from_str(value).map_err(|e| {
-            Error::InvalidModelConfig(format!("value of header {name:?} is not valid: {e}"))
+            LoopError::InvalidModelConfig(format!("value of header {name:?} is not valid: {e}"))
         })?;
         // Credentials never show up in Debug output or logs.
         if matches!(
@@ -54,7 +54,7 @@ pub(crate) fn parse_headers(pairs: &[(String, String)]) -> Result<HeaderMap, Err
 pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     model: &str,
-) -> Result<reqwest::Response, Error> {
+) -> Result<reqwest::Response, LoopError> {
     let started = Instant::now();
     let response = request
         .send()
@@ -70,15 +70,15 @@ pub(crate) async fn send(
 }
 
 /// Maps a reqwest failure that happened before any response to a typed error.
-pub(crate) fn transport_error(error: &reqwest::Error, started: Instant) -> Error {
+pub(crate) fn transport_error(error: &reqwest::Error, started: Instant) -> LoopError {
     if error.is_timeout() {
-        Error::Timeout(started.elapsed())
+        LoopError::Timeout(started.elapsed())
     } else if error.is_builder() {
-        Error::InvalidModelConfig(error_chain(error))
+        LoopError::InvalidModelConfig(error_chain(error))
     } else {
         // Connect failures, resets and closes before the response head all mean the request
         // may not have been processed: retryable as a connection error.
-        Error::Connect(error_chain(error))
+        LoopError::Connect(error_chain(error))
     }
 }
 
@@ -133,17 +133,17 @@ pub(crate) fn status_error(
     body: &str,
     retry_after: Option<Duration>,
     model: &str,
-) -> Error {
+) -> LoopError {
     let message = server_message(body);
     match status {
-        401 | 403 => Error::Auth(format!("HTTP {status}: {message}")),
-        404 => Error::ModelNotFound(format!("{model} (HTTP 404: {message})")),
-        429 => Error::RateLimited {
+        401 | 403 => LoopError::Auth(format!("HTTP {status}: {message}")),
+        404 => LoopError::ModelNotFound(format!("{model} (HTTP 404: {message})")),
+        429 => LoopError::RateLimited {
             retry_after,
             message,
         },
-        500..=599 => Error::Server { status, message },
-        _ => Error::BadRequest(format!("HTTP {status}: {message}")),
+        500..=599 => LoopError::Server { status, message },
+        _ => LoopError::BadRequest(format!("HTTP {status}: {message}")),
     }
 }
 
@@ -178,18 +178,18 @@ where
     body.eventsource()
         .map(|item| {
             item.map_err(|e| match e {
-                EventStreamError::Transport(e) if e.is_timeout() => Error::MalformedStream(
+                EventStreamError::Transport(e) if e.is_timeout() => LoopError::MalformedStream(
                     format!("read timed out mid-stream: {}", error_chain(&e)),
                 ),
-                EventStreamError::Transport(e) => Error::MalformedStream(format!(
+                EventStreamError::Transport(e) => LoopError::MalformedStream(format!(
                     "connection lost mid-stream: {}",
                     error_chain(&e)
                 )),
                 EventStreamError::Utf8(e) => {
-                    Error::MalformedStream(format!("stream is not UTF-8: {e}"))
+                    LoopError::MalformedStream(format!("stream is not UTF-8: {e}"))
                 }
                 EventStreamError::Parser(e) => {
-                    Error::MalformedStream(format!("stream is not server-sent events: {e}"))
+                    LoopError::MalformedStream(format!("stream is not server-sent events: {e}"))
                 }
             })
         })
@@ -245,23 +245,29 @@ mod tests {
 
     #[test]
     fn statuses_map_to_typed_errors() {
-        assert!(matches!(status_error(401, "", None, "m"), Error::Auth(_)));
-        assert!(matches!(status_error(403, "", None, "m"), Error::Auth(_)));
+        assert!(matches!(
+            status_error(401, "", None, "m"),
+            LoopError::Auth(_)
+        ));
+        assert!(matches!(
+            status_error(403, "", None, "m"),
+            LoopError::Auth(_)
+        ));
         assert!(matches!(
             status_error(404, "", None, "m"),
-            Error::ModelNotFound(m) if m.starts_with("m ")
+            LoopError::ModelNotFound(m) if m.starts_with("m ")
         ));
         assert!(matches!(
             status_error(400, r#"{"error":{"message":"too long"}}"#, None, "m"),
-            Error::BadRequest(m) if m.contains("too long")
+            LoopError::BadRequest(m) if m.contains("too long")
         ));
         assert!(matches!(
             status_error(429, "slow down", Some(Duration::from_secs(2)), "m"),
-            Error::RateLimited { retry_after: Some(d), message } if d == Duration::from_secs(2) && message == "slow down"
+            LoopError::RateLimited { retry_after: Some(d), message } if d == Duration::from_secs(2) && message == "slow down"
         ));
         assert!(matches!(
             status_error(529, "overloaded", None, "m"),
-            Error::Server { status: 529, .. }
+            LoopError::Server { status: 529, .. }
         ));
     }
 }

@@ -13,7 +13,7 @@ use super::types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta,
     StreamItem, ToolCall, Usage,
 };
-use crate::Error;
+use crate::LoopError;
 
 /// The default base URL when none is configured: OpenAI's own API.
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
@@ -28,10 +28,10 @@ const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 ///   not report stays `None`.
 /// * The model id the server reports is recorded in [`ChatResponse::reported_model`].
 /// * A [`ChatRequest::response_format`] is sent as `response_format` of type `json_schema`.
-/// * HTTP failures become [`Error::Auth`], [`Error::ModelNotFound`], [`Error::BadRequest`],
-///   [`Error::RateLimited`] (with `Retry-After`), [`Error::Server`], [`Error::Timeout`] or
-///   [`Error::Connect`]; a stream that breaks, carries a bad chunk, or ends without a finish
-///   reason and `[DONE]` yields [`Error::MalformedStream`] — never a silent partial success.
+/// * HTTP failures become [`LoopError::Auth`], [`LoopError::ModelNotFound`], [`LoopError::BadRequest`],
+///   [`LoopError::RateLimited`] (with `Retry-After`), [`LoopError::Server`], [`LoopError::Timeout`] or
+///   [`LoopError::Connect`]; a stream that breaks, carries a bad chunk, or ends without a finish
+///   reason and `[DONE]` yields [`LoopError::MalformedStream`] — never a silent partial success.
 ///
 /// Dropping the stream drops the HTTP response, which closes the connection so the server can
 /// stop generating.
@@ -76,7 +76,7 @@ impl OpenAiCompatible {
 
     /// A client configured from `OPENAI_BASE_URL` (default `https://api.openai.com/v1`) and
     /// `OPENAI_API_KEY` (optional: local servers need none).
-    pub fn from_env() -> Result<Self, Error> {
+    pub fn from_env() -> Result<Self, LoopError> {
         let base_url =
             std::env::var("OPENAI_BASE_URL").unwrap_or_else(|_| OPENAI_BASE_URL.to_owned());
         let mut builder = Self::builder(base_url);
@@ -145,13 +145,13 @@ impl OpenAiCompatibleBuilder {
     }
 
     /// Checks the configuration and builds the client.
-    pub fn build(self) -> Result<OpenAiCompatible, Error> {
+    pub fn build(self) -> Result<OpenAiCompatible, LoopError> {
         let base_url = self.base_url.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base_url).map_err(|e| {
-            Error::InvalidModelConfig(format!("base URL {base_url:?} is not a URL: {e}"))
+            LoopError::InvalidModelConfig(format!("base URL {base_url:?} is not a URL: {e}"))
         })?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(Error::InvalidModelConfig(format!(
+            return Err(LoopError::InvalidModelConfig(format!(
                 "base URL {base_url:?} must be http or https"
             )));
         }
@@ -159,7 +159,7 @@ impl OpenAiCompatibleBuilder {
         if let Some(Secret(key)) = &self.api_key {
             http::parse_headers(&[("authorization".to_owned(), format!("Bearer {key}"))]).map_err(
                 |_| {
-                    Error::InvalidModelConfig(
+                    LoopError::InvalidModelConfig(
                         "API key contains characters not allowed in a header".into(),
                     )
                 },
@@ -184,7 +184,7 @@ impl ChatModel for OpenAiCompatible {
         &self.provider
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         let mut builder = self
             .client
             .post(&self.endpoint)
@@ -372,16 +372,16 @@ struct Assembler {
 }
 
 impl Assembler {
-    fn on_data(&mut self, data: &str, out: &mut VecDeque<StreamItem>) -> Result<(), Error> {
+    fn on_data(&mut self, data: &str, out: &mut VecDeque<StreamItem>) -> Result<(), LoopError> {
         let chunk: Chunk = serde_json::from_str(data).map_err(|e| {
-            Error::MalformedStream(format!("chunk is not valid JSON ({e}): {}", preview(data)))
+            LoopError::MalformedStream(format!("chunk is not valid JSON ({e}): {}", preview(data)))
         })?;
         if let Some(error) = chunk.error {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
                 .map_or_else(|| error.to_string(), str::to_owned);
-            return Err(Error::ProviderStream(message));
+            return Err(LoopError::ProviderStream(message));
         }
         if let Some(model) = chunk.model
             && !model.is_empty()
@@ -434,7 +434,7 @@ impl Assembler {
         call: ToolCallDelta,
         position: usize,
         out: &mut VecDeque<StreamItem>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), LoopError> {
         let index = call.index.unwrap_or(position);
         let entry = self.calls.entry(index).or_default();
         if let Some(id) = call.id
@@ -451,7 +451,7 @@ impl Assembler {
                     // The caller was already shown the call under its name: a different one
                     // now would make the deltas and the final response disagree. (The same
                     // name again is what some servers send with every fragment.)
-                    return Err(Error::MalformedStream(format!(
+                    return Err(LoopError::MalformedStream(format!(
                         "tool call {index} was started as `{}` and then named `{name}`",
                         entry.name
                     )));
@@ -484,14 +484,14 @@ impl Assembler {
         Ok(())
     }
 
-    fn finish(self) -> Result<ChatResponse, Error> {
+    fn finish(self) -> Result<ChatResponse, LoopError> {
         let finish_reason = self.finish_reason.ok_or_else(|| {
-            Error::MalformedStream("[DONE] arrived before any finish_reason".into())
+            LoopError::MalformedStream("[DONE] arrived before any finish_reason".into())
         })?;
         let mut tool_calls = Vec::with_capacity(self.calls.len());
         for (index, call) in self.calls {
             if call.name.is_empty() {
-                return Err(Error::MalformedStream(format!(
+                return Err(LoopError::MalformedStream(format!(
                     "tool call {index} never received a function name"
                 )));
             }
@@ -557,7 +557,7 @@ pub(crate) fn assemble(events: EventStream) -> ChatStream {
             if state.finished {
                 return None;
             }
-            let fail = |mut state: State, error: Error| {
+            let fail = |mut state: State, error: LoopError| {
                 state.finished = true;
                 Some((Err(error), state))
             };
@@ -565,7 +565,7 @@ pub(crate) fn assemble(events: EventStream) -> ChatStream {
                 None => {
                     return fail(
                         state,
-                        Error::MalformedStream("stream ended without [DONE]".into()),
+                        LoopError::MalformedStream("stream ended without [DONE]".into()),
                     );
                 }
                 Some(Err(error)) => return fail(state, error),
@@ -699,24 +699,27 @@ mod tests {
         assembler
             .on_data(r#"{"choices":[{"delta":{"content":"hi"}}]}"#, &mut out)
             .unwrap();
-        assert!(matches!(assembler.finish(), Err(Error::MalformedStream(_))));
+        assert!(matches!(
+            assembler.finish(),
+            Err(LoopError::MalformedStream(_))
+        ));
     }
 
     #[test]
     fn builder_rejects_bad_urls_and_headers() {
         assert!(matches!(
             OpenAiCompatible::builder("not a url").build(),
-            Err(Error::InvalidModelConfig(_))
+            Err(LoopError::InvalidModelConfig(_))
         ));
         assert!(matches!(
             OpenAiCompatible::builder("ftp://x").build(),
-            Err(Error::InvalidModelConfig(_))
+            Err(LoopError::InvalidModelConfig(_))
         ));
         assert!(matches!(
             OpenAiCompatible::builder("http://x/v1")
                 .header("bad header", "v")
                 .build(),
-            Err(Error::InvalidModelConfig(_))
+            Err(LoopError::InvalidModelConfig(_))
         ));
         let ok = OpenAiCompatible::builder("http://x/v1/")
             .api_key("sk-secret")

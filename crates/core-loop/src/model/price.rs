@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::types::Usage;
-use crate::Error;
+use crate::LoopError;
 
 /// The price of one model, in US dollars per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -39,7 +39,7 @@ impl ModelPrice {
         Some((input_dollars + output as f64 * self.output) / 1_000_000.0)
     }
 
-    fn validate(&self, model: &str) -> Result<(), Error> {
+    fn validate(&self, model: &str) -> Result<(), LoopError> {
         let fields = [
             ("input", Some(self.input)),
             ("output", Some(self.output)),
@@ -49,7 +49,7 @@ impl ModelPrice {
             if let Some(value) = value
                 && !(value.is_finite() && value >= 0.0)
             {
-                return Err(Error::InvalidPrices(format!(
+                return Err(LoopError::InvalidPrices(format!(
                     "model {model:?}: field `{field}` is {value}, expected a finite number >= 0 \
                      (dollars per million tokens)"
                 )));
@@ -85,7 +85,7 @@ impl PriceTable {
     }
 
     /// Sets the price of `model`, replacing any previous one.
-    pub fn insert(&mut self, model: impl Into<String>, price: ModelPrice) -> Result<(), Error> {
+    pub fn insert(&mut self, model: impl Into<String>, price: ModelPrice) -> Result<(), LoopError> {
         let model = model.into();
         price.validate(&model)?;
         self.models.insert(model, price);
@@ -93,7 +93,7 @@ impl PriceTable {
     }
 
     /// Adds a price, builder style.
-    pub fn with(mut self, model: impl Into<String>, price: ModelPrice) -> Result<Self, Error> {
+    pub fn with(mut self, model: impl Into<String>, price: ModelPrice) -> Result<Self, LoopError> {
         self.insert(model, price)?;
         Ok(self)
     }
@@ -120,24 +120,25 @@ impl PriceTable {
     }
 
     /// Parses a TOML table.
-    pub fn from_toml_str(text: &str) -> Result<Self, Error> {
+    pub fn from_toml_str(text: &str) -> Result<Self, LoopError> {
         let table: Self = toml::from_str(text)
-            .map_err(|e| Error::InvalidPrices(format!("not a valid TOML price table: {e}")))?;
+            .map_err(|e| LoopError::InvalidPrices(format!("not a valid TOML price table: {e}")))?;
         table.validate()
     }
 
     /// Parses a JSON table.
-    pub fn from_json_str(text: &str) -> Result<Self, Error> {
+    pub fn from_json_str(text: &str) -> Result<Self, LoopError> {
         let table: Self = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidPrices(format!("not a valid JSON price table: {e}")))?;
+            .map_err(|e| LoopError::InvalidPrices(format!("not a valid JSON price table: {e}")))?;
         table.validate()
     }
 
     /// Loads a table from a `.toml` or `.json` file (by extension).
-    pub fn load(path: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, LoopError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidPrices(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            LoopError::InvalidPrices(format!("cannot read {}: {e}", path.display()))
+        })?;
         let extension = path
             .extension()
             .and_then(|e| e.to_str())
@@ -145,19 +146,19 @@ impl PriceTable {
         let parsed = match extension.as_deref() {
             Some("toml") => Self::from_toml_str(&text),
             Some("json") => Self::from_json_str(&text),
-            _ => Err(Error::InvalidPrices(
+            _ => Err(LoopError::InvalidPrices(
                 "expected a file ending in .toml or .json".into(),
             )),
         };
         parsed.map_err(|e| match e {
-            Error::InvalidPrices(message) => {
-                Error::InvalidPrices(format!("{}: {message}", path.display()))
+            LoopError::InvalidPrices(message) => {
+                LoopError::InvalidPrices(format!("{}: {message}", path.display()))
             }
             other => other,
         })
     }
 
-    fn validate(self) -> Result<Self, Error> {
+    fn validate(self) -> Result<Self, LoopError> {
         for (model, price) in &self.models {
             price.validate(model)?;
         }

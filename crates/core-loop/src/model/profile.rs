@@ -13,7 +13,7 @@ use super::http::Secret;
 use super::{
     Anthropic, ChatModel, ModelStack, OpenAiCompatible, RetryPolicy, ScriptedModel, UsageMeter,
 };
-use crate::Error;
+use crate::LoopError;
 
 /// Providers [`model_from_profile`] can reach, by `model.provider`.
 pub const PROVIDERS: [&str; 7] = [
@@ -197,22 +197,22 @@ fn key_var(provider: &str) -> &'static str {
 /// provider's own (`openai`, `openrouter`, `anthropic`).
 ///
 /// # Errors
-/// [`Error::InvalidModelConfig`] naming the profile and field when the provider is not one of
+/// [`LoopError::InvalidModelConfig`] naming the profile and field when the provider is not one of
 /// [`PROVIDERS`], a self-hosted provider has no base URL, a hosted one has no key, or the base
 /// URL is not an `http(s)` URL.
 pub fn model_from_profile(
     profile: &AgentProfile,
     options: &ModelOptions,
-) -> Result<Arc<dyn ChatModel>, Error> {
+) -> Result<Arc<dyn ChatModel>, LoopError> {
     let spec = &profile.model;
     let settings = options.resolve(spec);
     let client = reqwest::Client::builder()
         .connect_timeout(settings.connect_timeout)
         .build()
-        .map_err(|e| Error::InvalidModelConfig(format!("HTTP client: {e}")))?;
+        .map_err(|e| LoopError::InvalidModelConfig(format!("HTTP client: {e}")))?;
     let provider = spec.provider.as_str();
     let context =
-        |what: String| Error::InvalidModelConfig(format!("profile `{}`: {what}", profile.name));
+        |what: String| LoopError::InvalidModelConfig(format!("profile `{}`: {what}", profile.name));
     let base_url = options.base_url.clone().or_else(|| spec.base_url.clone());
     let key = options.keys.get(key_var(provider)).map(|s| s.0.clone());
     let raw: Arc<dyn ChatModel> = match (&options.scripted, provider) {
@@ -299,7 +299,7 @@ pub struct ProfileModels {
     cache: Arc<Mutex<HashMap<ContentAddress, Arc<dyn ChatModel>>>>,
 }
 
-type BuildFn = dyn Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, Error> + Send + Sync;
+type BuildFn = dyn Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, LoopError> + Send + Sync;
 
 impl std::fmt::Debug for ProfileModels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -318,7 +318,7 @@ impl ProfileModels {
 
     /// Models built by `build`, once per distinct profile (by content address).
     pub fn from_fn(
-        build: impl Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, Error> + Send + Sync + 'static,
+        build: impl Fn(&AgentProfile) -> Result<Arc<dyn ChatModel>, LoopError> + Send + Sync + 'static,
     ) -> Self {
         ProfileModels {
             build: Arc::new(build),
@@ -330,7 +330,7 @@ impl ProfileModels {
     ///
     /// # Errors
     /// What the builder returns for it (see [`model_from_profile`]).
-    pub fn model_for(&self, profile: &AgentProfile) -> Result<Arc<dyn ChatModel>, Error> {
+    pub fn model_for(&self, profile: &AgentProfile) -> Result<Arc<dyn ChatModel>, LoopError> {
         let key = profile.content_address();
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(model) = cache.get(&key) {

@@ -4,7 +4,7 @@ use agentrt_session_store::Event;
 
 use super::scripted::{ScriptedModel, ScriptedTurn};
 use super::types::{ChatModel, ChatRequest, ChatStream};
-use crate::Error;
+use crate::LoopError;
 use crate::event::{RecordedEvent, RuntimeEvent};
 
 /// A [`ChatModel`] built from a recorded session: the n-th call is answered with the session's
@@ -14,7 +14,7 @@ use crate::event::{RecordedEvent, RuntimeEvent};
 ///
 /// It answers by position, whatever the request says: comparing requests is the re-run's job
 /// ([`Rerun`](crate::Rerun)). A call beyond the recorded responses fails with
-/// [`Error::ScriptExhausted`]. Built on [`ScriptedModel`], whose recorded requests it exposes.
+/// [`LoopError::ScriptExhausted`]. Built on [`ScriptedModel`], whose recorded requests it exposes.
 #[derive(Debug, Clone)]
 pub struct ReplayModel {
     provider: String,
@@ -25,10 +25,10 @@ pub struct ReplayModel {
 impl ReplayModel {
     /// The replay model of a session's events (as [`SessionStore::replay`] reads them back).
     ///
-    /// Errors: [`Error::NotReplayable`] when the events do not begin a tool-loop session.
+    /// Errors: [`LoopError::NotReplayable`] when the events do not begin a tool-loop session.
     ///
     /// [`SessionStore::replay`]: agentrt_session_store::SessionStore::replay
-    pub fn from_events(events: &[Event]) -> Result<Self, Error> {
+    pub fn from_events(events: &[Event]) -> Result<Self, LoopError> {
         let mut provider = None;
         let mut turns = Vec::new();
         for event in events.iter().filter_map(RecordedEvent::from_store) {
@@ -62,7 +62,7 @@ impl ReplayModel {
                 _ => {}
             }
         }
-        let provider = provider.ok_or_else(|| Error::NotReplayable {
+        let provider = provider.ok_or_else(|| LoopError::NotReplayable {
             session: events
                 .first()
                 .map_or_else(|| "(no events)".to_owned(), |e| e.session_id.to_string()),
@@ -92,7 +92,7 @@ impl ChatModel for ReplayModel {
         &self.provider
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         self.inner.stream(request).await
     }
 }

@@ -7,11 +7,11 @@ use rand::Rng;
 use tower::retry::Policy;
 
 use super::types::{ChatRequest, ChatStream};
-use crate::Error;
+use crate::LoopError;
 
 /// When and how often to retry a model call.
 ///
-/// Retried: [`Error::RateLimited`] (429), [`Error::Server`] (5xx) and [`Error::Connect`] —
+/// Retried: [`LoopError::RateLimited`] (429), [`LoopError::Server`] (5xx) and [`LoopError::Connect`] —
 /// and only when they happen while opening the stream. Once a stream is open its output may
 /// already have reached the caller, so nothing inside it is ever retried.
 ///
@@ -19,7 +19,7 @@ use crate::Error;
 /// with `jitter` it is drawn uniformly from the upper half of that (so concurrent callers
 /// spread out but never retry immediately). A `Retry-After` from the server is a floor: the
 /// retry never comes earlier than asked; if the server asks for more than `max_retry_after`,
-/// the call is not retried and the [`Error::RateLimited`] (with its `retry_after`) is returned.
+/// the call is not retried and the [`LoopError::RateLimited`] (with its `retry_after`) is returned.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
     /// Total attempts including the first (1 disables retries).
@@ -58,16 +58,16 @@ impl RetryPolicy {
     }
 
     /// Whether `error` is of a kind this policy retries (429, 5xx, connection failures).
-    pub fn is_retryable(error: &Error) -> bool {
+    pub fn is_retryable(error: &LoopError) -> bool {
         matches!(
             error,
-            Error::RateLimited { .. } | Error::Server { .. } | Error::Connect(_)
+            LoopError::RateLimited { .. } | LoopError::Server { .. } | LoopError::Connect(_)
         )
     }
 
     /// The delay before retrying after `retries_done` retries failed with `error`, or `None`
     /// when the call must not be retried.
-    pub fn delay(&self, retries_done: u32, error: &Error) -> Option<Duration> {
+    pub fn delay(&self, retries_done: u32, error: &LoopError) -> Option<Duration> {
         if !Self::is_retryable(error) || retries_done.saturating_add(1) >= self.max_attempts {
             return None;
         }
@@ -80,7 +80,7 @@ impl RetryPolicy {
             backoff
         };
         match error {
-            Error::RateLimited {
+            LoopError::RateLimited {
                 retry_after: Some(after),
                 ..
             } => (*after <= self.max_retry_after).then(|| backoff.max(*after)),
@@ -91,7 +91,7 @@ impl RetryPolicy {
 
 /// The tower [`Policy`] form of a [`RetryPolicy`], counting the attempts of one call. Use it
 /// with `tower::retry::RetryLayer::new(ModelRetry::from(policy))` over a service whose error
-/// is [`Error`]; [`ModelStack`](super::ModelStack) does this for you.
+/// is [`LoopError`]; [`ModelStack`](super::ModelStack) does this for you.
 #[derive(Debug, Clone)]
 pub struct ModelRetry {
     policy: RetryPolicy,
@@ -107,13 +107,13 @@ impl From<RetryPolicy> for ModelRetry {
     }
 }
 
-impl Policy<ChatRequest, ChatStream, Error> for ModelRetry {
+impl Policy<ChatRequest, ChatStream, LoopError> for ModelRetry {
     type Future = tokio::time::Sleep;
 
     fn retry(
         &mut self,
         request: &mut ChatRequest,
-        result: &mut Result<ChatStream, Error>,
+        result: &mut Result<ChatStream, LoopError>,
     ) -> Option<Self::Future> {
         // An open stream is final: its output may already be on its way to the caller.
         let error = result.as_ref().err()?;
@@ -138,8 +138,8 @@ impl Policy<ChatRequest, ChatStream, Error> for ModelRetry {
 mod tests {
     use super::*;
 
-    fn server() -> Error {
-        Error::Server {
+    fn server() -> LoopError {
+        LoopError::Server {
             status: 503,
             message: String::new(),
         }
@@ -175,18 +175,22 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert!(policy.delay(0, &server()).is_some());
-        assert!(policy.delay(0, &Error::Connect("refused".into())).is_some());
+        assert!(
+            policy
+                .delay(0, &LoopError::Connect("refused".into()))
+                .is_some()
+        );
         assert!(policy.delay(1, &server()).is_some());
         assert!(
             policy.delay(2, &server()).is_none(),
             "third attempt was the last"
         );
         for error in [
-            Error::Auth("no".into()),
-            Error::BadRequest("no".into()),
-            Error::ModelNotFound("m".into()),
-            Error::Timeout(Duration::from_secs(1)),
-            Error::MalformedStream("cut".into()),
+            LoopError::Auth("no".into()),
+            LoopError::BadRequest("no".into()),
+            LoopError::ModelNotFound("m".into()),
+            LoopError::Timeout(Duration::from_secs(1)),
+            LoopError::MalformedStream("cut".into()),
         ] {
             assert!(
                 policy.delay(0, &error).is_none(),
@@ -202,7 +206,7 @@ mod tests {
             max_retry_after: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let limited = |secs| Error::RateLimited {
+        let limited = |secs| LoopError::RateLimited {
             retry_after: Some(Duration::from_secs(secs)),
             message: String::new(),
         };

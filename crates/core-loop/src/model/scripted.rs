@@ -10,7 +10,7 @@ use super::types::{
     ChatModel, ChatRequest, ChatResponse, ChatStream, FinishReason, ModelDelta, StreamItem,
     ToolCall, Usage,
 };
-use crate::Error;
+use crate::LoopError;
 
 /// One scripted model turn: what the model "says" when it is called once.
 ///
@@ -28,8 +28,8 @@ pub struct ScriptedTurn {
     reported_model: Option<Option<String>>,
     latency: Duration,
     chunk_delay: Duration,
-    open_error: Option<Error>,
-    stream_error: Option<(usize, Error)>,
+    open_error: Option<LoopError>,
+    stream_error: Option<(usize, LoopError)>,
 }
 
 impl ScriptedTurn {
@@ -66,8 +66,8 @@ impl ScriptedTurn {
     }
 
     /// A turn whose call fails when the stream is opened (before any output), e.g. with
-    /// [`Error::RateLimited`] to exercise retries.
-    pub fn fail(error: Error) -> Self {
+    /// [`LoopError::RateLimited`] to exercise retries.
+    pub fn fail(error: LoopError) -> Self {
         Self {
             open_error: Some(error),
             ..Self::empty()
@@ -141,7 +141,7 @@ impl ScriptedTurn {
 
     /// Fails inside the stream after `after_deltas` deltas were yielded, instead of finishing:
     /// output has reached the caller, so middleware must not retry it.
-    pub fn fail_mid_stream(mut self, after_deltas: usize, error: Error) -> Self {
+    pub fn fail_mid_stream(mut self, after_deltas: usize, error: LoopError) -> Self {
         self.stream_error = Some((after_deltas, error));
         self
     }
@@ -220,7 +220,7 @@ struct State {
 /// A [`ChatModel`] that replies from a script, deterministically and without a network.
 ///
 /// Each call consumes the next [`ScriptedTurn`]; a call after the last turn fails with
-/// [`Error::ScriptExhausted`]. Alternatively [`ScriptedModel::from_fn`] computes each turn from
+/// [`LoopError::ScriptExhausted`]. Alternatively [`ScriptedModel::from_fn`] computes each turn from
 /// the request. Every request is recorded ([`ScriptedModel::requests`]). Clones share the
 /// script and the recorded requests. Its [`ChatModel::provider`] is `scripted`.
 ///
@@ -285,13 +285,13 @@ impl ScriptedModel {
     /// assert_eq!(model.turns_left(), Some(2));
     /// ```
     ///
-    /// Errors: [`Error::InvalidConfig`] naming the turn and field that do not fit.
-    pub fn from_json(text: &str) -> Result<Self, Error> {
+    /// Errors: [`LoopError::InvalidConfig`] naming the turn and field that do not fit.
+    pub fn from_json(text: &str) -> Result<Self, LoopError> {
         let turns: Vec<TurnFile> = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidConfig(format!("scripted turns: {e}")))?;
+            .map_err(|e| LoopError::InvalidConfig(format!("scripted turns: {e}")))?;
         let turns = turns.into_iter().enumerate().map(|(index, turn)| {
             if turn.text.is_none() && turn.tool_calls.is_empty() {
-                return Err(Error::InvalidConfig(format!(
+                return Err(LoopError::InvalidConfig(format!(
                     "scripted turns: turn {index} has neither `text` nor `tool_calls`"
                 )));
             }
@@ -348,13 +348,13 @@ impl ScriptedModel {
         }
     }
 
-    fn next_turn(&self, request: &ChatRequest) -> Result<ScriptedTurn, Error> {
+    fn next_turn(&self, request: &ChatRequest) -> Result<ScriptedTurn, LoopError> {
         let mut state = self.lock();
         state.requests.push(request.clone());
         match &mut state.source {
             Source::Turns { queue, total } => queue
                 .pop_front()
-                .ok_or(Error::ScriptExhausted { turns: *total }),
+                .ok_or(LoopError::ScriptExhausted { turns: *total }),
             Source::Function(respond) => {
                 let respond = Arc::clone(respond);
                 drop(state);
@@ -370,7 +370,7 @@ impl ChatModel for ScriptedModel {
         "scripted"
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         let mut turn = self.next_turn(&request)?;
         if !turn.latency.is_zero() {
             tokio::time::sleep(turn.latency).await;
@@ -380,7 +380,7 @@ impl ChatModel for ScriptedModel {
         }
         let deltas = turn.deltas();
         let chunk_delay = turn.chunk_delay;
-        let mut items: Vec<Result<StreamItem, Error>> = Vec::with_capacity(deltas.len() + 1);
+        let mut items: Vec<Result<StreamItem, LoopError>> = Vec::with_capacity(deltas.len() + 1);
         let fail_at = turn.stream_error.as_ref().map(|(after, _)| *after);
         for (position, delta) in deltas.into_iter().enumerate() {
             if fail_at == Some(position) {

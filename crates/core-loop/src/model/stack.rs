@@ -21,9 +21,9 @@ use super::meter::UsageMeter;
 use super::retry::{ModelRetry, RetryPolicy};
 use super::structured::StructuredToolCallsLayer;
 use super::types::{ChatModel, ChatRequest, ChatStream, StreamItem};
-use crate::Error;
+use crate::LoopError;
 
-/// Any [`ChatModel`] as a `tower::Service<ChatRequest, Response = ChatStream, Error = Error>`:
+/// Any [`ChatModel`] as a `tower::Service<ChatRequest, Response = ChatStream, Error = LoopError>`:
 /// the response is the opened stream, so layers act on opening (timeouts, retries) separately
 /// from what flows through the stream.
 #[derive(Clone)]
@@ -53,10 +53,10 @@ impl ModelService {
 
 impl Service<ChatRequest> for ModelService {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         Poll::Ready(Ok(()))
     }
 
@@ -66,7 +66,7 @@ impl Service<ChatRequest> for ModelService {
     }
 }
 
-/// Ends a stream with [`Error::Timeout`] when no item arrives within `idle` of the previous
+/// Ends a stream with [`LoopError::Timeout`] when no item arrives within `idle` of the previous
 /// one (or of the opening). The inner stream — and with it the connection — is dropped.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleTimeoutLayer {
@@ -100,14 +100,14 @@ pub struct IdleTimeout<S> {
 
 impl<S> Service<ChatRequest> for IdleTimeout<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S: Service<ChatRequest, Response = ChatStream, Error = LoopError>,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -126,7 +126,7 @@ fn idle_timeout(stream: ChatStream, idle: Duration) -> ChatStream {
         match tokio::time::timeout(idle, stream.next()).await {
             Ok(Some(item)) => Some((item, Some(stream))),
             Ok(None) => None,
-            Err(_) => Some((Err(Error::Timeout(idle)), None)),
+            Err(_) => Some((Err(LoopError::Timeout(idle)), None)),
         }
     })
     .boxed()
@@ -182,19 +182,19 @@ impl<S: Clone> Clone for StreamConcurrencyLimit<S> {
 
 impl<S> Service<ChatRequest> for StreamConcurrencyLimit<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S: Service<ChatRequest, Response = ChatStream, Error = LoopError>,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         if self.permit.is_none() {
             match ready!(self.semaphore.poll_acquire(cx)) {
                 Some(permit) => self.permit = Some(permit),
                 None => {
-                    return Poll::Ready(Err(Error::ModelUnavailable(
+                    return Poll::Ready(Err(LoopError::ModelUnavailable(
                         "concurrency limit closed".into(),
                     )));
                 }
@@ -205,7 +205,7 @@ where
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
         let Some(permit) = self.permit.take() else {
-            return futures::future::ready(Err(Error::ModelUnavailable(
+            return futures::future::ready(Err(LoopError::ModelUnavailable(
                 "called without poll_ready: no concurrency permit".into(),
             )))
             .boxed();
@@ -272,14 +272,14 @@ impl Drop for MeterGuard {
 
 impl<S> Service<ChatRequest> for Metered<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S: Service<ChatRequest, Response = ChatStream, Error = LoopError>,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -354,14 +354,14 @@ pub struct Traced<S> {
 
 impl<S> Service<ChatRequest> for Traced<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S: Service<ChatRequest, Response = ChatStream, Error = LoopError>,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -395,19 +395,19 @@ where
     }
 }
 
-/// Converts an error that went through a boxing tower layer back into [`Error`].
-fn unbox_error(error: BoxError, open_timeout: Option<Duration>) -> Error {
-    let error = match error.downcast::<Error>() {
+/// Converts an error that went through a boxing tower layer back into [`LoopError`].
+fn unbox_error(error: BoxError, open_timeout: Option<Duration>) -> LoopError {
+    let error = match error.downcast::<LoopError>() {
         Ok(error) => return *error,
         Err(error) => error,
     };
     if error.is::<tower::timeout::error::Elapsed>() {
-        return Error::Timeout(open_timeout.unwrap_or_default());
+        return LoopError::Timeout(open_timeout.unwrap_or_default());
     }
-    Error::ModelUnavailable(super::http::error_chain(&*error))
+    LoopError::ModelUnavailable(super::http::error_chain(&*error))
 }
 
-type ModelBoxService = BoxCloneService<ChatRequest, ChatStream, Error>;
+type ModelBoxService = BoxCloneService<ChatRequest, ChatStream, LoopError>;
 type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Assembles a middleware stack around a model and yields a [`StackedModel`], which is a
@@ -483,14 +483,14 @@ impl ModelStack {
     }
 
     /// Each attempt must open its stream (status and headers received) within `timeout`, else
-    /// it fails with [`Error::Timeout`] (not retried).
+    /// it fails with [`LoopError::Timeout`] (not retried).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = Some(timeout);
         self
     }
 
     /// At most `idle` may pass between stream items, else the stream ends with
-    /// [`Error::Timeout`].
+    /// [`LoopError::Timeout`].
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.idle_timeout = Some(idle);
         self
@@ -616,9 +616,11 @@ impl std::fmt::Debug for StackedModel {
 
 impl StackedModel {
     /// The stack as a tower service (a clone sharing limits, meter and rate limiter), for
-    /// composing further layers. Fails with [`Error::ModelUnavailable`] outside a Tokio
+    /// composing further layers. Fails with [`LoopError::ModelUnavailable`] outside a Tokio
     /// runtime.
-    pub fn service(&self) -> Result<BoxCloneService<ChatRequest, ChatStream, Error>, Error> {
+    pub fn service(
+        &self,
+    ) -> Result<BoxCloneService<ChatRequest, ChatStream, LoopError>, LoopError> {
         let mut state = self
             .inner
             .state
@@ -628,11 +630,13 @@ impl StackedModel {
             return Ok(service.clone());
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::ModelUnavailable("a model stack must be called inside a Tokio runtime".into())
+            LoopError::ModelUnavailable(
+                "a model stack must be called inside a Tokio runtime".into(),
+            )
         })?;
         let StackState::Pending(stack) = std::mem::replace(&mut *state, StackState::Assembling)
         else {
-            return Err(Error::ModelUnavailable(
+            return Err(LoopError::ModelUnavailable(
                 "the model stack failed while being assembled".into(),
             ));
         };
@@ -651,7 +655,7 @@ impl ChatModel for StackedModel {
         &self.inner.provider
     }
 
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error> {
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
         self.service()?.oneshot(request).await
     }
 }

@@ -16,7 +16,7 @@ use super::types::{
     ChatRequest, ChatResponse, ChatStream, FinishReason, Message, ModelDelta, ResponseFormat,
     StreamItem, ToolCall, ToolSpec,
 };
-use crate::Error;
+use crate::LoopError;
 
 /// The name of the tool call a reply that is not valid JSON in the reply format becomes when
 /// it names no offered tool. No tool of this name is registered, so the model reads an error
@@ -80,14 +80,14 @@ pub struct StructuredToolCalls<S> {
 
 impl<S> Service<ChatRequest> for StructuredToolCalls<S>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+    S: Service<ChatRequest, Response = ChatStream, Error = LoopError>,
     S::Future: Send + 'static,
 {
     type Response = ChatStream;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<ChatStream, Error>>;
+    type Error = LoopError;
+    type Future = BoxFuture<'static, Result<ChatStream, LoopError>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LoopError>> {
         self.inner.poll_ready(cx)
     }
 
@@ -96,7 +96,7 @@ where
             return self.inner.call(request).boxed();
         }
         if request.response_format.is_some() {
-            return futures::future::ready(Err(Error::BadRequest(
+            return futures::future::ready(Err(LoopError::BadRequest(
                 "structured tool calls need the response format for themselves; this request \
                  sets its own and offers tools"
                     .into(),

@@ -3,7 +3,7 @@
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::LoopError;
 
 /// One message of a conversation, in the normalized form every provider is mapped to and from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,7 +174,7 @@ pub enum StreamItem {
 }
 
 /// The stream a model call yields. A stream that ends without [`StreamItem::Done`] is malformed.
-pub type ChatStream = BoxStream<'static, Result<StreamItem, Error>>;
+pub type ChatStream = BoxStream<'static, Result<StreamItem, LoopError>>;
 
 /// A chat model. Implementations map [`ChatRequest`] to their provider's wire format and back.
 ///
@@ -187,10 +187,10 @@ pub trait ChatModel: Send + Sync {
     fn provider(&self) -> &str;
 
     /// Start a streamed call.
-    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, Error>;
+    async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError>;
 
     /// Run a call to completion, discarding deltas.
-    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, Error> {
+    async fn complete(&self, request: ChatRequest) -> Result<ChatResponse, LoopError> {
         use futures::StreamExt;
         let mut stream = self.stream(request).await?;
         while let Some(item) = stream.next().await {
@@ -198,7 +198,7 @@ pub trait ChatModel: Send + Sync {
                 return Ok(response);
             }
         }
-        Err(Error::MalformedStream(
+        Err(LoopError::MalformedStream(
             "stream ended without a final response".into(),
         ))
     }

@@ -15,7 +15,7 @@ use super::config::RoundsConfig;
 use super::engine::run_agent_rounds;
 use super::identity::DeciderId;
 use super::types::{Decision, Iteration, RoundDriver, RoundHistory, RoundsOutcome, WorkItem};
-use crate::Error;
+use crate::LoopError;
 
 /// Builds the prompt of the next attempt from the task and the previous iteration (if any).
 pub type PromptFn<O> = Arc<dyn Fn(&str, Option<&Iteration<O>>) -> String + Send + Sync>;
@@ -62,14 +62,18 @@ struct LoopUntilDriver<'a, O> {
 
 #[async_trait::async_trait]
 impl<O: Send + Sync> RoundDriver<O> for LoopUntilDriver<'_, O> {
-    async fn plan(&self, task: &str, history: &RoundHistory<O>) -> Result<Vec<WorkItem>, Error> {
+    async fn plan(
+        &self,
+        task: &str,
+        history: &RoundHistory<O>,
+    ) -> Result<Vec<WorkItem>, LoopError> {
         Ok(vec![
             WorkItem::new((self.prompt)(task, history.last()))
                 .with_label(format!("refine-{}", history.rounds())),
         ])
     }
 
-    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, Error> {
+    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, LoopError> {
         Ok(if history.last().is_some_and(Iteration::passed) {
             Decision::Done
         } else {
@@ -88,20 +92,20 @@ fn limit_rounds<O>(config: &RoundsConfig<O>, max_rounds: usize) -> RoundsConfig<
 /// config's validator — the check — passes ([`crate::RoundsStop::Done`], the passing iteration
 /// is [`RoundsOutcome::last_passed`]) or `max_rounds` or the budget run out.
 ///
-/// Errors: [`Error::InvalidConfig`] without a validator or with `max_rounds` 0; as
+/// Errors: [`LoopError::InvalidConfig`] without a validator or with `max_rounds` 0; as
 /// [`run_agent_rounds`].
 pub async fn loop_until<O: Send + Sync>(
     task: &str,
     spec: &LoopUntil<O>,
     config: &RoundsConfig<O>,
-) -> Result<RoundsOutcome<O>, Error> {
+) -> Result<RoundsOutcome<O>, LoopError> {
     if config.validator.is_none() {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "loop_until: no check; set RoundsConfig::validator".to_owned(),
         ));
     }
     if spec.max_rounds == 0 {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "loop_until max_rounds: 0; expected at least 1".to_owned(),
         ));
     }
@@ -140,7 +144,7 @@ pub trait Selector<O>: Send + Sync {
         &self,
         task: &str,
         candidates: &[Candidate<'_, O>],
-    ) -> Result<Option<usize>, Error>;
+    ) -> Result<Option<usize>, LoopError>;
 }
 
 /// A [`Selector`] from a closure; see [`selector_fn`].
@@ -179,7 +183,7 @@ where
         &self,
         task: &str,
         candidates: &[Candidate<'_, O>],
-    ) -> Result<Option<usize>, Error> {
+    ) -> Result<Option<usize>, LoopError> {
         Ok((self.f)(task, candidates))
     }
 }
@@ -240,7 +244,11 @@ struct FanoutDriver<'a, O> {
 
 #[async_trait::async_trait]
 impl<O: Send + Sync> RoundDriver<O> for FanoutDriver<'_, O> {
-    async fn plan(&self, task: &str, history: &RoundHistory<O>) -> Result<Vec<WorkItem>, Error> {
+    async fn plan(
+        &self,
+        task: &str,
+        history: &RoundHistory<O>,
+    ) -> Result<Vec<WorkItem>, LoopError> {
         if history.rounds() > 0 {
             return Ok(Vec::new());
         }
@@ -249,7 +257,7 @@ impl<O: Send + Sync> RoundDriver<O> for FanoutDriver<'_, O> {
             .collect())
     }
 
-    async fn decide(&self, _history: &RoundHistory<O>) -> Result<Decision, Error> {
+    async fn decide(&self, _history: &RoundHistory<O>) -> Result<Decision, LoopError> {
         Ok(Decision::Done)
     }
 }
@@ -260,23 +268,23 @@ impl<O: Send + Sync> RoundDriver<O> for FanoutDriver<'_, O> {
 /// any, is the judge: it grades every attempt while its box is alive, and the selector never
 /// sees those grades.
 ///
-/// Errors: [`Error::InvalidConfig`] for 0 attempts, or when the selector's id is the same
+/// Errors: [`LoopError::InvalidConfig`] for 0 attempts, or when the selector's id is the same
 /// [`DeciderId`] as the validator's (the selector must not be the judge), or when the selector returns a position
 /// out of range; as [`run_agent_rounds`].
 pub async fn fanout<O: Send + Sync>(
     task: &str,
     spec: &Fanout<O>,
     config: &RoundsConfig<O>,
-) -> Result<FanoutOutcome<O>, Error> {
+) -> Result<FanoutOutcome<O>, LoopError> {
     if spec.attempts == 0 {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "fanout attempts: 0; expected at least 1".to_owned(),
         ));
     }
     if let Some(judge) = &config.validator
         && DeciderId::new(judge.id()) == DeciderId::new(spec.selector.id())
     {
-        return Err(Error::InvalidConfig(format!(
+        return Err(LoopError::InvalidConfig(format!(
             "fanout: the selector {:?} is also the judge (validator); the selector must not \
              grade the attempts it picks from",
             judge.id()
@@ -304,7 +312,7 @@ pub async fn fanout<O: Send + Sync>(
             Some(pos) => match candidates.get(pos) {
                 Some(c) => Some(c.index),
                 None => {
-                    return Err(Error::InvalidConfig(format!(
+                    return Err(LoopError::InvalidConfig(format!(
                         "fanout: selector {:?} picked position {pos} of {} candidates",
                         spec.selector.id(),
                         candidates.len()
@@ -352,7 +360,11 @@ struct PipelineDriver<'a, O> {
 
 #[async_trait::async_trait]
 impl<O: Send + Sync> RoundDriver<O> for PipelineDriver<'_, O> {
-    async fn plan(&self, task: &str, history: &RoundHistory<O>) -> Result<Vec<WorkItem>, Error> {
+    async fn plan(
+        &self,
+        task: &str,
+        history: &RoundHistory<O>,
+    ) -> Result<Vec<WorkItem>, LoopError> {
         Ok(match self.stages.get(history.rounds()) {
             Some(stage) => {
                 vec![
@@ -364,7 +376,7 @@ impl<O: Send + Sync> RoundDriver<O> for PipelineDriver<'_, O> {
         })
     }
 
-    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, Error> {
+    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, LoopError> {
         let done = history.rounds();
         let name = self
             .stages
@@ -390,14 +402,14 @@ impl<O: Send + Sync> RoundDriver<O> for PipelineDriver<'_, O> {
 /// [`crate::RoundsStop::Done`] after the last stage, or [`crate::RoundsStop::Stopped`] at the
 /// first stage that does not succeed (failed, unparseable, or rejected by the validator).
 ///
-/// Errors: [`Error::InvalidConfig`] for no stages; as [`run_agent_rounds`].
+/// Errors: [`LoopError::InvalidConfig`] for no stages; as [`run_agent_rounds`].
 pub async fn pipeline<O: Send + Sync>(
     task: &str,
     stages: &[Stage<O>],
     config: &RoundsConfig<O>,
-) -> Result<RoundsOutcome<O>, Error> {
+) -> Result<RoundsOutcome<O>, LoopError> {
     if stages.is_empty() {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "pipeline: no stages; expected at least 1".to_owned(),
         ));
     }
@@ -406,7 +418,7 @@ pub async fn pipeline<O: Send + Sync>(
 }
 
 /// Aggregates a panel's views into a result.
-pub type AggregateFn<O, A> = Arc<dyn Fn(&[Iteration<O>]) -> Result<A, Error> + Send + Sync>;
+pub type AggregateFn<O, A> = Arc<dyn Fn(&[Iteration<O>]) -> Result<A, LoopError> + Send + Sync>;
 
 /// `k` views of one artifact, then an aggregate.
 pub struct Panel<O, A> {
@@ -423,7 +435,7 @@ impl<O, A> Panel<O, A> {
     pub fn new(
         views: Vec<String>,
         prompt: impl Fn(&str, &str) -> String + Send + Sync + 'static,
-        aggregate: impl Fn(&[Iteration<O>]) -> Result<A, Error> + Send + Sync + 'static,
+        aggregate: impl Fn(&[Iteration<O>]) -> Result<A, LoopError> + Send + Sync + 'static,
     ) -> Self {
         Panel {
             views,
@@ -460,7 +472,7 @@ impl<O: Send + Sync, A: Send + Sync> RoundDriver<O> for PanelDriver<'_, O, A> {
         &self,
         artifact: &str,
         history: &RoundHistory<O>,
-    ) -> Result<Vec<WorkItem>, Error> {
+    ) -> Result<Vec<WorkItem>, LoopError> {
         if history.rounds() > 0 {
             return Ok(Vec::new());
         }
@@ -475,7 +487,7 @@ impl<O: Send + Sync, A: Send + Sync> RoundDriver<O> for PanelDriver<'_, O, A> {
             .collect())
     }
 
-    async fn decide(&self, _history: &RoundHistory<O>) -> Result<Decision, Error> {
+    async fn decide(&self, _history: &RoundHistory<O>) -> Result<Decision, LoopError> {
         Ok(Decision::Done)
     }
 }
@@ -483,15 +495,15 @@ impl<O: Send + Sync, A: Send + Sync> RoundDriver<O> for PanelDriver<'_, O, A> {
 /// Views: one round of one work item per view of `artifact` (in parallel, bounded), then
 /// `aggregate` over the views' iterations.
 ///
-/// Errors: [`Error::InvalidConfig`] for no views; the aggregate's error; as
+/// Errors: [`LoopError::InvalidConfig`] for no views; the aggregate's error; as
 /// [`run_agent_rounds`].
 pub async fn panel<O: Send + Sync, A: Send + Sync>(
     artifact: &str,
     spec: &Panel<O, A>,
     config: &RoundsConfig<O>,
-) -> Result<PanelOutcome<O, A>, Error> {
+) -> Result<PanelOutcome<O, A>, LoopError> {
     if spec.views.is_empty() {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "panel: no views; expected at least 1".to_owned(),
         ));
     }

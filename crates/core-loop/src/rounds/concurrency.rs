@@ -6,7 +6,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
+use crate::LoopError;
 
 /// The result of [`map_with_concurrency`]: one slot per input item, in input order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,12 +41,12 @@ impl<R> MapOutcome<R> {
 /// into `f` if they should stop early too). The futures are polled concurrently on the calling
 /// task, so `f` needs neither `Send` nor `'static`.
 ///
-/// Errors: [`Error::InvalidConfig`] when `max_concurrency` is 0.
+/// Errors: [`LoopError::InvalidConfig`] when `max_concurrency` is 0.
 ///
 /// ```
 /// # use agentrt_core_loop::map_with_concurrency;
 /// # use tokio_util::sync::CancellationToken;
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), agentrt_core_loop::Error> {
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), agentrt_core_loop::LoopError> {
 /// let out = map_with_concurrency(vec![3, 1, 2], 2, &CancellationToken::new(), |_, n| async move {
 ///     n * 10
 /// })
@@ -59,13 +59,13 @@ pub async fn map_with_concurrency<T, R, F, Fut>(
     max_concurrency: usize,
     cancel: &CancellationToken,
     mut f: F,
-) -> Result<MapOutcome<R>, Error>
+) -> Result<MapOutcome<R>, LoopError>
 where
     F: FnMut(usize, T) -> Fut,
     Fut: Future<Output = R>,
 {
     if max_concurrency == 0 {
-        return Err(Error::InvalidConfig(
+        return Err(LoopError::InvalidConfig(
             "max_concurrency: 0 is not allowed; expected at least 1".to_owned(),
         ));
     }

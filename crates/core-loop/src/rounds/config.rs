@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::types::{AgentRunner, OutputParser, Validator};
 use crate::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerBox};
-use crate::{Budget, BudgetLimits, Error};
+use crate::{Budget, BudgetLimits, LoopError};
 
 /// Where work items run.
 #[derive(Clone, Default)]
@@ -244,28 +244,28 @@ impl<O> RoundsConfig<O> {
         self.lineage.filter(LineageOptions::is_active)
     }
 
-    pub(crate) fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), LoopError> {
         if self.max_concurrency == 0 {
-            return Err(Error::InvalidConfig(
+            return Err(LoopError::InvalidConfig(
                 "rounds max_concurrency: 0 is not allowed; expected at least 1".to_owned(),
             ));
         }
         if self.max_rounds == Some(0) {
-            return Err(Error::InvalidConfig(
+            return Err(LoopError::InvalidConfig(
                 "rounds max_rounds: 0 is not allowed; expected at least 1".to_owned(),
             ));
         }
         if self.active_lineage().is_some() {
             match &self.boxes {
                 Boxes::Owned { .. } => {
-                    return Err(Error::InvalidConfig(
+                    return Err(LoopError::InvalidConfig(
                         "rounds lineage: lineage cannot be combined with a caller-owned worker \
                          box (both would own the boxes); use Boxes::Backend or turn lineage off"
                             .to_owned(),
                     ));
                 }
                 Boxes::None => {
-                    return Err(Error::InvalidConfig(
+                    return Err(LoopError::InvalidConfig(
                         "rounds lineage: lineage needs worker boxes; set Boxes::Backend".to_owned(),
                     ));
                 }

@@ -15,7 +15,7 @@ use super::types::{
     RoundsStop, RunContext, ValidationContext, WorkItem, is_soft,
 };
 use crate::worker::{BoxSessionId, BoxSpec, WorkerBox};
-use crate::{Budget, BudgetExhausted, Error, FailureInfo};
+use crate::{Budget, BudgetExhausted, FailureInfo, LoopError};
 
 /// Runs rounds of agent work until the driver is done, stops, or a limit ends the run.
 ///
@@ -41,15 +41,15 @@ use crate::{Budget, BudgetExhausted, Error, FailureInfo};
 ///   `rounds.final` — persisted (completed, cancelled or failed, with any cleanup error beside
 ///   the primary one) before this function returns.
 ///
-/// Errors: [`Error::InvalidConfig`] for an invalid config (including lineage with a
+/// Errors: [`LoopError::InvalidConfig`] for an invalid config (including lineage with a
 /// caller-owned box) or invalid work items; any structural failure of the run (persisted as the
-/// session's error first); [`Error::RoundsFinalNotPersisted`] when the final event could not be
+/// session's error first); [`LoopError::RoundsFinalNotPersisted`] when the final event could not be
 /// persisted (carrying how the run ended, or its primary failure).
 pub async fn run_agent_rounds<O, D>(
     task: &str,
     driver: &D,
     config: &RoundsConfig<O>,
-) -> Result<RoundsOutcome<O>, Error>
+) -> Result<RoundsOutcome<O>, LoopError>
 where
     O: Send + Sync,
     D: RoundDriver<O> + ?Sized,
@@ -127,7 +127,7 @@ where
                 finish = finish.with_cleanup_error(json!(c));
             }
             if let Err(source) = recorder.finish(finish).await {
-                return Err(Error::RoundsFinalNotPersisted {
+                return Err(LoopError::RoundsFinalNotPersisted {
                     session: recorder.session_label(),
                     stop: Some(Box::new(stop)),
                     primary: None,
@@ -164,7 +164,7 @@ where
             // cannot be persisted, the error says so and still carries the primary failure.
             match recorder.finish(finish).await {
                 Ok(()) => Err(error),
-                Err(source) => Err(Error::RoundsFinalNotPersisted {
+                Err(source) => Err(LoopError::RoundsFinalNotPersisted {
                     session: recorder.session_label(),
                     stop: None,
                     primary: Some(Box::new(error)),
@@ -190,7 +190,7 @@ enum ItemResult<O> {
         budget: Option<BudgetExhausted>,
     },
     Refused,
-    Hard(Error),
+    Hard(LoopError),
 }
 
 struct ItemEnd<O> {
@@ -215,7 +215,7 @@ async fn drive<O, D>(
     config: &RoundsConfig<O>,
     recorder: &Recorder,
     state: &mut State<O>,
-) -> Result<RoundsStop, Error>
+) -> Result<RoundsStop, LoopError>
 where
     O: Send + Sync,
     D: RoundDriver<O> + ?Sized,
@@ -287,7 +287,7 @@ where
             let budget = match &config.per_run {
                 Some(limits) => match config.budget.carve(*limits) {
                     Ok(b) => Ok(b),
-                    Err(Error::BudgetExhausted(exhausted)) => {
+                    Err(LoopError::BudgetExhausted(exhausted)) => {
                         refused.get_or_insert(exhausted);
                         launch.cancel();
                         Err(None)
@@ -367,7 +367,7 @@ async fn provision_round<O: Send + Sync>(
     round: usize,
     items: &[WorkItem],
     parents: &[Option<usize>],
-) -> Result<Option<Provisioned>, Error> {
+) -> Result<Option<Provisioned>, LoopError> {
     let slots: Vec<Option<Slot>> = match state.lineage.as_mut() {
         Some(lineage) => {
             let wants: Vec<Want<'_>> = items
@@ -416,7 +416,7 @@ struct RoundEnd {
     started: usize,
     not_started: usize,
     /// The first hard error of the round, which ends the run.
-    hard: Option<Error>,
+    hard: Option<LoopError>,
     /// The first budget refusal, which ends the run unless the driver decides it is done.
     budget_stop: Option<BudgetExhausted>,
 }
@@ -476,7 +476,7 @@ async fn prune_round<O>(
     state: &mut State<O>,
     authoring: ParentAuthoring,
     round: usize,
-) -> Result<(), Error> {
+) -> Result<(), LoopError> {
     let Some(lineage) = state.lineage.as_mut() else {
         return Ok(());
     };
@@ -510,7 +510,7 @@ fn resolve_parents<O>(
     items: &[WorkItem],
     authoring: ParentAuthoring,
     history: &RoundHistory<O>,
-) -> Result<Vec<Option<usize>>, Error> {
+) -> Result<Vec<Option<usize>>, LoopError> {
     let inferred = match round.checked_sub(1) {
         Some(previous) => history.head_of(previous),
         None => None,
@@ -520,13 +520,13 @@ fn resolve_parents<O>(
         .enumerate()
         .map(|(pos, item)| match (authoring, item.parent) {
             (ParentAuthoring::Inferred, None) => Ok(inferred),
-            (ParentAuthoring::Inferred, Some(p)) => Err(Error::InvalidConfig(format!(
+            (ParentAuthoring::Inferred, Some(p)) => Err(LoopError::InvalidConfig(format!(
                 "round {round}, work item {pos}: parent {p} is set but the driver's parents are \
                  inferred; return ParentAuthoring::Driver from RoundDriver::parent_authoring to \
                  author parents"
             ))),
             (ParentAuthoring::Driver, Some(p)) if p >= history.len() => {
-                Err(Error::InvalidConfig(format!(
+                Err(LoopError::InvalidConfig(format!(
                     "round {round}, work item {pos}: parent {p} does not exist; expected an index \
                  below {}",
                     history.len()
@@ -551,7 +551,7 @@ struct ItemInput {
     round: usize,
     index: usize,
     work: Work,
-    budget: Result<Budget, Option<Error>>,
+    budget: Result<Budget, Option<LoopError>>,
 }
 
 /// Runs one work item: box, agent run, parse, validate (box alive), release the box, record.
@@ -570,7 +570,7 @@ async fn acquire_box<O>(
         Provision,
         bool,
     ),
-    Error,
+    LoopError,
 > {
     Ok(match (slot, &config.boxes) {
         (Some(slot), _) => (Some(slot.worker), Some(slot.session), slot.provision, false),
@@ -621,7 +621,7 @@ async fn run_item<O: Send + Sync>(
     run_token: &CancellationToken,
     input: ItemInput,
 ) -> ItemEnd<O> {
-    let hard = |e: Error, cleanup: Option<String>| {
+    let hard = |e: LoopError, cleanup: Option<String>| {
         run_token.cancel();
         ItemEnd {
             result: ItemResult::Hard(e),
@@ -707,7 +707,7 @@ async fn run_item<O: Send + Sync>(
             iteration.raw_output = Some(run.output);
         }
         Err(e) if is_soft(&e) => {
-            if let Error::BudgetExhausted(exhausted) = &e {
+            if let LoopError::BudgetExhausted(exhausted) = &e {
                 budget_stop = Some(exhausted.clone());
             }
             iteration.failure = Some(FailureInfo::from_error(&e));

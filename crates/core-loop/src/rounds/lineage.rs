@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::concurrency::map_with_concurrency;
 use super::config::LineageOptions;
 use super::types::{BoxStats, Provision};
-use crate::Error;
+use crate::LoopError;
 use crate::worker::{BoxSessionId, BoxSpec, WorkerBackend, WorkerBox, WorkerFailure};
 
 /// Counters of box operations, shared by concurrent item runs.
@@ -50,7 +50,7 @@ pub(crate) async fn fresh_box(
     spec: &BoxSpec,
     session_name: &str,
     stats: &Stats,
-) -> Result<(Arc<dyn WorkerBox>, BoxSessionId), Error> {
+) -> Result<(Arc<dyn WorkerBox>, BoxSessionId), LoopError> {
     let worker = backend.create(spec).await?;
     Stats::bump(&stats.fresh);
     match worker.open_session(session_name).await {
@@ -66,7 +66,7 @@ pub(crate) async fn fresh_box(
 }
 
 /// A provisioned box with its work session, or why provisioning failed.
-type Provisioned = Result<(Arc<dyn WorkerBox>, BoxSessionId), Error>;
+type Provisioned = Result<(Arc<dyn WorkerBox>, BoxSessionId), LoopError>;
 
 /// A box provided for one work item by the lineage.
 #[derive(Debug, Clone)]
@@ -100,8 +100,8 @@ pub(crate) struct BoxLineage {
     branch_point: Option<usize>,
 }
 
-fn validation(message: String) -> Error {
-    Error::Worker {
+fn validation(message: String) -> LoopError {
+    LoopError::Worker {
         kind: WorkerFailure::Validation,
         message,
     }
@@ -142,7 +142,7 @@ impl BoxLineage {
     fn parent_box(
         &self,
         parent: usize,
-    ) -> Result<(usize, Arc<dyn WorkerBox>, BoxSessionId), Error> {
+    ) -> Result<(usize, Arc<dyn WorkerBox>, BoxSessionId), LoopError> {
         let b = *self.iteration_box.get(&parent).ok_or_else(|| {
             validation(format!(
                 "iteration {parent} has no box in this run's lineage"
@@ -168,7 +168,7 @@ impl BoxLineage {
         wants: &[Want<'_>],
         cancel: &CancellationToken,
         stats: &Stats,
-    ) -> Result<Option<Vec<Slot>>, Error> {
+    ) -> Result<Option<Vec<Slot>>, LoopError> {
         // Group items by parent, in order of first appearance.
         let mut groups: Vec<(Option<usize>, Vec<usize>)> = Vec::new();
         for (pos, want) in wants.iter().enumerate() {
@@ -201,7 +201,7 @@ impl BoxLineage {
 
     /// Continues the box and session of iteration `parent` after checking the box still knows
     /// the session.
-    async fn continue_session(&mut self, parent: usize, stats: &Stats) -> Result<Slot, Error> {
+    async fn continue_session(&mut self, parent: usize, stats: &Stats) -> Result<Slot, LoopError> {
         let (box_index, worker, session) = self.parent_box(parent)?;
         match worker.session_status(&session).await? {
             Some(_) => {
@@ -229,7 +229,7 @@ impl BoxLineage {
         wants: &[Want<'_>],
         cancel: &CancellationToken,
         stats: &Stats,
-    ) -> Result<Option<Vec<Slot>>, Error> {
+    ) -> Result<Option<Vec<Slot>>, LoopError> {
         let backend = self.backend.clone();
         let base = &self.base_spec;
         let out = map_with_concurrency(members.to_vec(), self.max_concurrency, cancel, |_, pos| {
@@ -256,7 +256,7 @@ impl BoxLineage {
         results: Vec<Option<Provisioned>>,
         complete: bool,
         provision: Provision,
-    ) -> Result<Option<Vec<Slot>>, Error> {
+    ) -> Result<Option<Vec<Slot>>, LoopError> {
         let mut slots = Vec::with_capacity(results.len());
         let mut first_error = None;
         for result in results.into_iter().flatten() {
@@ -292,7 +292,7 @@ impl BoxLineage {
         wants: &[Want<'_>],
         cancel: &CancellationToken,
         stats: &Stats,
-    ) -> Result<Option<Vec<Slot>>, Error> {
+    ) -> Result<Option<Vec<Slot>>, LoopError> {
         if !self.backend.capabilities().await.can_fork {
             return self.fresh(round, members, wants, cancel, stats).await;
         }
@@ -361,7 +361,7 @@ impl BoxLineage {
         &mut self,
         head: usize,
         stats: &Stats,
-    ) -> Result<(usize, Vec<String>), Error> {
+    ) -> Result<(usize, Vec<String>), LoopError> {
         if let Some(previous) = self.branch_point
             && head < previous
         {

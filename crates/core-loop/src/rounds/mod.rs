@@ -11,7 +11,7 @@
 //! use agentrt_core_loop::rounds::{AgentRun, Candidate, Fanout, RunContext, TextOutput, selector_fn};
 //! use agentrt_core_loop::{RoundsConfig, fanout};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), agentrt_core_loop::Error> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), agentrt_core_loop::LoopError> {
 //! // A runner that stands in for an agent (see `ToolLoopRunner` for the real one).
 //! let runner = |ctx: RunContext| async move { Ok(AgentRun::new(format!("{}!", ctx.item.prompt))) };
 //! let longest = selector_fn("longest", |_: &str, c: &[Candidate<'_, String>]| {

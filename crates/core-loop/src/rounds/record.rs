@@ -6,7 +6,7 @@ use agentrt_session_store::{Finish, NewEvent, NewSession, SessionId, SessionStor
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use crate::Error;
+use crate::LoopError;
 
 /// Event kinds written by the round loop.
 pub(crate) mod kind {
@@ -32,7 +32,7 @@ impl Recorder {
     pub(crate) async fn start(
         store: Option<Arc<dyn SessionStore>>,
         metadata: Value,
-    ) -> Result<Recorder, Error> {
+    ) -> Result<Recorder, LoopError> {
         let session = match &store {
             Some(store) => Some(
                 store
@@ -60,7 +60,7 @@ impl Recorder {
     }
 
     /// Appends one event; a store failure is a hard failure of the run.
-    pub(crate) async fn append(&self, kind: &str, payload: Value) -> Result<(), Error> {
+    pub(crate) async fn append(&self, kind: &str, payload: Value) -> Result<(), LoopError> {
         let (Some(store), Some(session)) = (&self.store, &self.session) else {
             return Ok(());
         };
@@ -72,7 +72,7 @@ impl Recorder {
     }
 
     /// Writes the final event and status. The store's error is returned as it is: the caller
-    /// wraps it together with how the run ended ([`Error::RoundsFinalNotPersisted`]).
+    /// wraps it together with how the run ended ([`LoopError::RoundsFinalNotPersisted`]).
     pub(crate) async fn finish(&self, finish: Finish) -> Result<(), StoreError> {
         let (Some(store), Some(session)) = (&self.store, &self.session) else {
             return Ok(());

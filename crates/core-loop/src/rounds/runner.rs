@@ -6,11 +6,11 @@ use agentrt_session_store::{SessionId, SessionStatus, SessionStore, StoreError};
 
 use super::types::{AgentRun, AgentRunner, Provision, RunContext};
 use crate::worker::WorkerFailure;
-use crate::{Error, StopReason, ToolLoop, run_tool_loop};
+use crate::{LoopError, StopReason, ToolLoop, run_tool_loop};
 
 /// Builds the tool loop of one work item (model, store, tools bound to the item's box, system
 /// prompt, turn limit).
-pub type BuildToolLoop = Arc<dyn Fn(&RunContext) -> Result<ToolLoop, Error> + Send + Sync>;
+pub type BuildToolLoop = Arc<dyn Fn(&RunContext) -> Result<ToolLoop, LoopError> + Send + Sync>;
 
 /// An [`AgentRunner`] that runs each work item as a tool loop ([`run_tool_loop`]).
 ///
@@ -33,8 +33,8 @@ pub type BuildToolLoop = Arc<dyn Fn(&RunContext) -> Result<ToolLoop, Error> + Se
 /// - answered: the answer is the raw output, with the loop's session and the usage of this run
 ///   (a continued session's earlier runs are not counted again);
 /// - failed: the loop's typed error (classified by the round loop as soft or structural);
-/// - budget exhausted: [`Error::BudgetExhausted`] (the run of rounds ends after the round);
-/// - turn limit or cancelled: [`Error::NoAnswer`] (a soft failure, never an empty output).
+/// - budget exhausted: [`LoopError::BudgetExhausted`] (the run of rounds ends after the round);
+/// - turn limit or cancelled: [`LoopError::NoAnswer`] (a soft failure, never an empty output).
 #[derive(Clone)]
 pub struct ToolLoopRunner {
     build: BuildToolLoop,
@@ -49,7 +49,7 @@ impl std::fmt::Debug for ToolLoopRunner {
 impl ToolLoopRunner {
     /// A runner that builds each item's tool loop with `build`.
     pub fn new(
-        build: impl Fn(&RunContext) -> Result<ToolLoop, Error> + Send + Sync + 'static,
+        build: impl Fn(&RunContext) -> Result<ToolLoop, LoopError> + Send + Sync + 'static,
     ) -> Self {
         ToolLoopRunner {
             build: Arc::new(build),
@@ -59,7 +59,7 @@ impl ToolLoopRunner {
 
 #[async_trait::async_trait]
 impl AgentRunner for ToolLoopRunner {
-    async fn run(&self, ctx: RunContext) -> Result<AgentRun, Error> {
+    async fn run(&self, ctx: RunContext) -> Result<AgentRun, LoopError> {
         let mut config = (self.build)(&ctx)?
             .budget(ctx.budget.clone())
             .cancellation(ctx.cancel.clone());
@@ -76,13 +76,15 @@ impl AgentRunner for ToolLoopRunner {
                 usage: Some(outcome.run_usage),
             }),
             (StopReason::BudgetExhausted { exhausted }, _) => {
-                Err(Error::BudgetExhausted(exhausted))
+                Err(LoopError::BudgetExhausted(exhausted))
             }
-            (StopReason::Failed { error }, _) => Err(outcome.error.unwrap_or(Error::NoAnswer {
-                session: session.to_string(),
-                reason: format!("failed: {}: {}", error.kind, error.message),
-            })),
-            (other, _) => Err(Error::NoAnswer {
+            (StopReason::Failed { error }, _) => {
+                Err(outcome.error.unwrap_or(LoopError::NoAnswer {
+                    session: session.to_string(),
+                    reason: format!("failed: {}: {}", error.kind, error.message),
+                }))
+            }
+            (other, _) => Err(LoopError::NoAnswer {
                 session: session.to_string(),
                 reason: other.to_string(),
             }),
@@ -92,9 +94,12 @@ impl AgentRunner for ToolLoopRunner {
 
 /// The parent's agent session, checked to be continuable: reported by the parent, present in
 /// the store, and completed (its run answered).
-async fn continued_session(ctx: &RunContext, store: &dyn SessionStore) -> Result<SessionId, Error> {
+async fn continued_session(
+    ctx: &RunContext,
+    store: &dyn SessionStore,
+) -> Result<SessionId, LoopError> {
     let parent = ctx.parent.map_or_else(|| "?".to_owned(), |p| p.to_string());
-    let refuse = |why: String| Error::Worker {
+    let refuse = |why: String| LoopError::Worker {
         kind: WorkerFailure::Validation,
         message: format!(
             "iteration {} continues iteration {parent}, but {why}: refusing to continue the \

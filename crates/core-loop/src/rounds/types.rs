@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::{BoxSessionId, BoxSpec, WorkerBox};
-use crate::{Budget, BudgetExhausted, Error, FailureInfo, SessionUsage};
+use crate::{Budget, BudgetExhausted, FailureInfo, LoopError, SessionUsage};
 
 /// One unit of work planned for a round: one agent run in one worker.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -299,10 +299,11 @@ impl<O> RoundHistory<O> {
 pub trait RoundDriver<O>: Send + Sync {
     /// The work items of the next round. An empty plan ends the run
     /// ([`RoundsStop::PlanEmpty`]). An error is a hard failure of the run.
-    async fn plan(&self, task: &str, history: &RoundHistory<O>) -> Result<Vec<WorkItem>, Error>;
+    async fn plan(&self, task: &str, history: &RoundHistory<O>)
+    -> Result<Vec<WorkItem>, LoopError>;
 
     /// What to do after a round. An error is a hard failure of the run.
-    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, Error>;
+    async fn decide(&self, history: &RoundHistory<O>) -> Result<Decision, LoopError>;
 
     /// Who picks parents (default: the loop infers them).
     fn parent_authoring(&self) -> ParentAuthoring {
@@ -349,25 +350,25 @@ pub struct RunContext {
 /// An `Err` is classified by the loop: model and transport errors (rate limits, server errors,
 /// connection failures, timeouts, malformed streams, bad requests, unavailable services, a
 /// loop that ended without an answer),
-/// [`Error::BudgetExhausted`] and a cancelled worker operation become a *soft* failed iteration
+/// [`LoopError::BudgetExhausted`] and a cancelled worker operation become a *soft* failed iteration
 /// (recorded with the error; budget exhaustion also ends the run after the round); every other
 /// error (worker validation or backend failures, configuration, store, profile errors) is
 /// *structural* and ends the run with that error.
 ///
-/// Implemented for closures `Fn(RunContext) -> impl Future<Output = Result<AgentRun, Error>>`.
+/// Implemented for closures `Fn(RunContext) -> impl Future<Output = Result<AgentRun, LoopError>>`.
 #[async_trait::async_trait]
 pub trait AgentRunner: Send + Sync {
     /// Runs the agent for `ctx.item`.
-    async fn run(&self, ctx: RunContext) -> Result<AgentRun, Error>;
+    async fn run(&self, ctx: RunContext) -> Result<AgentRun, LoopError>;
 }
 
 #[async_trait::async_trait]
 impl<F, Fut> AgentRunner for F
 where
     F: Fn(RunContext) -> Fut + Send + Sync,
-    Fut: Future<Output = Result<AgentRun, Error>> + Send,
+    Fut: Future<Output = Result<AgentRun, LoopError>> + Send,
 {
-    async fn run(&self, ctx: RunContext) -> Result<AgentRun, Error> {
+    async fn run(&self, ctx: RunContext) -> Result<AgentRun, LoopError> {
         (self)(ctx).await
     }
 }
@@ -427,7 +428,7 @@ pub trait Validator<O>: Send + Sync {
     fn id(&self) -> &str;
 
     /// Judges `output`.
-    async fn validate(&self, output: &O, ctx: ValidationContext<'_>) -> Result<Verdict, Error>;
+    async fn validate(&self, output: &O, ctx: ValidationContext<'_>) -> Result<Verdict, LoopError>;
 }
 
 /// Why a run of rounds ended (without a hard failure).
@@ -502,21 +503,21 @@ impl<O> RoundsOutcome<O> {
 
 /// Whether an error returned by a runner or validator is a soft failure of one iteration
 /// (`true`) or a structural failure of the whole run (`false`).
-pub(crate) fn is_soft(error: &Error) -> bool {
+pub(crate) fn is_soft(error: &LoopError) -> bool {
     use crate::worker::WorkerFailure;
     matches!(
         error,
-        Error::RateLimited { .. }
-            | Error::Server { .. }
-            | Error::Connect(_)
-            | Error::Timeout(_)
-            | Error::MalformedStream(_)
-            | Error::ProviderStream(_)
-            | Error::BadRequest(_)
-            | Error::ModelUnavailable(_)
-            | Error::BudgetExhausted(_)
-            | Error::NoAnswer { .. }
-            | Error::Worker {
+        LoopError::RateLimited { .. }
+            | LoopError::Server { .. }
+            | LoopError::Connect(_)
+            | LoopError::Timeout(_)
+            | LoopError::MalformedStream(_)
+            | LoopError::ProviderStream(_)
+            | LoopError::BadRequest(_)
+            | LoopError::ModelUnavailable(_)
+            | LoopError::BudgetExhausted(_)
+            | LoopError::NoAnswer { .. }
+            | LoopError::Worker {
                 kind: WorkerFailure::Cancelled,
                 ..
             }

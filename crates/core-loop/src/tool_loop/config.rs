@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::LoopOutcome;
 use super::engine::drive;
 use super::stream::{LoopStream, Sink};
-use crate::Error;
+use crate::LoopError;
 use crate::budget::{Budget, BudgetLimits};
 use crate::model::{ChatModel, Message, Usage};
 use crate::tool::ToolRegistry;
@@ -105,7 +105,7 @@ impl SteeringHandle {
 /// ```no_run
 /// # async fn demo(model: std::sync::Arc<dyn agentrt_core_loop::model::ChatModel>,
 /// #               store: std::sync::Arc<dyn agentrt_session_store::SessionStore>)
-/// # -> Result<(), agentrt_core_loop::Error> {
+/// # -> Result<(), agentrt_core_loop::LoopError> {
 /// use agentrt_core_loop::{ToolLoop, ToolRegistry, run_tool_loop};
 /// let outcome = run_tool_loop(
 ///     ToolLoop::new(model, "my-model", store)
@@ -202,13 +202,13 @@ impl ToolLoop {
     /// profile's allowed-models guard is applied to the model id when the loop starts (also
     /// after [`ToolLoop::model_id`]).
     ///
-    /// Errors: [`Error::Profile`] if the default model is not allowed,
-    /// [`Error::InvalidConfig`] for unusable budget defaults.
+    /// Errors: [`LoopError::Profile`] if the default model is not allowed,
+    /// [`LoopError::InvalidConfig`] for unusable budget defaults.
     pub fn from_profile(
         profile: &AgentProfile,
         model: Arc<dyn ChatModel>,
         store: Arc<dyn SessionStore>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, LoopError> {
         profile.ensure_model_allowed(&profile.model.default)?;
         let mut this = ToolLoop::new(model, profile.model.default.clone(), store);
         this.profile_system = profile_system(profile);
@@ -381,7 +381,7 @@ impl ToolLoop {
     }
 
     /// Runs the loop to its end. See [`run_tool_loop`](crate::run_tool_loop).
-    pub async fn run(self) -> Result<LoopOutcome, Error> {
+    pub async fn run(self) -> Result<LoopOutcome, LoopError> {
         drive(self, None).await
     }
 

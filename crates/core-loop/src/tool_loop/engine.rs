@@ -16,7 +16,7 @@ use super::LoopOutcome;
 use super::config::{CleanupFn, CostFn, SteeringHandle, TextDeltaMode, ToolLoop};
 use super::history::{History, Reconcile};
 use super::stream::Sink;
-use crate::Error;
+use crate::LoopError;
 use crate::budget::{Amounts, Budget, BudgetDimension, Reservation, Spend};
 use crate::event::{FailureInfo, RuntimeEvent, SessionUsage, StopReason};
 use crate::model::{
@@ -68,7 +68,7 @@ pub(super) struct Run {
 }
 
 /// The run, in its `invoke_agent` span (see [`crate::telemetry`]).
-pub(super) async fn drive(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Error> {
+pub(super) async fn drive(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, LoopError> {
     let agent = cfg.profile.as_ref().map(|p| p.name.clone());
     let span = crate::telemetry::agent_span(agent.as_deref(), cfg.model.provider(), &cfg.model_id);
     let outcome = tracing::Instrument::instrument(drive_run(cfg, sink), span.clone()).await;
@@ -76,12 +76,14 @@ pub(super) async fn drive(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutco
     outcome
 }
 
-async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, Error> {
+async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, LoopError> {
     if let Some(profile) = &cfg.profile {
         profile.ensure_model_allowed(&cfg.model_id)?;
     }
     if cfg.model_id.trim().is_empty() {
-        return Err(Error::InvalidConfig("model id: must not be empty".into()));
+        return Err(LoopError::InvalidConfig(
+            "model id: must not be empty".into(),
+        ));
     }
     let resume = cfg.resume.take();
     let mut run = Run::new(&mut cfg, sink);
@@ -154,12 +156,12 @@ impl Run {
     /// Prepares a new session. Nothing is committed yet: the session is created by the run's
     /// first durable point (a tool call about to run, or the final event) together with the
     /// events before it. A caller-chosen id already taken is refused here, before the model runs.
-    pub(super) async fn start(&mut self, cfg: ToolLoop) -> Result<(), Error> {
+    pub(super) async fn start(&mut self, cfg: ToolLoop) -> Result<(), LoopError> {
         let mut new = NewSession::new().with_metadata(cfg.metadata);
         if let Some(id) = cfg.session_id {
             match self.store.get(&id).await {
                 Ok(_) => {
-                    return Err(Error::Store(StoreError::InvalidInput(format!(
+                    return Err(LoopError::Store(StoreError::InvalidInput(format!(
                         "session {id} already exists"
                     ))));
                 }
@@ -211,7 +213,7 @@ impl Run {
         });
     }
 
-    pub(super) async fn reopen(&mut self, id: SessionId, cfg: ToolLoop) -> Result<(), Error> {
+    pub(super) async fn reopen(&mut self, id: SessionId, cfg: ToolLoop) -> Result<(), LoopError> {
         let session = self.store.get(&id).await?;
         let previous_status = session.status;
         if previous_status == SessionStatus::Running && session.next_seq == 0 {
@@ -219,7 +221,7 @@ impl Run {
             // before the run's first commit): nothing of the run was recorded, so it starts now,
             // in this session, from the given task.
             if cfg.messages.is_empty() {
-                return Err(Error::NotResumable {
+                return Err(LoopError::NotResumable {
                     session: id.to_string(),
                     reason: "it stopped before its first event was committed; resume it with \
                              its task as the user message"
@@ -236,14 +238,14 @@ impl Run {
             match m {
                 Message::User { content } => extra.push(content),
                 other => {
-                    return Err(Error::InvalidConfig(format!(
+                    return Err(LoopError::InvalidConfig(format!(
                         "resume: only user messages can be added to a resumed session, got {other:?}"
                     )));
                 }
             }
         }
         if previous_status == SessionStatus::Completed && extra.is_empty() {
-            return Err(Error::NotResumable {
+            return Err(LoopError::NotResumable {
                 session: id.to_string(),
                 reason: "it completed and no new user message was given, so there is nothing to \
                          continue; add a user message to continue its conversation, or fork it"
@@ -325,7 +327,7 @@ impl Run {
         &mut self,
         call: &ToolCall,
         reconciled: Option<&str>,
-    ) -> Result<Option<StopReason>, Error> {
+    ) -> Result<Option<StopReason>, LoopError> {
         self.emit(RuntimeEvent::ToolCall {
             turn: self.turns,
             call: call.clone(),
@@ -358,7 +360,7 @@ impl Run {
         Ok(stop)
     }
 
-    pub(super) async fn reconcile(&mut self) -> Result<Option<StopReason>, Error> {
+    pub(super) async fn reconcile(&mut self) -> Result<Option<StopReason>, LoopError> {
         for (call, how) in std::mem::take(&mut self.to_reconcile) {
             if self.cancel.is_cancelled() {
                 return Ok(Some(StopReason::Cancelled));
@@ -394,7 +396,7 @@ impl Run {
         });
     }
 
-    pub(super) async fn body(&mut self) -> Result<StopReason, Error> {
+    pub(super) async fn body(&mut self) -> Result<StopReason, LoopError> {
         if let Some(stop) = self.reconcile().await? {
             return Ok(stop);
         }
@@ -451,7 +453,7 @@ impl Run {
             }
             self.turns = turn;
             if !self.unpersisted.is_empty() {
-                return Err(Error::UnreconciledToolCalls {
+                return Err(LoopError::UnreconciledToolCalls {
                     session: self.session.to_string(),
                     tool_call_ids: self
                         .unpersisted
@@ -577,7 +579,7 @@ impl Run {
         &mut self,
         request: ChatRequest,
         output_seen: &mut bool,
-    ) -> Result<ChatResponse, Error> {
+    ) -> Result<ChatResponse, LoopError> {
         let turn = self.turns;
         let model = self.model.clone();
         let mut stream = model.stream(request).await?;
@@ -627,7 +629,7 @@ impl Run {
         if !buf.is_empty() {
             self.emit(RuntimeEvent::TextDelta { turn, text: buf });
         }
-        Err(Error::MalformedStream(
+        Err(LoopError::MalformedStream(
             "the model stream ended without a final response".into(),
         ))
     }

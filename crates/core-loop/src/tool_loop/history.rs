@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use agentrt_session_store::SessionId;
 
-use crate::Error;
+use crate::LoopError;
 use crate::event::{RecordedEvent, RuntimeEvent, SessionUsage};
 use crate::model::{Message, ToolCall};
 use crate::tool::ToolResult;
@@ -37,7 +37,7 @@ impl History {
     pub(super) fn rebuild(
         session: &SessionId,
         events: &[agentrt_session_store::Event],
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, LoopError> {
         let mut h = History::default();
         let mut started = false;
         for raw in events {
@@ -47,7 +47,7 @@ impl History {
             match rec.event {
                 RuntimeEvent::SessionStarted { messages, .. } => {
                     if started {
-                        return Err(Error::NotResumable {
+                        return Err(LoopError::NotResumable {
                             session: session.to_string(),
                             reason: format!("a second session.started event at seq {}", rec.seq),
                         });
@@ -56,7 +56,7 @@ impl History {
                     h.messages = messages;
                 }
                 _ if !started => {
-                    return Err(Error::NotResumable {
+                    return Err(LoopError::NotResumable {
                         session: session.to_string(),
                         reason: format!(
                             "event at seq {} precedes session.started: not a tool-loop session",
@@ -107,7 +107,7 @@ impl History {
             }
         }
         if !started {
-            return Err(Error::NotResumable {
+            return Err(LoopError::NotResumable {
                 session: session.to_string(),
                 reason: "no session.started event: not a tool-loop session".into(),
             });

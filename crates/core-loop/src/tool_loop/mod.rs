@@ -13,7 +13,7 @@
 //!
 //! - The final event is committed together with the session's final status and every event
 //!   not yet committed (`SessionStore::finish`) before the caller sees it. If that is
-//!   impossible, the caller gets [`Error::FinalNotPersisted`].
+//!   impossible, the caller gets [`LoopError::FinalNotPersisted`].
 //! - A tool call is durable before the tool runs, unless the tool is declared idempotent (then
 //!   a crash may run it again, by its own declaration). A resume answers a started call that
 //!   has no result as interrupted; it never runs a non-idempotent call twice.
@@ -43,7 +43,7 @@ use std::sync::Arc;
 
 use agentrt_session_store::{SessionId, SessionStore};
 
-use crate::Error;
+use crate::LoopError;
 use crate::event::{SessionUsage, StopReason};
 use crate::model::Message;
 
@@ -69,7 +69,7 @@ pub struct LoopOutcome {
     /// runs (equal to `usage` for a new session).
     pub run_usage: SessionUsage,
     /// The typed primary error when the loop failed.
-    pub error: Option<Error>,
+    pub error: Option<LoopError>,
     /// The cleanup error, if cleanup failed.
     pub cleanup_error: Option<String>,
     /// The seq of the persisted final event.
@@ -84,9 +84,9 @@ pub struct LoopOutcome {
 /// [`StopReason::Failed`] (with the typed error in [`LoopOutcome::error`]). `Err` when the loop
 /// could not start (invalid configuration, a model the profile does not allow, a session id
 /// that is taken, a store that cannot be read, a session that cannot be resumed) or when its
-/// final event could not be persisted ([`Error::FinalNotPersisted`]; a store that refuses the
+/// final event could not be persisted ([`LoopError::FinalNotPersisted`]; a store that refuses the
 /// new session at the run's first commit ends there too).
-pub async fn run_tool_loop(config: ToolLoop) -> Result<LoopOutcome, Error> {
+pub async fn run_tool_loop(config: ToolLoop) -> Result<LoopOutcome, LoopError> {
     config.run().await
 }
 
@@ -107,7 +107,7 @@ pub fn stream_tool_loop(config: ToolLoop) -> LoopStream {
 /// is reopened; a session left `running` by a crash is continued in place; a completed session
 /// continues its conversation when the config adds a user message (the follow-up, delivered
 /// as steering before the next model call) and is refused without one
-/// ([`Error::NotResumable`]: there is nothing to continue).
+/// ([`LoopError::NotResumable`]: there is nothing to continue).
 ///
 /// Tool calls the model asked for but that have no persisted result are reconciled before the
 /// next model call: a call that never started runs now; a call whose result was recorded in the
@@ -120,7 +120,7 @@ pub async fn resume_tool_loop(
     store: Arc<dyn SessionStore>,
     session_id: SessionId,
     mut config: ToolLoop,
-) -> Result<LoopOutcome, Error> {
+) -> Result<LoopOutcome, LoopError> {
     config.store = store;
     config.resume(session_id).run().await
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::LoopOutcome;
 use super::engine::{Run, event_value, to_new};
-use crate::Error;
+use crate::LoopError;
 use crate::event::{FailureInfo, RecordedEvent, RuntimeEvent, StopReason};
 
 impl Run {
@@ -24,7 +24,7 @@ impl Run {
 
     /// A durable point: commits the pending events in one atomic write (creating a new session
     /// with them) and waits until they are durable, then hands them to the caller.
-    pub(super) async fn flush(&mut self) -> Result<(), Error> {
+    pub(super) async fn flush(&mut self) -> Result<(), LoopError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -52,7 +52,7 @@ impl Run {
         batch: Vec<RuntimeEvent>,
         seq: u64,
         result: Result<u64, StoreError>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), LoopError> {
         match result {
             Ok(next) => {
                 if let Some(sink) = &self.sink {
@@ -74,7 +74,7 @@ impl Run {
                         self.unpersisted.push(result);
                     }
                 }
-                Err(Error::Store(e))
+                Err(LoopError::Store(e))
             }
         }
     }
@@ -91,7 +91,7 @@ impl Run {
     fn end(
         &self,
         stop: &StopReason,
-        error: Option<&Error>,
+        error: Option<&LoopError>,
         cleanup_error: Option<&String>,
         batch: &[RuntimeEvent],
     ) -> (RuntimeEvent, Finish) {
@@ -148,8 +148,8 @@ impl Run {
     pub(super) async fn finish(
         mut self,
         mut stop: StopReason,
-        mut error: Option<Error>,
-    ) -> Result<LoopOutcome, Error> {
+        mut error: Option<LoopError>,
+    ) -> Result<LoopOutcome, LoopError> {
         let mut cleanup_error = None;
         if let Some(cleanup) = self.cleanup.take()
             && let Err(message) = cleanup().await
@@ -179,7 +179,7 @@ impl Run {
             // An answer came with the lost events: the session does not hold it.
             self.answer = None;
             if error.is_none() {
-                let e = Error::Store(e.clone());
+                let e = LoopError::Store(e.clone());
                 stop = StopReason::Failed {
                     error: FailureInfo::from_error(&e),
                 };
@@ -218,7 +218,7 @@ impl Run {
                     messages: self.messages,
                 })
             }
-            Err(source) => Err(Error::FinalNotPersisted {
+            Err(source) => Err(LoopError::FinalNotPersisted {
                 session: self.session.to_string(),
                 stop: Box::new(ended),
                 source,

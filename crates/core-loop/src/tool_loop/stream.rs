@@ -9,17 +9,17 @@ use futures::Stream;
 use futures::future::BoxFuture;
 
 use super::LoopOutcome;
-use crate::Error;
+use crate::LoopError;
 use crate::event::RecordedEvent;
 
 pub(super) type Sink = Arc<Mutex<VecDeque<RecordedEvent>>>;
 
 /// The stream returned by [`stream_tool_loop`](crate::stream_tool_loop).
 pub struct LoopStream {
-    pub(super) engine: Option<BoxFuture<'static, Result<LoopOutcome, Error>>>,
+    pub(super) engine: Option<BoxFuture<'static, Result<LoopOutcome, LoopError>>>,
     pub(super) sink: Sink,
     pub(super) outcome: Option<LoopOutcome>,
-    pub(super) error: Option<Error>,
+    pub(super) error: Option<LoopError>,
 }
 
 impl std::fmt::Debug for LoopStream {
@@ -46,7 +46,7 @@ impl LoopStream {
 }
 
 impl Stream for LoopStream {
-    type Item = Result<RecordedEvent, Error>;
+    type Item = Result<RecordedEvent, LoopError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();

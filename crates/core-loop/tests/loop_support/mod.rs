@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, StreamItem};
-use agentrt_core_loop::{Error as CoreError, RecordedEvent, RuntimeEvent, ToolError, TypedTool};
+use agentrt_core_loop::{
+    LoopError as CoreError, RecordedEvent, RuntimeEvent, ToolError, TypedTool,
+};
 use agentrt_session_store::{
     Event, HookedStore, MemoryStore, NewEvent, SessionId, SessionStore, StoreError, StoreWrite,
     WriteHook,

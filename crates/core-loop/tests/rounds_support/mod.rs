@@ -12,7 +12,7 @@ use agentrt_core_loop::worker::{
     BoxSessionId, BoxSessionStatus, BoxSpec, Capabilities, CheckpointId, ExecOutcome, ExecRequest,
     OutputChunk, WorkerBackend, WorkerBox, WorkerFailure,
 };
-use agentrt_core_loop::{Amounts, Error, Spend};
+use agentrt_core_loop::{Amounts, LoopError, Spend};
 use agentrt_session_store::{Event, SessionId as StoreSessionId, SessionStore};
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
@@ -99,15 +99,15 @@ impl WorkerBackend for FakeBackend {
         }
     }
 
-    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn create(&self, spec: &BoxSpec) -> Result<Arc<dyn WorkerBox>, LoopError> {
         self.counters.created.fetch_add(1, Ordering::SeqCst);
         self.counters.specs.lock().unwrap().push(spec.clone());
         Ok(self.make_box(Snapshot::default()))
     }
 
-    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, Error> {
+    async fn fork(&self, checkpoint: &CheckpointId) -> Result<Arc<dyn WorkerBox>, LoopError> {
         if !self.can_fork.load(Ordering::SeqCst) {
-            return Err(Error::Worker {
+            return Err(LoopError::Worker {
                 kind: WorkerFailure::Unsupported,
                 message: "no fork".into(),
             });
@@ -120,14 +120,14 @@ impl WorkerBackend for FakeBackend {
         self.counters.fork_peak.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(self.fork_delay).await;
         self.counters.forks_in_flight.fetch_sub(1, Ordering::SeqCst);
-        let snapshot = self.lookup(checkpoint).ok_or_else(|| Error::Worker {
+        let snapshot = self.lookup(checkpoint).ok_or_else(|| LoopError::Worker {
             kind: WorkerFailure::Validation,
             message: format!("unknown checkpoint {checkpoint}"),
         })?;
         Ok(self.make_box(snapshot))
     }
 
-    async fn release_checkpoint(&self, _checkpoint: &CheckpointId) -> Result<(), Error> {
+    async fn release_checkpoint(&self, _checkpoint: &CheckpointId) -> Result<(), LoopError> {
         self.counters.released.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -145,8 +145,8 @@ pub struct FakeBox {
     checkpoints: Mutex<Vec<Snapshot>>,
 }
 
-fn gone(id: &str) -> Error {
-    Error::Worker {
+fn gone(id: &str) -> LoopError {
+    LoopError::Worker {
         kind: WorkerFailure::Destroyed,
         message: format!("box {id} destroyed"),
     }
@@ -162,7 +162,7 @@ impl WorkerBox for FakeBox {
         &self,
         request: ExecRequest,
         _output: Option<mpsc::Sender<OutputChunk>>,
-    ) -> Result<ExecOutcome, Error> {
+    ) -> Result<ExecOutcome, LoopError> {
         if self.destroyed.load(Ordering::SeqCst) {
             return Err(gone(&self.id));
         }
@@ -176,7 +176,7 @@ impl WorkerBox for FakeBox {
         })
     }
 
-    async fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
+    async fn read_file(&self, path: &str) -> Result<Vec<u8>, LoopError> {
         if self.destroyed.load(Ordering::SeqCst) {
             return Err(gone(&self.id));
         }
@@ -186,13 +186,13 @@ impl WorkerBox for FakeBox {
             .files
             .get(path)
             .cloned()
-            .ok_or_else(|| Error::Worker {
+            .ok_or_else(|| LoopError::Worker {
                 kind: WorkerFailure::Backend,
                 message: format!("no file {path}"),
             })
     }
 
-    async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), Error> {
+    async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), LoopError> {
         if self.destroyed.load(Ordering::SeqCst) {
             return Err(gone(&self.id));
         }
@@ -204,14 +204,17 @@ impl WorkerBox for FakeBox {
         Ok(())
     }
 
-    async fn open_session(&self, name: &str) -> Result<BoxSessionId, Error> {
+    async fn open_session(&self, name: &str) -> Result<BoxSessionId, LoopError> {
         let mut st = self.state.lock().unwrap();
         let id = BoxSessionId(format!("{}-s{}", self.id, st.sessions.len()));
         st.sessions.insert(id.clone(), name.to_owned());
         Ok(id)
     }
 
-    async fn session_status(&self, id: &BoxSessionId) -> Result<Option<BoxSessionStatus>, Error> {
+    async fn session_status(
+        &self,
+        id: &BoxSessionId,
+    ) -> Result<Option<BoxSessionStatus>, LoopError> {
         self.counters.session_checks.fetch_add(1, Ordering::SeqCst);
         if self.destroyed.load(Ordering::SeqCst) || self.forget.load(Ordering::SeqCst) {
             return Ok(None);
@@ -230,7 +233,7 @@ impl WorkerBox for FakeBox {
             }))
     }
 
-    async fn checkpoint(&self) -> Result<CheckpointId, Error> {
+    async fn checkpoint(&self) -> Result<CheckpointId, LoopError> {
         if self.destroyed.load(Ordering::SeqCst) {
             return Err(gone(&self.id));
         }
@@ -243,9 +246,9 @@ impl WorkerBox for FakeBox {
         Ok(id)
     }
 
-    async fn destroy(&self) -> Result<(), Error> {
+    async fn destroy(&self) -> Result<(), LoopError> {
         if self.fail_destroy.load(Ordering::SeqCst) {
-            return Err(Error::Worker {
+            return Err(LoopError::Worker {
                 kind: WorkerFailure::Backend,
                 message: format!("box {} would not go", self.id),
             });
@@ -272,7 +275,7 @@ impl FakeBackend {
 }
 
 /// Spends `tokens` from the run's budget (reserve, then commit what was spent).
-pub fn spend(budget: &agentrt_core_loop::Budget, tokens: u64) -> Result<(), Error> {
+pub fn spend(budget: &agentrt_core_loop::Budget, tokens: u64) -> Result<(), LoopError> {
     let r = budget.reserve(Amounts::ZERO.with_tokens(tokens))?;
     r.commit(Spend {
         tokens: Some(tokens),
