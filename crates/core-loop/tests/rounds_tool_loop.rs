@@ -208,7 +208,8 @@ async fn a_continued_round_resumes_the_agents_own_session_with_its_history_exact
         }
     });
     let model: Arc<dyn ChatModel> = Arc::new(scripted.clone());
-    let config = continued_refine(model, store.clone(), &backend);
+    let budget = Budget::new(BudgetLimits::unlimited().tokens(1_000)).unwrap();
+    let config = continued_refine(model, store.clone(), &backend).budget(budget.clone());
     let out = loop_until("write", &LoopUntil::new(3, feedback_prompt), &config)
         .await
         .unwrap();
@@ -218,6 +219,10 @@ async fn a_continued_round_resumes_the_agents_own_session_with_its_history_exact
         its.iter().map(|i| i.provision).collect::<Vec<_>>(),
         [Provision::Fresh, Provision::Continued]
     );
+    // The pool is charged once per model call: resuming round 1's session in round 2 does not
+    // charge round 1's spend a second time (12 + 22 in round 1, 32 in round 2).
+    assert_eq!(budget.snapshot().committed.tokens, 66);
+    assert_eq!(budget.snapshot().committed.turns, 3);
     // One agent session across both rounds, in the same box.
     let session = its[0].agent_session.unwrap();
     assert_eq!(its[1].agent_session, Some(session));

@@ -23,7 +23,8 @@ pub type BuildToolLoop = Arc<dyn Fn(&RunContext) -> Result<ToolLoop, LoopError> 
 /// store, so the model's first request holds the parent's whole conversation (tool calls and
 /// results exactly as recorded) followed by the item's prompt, and the run is recorded in that
 /// same session. The builder's system messages are not added again (the session has them), and
-/// its turn limit counts the session's earlier turns. An agent session that cannot be continued
+/// its turn limit counts the session's earlier turns; the session's earlier spend, already in
+/// the run's pool, is not charged again. An agent session that cannot be continued
 /// is a structural [`WorkerFailure::Validation`] error that ends the run of rounds, exactly like
 /// a box session that is gone: the parent reported none (its run failed), the store does not
 /// have it, or its last run did not complete.
@@ -65,7 +66,12 @@ impl AgentRunner for ToolLoopRunner {
             .cancellation(ctx.cancel.clone());
         if ctx.provision == Provision::Continued {
             let session = continued_session(&ctx, config.store().as_ref()).await?;
-            config = config.without_system_messages().resume(session);
+            // The earlier rounds of this session spent from this run's pool in this process
+            // (rounds are not resumed across processes), so resuming must not charge it again.
+            config = config
+                .without_system_messages()
+                .resume(session)
+                .session_spend_counted();
         }
         let outcome = run_tool_loop(config.user(ctx.item.prompt.clone())).await?;
         let session = outcome.session_id;
