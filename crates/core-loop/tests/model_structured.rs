@@ -278,6 +278,46 @@ async fn the_tool_loop_runs_structured_calls_like_native_ones() {
 }
 
 #[tokio::test]
+async fn a_call_repeated_with_the_same_arguments_is_shown_as_a_repeat() {
+    // A small model that misses its result calls again; the repeated result says so.
+    let scripted = ScriptedModel::new([
+        ScriptedTurn::text(r#"{"tool": "add", "tool_arguments": {"a": 2, "b": 3}}"#),
+        ScriptedTurn::text(r#"{"tool": "add", "tool_arguments": {"b": 3, "a": 2}}"#),
+        ScriptedTurn::text(r#"{"tool": "add", "tool_arguments": {"a": 1, "b": 3}}"#),
+        ScriptedTurn::text(r#"{"answer": "5"}"#),
+    ]);
+    let store = memory();
+    let outcome = run_tool_loop(
+        ToolLoop::new(structured(scripted.clone()), "m", store.clone())
+            .user("What is 2 + 3?")
+            .tools(ToolRegistry::new().with_typed(Add::default())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Answered);
+    let last = scripted.requests()[3].messages.clone();
+    let results: Vec<String> = last
+        .iter()
+        .filter_map(|m| match m {
+            Message::User { content } if content.starts_with("Result of tool") => {
+                Some(content.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], "Result of tool `add`: 5");
+    assert!(
+        results[1].starts_with("Result of tool `add`: 5\n(You made this same call before"),
+        "the same arguments in another order are the same call: {results:?}"
+    );
+    assert_eq!(
+        results[2], "Result of tool `add`: 4",
+        "other arguments are a new call"
+    );
+}
+
+#[tokio::test]
 async fn invalid_json_becomes_a_tool_call_error_the_model_sees() {
     let scripted = ScriptedModel::new([
         // Broken JSON that still names a tool: that tool's invalid-arguments error.

@@ -4,7 +4,7 @@
 //! matching X's schema"; the JSON reply is mapped back to ordinary text or tool calls, so the
 //! loop above cannot tell the difference.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
@@ -63,7 +63,8 @@ impl<S> Layer<S> for StructuredToolCallsLayer {
 ///   (or as a new one);
 /// * the history rendered as plain turns the model's own chat template accepts: an earlier
 ///   tool call as the assistant's JSON reply, an earlier answer as `{"answer": …}`, a tool
-///   result as a user message `Result of tool `name`: …`.
+///   result as a user message `Result of tool `name`: …` — for a call identical to an earlier
+///   one (same tool, same arguments), followed by a note that the model already had it.
 ///
 /// The reply is buffered (its text is JSON, not prose for the caller) and mapped at its end:
 /// `{"answer": …}` becomes text, `{"tool": …, "tool_arguments": …}` (or `arguments`, from a
@@ -320,6 +321,8 @@ fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
 /// drop both — the model would not see its own calls).
 fn render_history(messages: &[Message]) -> Vec<Message> {
     let mut names: HashMap<&str, &ToolCall> = HashMap::new();
+    // Calls whose result the model has already been shown, by tool and arguments.
+    let mut answered: HashSet<(&str, Value)> = HashSet::new();
     let mut rendered = Vec::with_capacity(messages.len());
     for message in messages {
         match message {
@@ -358,7 +361,13 @@ fn render_history(messages: &[Message]) -> Vec<Message> {
                          ({}). Reply again with exactly one JSON object as instructed.",
                         invalid_reason(&call.arguments)
                     ),
-                    Some(call) => format!("Result of tool `{}`: {content}", call.name),
+                    Some(call) => {
+                        let mut text = format!("Result of tool `{}`: {content}", call.name);
+                        if !answered.insert((call.name.as_str(), arguments_value(call))) {
+                            text.push_str(REPEATED_CALL);
+                        }
+                        text
+                    }
                     None => format!("Result of tool call `{tool_call_id}`: {content}"),
                 };
                 rendered.push(Message::User { content: text });
@@ -366,6 +375,18 @@ fn render_history(messages: &[Message]) -> Vec<Message> {
         }
     }
     rendered
+}
+
+/// Appended to the result of a call the model already made with the same arguments: a small
+/// model that does not notice it has its result repeats the call until the turn limit, and
+/// being told so is what makes it answer.
+const REPEATED_CALL: &str = "\n(You made this same call before and got this same result. \
+     If it answers the request, reply with {\"answer\": ...} now.)";
+
+/// A call's arguments as JSON, so that two calls written with different spacing compare equal;
+/// arguments that are not JSON as a string.
+fn arguments_value(call: &ToolCall) -> Value {
+    serde_json::from_str(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone()))
 }
 
 /// A call as the reply that would have produced it; a call whose arguments are not JSON (a
