@@ -7,10 +7,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::Duration;
 
 use agentrt_coordination_mcp::{McpServerConfig, McpToolset, McpTransportConfig};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn sdk_server_stdio(name: &str) -> McpServerConfig {
     McpServerConfig {
