@@ -284,3 +284,33 @@ async fn real_model_runs_against_the_real_model_server() {
     );
     assert!(stdout.lines().any(|l| l.starts_with("stop: ")), "{stdout}");
 }
+
+/// A new example is run here too: every `examples/<name>.rs` is declared by this package and
+/// started by one of the tests above.
+#[test]
+fn every_example_is_declared_and_run_by_a_test() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let manifest = std::fs::read_to_string(root.join("crates/agentrt/Cargo.toml")).unwrap();
+    let this = include_str!("examples.rs");
+    let mut names: Vec<String> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        assert!(
+            manifest.contains(&format!(
+                "name = \"{name}\"\npath = \"../../examples/{name}.rs\""
+            )),
+            "examples/{name}.rs is not an [[example]] of crates/agentrt/Cargo.toml"
+        );
+        let started = [format!("run(\"{name}\""), format!("example(\"{name}\")")];
+        assert!(
+            started.iter().any(|call| this.contains(call.as_str())),
+            "no test in tests/examples.rs runs the {name} example"
+        );
+    }
+}
