@@ -7,7 +7,7 @@
 //! baseline on 8 test scenarios it never saw.
 //!
 //! ```text
-//! cargo run -p agentrt-improvement --example improve [OUT_DIR]
+//! cargo run -p agentrt --example improve [OUT_DIR]
 //! ```
 //!
 //! Prints the verdict and writes `improve.report.json` and `improve.report.html` (default: the
@@ -16,13 +16,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentrt_improvement::{
+use agentrt::improvement::{
     ExpectedAnswer, ImproveBudget, ImproveOptions, ImprovementReport, SyntheticTask, improve,
 };
-use agentrt_session_store::SqliteStore;
+use agentrt::session_store::SqliteStore;
 
 /// Runs the example, writing its store and reports into `out`.
-pub async fn run(out: &Path) -> anyhow::Result<ImprovementReport> {
+async fn run(out: &Path) -> anyhow::Result<ImprovementReport> {
     let task = SyntheticTask::new(4, 16, 7);
     let scenarios = task.scenarios();
     let store = Arc::new(SqliteStore::open(out.join("improve.db")).await?);
@@ -59,7 +59,6 @@ pub async fn run(out: &Path) -> anyhow::Result<ImprovementReport> {
 }
 
 #[tokio::main(flavor = "current_thread")]
-#[allow(dead_code)]
 async fn main() -> anyhow::Result<()> {
     let out = std::env::args()
         .nth(1)

@@ -1,8 +1,8 @@
 //! Serve the agentrt coordination MCP server over scripted workers, fully offline.
 //!
 //! ```text
-//! cargo run -p agentrt-coordination-mcp --example mcp_server -- --stdio
-//! cargo run -p agentrt-coordination-mcp --example mcp_server -- --http 127.0.0.1:8765 --token s3cret
+//! cargo run -p agentrt --example mcp_server -- --stdio
+//! cargo run -p agentrt --example mcp_server -- --http 127.0.0.1:8765 --token s3cret
 //! ```
 //!
 //! Any MCP client can then call `spawn_agent` (e.g. `{"profile": "demo", "task": "write a haiku",
@@ -15,11 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentrt_coordination_mcp::{
+use agentrt::coordination_mcp::{
     DefaultChecker, HttpServerOptions, ScriptedWorkerFactory, Supervisor, SupervisorOptions,
     serve_http, serve_stdio,
 };
-use agentrt_core_loop::BudgetLimits;
+use agentrt::core_loop::BudgetLimits;
 use clap::Parser;
 
 /// Command-line options.

@@ -8,17 +8,17 @@
 //! Every conversation is recorded in a session store (here in memory).
 //!
 //! ```text
-//! cargo run -p agentrt-conversation-eval --example product_eval
+//! cargo run -p agentrt --example product_eval
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use agentrt_conversation_eval::{
+use agentrt::conversation_eval::{
     BatchOptions, BatchReport, EvalModels, EvalOptions, EvalScript, eval_batch, load_scenarios,
 };
-use agentrt_profiles::AgentProfile;
-use agentrt_session_store::MemoryStore;
+use agentrt::profiles::AgentProfile;
+use agentrt::session_store::MemoryStore;
 
 /// Where the example's files are.
 fn dir() -> PathBuf {
@@ -26,7 +26,7 @@ fn dir() -> PathBuf {
 }
 
 /// Runs the example's batch: 3 scenarios × `k` trials.
-pub async fn run(k: u32) -> anyhow::Result<BatchReport> {
+async fn run(k: u32) -> anyhow::Result<BatchReport> {
     let dir = dir();
     let agent = AgentProfile::load(dir.join("support.toml"))?;
     let customer = AgentProfile::load(dir.join("customer.toml"))?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! OPENAI_BASE_URL=http://127.0.0.1:8089/v1 OPENAI_API_KEY=none \
-//!     cargo run --example real_model [-- ./runs.db]
+//!     cargo run -p agentrt --example real_model [-- ./runs.db]
 //! ```
 //!
 //! `OPENAI_MODEL` picks the model (default: the first one the server lists at `/models`).
@@ -14,12 +14,12 @@
 
 use std::sync::Arc;
 
-use agentrt_core_loop::model::{ModelOptions, model_from_profile};
-use agentrt_core_loop::{
+use agentrt::core_loop::model::{ModelOptions, model_from_profile};
+use agentrt::core_loop::{
     RuntimeEvent, ToolError, ToolLoop, ToolRegistry, TypedTool, stream_tool_loop,
 };
-use agentrt_profiles::AgentProfile;
-use agentrt_session_store::{SessionStore, SqliteStore};
+use agentrt::profiles::AgentProfile;
+use agentrt::session_store::{SessionStore, SqliteStore};
 use futures::{StreamExt, TryStreamExt};
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -13,7 +13,8 @@
 //! ALL_CAPS names, quoted strings, single lowercase words.
 //!
 //! A symbol resolves when a manifest path (`docs/exports/*.txt`) ends with its segments, when it
-//! is a crate name, when it is `Type::member` and `Type` resolves (methods, associated items and
+//! is a crate name, when it is the name of an example (`examples/<name>.rs`, so a doc that names
+//! an example that is gone fails too), when it is `Type::member` and `Type` resolves (methods, associated items and
 //! enum variants are not in the manifests), or when `docs/symbol-allowlist.txt` lists it. A
 //! manifest path that re-exports a whole workspace crate as a module (`agentrt::profiles` for
 //! `agentrt_profiles`) is followed into that crate's manifest.
@@ -120,7 +121,8 @@ pub fn check_docs(
     manifests_dir: &Path,
     allowlist: &Path,
 ) -> Result<DocsReport> {
-    let index = SymbolIndex::load(manifests_dir, allowlist)?;
+    let mut index = SymbolIndex::load(manifests_dir, allowlist)?;
+    index.allow(example_names(&root.join("examples"))?);
     let mut report = DocsReport {
         files: files.len(),
         ..DocsReport::default()
@@ -144,6 +146,26 @@ pub fn check_docs(
         }
     }
     Ok(report)
+}
+
+/// The names of the examples in `dir` (`<name>.rs`, the `cargo run --example <name>` targets);
+/// none when the directory does not exist.
+pub fn example_names(dir: &Path) -> Result<Vec<String>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file()
+            && path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// An inline code span and the line it starts on.
@@ -408,6 +430,11 @@ impl SymbolIndex {
         index
     }
 
+    /// Accepts these symbols as they are written (like allowlist entries).
+    pub fn allow(&mut self, symbols: impl IntoIterator<Item = String>) {
+        self.allowed.extend(symbols);
+    }
+
     /// True when `symbol` (as returned by [`classify`]) names an exported item or is allowed.
     pub fn resolves(&self, symbol: &str) -> bool {
         if self.allowed.contains(symbol)
@@ -594,5 +621,32 @@ mod tests {
         assert!(index.resolves("std::sync::Arc"));
         assert!(index.resolves("println"));
         assert!(!index.resolves("stdx::Thing"));
+    }
+
+    #[test]
+    fn example_names_resolve_and_a_gone_example_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let examples = dir.path().join("examples");
+        std::fs::create_dir(&examples).unwrap();
+        std::fs::write(examples.join("stream_a_turn.rs"), "fn main() {}").unwrap();
+        std::fs::write(examples.join("notes.md"), "not an example").unwrap();
+        let doc = dir.path().join("README.md");
+        std::fs::write(&doc, "Run `stream_a_turn`, then `tool_loop`.\n").unwrap();
+        let manifests = dir.path().join("exports");
+        std::fs::create_dir(&manifests).unwrap();
+        assert_eq!(example_names(&examples).unwrap(), ["stream_a_turn"]);
+        let report = check_docs(
+            dir.path(),
+            &[doc],
+            &manifests,
+            &dir.path().join("no-allowlist.txt"),
+        )
+        .unwrap();
+        let unresolved: Vec<&str> = report
+            .unresolved
+            .iter()
+            .map(|u| u.symbol.as_str())
+            .collect();
+        assert_eq!(unresolved, ["tool_loop"]);
     }
 }

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: locating the Python SDK's interpreter, the test
-//! scripts and the example server binary.
+//! Helpers shared by the integration tests: locating the Python SDK's interpreter and the test
+//! scripts. (The `mcp_server` example, a process over these same verbs, is tested with the
+//! `agentrt` package that owns it: `crates/agentrt/tests/mcp_server_example.rs`.)
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -36,24 +37,6 @@ pub fn py_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(name)
-}
-
-/// The `mcp_server` example binary, which `cargo test` builds before running tests.
-pub fn example_server() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // <target>/<profile>/deps/<test-binary> -> <target>/<profile>/examples/mcp_server
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("examples").join("mcp_server"))
-        .unwrap();
-    assert!(
-        path.exists(),
-        "the mcp_server example was not found at {}; run the tests with `cargo test -p \
-         agentrt-coordination-mcp`, which builds examples first",
-        path.display()
-    );
-    path
 }
 
 /// A supervisor over quick scripted workers, with a `non_empty` predicate.
