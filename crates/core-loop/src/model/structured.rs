@@ -381,7 +381,8 @@ fn render_history(messages: &[Message]) -> Vec<Message> {
 /// model that does not notice it has its result repeats the call until the turn limit, and
 /// being told so is what makes it answer.
 const REPEATED_CALL: &str = "\n(You made this same call before and got this same result. \
-     If it answers the request, reply with {\"answer\": ...} now.)";
+     If it answers the request, reply with {\"answer\": ...} now; otherwise call a different \
+     tool.)";
 
 /// A call's arguments as JSON, so that two calls written with different spacing compare equal;
 /// arguments that are not JSON as a string.
