@@ -249,8 +249,9 @@ impl RawStrategy {
         self.baseline
             .as_ref()
             .map(|v| {
-                StrategyParams::from_value(v)
-                    .map_err(|e| ImproveError::InvalidConfig(format!("strategy.baseline: {e}")))
+                StrategyParams::from_value(v).map_err(|e| {
+                    ImproveError::InvalidConfig(format!("strategy.baseline: {}", e.detail()))
+                })
             })
             .transpose()
     }
@@ -265,7 +266,7 @@ impl RawStrategy {
     ) -> Result<StrategyConfig, ImproveError> {
         let invalid = ImproveError::InvalidConfig;
         StrategyParams::from_profile(profile)
-            .map_err(|e| invalid(format!("strategy.baseline is missing and {e}")))?;
+            .map_err(|e| invalid(format!("strategy.baseline is missing and {}", e.detail())))?;
         let worker = match (&self.worker_profile, synthetic) {
             (Some(p), _) => AgentProfile::load(dir.join(p)).map_err(|e| {
                 invalid(format!(

@@ -135,6 +135,14 @@ pub enum ImproveError {
 }
 
 impl ImproveError {
+    /// The message without the variant's own prefix, to nest it in another message.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            ImproveError::InvalidConfig(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// An evaluator failure on `scenario` from any error.
     pub fn evaluator(
         scenario: impl Into<String>,

@@ -111,7 +111,11 @@ impl StrategyParams {
             ))
         })?;
         Self::from_value(value).map_err(|e| {
-            ImproveError::InvalidConfig(format!("profile `{}`: metadata.{e}", profile.name))
+            ImproveError::InvalidConfig(format!(
+                "profile `{}`: metadata.{}",
+                profile.name,
+                e.detail()
+            ))
         })
     }
 

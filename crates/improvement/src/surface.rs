@@ -288,7 +288,7 @@ fn read_component(profile: &AgentProfile, component: &Component) -> Result<Strin
             )),
             Some(value) => StrategyParams::from_value(value)
                 .map(|params| params.to_text())
-                .map_err(|e| missing(format!("metadata.strategy: {e}"))),
+                .map_err(|e| missing(format!("metadata.strategy: {}", e.detail()))),
         },
     }
 }
@@ -335,7 +335,7 @@ fn write_component(
             let params =
                 StrategyParams::parse(text).map_err(|e| ImproveError::MalformedCandidate {
                     profile: profile.name.clone(),
-                    reason: format!("strategy: {e}"),
+                    reason: e.detail(),
                 })?;
             profile
                 .metadata

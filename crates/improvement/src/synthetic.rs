@@ -168,11 +168,7 @@ impl SyntheticTask {
         Arc::new(ScriptedModel::from_fn(move |request| {
             let (system, user) = texts(request);
             // A refinement quotes a fresh agent id: its draw is keyed by the task and round.
-            let user = match refinement(&user) {
-                Some((task, round)) => format!("{task}\u{0}refinement round {round}"),
-                None => user,
-            };
-            let n = seen.next(&system, &user);
+            let n = seen.next(&system, &draw_key(&user));
             task.answer(&system, &user, n)
         }))
     }
@@ -220,11 +216,11 @@ impl SyntheticTask {
     }
 
     fn answer(&self, system: &str, user: &str, n: u64) -> ScriptedTurn {
+        let refined = refinement(user).is_some();
         let asked = self
             .facts
             .iter()
             .find(|(family, _)| user.contains(&format!("of {family}?")));
-        let refined = refinement(user).is_some();
         let reply = match asked {
             Some((family, code)) => {
                 let p = if system.contains(&Self::statement(family, code)) {
@@ -234,7 +230,7 @@ impl SyntheticTask {
                 } else {
                     self.p_unstated
                 };
-                if self.draw(&format!("{system}\u{0}{user}"), n) < p {
+                if self.draw(&format!("{system}\u{0}{}", draw_key(user)), n) < p {
                     code.clone()
                 } else {
                     "I do not know.".to_owned()
@@ -288,6 +284,15 @@ fn refinement(user: &str) -> Option<(&str, u32)> {
     let (task, rest) = user.split_once("\n\n---\nRefinement round ")?;
     let round = rest.split_whitespace().next()?.parse().ok()?;
     Some((task, round))
+}
+
+/// What a request's draw is keyed by: its user text, except that a refinement (which quotes a
+/// fresh agent id) is keyed by its original task and round, so draws repeat run over run.
+fn draw_key(user: &str) -> String {
+    match refinement(user) {
+        Some((task, round)) => format!("{task}\u{0}refinement round {round}"),
+        None => user.to_owned(),
+    }
 }
 
 /// The scripted reflection on a strategy: a blind rewrite swaps breadth and depth; a
