@@ -532,6 +532,52 @@ impl RawConfig {
         Ok(generator)
     }
 
+    /// The profile to improve — with a `[strategy]` table, the supervisor with its baseline
+    /// strategy applied — and the table resolved.
+    fn profile_and_strategy(
+        &self,
+        dir: &Path,
+        synthetic: Option<&SyntheticTask>,
+    ) -> Result<(AgentProfile, Option<StrategyConfig>), ImproveError> {
+        let baseline = match &self.strategy {
+            Some(raw) => raw.baseline()?,
+            None => None,
+        };
+        let fallback = synthetic.map(|task| match &self.strategy {
+            // The synthetic supervisor starts wide unless the table names a baseline.
+            Some(_) => {
+                task.supervisor_profile(baseline.unwrap_or(StrategyParams::Breadth { k: 3 }))
+            }
+            None => task.profile(),
+        });
+        let mut profile = load_profile(dir, "profile", &self.profile, fallback)?;
+        if let Some(baseline) = baseline {
+            profile = baseline.apply_to(&profile);
+        }
+        if self.strategy.is_some() {
+            if self.scenarios.is_some() {
+                return Err(ImproveError::InvalidConfig(
+                    "[strategy] and [scenarios] are both given: strategies are scored on \
+                     [[train]]/[[selection]]/[[test]] tasks or [synthetic]"
+                        .into(),
+                ));
+            }
+            if self.surface.is_some() {
+                return Err(ImproveError::InvalidConfig(
+                    "surface and [strategy] are both given: strategy evolution changes the \
+                     `strategy` component only"
+                        .into(),
+                ));
+            }
+        }
+        let strategy = self
+            .strategy
+            .clone()
+            .map(|raw| raw.resolve(dir, &profile, synthetic))
+            .transpose()?;
+        Ok((profile, strategy))
+    }
+
     /// Loads the profiles (relative to `dir`), builds the synthetic task, the generator, the
     /// budget and the gate, and checks every value.
     ///
@@ -544,55 +590,9 @@ impl RawConfig {
             .synthetic
             .as_ref()
             .map(|s| SyntheticTask::new(s.facts, s.scenarios.unwrap_or(3 * s.facts), s.seed));
-        let load = |field: &str,
-                    path: &Option<PathBuf>,
-                    fallback: Option<Result<AgentProfile, ImproveError>>| {
-            match (path, fallback) {
-                (Some(p), _) => AgentProfile::load(dir.join(p))
-                    .map_err(|e| invalid(format!("{field} = {:?}: {e}", p.display().to_string()))),
-                (None, Some(f)) => f,
-                (None, None) => Err(invalid(format!(
-                    "`{field}` is missing: expected the path of a profile file"
-                ))),
-            }
-        };
-        let baseline = match &self.strategy {
-            Some(raw) => raw.baseline()?,
-            None => None,
-        };
-        let fallback = synthetic.as_ref().map(|task| match &self.strategy {
-            // The synthetic supervisor starts wide unless the table names a baseline.
-            Some(_) => {
-                task.supervisor_profile(baseline.unwrap_or(StrategyParams::Breadth { k: 3 }))
-            }
-            None => task.profile(),
-        });
-        let mut profile = load("profile", &self.profile, fallback)?;
-        if let Some(baseline) = baseline {
-            profile = baseline.apply_to(&profile);
-        }
-        if self.strategy.is_some() {
-            if self.scenarios.is_some() {
-                return Err(invalid(
-                    "[strategy] and [scenarios] are both given: strategies are scored on \
-                     [[train]]/[[selection]]/[[test]] tasks or [synthetic]"
-                        .into(),
-                ));
-            }
-            if self.surface.is_some() {
-                return Err(invalid(
-                    "surface and [strategy] are both given: strategy evolution changes the \
-                     `strategy` component only"
-                        .into(),
-                ));
-            }
-        }
-        let strategy = self
-            .strategy
-            .clone()
-            .map(|raw| raw.resolve(dir, &profile, synthetic.as_ref()))
-            .transpose()?;
-        let reflection = load(
+        let (profile, strategy) = self.profile_and_strategy(dir, synthetic.as_ref())?;
+        let reflection = load_profile(
+            dir,
             "reflection_profile",
             &self.reflection_profile,
             synthetic.as_ref().map(SyntheticTask::reflection_profile),
@@ -709,6 +709,24 @@ impl RawConfig {
             max_text_chars: self.max_text_chars.unwrap_or(DEFAULT_MAX_TEXT_CHARS),
             max_proposals: self.max_proposals,
         })
+    }
+}
+
+/// The profile at `path` (relative to `dir`), else `fallback`; `field` names it in errors.
+fn load_profile(
+    dir: &Path,
+    field: &str,
+    path: &Option<PathBuf>,
+    fallback: Option<Result<AgentProfile, ImproveError>>,
+) -> Result<AgentProfile, ImproveError> {
+    match (path, fallback) {
+        (Some(p), _) => AgentProfile::load(dir.join(p)).map_err(|e| {
+            ImproveError::InvalidConfig(format!("{field} = {:?}: {e}", p.display().to_string()))
+        }),
+        (None, Some(f)) => f,
+        (None, None) => Err(ImproveError::InvalidConfig(format!(
+            "`{field}` is missing: expected the path of a profile file"
+        ))),
     }
 }
 
