@@ -52,13 +52,31 @@
 //! its profile, reflection profile and scenarios. Every problem is an [`ImproveError::InvalidConfig`]
 //! naming the field.
 //!
+//! A `[strategy]` table runs strategy evolution ([`run_strategy_evolution`](crate::run_strategy_evolution))
+//! instead: `profile` is the supervisor (its `metadata.strategy`, or `baseline`, is the baseline
+//! arm), each worker runs `worker_profile`, is delivered when `check` (a completion check) passes,
+//! and every arm gets the compute of `[strategy.arm]` per rollout. With `[synthetic]` the
+//! supervisor, the worker and the check default to the synthetic task's:
+//!
+//! ```toml
+//! [strategy]
+//! baseline = { kind = "breadth", k = 3 }
+//! worker_profile = "worker.toml"
+//! check = { kind = "output_matches", pattern = "^[A-Z0-9]{4}$" }
+//! wait_secs = 600
+//! [strategy.arm]
+//! tokens = 2000
+//! turns = 12
+//! ```
+//!
 //! [`ImproveConfig::load`] reads one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentrt_coordination_mcp::{AgentTarget, CompletionCheck, ToolLoopWorkerFactory};
 use agentrt_core_loop::{BudgetLimits, UnknownUsagePolicy};
-use agentrt_profiles::AgentProfile;
+use agentrt_profiles::{AgentProfile, ProfileRegistry};
 use serde::Deserialize;
 
 use crate::ImproveError;
@@ -66,6 +84,7 @@ use crate::evaluator::{ExpectedAnswer, TaskScenario};
 use crate::gate::GatePolicy;
 use crate::options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions};
 use crate::search::{CandidateGenerator, Gepa, Rewrite};
+use crate::strategy::{StrategyEvaluator, StrategyParams};
 use crate::surface::Surface;
 use crate::synthetic::SyntheticTask;
 
@@ -114,6 +133,9 @@ struct RawConfig {
     /// Persona-eval scenarios.
     #[serde(default)]
     scenarios: Option<RawScenarios>,
+    /// Strategy evolution.
+    #[serde(default)]
+    strategy: Option<RawStrategy>,
     /// Train scenarios.
     #[serde(default)]
     train: Vec<TaskScenario>,
@@ -190,6 +212,135 @@ struct SyntheticConfig {
     /// Selection scenarios (the next ones); default a third. The rest are test.
     #[serde(default)]
     selection: Option<usize>,
+}
+
+/// `[strategy]`, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStrategy {
+    #[serde(default)]
+    baseline: Option<serde_json::Value>,
+    #[serde(default)]
+    worker_profile: Option<PathBuf>,
+    #[serde(default)]
+    check: Option<CompletionCheck>,
+    #[serde(default)]
+    wait_secs: Option<u64>,
+    arm: ArmConfig,
+}
+
+/// `[strategy.arm]`: the compute of one arm's rollout.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArmConfig {
+    #[serde(default)]
+    tokens: Option<u64>,
+    #[serde(default)]
+    dollars: Option<f64>,
+    #[serde(default)]
+    turns: Option<u64>,
+    #[serde(default)]
+    wall_secs: Option<u64>,
+}
+
+impl RawStrategy {
+    /// The baseline strategy the table names, if any.
+    fn baseline(&self) -> Result<Option<StrategyParams>, ImproveError> {
+        self.baseline
+            .as_ref()
+            .map(|v| {
+                StrategyParams::from_value(v).map_err(|e| {
+                    ImproveError::InvalidConfig(format!("strategy.baseline: {}", e.detail()))
+                })
+            })
+            .transpose()
+    }
+
+    /// Loads the worker profile (relative to `dir`) and checks every value; `profile` is the
+    /// supervisor, its baseline already applied.
+    fn resolve(
+        self,
+        dir: &Path,
+        profile: &AgentProfile,
+        synthetic: Option<&SyntheticTask>,
+    ) -> Result<StrategyConfig, ImproveError> {
+        let invalid = ImproveError::InvalidConfig;
+        StrategyParams::from_profile(profile)
+            .map_err(|e| invalid(format!("strategy.baseline is missing and {}", e.detail())))?;
+        let worker = match (&self.worker_profile, synthetic) {
+            (Some(p), _) => AgentProfile::load(dir.join(p)).map_err(|e| {
+                invalid(format!(
+                    "strategy.worker_profile = {:?}: {e}",
+                    p.display().to_string()
+                ))
+            })?,
+            (None, Some(task)) => task.profile()?,
+            (None, None) => {
+                return Err(invalid(
+                    "strategy.worker_profile is missing: expected the path of the profile each \
+                     worker runs"
+                        .into(),
+                ));
+            }
+        };
+        let check = match (self.check, synthetic) {
+            (Some(check), _) => check,
+            (None, Some(task)) => task.completion_check(),
+            (None, None) => {
+                return Err(invalid(
+                    "strategy.check is missing: expected the completion check that delivers a \
+                     worker, e.g. { kind = \"output_matches\", pattern = \"...\" }"
+                        .into(),
+                ));
+            }
+        };
+        let a = &self.arm;
+        if a.tokens.is_none() && a.dollars.is_none() && a.turns.is_none() {
+            return Err(invalid(
+                "strategy.arm bounds neither tokens, dollars nor turns: every arm gets the same \
+                 compute, so give it a bound"
+                    .into(),
+            ));
+        }
+        if let Some(d) = a.dollars
+            && !(d.is_finite() && d >= 0.0)
+        {
+            return Err(invalid(format!(
+                "strategy.arm.dollars = {d}: expected a non-negative number"
+            )));
+        }
+        if self.wait_secs == Some(0) {
+            return Err(invalid(
+                "strategy.wait_secs = 0: expected at least 1".into(),
+            ));
+        }
+        Ok(StrategyConfig {
+            worker,
+            check,
+            arm: BudgetLimits {
+                tokens: a.tokens,
+                dollars: a.dollars,
+                wall_time: a.wall_secs.map(Duration::from_secs),
+                turns: a.turns,
+                unknown_usage: None,
+            },
+            wait: Duration::from_secs(self.wait_secs.unwrap_or(600)),
+        })
+    }
+}
+
+/// A `[strategy]` table resolved: what strategy evolution's workers run and what each arm may
+/// spend (the supervisor and its baseline strategy are [`ImproveConfig::profile`]).
+#[derive(Debug, Clone)]
+pub struct StrategyConfig {
+    /// The profile every worker runs.
+    pub worker: AgentProfile,
+    /// The completion check that delivers a worker.
+    pub check: CompletionCheck,
+    /// The compute of one arm's rollout (every supervision's root budget).
+    pub arm: BudgetLimits,
+    /// The longest wait for a breadth batch or a depth round.
+    pub wait: Duration,
 }
 
 /// Scenarios split into the train, selection and test partitions, in that order.
@@ -315,6 +466,9 @@ pub struct ImproveConfig {
     /// Persona-eval scenarios as the evaluator, if the config names them (then `train`,
     /// `selection` and `test` are empty).
     pub scenarios: Option<ScenariosConfig>,
+    /// Strategy evolution, if the config has a `[strategy]` table (then `profile` is the
+    /// supervisor, its baseline strategy in `metadata.strategy`).
+    pub strategy: Option<StrategyConfig>,
     /// Train scenarios.
     pub train: Vec<TaskScenario>,
     /// Selection scenarios.
@@ -378,6 +532,52 @@ impl RawConfig {
         Ok(generator)
     }
 
+    /// The profile to improve — with a `[strategy]` table, the supervisor with its baseline
+    /// strategy applied — and the table resolved.
+    fn profile_and_strategy(
+        &self,
+        dir: &Path,
+        synthetic: Option<&SyntheticTask>,
+    ) -> Result<(AgentProfile, Option<StrategyConfig>), ImproveError> {
+        let baseline = match &self.strategy {
+            Some(raw) => raw.baseline()?,
+            None => None,
+        };
+        let fallback = synthetic.map(|task| match &self.strategy {
+            // The synthetic supervisor starts wide unless the table names a baseline.
+            Some(_) => {
+                task.supervisor_profile(baseline.unwrap_or(StrategyParams::Breadth { k: 3 }))
+            }
+            None => task.profile(),
+        });
+        let mut profile = load_profile(dir, "profile", &self.profile, fallback)?;
+        if let Some(baseline) = baseline {
+            profile = baseline.apply_to(&profile);
+        }
+        if self.strategy.is_some() {
+            if self.scenarios.is_some() {
+                return Err(ImproveError::InvalidConfig(
+                    "[strategy] and [scenarios] are both given: strategies are scored on \
+                     [[train]]/[[selection]]/[[test]] tasks or [synthetic]"
+                        .into(),
+                ));
+            }
+            if self.surface.is_some() {
+                return Err(ImproveError::InvalidConfig(
+                    "surface and [strategy] are both given: strategy evolution changes the \
+                     `strategy` component only"
+                        .into(),
+                ));
+            }
+        }
+        let strategy = self
+            .strategy
+            .clone()
+            .map(|raw| raw.resolve(dir, &profile, synthetic))
+            .transpose()?;
+        Ok((profile, strategy))
+    }
+
     /// Loads the profiles (relative to `dir`), builds the synthetic task, the generator, the
     /// budget and the gate, and checks every value.
     ///
@@ -390,24 +590,9 @@ impl RawConfig {
             .synthetic
             .as_ref()
             .map(|s| SyntheticTask::new(s.facts, s.scenarios.unwrap_or(3 * s.facts), s.seed));
-        let load = |field: &str,
-                    path: &Option<PathBuf>,
-                    fallback: Option<Result<AgentProfile, ImproveError>>| {
-            match (path, fallback) {
-                (Some(p), _) => AgentProfile::load(dir.join(p))
-                    .map_err(|e| invalid(format!("{field} = {:?}: {e}", p.display().to_string()))),
-                (None, Some(f)) => f,
-                (None, None) => Err(invalid(format!(
-                    "`{field}` is missing: expected the path of a profile file"
-                ))),
-            }
-        };
-        let profile = load(
-            "profile",
-            &self.profile,
-            synthetic.as_ref().map(SyntheticTask::profile),
-        )?;
-        let reflection = load(
+        let (profile, strategy) = self.profile_and_strategy(dir, synthetic.as_ref())?;
+        let reflection = load_profile(
+            dir,
             "reflection_profile",
             &self.reflection_profile,
             synthetic.as_ref().map(SyntheticTask::reflection_profile),
@@ -510,6 +695,7 @@ impl RawConfig {
             reflection,
             synthetic,
             scenarios,
+            strategy,
             train,
             selection,
             test,
@@ -523,6 +709,24 @@ impl RawConfig {
             max_text_chars: self.max_text_chars.unwrap_or(DEFAULT_MAX_TEXT_CHARS),
             max_proposals: self.max_proposals,
         })
+    }
+}
+
+/// The profile at `path` (relative to `dir`), else `fallback`; `field` names it in errors.
+fn load_profile(
+    dir: &Path,
+    field: &str,
+    path: &Option<PathBuf>,
+    fallback: Option<Result<AgentProfile, ImproveError>>,
+) -> Result<AgentProfile, ImproveError> {
+    match (path, fallback) {
+        (Some(p), _) => AgentProfile::load(dir.join(p)).map_err(|e| {
+            ImproveError::InvalidConfig(format!("{field} = {:?}: {e}", p.display().to_string()))
+        }),
+        (None, Some(f)) => f,
+        (None, None) => Err(ImproveError::InvalidConfig(format!(
+            "`{field}` is missing: expected the path of a profile file"
+        ))),
     }
 }
 
@@ -567,6 +771,46 @@ impl ImproveConfig {
             store,
             models,
         )
+    }
+
+    /// The options of [`run_strategy_evolution`](crate::run_strategy_evolution) its
+    /// `[strategy]` table describes: a [`StrategyEvaluator`] whose workers run the worker
+    /// profile through coordination-mcp's `ToolLoopWorkerFactory` (models from `models`,
+    /// sessions in `store`, the supervisor's allowed-models guard on every spawn), on the
+    /// config's task partitions. `None` without a `[strategy]` table.
+    ///
+    /// # Errors
+    /// The worker profile cannot be registered.
+    pub fn strategy_options(
+        &self,
+        store: std::sync::Arc<dyn agentrt_session_store::SessionStore>,
+        models: agentrt_core_loop::model::ProfileModels,
+    ) -> Result<Option<ImproveOptions<StrategyEvaluator>>, ImproveError> {
+        let Some(strategy) = &self.strategy else {
+            return Ok(None);
+        };
+        let mut registry = ProfileRegistry::new();
+        registry.insert(strategy.worker.clone())?;
+        let workers = ToolLoopWorkerFactory::new(models.clone(), store.clone())
+            .profiles(registry)
+            .supervisor_profile(self.profile.clone());
+        let evaluator = StrategyEvaluator::new(
+            std::sync::Arc::new(workers),
+            AgentTarget::Profile(strategy.worker.name.clone()),
+            strategy.arm,
+            strategy.check.clone(),
+        )
+        .wait(strategy.wait);
+        Ok(Some(self.options_with(
+            std::sync::Arc::new(evaluator),
+            (
+                self.train.clone(),
+                self.selection.clone(),
+                self.test.clone(),
+            ),
+            store,
+            models,
+        )))
     }
 
     /// The same options scoring with another `evaluator` on its own (train, selection, test)

@@ -620,7 +620,12 @@ impl<E: Evaluator> Engine<'_, E> {
                 ));
             }
         }
-        None
+        // A text the profile cannot take (a strategy that is not one) is a rejected proposal,
+        // not the end of the run.
+        self.surface
+            .apply(&self.base_profile, texts)
+            .err()
+            .map(|e| format!("rejected: {e}"))
     }
 
     async fn push_node(&mut self, node: CandidateNode) -> Result<(), ImproveError> {

@@ -95,6 +95,35 @@ pub enum ImproveError {
     /// The session store failed.
     #[error(transparent)]
     Store(#[from] agentrt_session_store::StoreError),
+    /// A compression came back under [`COMPRESSION_FLOOR`](crate::COMPRESSION_FLOOR) of its
+    /// target word count: a different treatment (a summary, a refusal, a fragment), not a
+    /// compressed prompt. The attempt, with the exact prompts, is kept for inspection.
+    #[error(
+        "degenerate compression: {output_words} words against a target of {target_words} \
+         (the floor is {floor_words}, 20 % of the target) — not a compression of the prompt \
+         (session {session})"
+    )]
+    DegenerateCompression {
+        /// Words of the output.
+        output_words: usize,
+        /// Words the ratio asked for.
+        target_words: usize,
+        /// The least a compression may have.
+        floor_words: usize,
+        /// The compressor's session.
+        session: String,
+        /// The attempt: the exact prompts and the output.
+        attempt: Box<crate::Compression>,
+    },
+    /// The compressor model gave no usable answer (its loop stopped without one, or it
+    /// reasoned aloud).
+    #[error("compression failed: {reason} (session {session})")]
+    CompressionFailed {
+        /// The compressor's session.
+        session: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// The run's journal in the store is not one this version wrote or understands.
     #[error("improve run journal {run}: {reason}")]
     Journal {
@@ -106,6 +135,14 @@ pub enum ImproveError {
 }
 
 impl ImproveError {
+    /// The message without the variant's own prefix, to nest it in another message.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            ImproveError::InvalidConfig(message) => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
     /// An evaluator failure on `scenario` from any error.
     pub fn evaluator(
         scenario: impl Into<String>,

@@ -8,10 +8,16 @@
 //!   [`CandidateGenerator`] ([`Gepa`], [`Rewrite`], or the caller's), and decides with
 //!   [`promotion_gate`] on the test partition whether the winner ships.
 //! - [`apply_winner_to_profile`] applies a winner's texts to a profile.
+//! - [`run_strategy_evolution`] is the same search over a supervisor's strategy
+//!   ([`StrategyParams`]: breadth or depth, k, rounds), each arm scored through `supervise` by
+//!   the [`StrategyEvaluator`] under equal compute.
+//! - [`compress_prompt`] compresses a prompt to a target ratio with one fixed model, refusing
+//!   a degenerate result.
 //! - [`SyntheticTask`] is a seeded offline task whose scripted models make prompt quality
 //!   measurable (the example, the CLI's scripted models and the benchmark use it).
 #![warn(missing_docs)]
 
+mod compress;
 mod config;
 mod engine;
 mod error;
@@ -23,10 +29,12 @@ mod options;
 mod report;
 mod rng;
 mod search;
+mod strategy;
 mod surface;
 mod synthetic;
 
-pub use config::{ImproveConfig, Partitions, ScenariosConfig};
+pub use compress::{COMPRESSION_FLOOR, Compression, compress_prompt};
+pub use config::{ImproveConfig, Partitions, ScenariosConfig, StrategyConfig};
 pub use engine::improve;
 pub use error::ImproveError;
 pub use evaluator::{
@@ -39,5 +47,8 @@ pub use gate::{
 pub use options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions, Progress, ProgressFn};
 pub use report::{ImprovementReport, PhaseSpend};
 pub use search::{CandidateGenerator, CandidateNode, Gepa, Proposal, Rewrite, Search, TrainRecord};
+pub use strategy::{
+    MAX_STRATEGY_WORKERS, StrategyEvaluator, StrategyParams, run_strategy_evolution,
+};
 pub use surface::{CandidateTexts, Component, Surface, apply_winner_to_profile};
 pub use synthetic::SyntheticTask;

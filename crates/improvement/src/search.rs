@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::ImproveError;
-use crate::surface::{CandidateTexts, Surface};
+use crate::strategy::StrategyParams;
+use crate::surface::{CandidateTexts, Component, Surface};
 
 /// One rollout of a train minibatch as a generator (and the reflection model) sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -316,7 +317,16 @@ pub(crate) fn reflection_prompt(component: &str, current: &str, records: &[Train
          inputs correctly. Keep what works, state the facts and rules the feedback shows were \
          missing, and be concise. Reply with the new text only, inside a fenced code block.",
     );
+    push_guidance(&mut prompt, component);
     prompt
+}
+
+/// What a component's text means, for components whose text is data (a strategy's JSON).
+fn push_guidance(prompt: &mut String, component: &str) {
+    if component == Component::Strategy.to_string() {
+        prompt.push('\n');
+        prompt.push_str(StrategyParams::GUIDANCE);
+    }
 }
 
 /// The text inside the first fenced block of `answer` (a language tag line dropped), or the
@@ -370,10 +380,11 @@ impl CandidateGenerator for Rewrite {
         let component = components[search.iteration() as usize % components.len()].to_string();
         let base = search.candidates()[0].texts.clone();
         let current = base.get(&component).unwrap_or_default().to_owned();
-        let prompt = format!(
+        let mut prompt = format!(
             "Rewrite the following `{component}` of an assistant so that it does its task better. \
              Reply with the new text only, inside a fenced code block.\n```\n{current}\n```"
         );
+        push_guidance(&mut prompt, &component);
         let Some(answer) = search.reflect(prompt).await? else {
             return Ok(None);
         };

@@ -3,8 +3,10 @@
 //! A [`CandidateTexts`] is a map from component name to text. The components are the profile's
 //! system prompt (`system_prompt`), its instructions (`instructions`), the text of an inline
 //! skill (`skill:<name>`) and the description of a tool (`tool:<name>`: the `description` string
-//! in the tool's `config`). Reading a [`Surface`] from a profile and applying the texts read
-//! gives back the same profile; applying changed texts changes those fields and nothing else.
+//! in the tool's `config`) and a supervisor's strategy (`strategy`: the JSON object
+//! `metadata.strategy`, a [`StrategyParams`]). Reading a [`Surface`] from a profile and applying
+//! the texts read gives back the same profile; applying changed texts changes those fields and
+//! nothing else.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ImproveError;
+use crate::strategy::StrategyParams;
 
 /// One text of a profile a search may change.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,10 +29,16 @@ pub enum Component {
     Skill(String),
     /// The `description` in the config of the tool with this name (`tool:<name>`).
     ToolDescription(String),
+    /// A supervisor's strategy (`strategy`): the profile's `metadata.strategy` object as JSON
+    /// text, which must read as a [`StrategyParams`] (searched by
+    /// [`run_strategy_evolution`](crate::run_strategy_evolution); never part of
+    /// [`Surface::all_texts`]).
+    Strategy,
 }
 
 impl Component {
-    /// Parses a component name: `system_prompt`, `instructions`, `skill:<name>`, `tool:<name>`.
+    /// Parses a component name: `system_prompt`, `instructions`, `skill:<name>`, `tool:<name>`,
+    /// `strategy`.
     ///
     /// # Errors
     /// [`ImproveError::InvalidConfig`] naming the text and the accepted forms.
@@ -37,6 +46,7 @@ impl Component {
         match name {
             "system_prompt" => return Ok(Component::SystemPrompt),
             "instructions" => return Ok(Component::Instructions),
+            "strategy" => return Ok(Component::Strategy),
             _ => {}
         }
         match name.split_once(':') {
@@ -46,7 +56,7 @@ impl Component {
             }
             _ => Err(ImproveError::InvalidConfig(format!(
                 "surface component `{name}`: expected `system_prompt`, `instructions`, \
-                 `skill:<name>` or `tool:<name>`"
+                 `skill:<name>`, `tool:<name>` or `strategy`"
             ))),
         }
     }
@@ -59,6 +69,7 @@ impl fmt::Display for Component {
             Component::Instructions => f.write_str("instructions"),
             Component::Skill(name) => write!(f, "skill:{name}"),
             Component::ToolDescription(name) => write!(f, "tool:{name}"),
+            Component::Strategy => f.write_str("strategy"),
         }
     }
 }
@@ -269,8 +280,21 @@ fn read_component(profile: &AgentProfile, component: &Component) -> Result<Strin
                 ))),
             }
         }
+        Component::Strategy => match profile.metadata.get(STRATEGY_KEY) {
+            None => Err(missing(
+                "no `metadata.strategy` (the supervisor's strategy, e.g. \
+                 {\"kind\": \"breadth\", \"k\": 3})"
+                    .into(),
+            )),
+            Some(value) => StrategyParams::from_value(value)
+                .map(|params| params.to_text())
+                .map_err(|e| missing(format!("metadata.strategy: {}", e.detail()))),
+        },
     }
 }
+
+/// Where a supervisor profile keeps its strategy.
+pub(crate) const STRATEGY_KEY: &str = "strategy";
 
 fn write_component(
     profile: &mut AgentProfile,
@@ -305,6 +329,17 @@ fn write_component(
                     }
                 }
             }
+        }
+        Component::Strategy => {
+            // A text that is not a strategy does not fit: the candidate is malformed.
+            let params =
+                StrategyParams::parse(text).map_err(|e| ImproveError::MalformedCandidate {
+                    profile: profile.name.clone(),
+                    reason: e.detail(),
+                })?;
+            profile
+                .metadata
+                .insert(STRATEGY_KEY.into(), params.to_value());
         }
     }
     Ok(())

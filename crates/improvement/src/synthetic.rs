@@ -10,6 +10,12 @@
 //! (`Rewrite`), it states each fact with probability `p_rewrite_fact` instead. Every call
 //! reports its token usage (words), so runs on this task are fully accounted. The offline
 //! example, the CLI's `scripted = "synthetic"` models and the `improve` benchmark use it.
+//!
+//! For strategy evolution the same agent is a supervisor's worker: a refinement round of a
+//! depth strategy (its task quotes the previous attempt) answers correctly with probability
+//! `p_refined`, so depth beats breadth at equal compute when `p_refined` is well above
+//! `p_unstated`; the reflection model, shown a strategy, turns a failing breadth into depth and
+//! adds a round to a failing depth.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,9 +25,12 @@ use agentrt_core_loop::model::{
 };
 use agentrt_profiles::AgentProfile;
 
+use agentrt_coordination_mcp::CompletionCheck;
+
 use crate::ImproveError;
 use crate::evaluator::TaskScenario;
 use crate::rng::SplitMix64;
+use crate::strategy::StrategyParams;
 
 /// The synthetic task: its facts, its probabilities and its models' ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +47,9 @@ pub struct SyntheticTask {
     pub p_unstated: f64,
     /// Chance that a blind rewrite states a given fact.
     pub p_rewrite_fact: f64,
+    /// Chance of a correct answer on a depth strategy's refinement round (its task quotes the
+    /// previous attempt), when the prompt does not state the fact.
+    pub p_refined: f64,
     /// The agent's model id.
     pub agent_model: String,
     /// The reflection model's id.
@@ -48,7 +60,7 @@ pub struct SyntheticTask {
 
 impl SyntheticTask {
     /// A task of `facts` families with codes drawn from `seed`, and `scenarios` scenarios;
-    /// defaults: `p_stated` 0.95, `p_unstated` 0.05, `p_rewrite_fact` 0.4, models
+    /// defaults: `p_stated` 0.95, `p_unstated` 0.05, `p_rewrite_fact` 0.4, `p_refined` 0.9, models
     /// `synthetic-agent` and `synthetic-reflector`, no latency.
     pub fn new(facts: usize, scenarios: usize, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed ^ 0x5EED);
@@ -68,6 +80,7 @@ impl SyntheticTask {
             p_stated: 0.95,
             p_unstated: 0.05,
             p_rewrite_fact: 0.4,
+            p_refined: 0.9,
             agent_model: "synthetic-agent".into(),
             reflection_model: "synthetic-reflector".into(),
             latency: std::time::Duration::ZERO,
@@ -109,6 +122,32 @@ impl SyntheticTask {
         ))?)
     }
 
+    /// A supervisor profile for strategy evolution: the agent's model and allowed models, named
+    /// `synthetic-supervisor`, with `strategy` as its `metadata.strategy` (its workers run
+    /// [`SyntheticTask::profile`]).
+    ///
+    /// # Errors
+    /// Never in practice.
+    pub fn supervisor_profile(
+        &self,
+        strategy: StrategyParams,
+    ) -> Result<AgentProfile, ImproveError> {
+        let mut profile = self.profile()?;
+        profile.name = "synthetic-supervisor".into();
+        profile.system_prompt = None;
+        let profile = strategy.apply_to(&profile);
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// The completion check a worker's answer passes when it is a code (a wrong answer is
+    /// `I do not know.`): it never states the expected code.
+    pub fn completion_check(&self) -> CompletionCheck {
+        CompletionCheck::OutputMatches {
+            pattern: r"^\s*[A-Z0-9]{4}\s*$".into(),
+        }
+    }
+
     /// The reflection profile, on the reflection model.
     ///
     /// # Errors
@@ -128,7 +167,8 @@ impl SyntheticTask {
         let seen = Occurrences::default();
         Arc::new(ScriptedModel::from_fn(move |request| {
             let (system, user) = texts(request);
-            let n = seen.next(&system, &user);
+            // A refinement quotes a fresh agent id: its draw is keyed by the task and round.
+            let n = seen.next(&system, &draw_key(&user));
             task.answer(&system, &user, n)
         }))
     }
@@ -176,6 +216,7 @@ impl SyntheticTask {
     }
 
     fn answer(&self, system: &str, user: &str, n: u64) -> ScriptedTurn {
+        let refined = refinement(user).is_some();
         let asked = self
             .facts
             .iter()
@@ -184,10 +225,12 @@ impl SyntheticTask {
             Some((family, code)) => {
                 let p = if system.contains(&Self::statement(family, code)) {
                     self.p_stated
+                } else if refined {
+                    self.p_refined
                 } else {
                     self.p_unstated
                 };
-                if self.draw(&format!("{system}\u{0}{user}"), n) < p {
+                if self.draw(&format!("{system}\u{0}{}", draw_key(user)), n) < p {
                     code.clone()
                 } else {
                     "I do not know.".to_owned()
@@ -204,6 +247,15 @@ impl SyntheticTask {
             .nth(1)
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
+        if let Ok(strategy) = StrategyParams::parse(&current) {
+            let next = reflect_strategy(strategy, prompt);
+            return with_usage(
+                format!("```json\n{}\n```", next.to_text()),
+                &current,
+                prompt,
+            )
+            .with_latency(self.latency);
+        }
         let mut text = current.clone();
         for (family, code) in &self.facts {
             let statement = Self::statement(family, code);
@@ -223,6 +275,53 @@ impl SyntheticTask {
             }
         }
         with_usage(format!("```\n{text}\n```"), &current, prompt).with_latency(self.latency)
+    }
+}
+
+/// A depth strategy's refinement task, as coordination-mcp writes it: the original task and
+/// the round, or `None` for a first attempt.
+fn refinement(user: &str) -> Option<(&str, u32)> {
+    let (task, rest) = user.split_once("\n\n---\nRefinement round ")?;
+    let round = rest.split_whitespace().next()?.parse().ok()?;
+    Some((task, round))
+}
+
+/// What a request's draw is keyed by: its user text, except that a refinement (which quotes a
+/// fresh agent id) is keyed by its original task and round, so draws repeat run over run.
+fn draw_key(user: &str) -> String {
+    match refinement(user) {
+        Some((task, round)) => format!("{task}\u{0}refinement round {round}"),
+        None => user.to_owned(),
+    }
+}
+
+/// The scripted reflection on a strategy: a blind rewrite swaps breadth and depth; a
+/// reflection whose minibatch failed turns breadth into depth with as many rounds as it had
+/// workers, gives a depth strategy that could not fund its rounds one round fewer, and any
+/// other failing depth one round more.
+fn reflect_strategy(strategy: StrategyParams, prompt: &str) -> StrategyParams {
+    let max = crate::strategy::MAX_STRATEGY_WORKERS;
+    if prompt.starts_with("Rewrite") {
+        return match strategy {
+            StrategyParams::Breadth { k } => StrategyParams::Depth { rounds: k },
+            StrategyParams::Depth { rounds } => StrategyParams::Breadth { k: rounds },
+        };
+    }
+    if !prompt.contains("Score: 0.00") {
+        return strategy;
+    }
+    match strategy {
+        StrategyParams::Breadth { k } => StrategyParams::Depth { rounds: k.max(2) },
+        StrategyParams::Depth { rounds }
+            if prompt.contains("leaves each 0") || prompt.contains("could not fund") =>
+        {
+            StrategyParams::Depth {
+                rounds: rounds.saturating_sub(1).max(1),
+            }
+        }
+        StrategyParams::Depth { rounds } => StrategyParams::Depth {
+            rounds: (rounds + 1).min(max),
+        },
     }
 }
 
