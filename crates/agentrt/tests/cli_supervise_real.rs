@@ -66,7 +66,7 @@ async fn supervise_with_a_structured_real_model_brain_spawns_and_awaits_real_wor
              \"timeout_ms\": 60000}} with the id filled in. Then answer with what it wrote.",
         )
         .args(["--store", db.to_str().unwrap()])
-        .args(["--tokens", "40000", "--turns", "6"])
+        .args(["--tokens", "40000", "--turns", "4"])
         .env_remove("AGENTRT_STORE")
         .env_remove("OPENAI_BASE_URL")
         .output()
