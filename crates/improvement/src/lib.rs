@@ -19,6 +19,7 @@ mod evaluator;
 mod findings;
 mod gate;
 mod html;
+mod journal;
 mod options;
 mod report;
 mod rng;
@@ -36,8 +37,11 @@ pub use findings::{Finding, session_findings, store_findings};
 pub use gate::{
     GateDecision, GatePolicy, Interval, McNemar, PairedTrial, PromotionVerdict, promotion_gate,
 };
-pub use options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions, Progress, ProgressFn};
-pub use report::{ImprovementReport, PhaseSpend};
+pub use options::{
+    DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions, Progress,
+    ProgressFn,
+};
+pub use report::{ImprovementReport, InterruptedRollout, PhaseSpend};
 pub use search::{CandidateGenerator, CandidateNode, Gepa, Proposal, Rewrite, Search, TrainRecord};
 pub use surface::{CandidateTexts, Component, Surface, apply_winner_to_profile};
 pub use synthetic::SyntheticTask;
