@@ -11,7 +11,9 @@ use agentrt_improvement::{
     PromotionVerdict, Rewrite, RolloutContext, Surface, SyntheticTask, TaskScenario, improve,
 };
 use agentrt_profiles::AgentProfile;
-use agentrt_session_store::{SessionStore, SqliteStore};
+use agentrt_session_store::{
+    HookedStore, SessionStore, SqliteStore, StoreError, StoreWrite, WriteHook,
+};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 
@@ -536,4 +538,177 @@ async fn a_search_that_only_repeats_itself_stops_instead_of_spinning() {
         2,
         "the repeated text is tried once"
     );
+}
+
+/// Lets `after` journal appends of graded rollouts through, then stops the next one before it
+/// reaches the store (it never does) and says so: the run is then dropped, as a kill would end
+/// it — its rollouts' sessions are in the store, their grades are not.
+struct KillBeforeJournal {
+    after: usize,
+    seen: Mutex<usize>,
+    killed: Mutex<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+impl KillBeforeJournal {
+    fn new(after: usize) -> (Self, futures::channel::oneshot::Receiver<()>) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let hook = KillBeforeJournal {
+            after,
+            seen: Mutex::new(0),
+            killed: Mutex::new(Some(tx)),
+        };
+        (hook, rx)
+    }
+}
+
+#[async_trait]
+impl WriteHook for KillBeforeJournal {
+    type Ticket = ();
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        if write.appends_kind("improve.rollout") {
+            let n = {
+                let mut seen = self.seen.lock().expect("lock");
+                *seen += 1;
+                *seen
+            };
+            if n > self.after {
+                if let Some(tx) = self.killed.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+                futures::future::pending::<()>().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `improve` on `store` through a [`KillBeforeJournal`] and drops it at the kill.
+async fn run_until_killed(
+    task: &SyntheticTask,
+    store: &Arc<dyn SessionStore>,
+    run: agentrt_session_store::SessionId,
+    after: usize,
+) {
+    let (hook, killed) = KillBeforeJournal::new(after);
+    let hooked: Arc<dyn SessionStore> = Arc::new(HookedStore::new(store.clone(), hook));
+    let profile = task.profile().expect("profile");
+    let running = improve(
+        &profile,
+        options(task, Arc::new(ExpectedAnswer), hooked, task.models()).run(run),
+    );
+    tokio::select! {
+        biased;
+        _ = killed => {}
+        ended = running => panic!("the run ended before the kill: {ended:?}"),
+    }
+}
+
+/// What the sessions of `sessions` recorded (their final events' usage).
+async fn recorded(
+    store: &Arc<dyn SessionStore>,
+    sessions: &[agentrt_session_store::SessionId],
+) -> agentrt_core_loop::SessionUsage {
+    let mut total = agentrt_core_loop::SessionUsage::default();
+    for session in sessions {
+        let events: Vec<_> = store
+            .replay(session, 0)
+            .try_collect()
+            .await
+            .expect("replay");
+        let last = events.last().expect("events");
+        let usage: agentrt_core_loop::SessionUsage =
+            serde_json::from_value(last.payload.clone().into_value()["usage"].clone())
+                .expect("final usage");
+        total.calls += usage.calls;
+        total.input_tokens += usage.input_tokens;
+        total.output_tokens += usage.output_tokens;
+    }
+    total
+}
+
+async fn journaled_rollouts(
+    store: &Arc<dyn SessionStore>,
+    run: &agentrt_session_store::SessionId,
+) -> usize {
+    let events: Vec<_> = store.replay(run, 0).try_collect().await.expect("journal");
+    events
+        .iter()
+        .filter(|e| e.kind == "improve.rollout")
+        .count()
+}
+
+#[tokio::test]
+async fn rollouts_a_kill_interrupted_are_charged_once_reported_and_run_again() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let (_dir2, other) = sqlite().await;
+    let reference = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), other, task.models()),
+    )
+    .await
+    .expect("reference run");
+
+    // Killed twice: once during the baseline's selection run, once more (the first resume)
+    // during the search. Each kill leaves finished rollout sessions whose grades were never
+    // journaled.
+    let run = agentrt_session_store::SessionId::new();
+    run_until_killed(&task, &store, run, 2).await;
+    let first_kill = journaled_rollouts(&store, &run).await;
+    run_until_killed(&task, &store, run, first_kill + 8).await;
+    let journaled = journaled_rollouts(&store, &run).await;
+    assert!(journaled > first_kill);
+
+    let resumed = Arc::new(Recording::new(ExpectedAnswer));
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, resumed.clone(), store.clone(), task.models()).run(run),
+    )
+    .await
+    .expect("resumed run");
+
+    // The interrupted attempts: shown, each session once, each a finished agent run whose
+    // grade was lost; what their sessions recorded is what is charged.
+    assert!(!report.interrupted.is_empty());
+    let sessions: Vec<_> = report
+        .interrupted
+        .iter()
+        .flat_map(|i| i.sessions.clone())
+        .collect();
+    let unique: std::collections::HashSet<_> = sessions.iter().collect();
+    assert_eq!(unique.len(), sessions.len(), "each attempt charged once");
+    assert!(report.interrupted.iter().all(|i| i.completed));
+    let charged = recorded(&store, &sessions).await;
+    assert!(charged.calls as usize >= report.interrupted.len());
+    assert!(
+        report.reasons.iter().any(|r| r.contains("interrupted")),
+        "{:#?}",
+        report.reasons
+    );
+    let total = report.total().expect("total");
+    assert_eq!(total.interrupted as usize, report.interrupted.len());
+    let per_phase: u64 = report
+        .spend
+        .iter()
+        .filter(|s| s.phase != "total")
+        .map(|s| s.interrupted)
+        .sum();
+    assert_eq!(per_phase, total.interrupted);
+
+    // They ran again, and the run retraced the uninterrupted search: the same rollouts and
+    // winner, its spend that of the uninterrupted run plus the interrupted attempts'.
+    assert_eq!(report.rollouts, reference.rollouts);
+    assert_eq!(report.winner_address, reference.winner_address);
+    assert_eq!(resumed.seen().len(), report.rollouts as usize - journaled);
+    let base = reference.total().expect("total");
+    assert_eq!(total.usage.calls, base.usage.calls + charged.calls);
+    assert_eq!(
+        total.usage.input_tokens,
+        base.usage.input_tokens + charged.input_tokens
+    );
+    assert_eq!(
+        total.usage.output_tokens,
+        base.usage.output_tokens + charged.output_tokens
+    );
+    assert!(!report.unknown_spend);
 }
