@@ -601,6 +601,14 @@ async fn run_until_killed(
         _ = killed => {}
         ended = running => panic!("the run ended before the kill: {ended:?}"),
     }
+    settle(store).await;
+}
+
+/// Waits until the writes a dropped run had already handed to the store are done (a killed
+/// process has none left; here the store's writer finishes them): the store commits in order,
+/// so one more write's commit means the earlier ones are in.
+async fn settle(store: &Arc<dyn SessionStore>) {
+    store.put_blob(b"settled").await.expect("a write");
 }
 
 /// What the sessions of `sessions` recorded (their final events' usage).
@@ -711,4 +719,181 @@ async fn rollouts_a_kill_interrupted_are_charged_once_reported_and_run_again() {
         base.usage.output_tokens + charged.output_tokens
     );
     assert!(!report.unknown_spend);
+}
+
+/// A non-idempotent tool that, once armed, stops on its `kill_at`-th call (it never returns)
+/// and says so.
+struct Lookup {
+    calls: Mutex<usize>,
+    kill_at: Option<usize>,
+    killed: Mutex<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+#[async_trait]
+impl agentrt_core_loop::Tool for Lookup {
+    fn name(&self) -> &str {
+        "lookup"
+    }
+    fn description(&self) -> &str {
+        "Looks the item up."
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    async fn call(
+        &self,
+        _arguments: serde_json::Value,
+    ) -> Result<String, agentrt_core_loop::ToolCallError> {
+        let n = {
+            let mut calls = self.calls.lock().expect("lock");
+            *calls += 1;
+            *calls
+        };
+        if Some(n) == self.kill_at {
+            if let Some(tx) = self.killed.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+            futures::future::pending::<()>().await;
+        }
+        Ok("nothing found".into())
+    }
+}
+
+/// Runs the agent with the lookup tool and grades its answer as [`ExpectedAnswer`] does.
+struct WithLookup(Arc<Lookup>);
+
+#[async_trait]
+impl Evaluator for WithLookup {
+    type Scenario = TaskScenario;
+    fn grader(&self) -> DeciderId {
+        ExpectedAnswer.grader()
+    }
+    async fn evaluate(
+        &self,
+        profile: &AgentProfile,
+        scenario: &TaskScenario,
+        ctx: &RolloutContext,
+    ) -> Result<Evaluation, ImproveError> {
+        let tools = agentrt_core_loop::ToolRegistry::new().with_tool(self.0.clone());
+        let outcome = ctx
+            .tool_loop(profile)?
+            .tools(tools)
+            .user(&scenario.task)
+            .run()
+            .await?;
+        let hit = outcome
+            .answer
+            .as_deref()
+            .is_some_and(|a| Some(a) == scenario.expected.as_deref());
+        Ok(Evaluation::from_outcome(
+            &outcome,
+            if hit { 1.0 } else { 0.0 },
+            if hit { "correct" } else { "wrong" },
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_killed_midway_is_charged_what_its_session_recorded() {
+    let (task, ..) = task();
+    // The agent looks the item up first (its tool call makes the session durable, with the
+    // model response and its usage), then answers.
+    let agent: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|request| {
+        let looked_up = request
+            .messages
+            .iter()
+            .any(|m| matches!(m, agentrt_core_loop::model::Message::Tool { .. }));
+        if looked_up {
+            ScriptedTurn::text("I do not know.").with_usage(7, 3)
+        } else {
+            ScriptedTurn::tool_call("c1", "lookup", "{}").with_usage(5, 1)
+        }
+    }));
+    let models = task.models_with(agent, task.reflector());
+    let lookup = |kill_at: Option<usize>| {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let tool = Arc::new(Lookup {
+            calls: Mutex::new(0),
+            kill_at,
+            killed: Mutex::new(Some(tx)),
+        });
+        (Arc::new(WithLookup(tool)), rx)
+    };
+    let opts = |evaluator: Arc<WithLookup>, store: Arc<dyn SessionStore>| {
+        options(&task, evaluator, store, models.clone()).max_proposals(1)
+    };
+    let (_dir2, other) = sqlite().await;
+    let reference = improve(
+        &task.profile().expect("profile"),
+        opts(lookup(None).0, other),
+    )
+    .await
+    .expect("reference run");
+
+    // Killed while its 3rd rollout runs its tool (the baseline's selection run).
+    let (_dir, store) = sqlite().await;
+    let run = agentrt_session_store::SessionId::new();
+    let (evaluator, killed) = lookup(Some(3));
+    let profile = task.profile().expect("profile");
+    let running = improve(&profile, opts(evaluator, store.clone()).run(run));
+    tokio::select! {
+        biased;
+        _ = killed => {}
+        ended = running => panic!("the run ended before the kill: {ended:?}"),
+    }
+
+    settle(&store).await;
+    let report = improve(&profile, opts(lookup(None).0, store.clone()).run(run))
+        .await
+        .expect("resumed run");
+    let midway: Vec<_> = report.interrupted.iter().filter(|i| !i.completed).collect();
+    assert!(!midway.is_empty(), "{:#?}", report.interrupted);
+    assert!(midway.iter().all(|i| i.phase == "baseline"));
+    // What is charged is what the sessions recorded: for one stopped in its tool, the first
+    // model response.
+    let mut charged = agentrt_core_loop::SessionUsage::default();
+    for attempt in &report.interrupted {
+        for session in &attempt.sessions {
+            let events: Vec<_> = store
+                .replay(session, 0)
+                .try_collect()
+                .await
+                .expect("replay");
+            for event in &events {
+                if let Some(agentrt_core_loop::RecordedEvent {
+                    event: agentrt_core_loop::RuntimeEvent::ModelResponse { usage, .. },
+                    ..
+                }) = agentrt_core_loop::RecordedEvent::from_store(event)
+                {
+                    charged.add(&usage, None);
+                }
+            }
+        }
+        assert_eq!(
+            attempt.usage.calls,
+            attempt.sessions.len() as u32 * 2 - u32::from(!attempt.completed)
+        );
+    }
+    for attempt in &midway {
+        assert_eq!(
+            (attempt.usage.input_tokens, attempt.usage.output_tokens),
+            (5, 1)
+        );
+    }
+    let baseline = report
+        .spend
+        .iter()
+        .find(|s| s.phase == "baseline")
+        .expect("phase");
+    assert!(baseline.interrupted as usize >= midway.len());
+    let (total, base) = (
+        report.total().expect("total"),
+        reference.total().expect("total"),
+    );
+    assert_eq!(report.rollouts, reference.rollouts);
+    assert_eq!(total.usage.calls, base.usage.calls + charged.calls);
+    assert_eq!(
+        total.usage.input_tokens,
+        base.usage.input_tokens + charged.input_tokens
+    );
 }
