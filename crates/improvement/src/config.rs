@@ -66,7 +66,7 @@ use crate::ImproveError;
 use crate::evaluator::{ExpectedAnswer, TaskScenario};
 use crate::gate::GatePolicy;
 use crate::options::{
-    DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions,
+    DEFAULT_MAX_TEXT_CHARS, DEFAULT_ROLLOUT_CONCURRENCY, ImproveBudget, ImproveOptions,
 };
 use crate::search::{CandidateGenerator, Gepa, Rewrite};
 use crate::surface::Surface;
@@ -508,7 +508,7 @@ impl RawConfig {
         if trials == 0 {
             return Err(invalid("trials = 0: expected at least 1".into()));
         }
-        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY);
+        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_ROLLOUT_CONCURRENCY);
         if max_concurrency == 0 {
             return Err(invalid(
                 "max_concurrency = 0: expected at least 1 rollout at once".into(),

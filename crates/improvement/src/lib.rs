@@ -38,7 +38,7 @@ pub use gate::{
     GateDecision, GatePolicy, Interval, McNemar, PairedTrial, PromotionVerdict, promotion_gate,
 };
 pub use options::{
-    DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions, Progress,
+    DEFAULT_MAX_TEXT_CHARS, DEFAULT_ROLLOUT_CONCURRENCY, ImproveBudget, ImproveOptions, Progress,
     ProgressFn,
 };
 pub use report::{ImprovementReport, InterruptedRollout, PhaseSpend};

@@ -119,7 +119,7 @@ impl<E: Evaluator> fmt::Debug for ImproveOptions<E> {
 }
 
 /// The default number of rollouts run at once.
-pub const DEFAULT_MAX_CONCURRENCY: usize = 4;
+pub const DEFAULT_ROLLOUT_CONCURRENCY: usize = 4;
 
 /// The default cap on a component's text, in characters.
 pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
@@ -129,7 +129,7 @@ impl<E: Evaluator> ImproveOptions<E> {
     /// models from `models` and the reflection model `reflection` (a profile: its model, system
     /// prompt and budget defaults). Defaults: [`Gepa`], every text of the profile
     /// ([`Surface::all_texts`]), 1 trial per scenario, 100 rollouts, the profile's allowed
-    /// models, seed 0, [`DEFAULT_MAX_CONCURRENCY`] rollouts at once, [`DEFAULT_MAX_TEXT_CHARS`],
+    /// models, seed 0, [`DEFAULT_ROLLOUT_CONCURRENCY`] rollouts at once, [`DEFAULT_MAX_TEXT_CHARS`],
     /// the default [`GatePolicy`], a new run.
     pub fn new(
         evaluator: Arc<E>,
@@ -154,7 +154,7 @@ impl<E: Evaluator> ImproveOptions<E> {
             allowed_models: Vec::new(),
             seed: 0,
             trials: 1,
-            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            max_concurrency: DEFAULT_ROLLOUT_CONCURRENCY,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_proposals: None,
             gate: GatePolicy::default(),
