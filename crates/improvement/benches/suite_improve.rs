@@ -260,8 +260,11 @@ async fn main() {
     let mut task = SyntheticTask::new(6, 18, 1);
     task.latency = Duration::from_millis(50);
     let clock = Arc::new(Clock::default());
+    let db = SqliteStore::open(dir.path().join("overhead.db"))
+        .await
+        .unwrap();
     let store: Arc<dyn SessionStore> = Arc::new(HookedStore::new(
-        sqlite(dir.path(), "overhead").await,
+        Arc::new(db.clone()),
         WriteTimer(clock.clone()),
     ));
     let models = timed_models(task.models(), &clock);
@@ -269,10 +272,12 @@ async fn main() {
     let report = run(&task, models, Arc::new(Gepa::default()), 1, store).await;
     let (model, writes, other) = clock.split();
     let wall = model + writes + other;
+    let stats = db.writer_stats();
     eprintln!(
         "# overhead run: {} rollouts, {} reflection calls, {wall:.2} s wall: {model:.2} s with a \
-         model call in flight, {writes:.2} s in store writes outside them, {other:.2} s other",
-        report.rollouts, report.reflection_calls
+         model call in flight, {writes:.2} s in store writes outside them, {other:.2} s other; \
+         {} write requests in {} commits",
+        report.rollouts, report.reflection_calls, stats.requests, stats.batches
     );
     println!(
         "BENCH improve.overhead_pct {:.2} %",

@@ -11,6 +11,7 @@
 //! finishes, rollouts finishing together sharing one commit.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentrt_core_loop::rounds::DeciderId;
 use agentrt_core_loop::{Amounts, Budget, SessionUsage, StopReason, map_with_concurrency};
@@ -616,10 +617,16 @@ impl<E: Evaluator> Engine<'_, E> {
         if !todo.is_empty() {
             let (ctx, journal, run) = (&self.ctx, &self.journal, self.run);
             let profiles = &profiles;
-            let done = map_with_concurrency(
+            // Rollouts not finished yet: each one finishing while others still run commits its
+            // entry at once (the commit overlaps their model calls); the last one's entry is
+            // committed as the next step starts, beside that step's model calls.
+            let remaining = AtomicUsize::new(todo.len());
+            let remaining = &remaining;
+            let never = CancellationToken::new();
+            let rollouts = map_with_concurrency(
                 todo,
                 options.max_concurrency,
-                &CancellationToken::new(),
+                &never,
                 |_, (a, trial, key)| async move {
                     let ask = &asks[a];
                     let scenario = match ask.partition {
@@ -629,7 +636,9 @@ impl<E: Evaluator> Engine<'_, E> {
                     };
                     let profile = &profiles[ask.address];
                     let ctx = ctx.linked(run, &key, ask.phase.as_str(), trial);
-                    let evaluation = options.evaluator.evaluate(profile, scenario, &ctx).await?;
+                    let evaluated = options.evaluator.evaluate(profile, scenario, &ctx).await;
+                    let others = remaining.fetch_sub(1, Ordering::SeqCst) - 1;
+                    let evaluation = evaluated?;
                     evaluation.check(scenario.id())?;
                     let entry = RolloutEntry {
                         key,
@@ -637,11 +646,16 @@ impl<E: Evaluator> Engine<'_, E> {
                         evaluation,
                     };
                     let event = serde_json::to_value(&entry).unwrap_or(Value::Null);
-                    journal.write(NewEvent::new(ROLLOUT, event)).await?;
+                    let ticket = journal.push(NewEvent::new(ROLLOUT, event));
+                    if others > 0 {
+                        journal.commit_through(ticket).await?;
+                    }
                     Ok::<_, ImproveError>((a, trial, entry))
                 },
-            )
-            .await?;
+            );
+            // What the last step left queued is committed while this one's rollouts run.
+            let (flushed, done) = futures::join!(self.journal.flush(), rollouts);
+            let done = done?;
             let mut first_error = None;
             for result in done.results.into_iter().flatten() {
                 match result {
@@ -659,6 +673,7 @@ impl<E: Evaluator> Engine<'_, E> {
             if let Some(e) = first_error {
                 return Err(e);
             }
+            flushed?;
         }
         Ok(out
             .into_iter()
@@ -1064,7 +1079,10 @@ impl<E: Evaluator> Search for Engine<'_, E> {
         if let Some(prices) = &self.options.prices {
             tool_loop = tool_loop.price_table(prices.clone());
         }
-        let outcome = tool_loop.run().await?;
+        // What the last step left queued is committed while the reflection model runs.
+        let (flushed, outcome) = futures::join!(self.journal.flush(), tool_loop.run());
+        let outcome = outcome?;
+        flushed?;
         let answer = match outcome.stop {
             StopReason::Answered => outcome.answer.clone(),
             _ => None,
@@ -1076,12 +1094,11 @@ impl<E: Evaluator> Search for Engine<'_, E> {
             usage: outcome.run_usage,
             session: outcome.session_id,
         };
-        self.journal
-            .write(NewEvent::new(
-                REFLECTION,
-                serde_json::to_value(&entry).unwrap_or(Value::Null),
-            ))
-            .await?;
+        // Committed beside the next step's model calls (nothing is spent on it before).
+        self.journal.push(NewEvent::new(
+            REFLECTION,
+            serde_json::to_value(&entry).unwrap_or(Value::Null),
+        ));
         self.reflections.insert(key, entry);
         Ok(answer)
     }

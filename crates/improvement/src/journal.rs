@@ -321,9 +321,12 @@ pub(crate) fn add_usage(usage: &mut SessionUsage, more: &SessionUsage) {
 
 /// The run session's write path: a group commit. Rollouts finishing together put their entries
 /// in the queue and the first to get the writer commits everything queued in one append; the
-/// others find theirs committed. An entry that must be durable before the run goes on is
-/// written with [`JournalLane::write`] (it returns once the entry is committed); one that need
-/// not be (a candidate node) is [`JournalLane::push`]ed and rides in the next commit.
+/// others find theirs committed ([`JournalLane::commit_through`]). What a step leaves queued —
+/// its last rollout's entry, a reflection's, candidate nodes — is committed
+/// ([`JournalLane::flush`]) as the next step starts, beside its model calls; whatever is still
+/// queued at the end goes with the run's final event. A kill loses at most the entries of the commit in flight, as it would
+/// if the run waited for that commit before going on: their rollouts' sessions are then found
+/// on resume, charged, and run again.
 pub(crate) struct JournalLane {
     store: std::sync::Arc<dyn SessionStore>,
     run: SessionId,
@@ -364,13 +367,14 @@ impl JournalLane {
         q.queued
     }
 
-    /// Queues `event` and returns once it is committed.
-    pub(crate) async fn write(&self, event: NewEvent) -> Result<(), ImproveError> {
-        let ticket = self.push(event);
+    /// Commits everything queued so far (nothing to do when nothing is).
+    pub(crate) async fn flush(&self) -> Result<(), ImproveError> {
+        let ticket = self.lock().queued;
         self.commit_through(ticket).await
     }
 
-    async fn commit_through(&self, ticket: u64) -> Result<(), ImproveError> {
+    /// Returns once the event of `ticket` (and every one queued before it) is committed.
+    pub(crate) async fn commit_through(&self, ticket: u64) -> Result<(), ImproveError> {
         let mut next = self.writer.lock().await;
         let (events, through) = {
             let mut q = self.lock();
