@@ -31,7 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentrt_core_loop::LoopError;
-use agentrt_core_loop::model::{ChatModel, ChatRequest, ChatStream, ProfileModels, StreamItem};
+use agentrt_core_loop::ToolLoop;
+use agentrt_core_loop::model::{
+    ChatModel, ChatRequest, ChatStream, ProfileModels, ScriptedModel, ScriptedTurn, StreamItem,
+};
 use agentrt_improvement::{
     CandidateGenerator, ExpectedAnswer, Gepa, ImproveBudget, ImproveOptions, ImprovementReport,
     Rewrite, SyntheticTask, improve,
@@ -107,6 +110,9 @@ struct ClockState {
     since: Option<Instant>,
     models: u32,
     writes: u32,
+    /// The calls of each stretch of time with a model call in flight, in order: the run's
+    /// steps, as the same-work floor replays them.
+    steps: Vec<usize>,
     model: Duration,
     store: Duration,
     other: Duration,
@@ -136,6 +142,11 @@ impl Clock {
         change(&mut s);
     }
 
+    /// The calls of each step so far.
+    fn steps(&self) -> Vec<usize> {
+        self.state.lock().unwrap().steps.clone()
+    }
+
     /// (model, store writes outside model calls, the rest), in seconds, up to now.
     fn split(&self) -> (f64, f64, f64) {
         self.tick(|_| {});
@@ -160,7 +171,15 @@ impl ChatModel for Timed {
         self.inner.provider()
     }
     async fn stream(&self, request: ChatRequest) -> Result<ChatStream, LoopError> {
-        self.clock.tick(|s| s.models += 1);
+        self.clock.tick(|s| {
+            if s.models == 0 {
+                s.steps.push(0);
+            }
+            if let Some(step) = s.steps.last_mut() {
+                *step += 1;
+            }
+            s.models += 1;
+        });
         // The call ends with its final item, or when it is dropped before (an error too).
         let ended = CallEnded(self.clock.clone());
         let stream = self.inner.stream(request).await?;
@@ -282,6 +301,53 @@ async fn main() {
     println!(
         "BENCH improve.overhead_pct {:.2} %",
         (wall - model) / wall * 100.0
+    );
+
+    // The same-work floor: the run's model calls, step by step as they ran (the calls of a step
+    // at once), each a persisted tool-loop session with its one commit on a fresh store of the
+    // same kind — without the improve engine (no journal, no search, no grading).
+    let floor_clock = Arc::new(Clock::default());
+    let floor_store: Arc<dyn SessionStore> = Arc::new(HookedStore::new(
+        sqlite(dir.path(), "floor").await,
+        WriteTimer(floor_clock.clone()),
+    ));
+    let agent: Arc<dyn ChatModel> = Arc::new(Timed {
+        inner: Arc::new(ScriptedModel::from_fn(|_| {
+            ScriptedTurn::text("QX7A")
+                .with_usage(20, 1)
+                .with_latency(Duration::from_millis(50))
+        })),
+        clock: floor_clock.clone(),
+    });
+    let profile = task.profile().unwrap();
+    let steps = clock.steps();
+    floor_clock.start();
+    for &calls in &steps {
+        futures::future::join_all((0..calls).map(|_| {
+            ToolLoop::from_profile(&profile, agent.clone(), floor_store.clone())
+                .unwrap()
+                .user("What is the code of item-00 of family-0?")
+                .run()
+        }))
+        .await
+        .into_iter()
+        .for_each(|outcome| assert!(outcome.unwrap().answer.is_some()));
+    }
+    let (f_model, f_writes, f_other) = floor_clock.split();
+    let floor = f_model + f_writes + f_other;
+    eprintln!(
+        "# same-work floor: {} calls in {} steps, {floor:.2} s wall: {f_model:.2} s with a model \
+         call in flight, {f_writes:.2} s in store writes outside them, {f_other:.2} s other",
+        steps.iter().sum::<usize>(),
+        steps.len()
+    );
+    println!(
+        "BENCH improve.sessions_floor_pct {:.2} %",
+        (floor - f_model) / floor * 100.0
+    );
+    println!(
+        "BENCH improve.engine_overhead_pct {:.2} %",
+        (wall - floor) / wall * 100.0
     );
 
     match real_overhead(dir.path()).await {
