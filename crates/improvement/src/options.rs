@@ -229,7 +229,10 @@ impl<E: Evaluator> ImproveOptions<E> {
     }
 
     /// Resume (or start under this id) the run session `run`: rollouts and reflection calls
-    /// it already journaled are reused, not spent again.
+    /// it already journaled are reused, not spent again; attempts the stop interrupted (their
+    /// sessions in the store, their results not journaled) are charged what those sessions
+    /// recorded, reported ([`ImprovementReport::interrupted`](crate::ImprovementReport::interrupted))
+    /// and run again.
     pub fn run(mut self, run: SessionId) -> Self {
         self.run = Some(run);
         self
