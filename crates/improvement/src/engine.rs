@@ -8,7 +8,8 @@
 //! The rollouts one step of the search needs (a candidate on a minibatch, on the selection
 //! partition, the baseline and the winner on the test partition) run concurrently, at most
 //! `max_concurrency` at once, under the run's one budget; each graded rollout is journaled as it
-//! finishes, rollouts finishing together sharing one commit.
+//! finishes, rollouts finishing together sharing one commit, and what a step leaves queued is
+//! committed beside the next step's model calls.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -565,15 +566,6 @@ impl<E: Evaluator> Engine<'_, E> {
             .collect())
     }
 
-    fn scenario(&self, partition: Partition, index: usize) -> Option<&E::Scenario> {
-        let options = self.options;
-        match partition {
-            Partition::Train => options.train.get(index),
-            Partition::Selection => options.selection.get(index),
-            Partition::Test => options.test.get(index),
-        }
-    }
-
     /// The trials of each ask, in order: journaled ones reused, the rest run concurrently (at
     /// most `max_concurrency` at once), each graded and journaled as it finishes. When one
     /// fails, the others still run to their end and are journaled; then the first error is
@@ -585,7 +577,7 @@ impl<E: Evaluator> Engine<'_, E> {
         let mut profiles: HashMap<&str, AgentProfile> = HashMap::new();
         let mut todo: Vec<(usize, u32, String)> = Vec::new();
         for (a, ask) in asks.iter().enumerate() {
-            let Some(scenario) = self.scenario(ask.partition, ask.index) else {
+            let Some(scenario) = scenario_of(options, ask.partition, ask.index) else {
                 return Err(ImproveError::InvalidConfig(format!(
                     "scenario index {} is outside the {:?} partition",
                     ask.index, ask.partition
@@ -629,12 +621,11 @@ impl<E: Evaluator> Engine<'_, E> {
                 &never,
                 |_, (a, trial, key)| async move {
                     let ask = &asks[a];
-                    let scenario = match ask.partition {
-                        Partition::Train => &options.train[ask.index],
-                        Partition::Selection => &options.selection[ask.index],
-                        Partition::Test => &options.test[ask.index],
-                    };
-                    let profile = &profiles[ask.address];
+                    let scenario = scenario_of(options, ask.partition, ask.index)
+                        .ok_or_else(|| ImproveError::InvalidConfig("scenario index".into()))?;
+                    let profile = profiles.get(ask.address).ok_or_else(|| {
+                        ImproveError::InvalidConfig(format!("no profile for {}", ask.address))
+                    })?;
                     let ctx = ctx.linked(run, &key, ask.phase.as_str(), trial);
                     let evaluated = options.evaluator.evaluate(profile, scenario, &ctx).await;
                     let others = remaining.fetch_sub(1, Ordering::SeqCst) - 1;
@@ -912,6 +903,19 @@ enum Partition {
     Train,
     Selection,
     Test,
+}
+
+/// Scenario `index` of a partition, if there is one.
+fn scenario_of<E: Evaluator>(
+    options: &ImproveOptions<E>,
+    partition: Partition,
+    index: usize,
+) -> Option<&E::Scenario> {
+    match partition {
+        Partition::Train => options.train.get(index),
+        Partition::Selection => options.selection.get(index),
+        Partition::Test => options.test.get(index),
+    }
 }
 
 fn mean(xs: &[f64]) -> f64 {
