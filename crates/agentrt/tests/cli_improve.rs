@@ -17,6 +17,7 @@ fn agentrt(args: &[&str]) -> Output {
 const CONFIG: &str = r#"
 seed = 1
 generator = "gepa"
+max_concurrency = 2
 
 [synthetic]
 facts = 4
@@ -106,6 +107,10 @@ fn a_bad_config_is_refused_naming_the_field() {
         (
             CONFIG.replace("rollouts = 80", "rollouts = 10"),
             "need 30 rollouts",
+        ),
+        (
+            CONFIG.replace("max_concurrency = 2", "max_concurrency = 0"),
+            "max_concurrency = 0",
         ),
     ] {
         let config = write(dir.path(), "bad.toml", &text);

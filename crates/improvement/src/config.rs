@@ -6,6 +6,7 @@
 //! generator = "gepa"                  # or "rewrite"
 //! seed = 1
 //! trials = 1                          # rollouts per scenario
+//! max_concurrency = 4                 # rollouts run at once
 //! surface = ["system_prompt"]         # default: every text of the profile
 //! allowed_models = ["m1", "m2"]       # default: the profile's allowed models
 //! max_text_chars = 4000
@@ -82,7 +83,9 @@ use serde::Deserialize;
 use crate::ImproveError;
 use crate::evaluator::{ExpectedAnswer, TaskScenario};
 use crate::gate::GatePolicy;
-use crate::options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions};
+use crate::options::{
+    DEFAULT_MAX_TEXT_CHARS, DEFAULT_ROLLOUT_CONCURRENCY, ImproveBudget, ImproveOptions,
+};
 use crate::search::{CandidateGenerator, Gepa, Rewrite};
 use crate::strategy::{StrategyEvaluator, StrategyParams};
 use crate::surface::Surface;
@@ -107,6 +110,9 @@ struct RawConfig {
     /// Rollouts per scenario.
     #[serde(default)]
     trials: Option<u32>,
+    /// Rollouts run at once.
+    #[serde(default)]
+    max_concurrency: Option<usize>,
     /// Component names that may change.
     #[serde(default)]
     surface: Option<Vec<String>>,
@@ -487,6 +493,8 @@ pub struct ImproveConfig {
     pub seed: u64,
     /// Rollouts per scenario.
     pub trials: u32,
+    /// Rollouts run at once.
+    pub max_concurrency: usize,
     /// Allowed models.
     pub allowed_models: Vec<String>,
     /// Text length cap.
@@ -685,6 +693,12 @@ impl RawConfig {
         if trials == 0 {
             return Err(invalid("trials = 0: expected at least 1".into()));
         }
+        let max_concurrency = self.max_concurrency.unwrap_or(DEFAULT_ROLLOUT_CONCURRENCY);
+        if max_concurrency == 0 {
+            return Err(invalid(
+                "max_concurrency = 0: expected at least 1 rollout at once".into(),
+            ));
+        }
         let surface = self
             .surface
             .as_ref()
@@ -705,6 +719,7 @@ impl RawConfig {
             gate,
             seed: self.seed,
             trials,
+            max_concurrency,
             allowed_models: self.allowed_models,
             max_text_chars: self.max_text_chars.unwrap_or(DEFAULT_MAX_TEXT_CHARS),
             max_proposals: self.max_proposals,
@@ -837,6 +852,7 @@ impl ImproveConfig {
         .allowed_models(self.allowed_models.clone())
         .seed(self.seed)
         .trials(self.trials)
+        .max_concurrency(self.max_concurrency)
         .max_text_chars(self.max_text_chars)
         .gate(self.gate.clone());
         if let Some(surface) = &self.surface {

@@ -1,77 +1,40 @@
-//! The improvement run: [`improve`], its journal and its resume.
+//! The improvement run: [`improve`], the search engine behind it, and how its rollouts run.
 //!
-//! The run is a session of the store (metadata `kind = "improve.run"`). Every rollout is a
-//! tool-loop session linked to it (its metadata names the run), and when a rollout is graded
-//! the run journals it (`improve.rollout`: key, phase, evaluation); every reflection call too
-//! (`improve.reflection`). A run opened again with the same id replays its journal first: the
-//! search is deterministic given the seed and the results, so it retraces its path, reusing each
-//! journaled rollout and reflection instead of spending it again, and continues where it stopped.
+//! The run is journaled in the store (see the journal module): a run opened again with the
+//! same id replays its journal first. The search is deterministic given the seed and the
+//! results, so it retraces its path, reusing each journaled rollout and reflection instead of
+//! spending it again, and continues where it stopped.
+//!
+//! The rollouts one step of the search needs (a candidate on a minibatch, on the selection
+//! partition, the baseline and the winner on the test partition) run concurrently, at most
+//! `max_concurrency` at once, under the run's one budget; each graded rollout is journaled as it
+//! finishes, rollouts finishing together sharing one commit, and what a step leaves queued is
+//! committed beside the next step's model calls.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentrt_core_loop::rounds::DeciderId;
-use agentrt_core_loop::{Amounts, Budget, SessionUsage, StopReason};
+use agentrt_core_loop::{Amounts, Budget, SessionUsage, StopReason, map_with_concurrency};
 use agentrt_profiles::AgentProfile;
-use agentrt_session_store::{
-    Finish, NewEvent, NewSession, SessionId, SessionStatus, SessionStore, StoreError,
-};
+use agentrt_session_store::{Finish, NewEvent, SessionId};
 use async_trait::async_trait;
-use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::ImproveError;
 use crate::evaluator::{EvalScenario, Evaluation, Evaluator, RolloutContext};
 use crate::findings::session_findings;
 use crate::gate::{GatePolicy, PairedTrial, PromotionVerdict, promotion_gate};
+use crate::journal::{
+    CANDIDATE, FINISHED, JournalLane, Phase, REFLECTION, ROLLOUT, ReflectionEntry, RolloutEntry,
+    open_run,
+};
 use crate::options::{ImproveOptions, Progress};
-use crate::report::{ImprovementReport, PhaseSpend, readable_diff};
+use crate::report::{ImprovementReport, InterruptedRollout, PhaseSpend, readable_diff};
 use crate::rng::SplitMix64;
 use crate::search::{CandidateNode, Proposal, Search, TrainRecord};
 use crate::surface::{CandidateTexts, Surface};
-
-/// The journal kinds of a run session.
-const STARTED: &str = "improve.started";
-const ROLLOUT: &str = "improve.rollout";
-const REFLECTION: &str = "improve.reflection";
-const CANDIDATE: &str = "improve.candidate";
-const FINISHED: &str = "improve.finished";
-
-/// Phases of a run, as spend is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Phase {
-    Baseline,
-    Search,
-    Reflection,
-    Test,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Baseline => "baseline",
-            Phase::Search => "search",
-            Phase::Reflection => "reflection",
-            Phase::Test => "test",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct RolloutEntry {
-    key: String,
-    phase: Phase,
-    evaluation: Evaluation,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ReflectionEntry {
-    key: String,
-    answer: Option<String>,
-    usage: SessionUsage,
-    session: SessionId,
-}
 
 /// Searches for a better version of `profile`'s texts and decides, on the test partition,
 /// whether it ships.
@@ -100,14 +63,15 @@ pub async fn improve<E: Evaluator>(
         .unwrap_or_else(|| Surface::all_texts(profile));
     let baseline = surface.read(profile)?;
     check_options(profile, &surface, &options)?;
-    let (run, next_seq, journal) = open_run(profile, &options).await?;
+    let (session, next_seq, journal) = open_run(profile, &options).await?;
     if let Some(report) = journal.finished.clone() {
         return Ok(*report);
     }
+    let run = session.id;
     // A resumed run's wall time counts from when it first started.
     let mut limits = options.budget.limits;
     if let Some(wall) = limits.wall_time {
-        let started = options.store.get(&run).await?.created_at_ms;
+        let started = session.created_at_ms;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -122,9 +86,10 @@ pub async fn improve<E: Evaluator>(
             .priced(options.prices.clone()),
         pool,
         run,
-        next_seq,
+        journal: JournalLane::new(options.store.clone(), run, next_seq),
         rollouts: journal.rollouts,
         reflections: journal.reflections,
+        interrupted: journal.interrupted,
         touched: HashSet::new(),
         rollouts_used: 0,
         reflection_calls: 0,
@@ -136,12 +101,20 @@ pub async fn improve<E: Evaluator>(
         iteration: 0,
         options: &options,
     };
-    match engine.run(baseline).await {
+    engine.charge_interrupted();
+    let outcome = engine.run(baseline).await;
+    // What is still queued (candidate nodes) is committed with the final event.
+    let (pending, next_seq) = engine.journal.take_pending().await;
+    match outcome {
         Ok(report) => {
             let final_event = NewEvent::new(FINISHED, json!({ "report": &report }));
             options
                 .store
-                .finish(&run, engine.next_seq, Finish::completed(final_event))
+                .finish(
+                    &run,
+                    next_seq,
+                    Finish::completed(final_event).with_events(pending),
+                )
                 .await?;
             Ok(report)
         }
@@ -152,8 +125,9 @@ pub async fn improve<E: Evaluator>(
                 .store
                 .finish(
                     &run,
-                    engine.next_seq,
-                    Finish::failed(final_event, json!({ "message": error.to_string() })),
+                    next_seq,
+                    Finish::failed(final_event, json!({ "message": error.to_string() }))
+                        .with_events(pending),
                 )
                 .await;
             Err(error)
@@ -196,6 +170,9 @@ fn check_options<E: Evaluator>(
     }
     if options.trials == 0 {
         return invalid("trials = 0: expected at least 1 rollout per scenario".into());
+    }
+    if options.max_concurrency == 0 {
+        return invalid("max_concurrency = 0: expected at least 1 rollout at once".into());
     }
     // The limits themselves (a negative dollar limit, say) are refused before the run exists.
     Budget::new(options.budget.limits)?;
@@ -287,110 +264,6 @@ fn check_budget<E: Evaluator>(options: &ImproveOptions<E>) -> Result<(), Improve
     Ok(())
 }
 
-/// What a run's journal holds.
-#[derive(Default)]
-struct Journal {
-    rollouts: HashMap<String, RolloutEntry>,
-    reflections: HashMap<String, ReflectionEntry>,
-    finished: Option<Box<ImprovementReport>>,
-}
-
-/// Creates the run session, or opens and replays an existing one.
-async fn open_run<E: Evaluator>(
-    profile: &AgentProfile,
-    options: &ImproveOptions<E>,
-) -> Result<(SessionId, u64, Journal), ImproveError> {
-    let store = &options.store;
-    if let Some(id) = options.run {
-        match store.get(&id).await {
-            Ok(session) => return resume_run(store.as_ref(), session).await,
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut new = NewSession::new()
-        .with_profile(profile.content_address().to_string())
-        .with_metadata(json!({
-            "kind": "improve.run",
-            "profile": profile.name,
-            "generator": options.generator.name(),
-            "seed": options.seed,
-        }));
-    if let Some(id) = options.run {
-        new = new.with_id(id);
-    }
-    let session = store.create(new).await?;
-    let started = NewEvent::new(
-        STARTED,
-        json!({
-            "profile": profile.name,
-            "baseline": profile.content_address().to_string(),
-            "generator": options.generator.name(),
-            "seed": options.seed,
-            "trials": options.trials,
-            "train": options.train.iter().map(|s| s.id()).collect::<Vec<_>>(),
-            "selection": options.selection.iter().map(|s| s.id()).collect::<Vec<_>>(),
-            "test": options.test.len(),
-            "budget": &options.budget,
-        }),
-    );
-    let next = store.append(&session.id, 0, vec![started]).await?;
-    Ok((session.id, next, Journal::default()))
-}
-
-async fn resume_run(
-    store: &dyn SessionStore,
-    session: agentrt_session_store::Session,
-) -> Result<(SessionId, u64, Journal), ImproveError> {
-    let run = session.id;
-    let bad = |reason: String| ImproveError::Journal {
-        run: run.to_string(),
-        reason,
-    };
-    if session.metadata.get("kind").and_then(Value::as_str) != Some("improve.run") {
-        return Err(bad("the session is not an improve run".into()));
-    }
-    let mut journal = Journal::default();
-    let events: Vec<_> = store.replay(&run, 0).try_collect().await?;
-    for event in &events {
-        match event.kind.as_str() {
-            ROLLOUT => {
-                let entry: RolloutEntry = event
-                    .payload
-                    .parse()
-                    .map_err(|e| bad(format!("rollout at seq {}: {e}", event.seq)))?;
-                journal.rollouts.insert(entry.key.clone(), entry);
-            }
-            REFLECTION => {
-                let entry: ReflectionEntry = event
-                    .payload
-                    .parse()
-                    .map_err(|e| bad(format!("reflection at seq {}: {e}", event.seq)))?;
-                journal.reflections.insert(entry.key.clone(), entry);
-            }
-            FINISHED if session.status == SessionStatus::Completed => {
-                // An earlier attempt that failed left a final event without a report.
-                let payload = event.payload.clone().into_value();
-                if let Some(report) = payload.get("report") {
-                    let report: ImprovementReport = serde_json::from_value(report.clone())
-                        .map_err(|e| bad(format!("final report: {e}")))?;
-                    journal.finished = Some(Box::new(report));
-                }
-            }
-            _ => {}
-        }
-    }
-    if journal.finished.is_some() {
-        return Ok((run, session.next_seq, journal));
-    }
-    let session = if session.status.is_final() {
-        store.reopen(&run).await?
-    } else {
-        session
-    };
-    Ok((run, session.next_seq, journal))
-}
-
 struct Engine<'o, E: Evaluator> {
     options: &'o ImproveOptions<E>,
     base_profile: AgentProfile,
@@ -398,9 +271,10 @@ struct Engine<'o, E: Evaluator> {
     ctx: RolloutContext,
     pool: Budget,
     run: SessionId,
-    next_seq: u64,
+    journal: JournalLane,
     rollouts: HashMap<String, RolloutEntry>,
     reflections: HashMap<String, ReflectionEntry>,
+    interrupted: Vec<InterruptedRollout>,
     touched: HashSet<String>,
     rollouts_used: u64,
     reflection_calls: u64,
@@ -441,7 +315,7 @@ impl<E: Evaluator> Engine<'_, E> {
             reason: "the baseline".into(),
             rollouts_at: self.rollouts_used,
         });
-        self.journal_candidate(0).await?;
+        self.journal_candidate(0);
         self.progress("search");
         let stopped = self.search().await?;
         self.finish(stopped).await
@@ -555,22 +429,27 @@ impl<E: Evaluator> Engine<'_, E> {
             return Ok(true);
         }
         node.address = self.address(&proposal.texts)?;
-        let parent_score: f64 = self
-            .run_minibatch(
-                &parent_texts,
-                &self.tree[parent].address.clone(),
-                &proposal.minibatch,
-            )
-            .await?
-            .iter()
-            .map(|e| e.1.score)
-            .sum();
-        let child_score: f64 = self
-            .run_minibatch(&proposal.texts, &node.address.clone(), &proposal.minibatch)
-            .await?
-            .iter()
-            .map(|e| e.1.score)
-            .sum();
+        // The parent's rollouts on the minibatch are usually journaled already (the generator
+        // ran it for the reflection); the child's run beside whatever of them is missing.
+        let parent_address = self.tree[parent].address.clone();
+        let mut asks: Vec<Ask<'_>> = Vec::with_capacity(2 * proposal.minibatch.len());
+        for (texts, address) in [
+            (&parent_texts, parent_address.as_str()),
+            (&proposal.texts, node.address.as_str()),
+        ] {
+            asks.extend(proposal.minibatch.iter().map(|&i| Ask {
+                texts,
+                address,
+                partition: Partition::Train,
+                index: i,
+                phase: Phase::Search,
+            }));
+        }
+        let scores = self.batch(&asks).await?;
+        let sum =
+            |evals: &[Vec<Evaluation>]| -> f64 { evals.iter().flatten().map(|e| e.score).sum() };
+        let (parent_evals, child_evals) = scores.split_at(proposal.minibatch.len());
+        let (parent_score, child_score) = (sum(parent_evals), sum(child_evals));
         node.parent_minibatch_score = Some(parent_score);
         node.minibatch_score = Some(child_score);
         if child_score <= parent_score {
@@ -630,7 +509,7 @@ impl<E: Evaluator> Engine<'_, E> {
 
     async fn push_node(&mut self, node: CandidateNode) -> Result<(), ImproveError> {
         self.tree.push(node);
-        self.journal_candidate(self.tree.len() - 1).await?;
+        self.journal_candidate(self.tree.len() - 1);
         self.progress("search");
         Ok(())
     }
@@ -650,14 +529,21 @@ impl<E: Evaluator> Engine<'_, E> {
         address: &str,
         phase: Phase,
     ) -> Result<Vec<f64>, ImproveError> {
-        let mut scores = Vec::with_capacity(self.options.selection.len());
-        for i in 0..self.options.selection.len() {
-            let evals = self
-                .rollout(texts, address, Partition::Selection, i, phase)
-                .await?;
-            scores.push(evals.iter().map(|e| e.score).sum::<f64>() / evals.len() as f64);
-        }
-        Ok(scores)
+        let asks: Vec<Ask<'_>> = (0..self.options.selection.len())
+            .map(|index| Ask {
+                texts,
+                address,
+                partition: Partition::Selection,
+                index,
+                phase,
+            })
+            .collect();
+        Ok(self
+            .batch(&asks)
+            .await?
+            .iter()
+            .map(|evals| evals.iter().map(|e| e.score).sum::<f64>() / evals.len() as f64)
+            .collect())
     }
 
     /// Every trial of each train scenario of `minibatch`.
@@ -667,72 +553,144 @@ impl<E: Evaluator> Engine<'_, E> {
         address: &str,
         minibatch: &[usize],
     ) -> Result<Vec<(usize, Evaluation)>, ImproveError> {
-        let mut out = Vec::new();
-        for &i in minibatch {
-            for e in self
-                .rollout(texts, address, Partition::Train, i, Phase::Search)
-                .await?
-            {
-                out.push((i, e));
-            }
-        }
-        Ok(out)
+        let asks: Vec<Ask<'_>> = minibatch
+            .iter()
+            .map(|&index| Ask {
+                texts,
+                address,
+                partition: Partition::Train,
+                index,
+                phase: Phase::Search,
+            })
+            .collect();
+        let evals = self.batch(&asks).await?;
+        Ok(minibatch
+            .iter()
+            .zip(evals)
+            .flat_map(|(&i, evals)| evals.into_iter().map(move |e| (i, e)))
+            .collect())
     }
 
-    /// The trials of one candidate on one scenario: journaled ones reused, the rest run,
-    /// graded and journaled.
-    async fn rollout(
-        &mut self,
-        texts: &CandidateTexts,
-        address: &str,
-        partition: Partition,
-        index: usize,
-        phase: Phase,
-    ) -> Result<Vec<Evaluation>, ImproveError> {
+    /// The trials of each ask, in order: journaled ones reused, the rest run concurrently (at
+    /// most `max_concurrency` at once), each graded and journaled as it finishes. When one
+    /// fails, the others still run to their end and are journaled; then the first error is
+    /// returned.
+    async fn batch(&mut self, asks: &[Ask<'_>]) -> Result<Vec<Vec<Evaluation>>, ImproveError> {
         let options = self.options;
-        let scenario = match partition {
-            Partition::Train => &options.train[index],
-            Partition::Selection => &options.selection[index],
-            Partition::Test => &options.test[index],
-        };
-        let profile = self.surface.apply(&self.base_profile, texts)?;
-        let mut out = Vec::new();
-        for trial in 0..self.options.trials {
-            let key = format!("{address}/{}/{trial}", scenario.id());
-            let first_touch = self.touched.insert(key.clone());
-            if let Some(entry) = self.rollouts.get(&key) {
-                let evaluation = entry.evaluation.clone();
-                if first_touch {
-                    // A rollout journaled before a restart: spent once, counted once.
-                    self.count(phase, &evaluation.usage, true);
-                    record(&self.pool, &evaluation.usage);
-                }
-                out.push(evaluation);
-                continue;
-            }
-            let ctx = self.ctx.linked(self.run, &key, phase.as_str(), trial);
-            let evaluation = self
-                .options
-                .evaluator
-                .evaluate(&profile, scenario, &ctx)
-                .await?;
-            evaluation.check(scenario.id())?;
-            self.count(phase, &evaluation.usage, true);
-            let entry = RolloutEntry {
-                key: key.clone(),
-                phase,
-                evaluation: evaluation.clone(),
+        let trials = options.trials as usize;
+        let mut out: Vec<Vec<Option<Evaluation>>> = vec![vec![None; trials]; asks.len()];
+        let mut profiles: HashMap<&str, AgentProfile> = HashMap::new();
+        let mut todo: Vec<(usize, u32, String)> = Vec::new();
+        for (a, ask) in asks.iter().enumerate() {
+            let Some(scenario) = scenario_of(options, ask.partition, ask.index) else {
+                return Err(ImproveError::InvalidConfig(format!(
+                    "scenario index {} is outside the {:?} partition",
+                    ask.index, ask.partition
+                )));
             };
-            self.append(NewEvent::new(
-                ROLLOUT,
-                serde_json::to_value(&entry).unwrap_or(Value::Null),
-            ))
-            .await?;
-            self.rollouts.insert(key, entry);
-            self.progress(phase.as_str());
-            out.push(evaluation);
+            let id = scenario.id().to_owned();
+            for trial in 0..options.trials {
+                let key = format!("{}/{id}/{trial}", ask.address);
+                let first_touch = self.touched.insert(key.clone());
+                if let Some(entry) = self.rollouts.get(&key) {
+                    let evaluation = entry.evaluation.clone();
+                    if first_touch {
+                        // A rollout journaled before a restart: spent once, counted once.
+                        self.count(ask.phase, &evaluation.usage, true);
+                        record(&self.pool, &evaluation.usage);
+                    }
+                    out[a][trial as usize] = Some(evaluation);
+                } else {
+                    if !profiles.contains_key(ask.address) {
+                        profiles.insert(
+                            ask.address,
+                            self.surface.apply(&self.base_profile, ask.texts)?,
+                        );
+                    }
+                    todo.push((a, trial, key));
+                }
+            }
         }
-        Ok(out)
+        if !todo.is_empty() {
+            let (ctx, journal, run) = (&self.ctx, &self.journal, self.run);
+            let profiles = &profiles;
+            // Rollouts not finished yet: each one finishing while others still run commits its
+            // entry at once (the commit overlaps their model calls); the last one's entry is
+            // committed as the next step starts, beside that step's model calls.
+            let remaining = AtomicUsize::new(todo.len());
+            let remaining = &remaining;
+            let never = CancellationToken::new();
+            let rollouts = map_with_concurrency(
+                todo,
+                options.max_concurrency,
+                &never,
+                |_, (a, trial, key)| async move {
+                    let ask = &asks[a];
+                    let scenario = scenario_of(options, ask.partition, ask.index)
+                        .ok_or_else(|| ImproveError::InvalidConfig("scenario index".into()))?;
+                    let profile = profiles.get(ask.address).ok_or_else(|| {
+                        ImproveError::InvalidConfig(format!("no profile for {}", ask.address))
+                    })?;
+                    let ctx = ctx.linked(run, &key, ask.phase.as_str(), trial);
+                    let evaluated = options.evaluator.evaluate(profile, scenario, &ctx).await;
+                    let others = remaining.fetch_sub(1, Ordering::SeqCst) - 1;
+                    let evaluation = evaluated?;
+                    evaluation.check(scenario.id())?;
+                    let entry = RolloutEntry {
+                        key,
+                        phase: ask.phase,
+                        evaluation,
+                    };
+                    let event = serde_json::to_value(&entry).unwrap_or(Value::Null);
+                    let ticket = journal.push(NewEvent::new(ROLLOUT, event));
+                    if others > 0 {
+                        journal.commit_through(ticket).await?;
+                    }
+                    Ok::<_, ImproveError>((a, trial, entry))
+                },
+            );
+            // What the last step left queued is committed while this one's rollouts run.
+            let (flushed, done) = futures::join!(self.journal.flush(), rollouts);
+            let done = done?;
+            let mut first_error = None;
+            for result in done.results.into_iter().flatten() {
+                match result {
+                    Ok((a, trial, entry)) => {
+                        self.count(entry.phase, &entry.evaluation.usage, true);
+                        out[a][trial as usize] = Some(entry.evaluation.clone());
+                        self.rollouts.insert(entry.key.clone(), entry);
+                        self.progress(asks[a].phase.as_str());
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            flushed?;
+        }
+        Ok(out
+            .into_iter()
+            .map(|evals| evals.into_iter().flatten().collect())
+            .collect())
+    }
+
+    /// Charges the attempts a stop interrupted (found on this resume or an earlier one): the
+    /// spend their sessions recorded goes into the pool and into their phase's spend, where
+    /// they are counted as interrupted (the rollouts themselves run again, and count once).
+    fn charge_interrupted(&mut self) {
+        for attempt in &self.interrupted {
+            let phase = Phase::parse(&attempt.phase).unwrap_or(Phase::Search);
+            let spend = self
+                .spend
+                .entry(phase)
+                .or_insert_with(|| PhaseSpend::new(phase.as_str()));
+            spend.add(&attempt.usage);
+            spend.interrupted += 1;
+            record(&self.pool, &attempt.usage);
+        }
     }
 
     fn count(&mut self, phase: Phase, usage: &SessionUsage, rollout: bool) {
@@ -750,18 +708,11 @@ impl<E: Evaluator> Engine<'_, E> {
         }
     }
 
-    async fn append(&mut self, event: NewEvent) -> Result<(), ImproveError> {
-        self.next_seq = self
-            .options
-            .store
-            .append(&self.run, self.next_seq, vec![event])
-            .await?;
-        Ok(())
-    }
-
-    async fn journal_candidate(&mut self, id: usize) -> Result<(), ImproveError> {
+    /// A candidate node is a record for readers, not needed to resume: it rides in the next
+    /// commit.
+    fn journal_candidate(&mut self, id: usize) {
         let node = serde_json::to_value(&self.tree[id]).unwrap_or(Value::Null);
-        self.append(NewEvent::new(CANDIDATE, node)).await
+        self.journal.push(NewEvent::new(CANDIDATE, node));
     }
 
     fn best(&self) -> usize {
@@ -837,6 +788,23 @@ impl<E: Evaluator> Engine<'_, E> {
             reasons.extend(decision.reasons.iter().cloned());
             gate = Some(decision);
         }
+        if !self.interrupted.is_empty() {
+            let usage = self
+                .interrupted
+                .iter()
+                .fold(SessionUsage::default(), |mut u, i| {
+                    crate::journal::add_usage(&mut u, &i.usage);
+                    u
+                });
+            reasons.push(format!(
+                "{} rollouts or reflection calls were interrupted when an earlier attempt of this \
+                 run stopped; they ran again, and what their sessions had recorded ({} model \
+                 calls, {} tokens) is charged to the run",
+                self.interrupted.len(),
+                usage.calls,
+                usage.input_tokens + usage.output_tokens
+            ));
+        }
         let total = self.total_spend();
         let unknown = total.usage.calls_with_unknown_tokens > 0
             || (total.usage.calls_with_unknown_cost > 0
@@ -854,20 +822,15 @@ impl<E: Evaluator> Engine<'_, E> {
             .surface
             .apply(&self.base_profile, &self.tree[winner].texts)?;
         let diff = readable_diff(&self.tree[0].texts, &self.tree[winner].texts);
-        let mut spend: Vec<PhaseSpend> = [
-            Phase::Baseline,
-            Phase::Search,
-            Phase::Reflection,
-            Phase::Test,
-        ]
-        .iter()
-        .map(|p| {
-            self.spend
-                .get(p)
-                .cloned()
-                .unwrap_or_else(|| PhaseSpend::new(p.as_str()))
-        })
-        .collect();
+        let mut spend: Vec<PhaseSpend> = Phase::ALL
+            .iter()
+            .map(|p| {
+                self.spend
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| PhaseSpend::new(p.as_str()))
+            })
+            .collect();
         spend.push(total);
         self.progress("done");
         Ok(ImprovementReport {
@@ -888,6 +851,7 @@ impl<E: Evaluator> Engine<'_, E> {
             spend,
             rollouts: self.rollouts_used,
             reflection_calls: self.reflection_calls,
+            interrupted: self.interrupted.clone(),
             unknown_spend: unknown,
         })
     }
@@ -899,15 +863,25 @@ impl<E: Evaluator> Engine<'_, E> {
             self.tree[winner].texts.clone(),
             self.tree[winner].address.clone(),
         );
+        let n = self.options.test.len();
+        let asks: Vec<Ask<'_>> = (0..n)
+            .flat_map(|index| {
+                [(&base, base_addr.as_str()), (&win, win_addr.as_str())].map(|(texts, address)| {
+                    Ask {
+                        texts,
+                        address,
+                        partition: Partition::Test,
+                        index,
+                        phase: Phase::Test,
+                    }
+                })
+            })
+            .collect();
+        let evals = self.batch(&asks).await?;
         let mut trials = Vec::new();
-        for i in 0..self.options.test.len() {
-            let b = self
-                .rollout(&base, &base_addr, Partition::Test, i, Phase::Test)
-                .await?;
-            let w = self
-                .rollout(&win, &win_addr, Partition::Test, i, Phase::Test)
-                .await?;
-            for (trial, (b, w)) in b.iter().zip(&w).enumerate() {
+        for (i, pair) in evals.chunks(2).enumerate() {
+            let [b, w] = pair else { continue };
+            for (trial, (b, w)) in b.iter().zip(w).enumerate() {
                 trials.push(PairedTrial {
                     scenario: self.options.test[i].id().to_owned(),
                     trial: trial as u32,
@@ -920,11 +894,33 @@ impl<E: Evaluator> Engine<'_, E> {
     }
 }
 
+/// One scenario of one candidate to run, every trial.
+struct Ask<'t> {
+    texts: &'t CandidateTexts,
+    address: &'t str,
+    partition: Partition,
+    index: usize,
+    phase: Phase,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Partition {
     Train,
     Selection,
     Test,
+}
+
+/// Scenario `index` of a partition, if there is one.
+fn scenario_of<E: Evaluator>(
+    options: &ImproveOptions<E>,
+    partition: Partition,
+    index: usize,
+) -> Option<&E::Scenario> {
+    match partition {
+        Partition::Train => options.train.get(index),
+        Partition::Selection => options.selection.get(index),
+        Partition::Test => options.test.get(index),
+    }
 }
 
 fn mean(xs: &[f64]) -> f64 {
@@ -1092,7 +1088,10 @@ impl<E: Evaluator> Search for Engine<'_, E> {
         if let Some(prices) = &self.options.prices {
             tool_loop = tool_loop.price_table(prices.clone());
         }
-        let outcome = tool_loop.run().await?;
+        // What the last step left queued is committed while the reflection model runs.
+        let (flushed, outcome) = futures::join!(self.journal.flush(), tool_loop.run());
+        let outcome = outcome?;
+        flushed?;
         let answer = match outcome.stop {
             StopReason::Answered => outcome.answer.clone(),
             _ => None,
@@ -1104,11 +1103,11 @@ impl<E: Evaluator> Search for Engine<'_, E> {
             usage: outcome.run_usage,
             session: outcome.session_id,
         };
-        self.append(NewEvent::new(
+        // Committed beside the next step's model calls (nothing is spent on it before).
+        self.journal.push(NewEvent::new(
             REFLECTION,
             serde_json::to_value(&entry).unwrap_or(Value::Null),
-        ))
-        .await?;
+        ));
         self.reflections.insert(key, entry);
         Ok(answer)
     }

@@ -104,22 +104,47 @@ impl ImprovementReport {
         }
         h.push_str(
             "</table><h2>Spend</h2><table><tr><th>phase</th><th>rollouts</th><th>reflection calls</th>\
-             <th>tokens</th><th>dollars</th><th>calls of unknown tokens</th><th>calls of unknown cost</th></tr>",
+             <th>interrupted</th><th>tokens</th><th>dollars</th><th>calls of unknown tokens</th><th>calls of unknown cost</th></tr>",
         );
         for s in &self.spend {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.6}</td><td>{}</td><td>{}</td></tr>",
                 esc(&s.phase),
                 s.rollouts,
                 s.calls,
+                s.interrupted,
                 s.usage.input_tokens + s.usage.output_tokens,
                 s.usage.cost_dollars,
                 s.usage.calls_with_unknown_tokens,
                 s.usage.calls_with_unknown_cost
             );
         }
-        h.push_str("</table></body></html>\n");
+        h.push_str("</table>");
+        if !self.interrupted.is_empty() {
+            // Attempts an earlier stop of the run cut short: charged, and run again.
+            h.push_str(
+                "<h2>Interrupted attempts</h2><table><tr><th>rollout</th><th>phase</th>\
+                 <th>how far</th><th>model calls recorded</th><th>tokens charged</th></tr>",
+            );
+            for i in &self.interrupted {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&i.key),
+                    esc(&i.phase),
+                    if i.completed {
+                        "finished, not journaled"
+                    } else {
+                        "stopped midway"
+                    },
+                    i.usage.calls,
+                    i.usage.input_tokens + i.usage.output_tokens
+                );
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("</body></html>\n");
         h
     }
 

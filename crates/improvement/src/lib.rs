@@ -25,6 +25,7 @@ mod evaluator;
 mod findings;
 mod gate;
 mod html;
+mod journal;
 mod options;
 mod report;
 mod rng;
@@ -44,8 +45,11 @@ pub use findings::{Finding, session_findings, store_findings};
 pub use gate::{
     GateDecision, GatePolicy, Interval, McNemar, PairedTrial, PromotionVerdict, promotion_gate,
 };
-pub use options::{DEFAULT_MAX_TEXT_CHARS, ImproveBudget, ImproveOptions, Progress, ProgressFn};
-pub use report::{ImprovementReport, PhaseSpend};
+pub use options::{
+    DEFAULT_MAX_TEXT_CHARS, DEFAULT_ROLLOUT_CONCURRENCY, ImproveBudget, ImproveOptions, Progress,
+    ProgressFn,
+};
+pub use report::{ImprovementReport, InterruptedRollout, PhaseSpend};
 pub use search::{CandidateGenerator, CandidateNode, Gepa, Proposal, Rewrite, Search, TrainRecord};
 pub use strategy::{
     MAX_STRATEGY_WORKERS, StrategyEvaluator, StrategyParams, run_strategy_evolution,

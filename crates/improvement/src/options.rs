@@ -93,6 +93,7 @@ pub struct ImproveOptions<E: Evaluator> {
     pub(crate) allowed_models: Vec<String>,
     pub(crate) seed: u64,
     pub(crate) trials: u32,
+    pub(crate) max_concurrency: usize,
     pub(crate) max_text_chars: usize,
     pub(crate) max_proposals: Option<u64>,
     pub(crate) gate: GatePolicy,
@@ -111,10 +112,14 @@ impl<E: Evaluator> fmt::Debug for ImproveOptions<E> {
             .field("budget", &self.budget)
             .field("seed", &self.seed)
             .field("trials", &self.trials)
+            .field("max_concurrency", &self.max_concurrency)
             .field("run", &self.run)
             .finish_non_exhaustive()
     }
 }
+
+/// The default number of rollouts run at once.
+pub const DEFAULT_ROLLOUT_CONCURRENCY: usize = 4;
 
 /// The default cap on a component's text, in characters.
 pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
@@ -124,7 +129,8 @@ impl<E: Evaluator> ImproveOptions<E> {
     /// models from `models` and the reflection model `reflection` (a profile: its model, system
     /// prompt and budget defaults). Defaults: [`Gepa`], every text of the profile
     /// ([`Surface::all_texts`]), 1 trial per scenario, 100 rollouts, the profile's allowed
-    /// models, seed 0, [`DEFAULT_MAX_TEXT_CHARS`], the default [`GatePolicy`], a new run.
+    /// models, seed 0, [`DEFAULT_ROLLOUT_CONCURRENCY`] rollouts at once, [`DEFAULT_MAX_TEXT_CHARS`],
+    /// the default [`GatePolicy`], a new run.
     pub fn new(
         evaluator: Arc<E>,
         train: Vec<E::Scenario>,
@@ -148,6 +154,7 @@ impl<E: Evaluator> ImproveOptions<E> {
             allowed_models: Vec::new(),
             seed: 0,
             trials: 1,
+            max_concurrency: DEFAULT_ROLLOUT_CONCURRENCY,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_proposals: None,
             gate: GatePolicy::default(),
@@ -155,6 +162,15 @@ impl<E: Evaluator> ImproveOptions<E> {
             prices: None,
             progress: None,
         }
+    }
+
+    /// At most `n` rollouts at once: the rollouts one step of the search needs (a candidate on
+    /// a minibatch or the selection partition, the test comparison) run concurrently under the
+    /// run's one budget; the search itself stays sequential and seeded, so the results, not the
+    /// order they arrive in, decide its path. `0` is refused by [`improve`](crate::improve).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
     }
 
     /// Which components may change.
@@ -213,7 +229,10 @@ impl<E: Evaluator> ImproveOptions<E> {
     }
 
     /// Resume (or start under this id) the run session `run`: rollouts and reflection calls
-    /// it already journaled are reused, not spent again.
+    /// it already journaled are reused, not spent again; attempts the stop interrupted (their
+    /// sessions in the store, their results not journaled) are charged what those sessions
+    /// recorded, reported ([`ImprovementReport::interrupted`](crate::ImprovementReport::interrupted))
+    /// and run again.
     pub fn run(mut self, run: SessionId) -> Self {
         self.run = Some(run);
         self

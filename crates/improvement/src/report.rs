@@ -19,6 +19,10 @@ pub struct PhaseSpend {
     pub rollouts: u64,
     /// Reflection calls in the phase.
     pub calls: u64,
+    /// Attempts (rollouts or reflection calls) a stop of the run interrupted: not in `rollouts`
+    /// or `calls` (they ran again), their recorded spend is in `usage`.
+    #[serde(default)]
+    pub interrupted: u64,
     /// Tokens and dollars known, and the model calls whose tokens or cost are unknown.
     pub usage: SessionUsage,
 }
@@ -29,25 +33,19 @@ impl PhaseSpend {
             phase: phase.to_owned(),
             rollouts: 0,
             calls: 0,
+            interrupted: 0,
             usage: SessionUsage::default(),
         }
     }
 
     pub(crate) fn add(&mut self, usage: &SessionUsage) {
-        let u = &mut self.usage;
-        u.calls += usage.calls;
-        u.input_tokens += usage.input_tokens;
-        u.output_tokens += usage.output_tokens;
-        u.cached_tokens += usage.cached_tokens;
-        u.cost_dollars += usage.cost_dollars;
-        u.calls_with_unknown_tokens += usage.calls_with_unknown_tokens;
-        u.calls_with_unknown_cost += usage.calls_with_unknown_cost;
-        u.calls_with_unknown_cached_tokens += usage.calls_with_unknown_cached_tokens;
+        crate::journal::add_usage(&mut self.usage, usage);
     }
 
     pub(crate) fn merge(&mut self, other: &PhaseSpend) {
         self.rollouts += other.rollouts;
         self.calls += other.calls;
+        self.interrupted += other.interrupted;
         self.add(&other.usage);
     }
 
@@ -60,6 +58,25 @@ impl PhaseSpend {
     pub fn dollars(&self) -> Option<f64> {
         self.usage.total_cost()
     }
+}
+
+/// A rollout or reflection call that was in flight when its improve run stopped (killed, or
+/// failed elsewhere), found on resume by the sessions it left in the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterruptedRollout {
+    /// The rollout's key (`<candidate address>/<scenario>/<trial>`) or the reflection's
+    /// (`reflect/<iteration>`).
+    pub key: String,
+    /// Its phase: `baseline`, `search`, `reflection` or `test`.
+    pub phase: String,
+    /// The sessions it left.
+    pub sessions: Vec<SessionId>,
+    /// Whether they all completed (the attempt finished, but the run stopped before it was
+    /// journaled) — otherwise it stopped midway.
+    pub completed: bool,
+    /// What those sessions recorded: the spend charged for the attempt. A model call still in
+    /// flight at the stop, never recorded, is not in it.
+    pub usage: SessionUsage,
 }
 
 /// The result of [`improve`](crate::improve).
@@ -100,6 +117,10 @@ pub struct ImprovementReport {
     pub rollouts: u64,
     /// Reflection calls made.
     pub reflection_calls: u64,
+    /// Attempts an earlier stop of the run interrupted (in flight, or finished and not yet
+    /// journaled): run again, their recorded spend charged (see [`PhaseSpend::interrupted`]).
+    #[serde(default)]
+    pub interrupted: Vec<InterruptedRollout>,
     /// Whether some spend could not be accounted (the verdict is then hold).
     pub unknown_spend: bool,
 }

@@ -11,7 +11,9 @@ use agentrt_improvement::{
     PromotionVerdict, Rewrite, RolloutContext, Surface, SyntheticTask, TaskScenario, improve,
 };
 use agentrt_profiles::AgentProfile;
-use agentrt_session_store::{SessionStore, SqliteStore};
+use agentrt_session_store::{
+    HookedStore, SessionStore, SqliteStore, StoreError, StoreWrite, WriteHook,
+};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 
@@ -535,5 +537,363 @@ async fn a_search_that_only_repeats_itself_stops_instead_of_spinning() {
         report.candidates.len(),
         2,
         "the repeated text is tried once"
+    );
+}
+
+/// Lets `after` journal appends of graded rollouts through, then stops the next one before it
+/// reaches the store (it never does) and says so: the run is then dropped, as a kill would end
+/// it — its rollouts' sessions are in the store, their grades are not.
+struct KillBeforeJournal {
+    after: usize,
+    seen: Mutex<usize>,
+    killed: Mutex<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+impl KillBeforeJournal {
+    fn new(after: usize) -> (Self, futures::channel::oneshot::Receiver<()>) {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let hook = KillBeforeJournal {
+            after,
+            seen: Mutex::new(0),
+            killed: Mutex::new(Some(tx)),
+        };
+        (hook, rx)
+    }
+}
+
+#[async_trait]
+impl WriteHook for KillBeforeJournal {
+    type Ticket = ();
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        if write.appends_kind("improve.rollout") {
+            let n = {
+                let mut seen = self.seen.lock().expect("lock");
+                *seen += 1;
+                *seen
+            };
+            if n > self.after {
+                if let Some(tx) = self.killed.lock().expect("lock").take() {
+                    let _ = tx.send(());
+                }
+                futures::future::pending::<()>().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `improve` on `store` through a [`KillBeforeJournal`] and drops it at the kill.
+async fn run_until_killed(
+    task: &SyntheticTask,
+    store: &Arc<dyn SessionStore>,
+    run: agentrt_session_store::SessionId,
+    after: usize,
+) {
+    let (hook, killed) = KillBeforeJournal::new(after);
+    let hooked: Arc<dyn SessionStore> = Arc::new(HookedStore::new(store.clone(), hook));
+    let profile = task.profile().expect("profile");
+    let running = improve(
+        &profile,
+        options(task, Arc::new(ExpectedAnswer), hooked, task.models()).run(run),
+    );
+    tokio::select! {
+        biased;
+        _ = killed => {}
+        ended = running => panic!("the run ended before the kill: {ended:?}"),
+    }
+    settle(store).await;
+}
+
+/// Waits until the writes a dropped run had already handed to the store are done (a killed
+/// process has none left; here the store's writer finishes them): the store commits in order,
+/// so one more write's commit means the earlier ones are in.
+async fn settle(store: &Arc<dyn SessionStore>) {
+    store.put_blob(b"settled").await.expect("a write");
+}
+
+/// What the sessions of `sessions` recorded (their final events' usage).
+async fn recorded(
+    store: &Arc<dyn SessionStore>,
+    sessions: &[agentrt_session_store::SessionId],
+) -> agentrt_core_loop::SessionUsage {
+    let mut total = agentrt_core_loop::SessionUsage::default();
+    for session in sessions {
+        let events: Vec<_> = store
+            .replay(session, 0)
+            .try_collect()
+            .await
+            .expect("replay");
+        let last = events.last().expect("events");
+        let usage: agentrt_core_loop::SessionUsage =
+            serde_json::from_value(last.payload.clone().into_value()["usage"].clone())
+                .expect("final usage");
+        total.calls += usage.calls;
+        total.input_tokens += usage.input_tokens;
+        total.output_tokens += usage.output_tokens;
+    }
+    total
+}
+
+async fn journaled_rollouts(
+    store: &Arc<dyn SessionStore>,
+    run: &agentrt_session_store::SessionId,
+) -> usize {
+    let events: Vec<_> = store.replay(run, 0).try_collect().await.expect("journal");
+    events
+        .iter()
+        .filter(|e| e.kind == "improve.rollout")
+        .count()
+}
+
+#[tokio::test]
+async fn rollouts_a_kill_interrupted_are_charged_once_reported_and_run_again() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let (_dir2, other) = sqlite().await;
+    let reference = improve(
+        &task.profile().expect("profile"),
+        options(&task, Arc::new(ExpectedAnswer), other, task.models()),
+    )
+    .await
+    .expect("reference run");
+
+    // Killed twice: once during the baseline's selection run, once more (the first resume)
+    // during the search. Each kill leaves finished rollout sessions whose grades were never
+    // journaled.
+    let run = agentrt_session_store::SessionId::new();
+    run_until_killed(&task, &store, run, 2).await;
+    let first_kill = journaled_rollouts(&store, &run).await;
+    run_until_killed(&task, &store, run, first_kill + 8).await;
+    let journaled = journaled_rollouts(&store, &run).await;
+    assert!(journaled > first_kill);
+
+    let resumed = Arc::new(Recording::new(ExpectedAnswer));
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(&task, resumed.clone(), store.clone(), task.models()).run(run),
+    )
+    .await
+    .expect("resumed run");
+
+    // The interrupted attempts: shown, each session once, each a finished agent run whose
+    // grade was lost; what their sessions recorded is what is charged.
+    assert!(!report.interrupted.is_empty());
+    let sessions: Vec<_> = report
+        .interrupted
+        .iter()
+        .flat_map(|i| i.sessions.clone())
+        .collect();
+    let unique: std::collections::HashSet<_> = sessions.iter().collect();
+    assert_eq!(unique.len(), sessions.len(), "each attempt charged once");
+    assert!(report.interrupted.iter().all(|i| i.completed));
+    let charged = recorded(&store, &sessions).await;
+    assert!(charged.calls as usize >= report.interrupted.len());
+    assert!(
+        report.reasons.iter().any(|r| r.contains("interrupted")),
+        "{:#?}",
+        report.reasons
+    );
+    let total = report.total().expect("total");
+    assert_eq!(total.interrupted as usize, report.interrupted.len());
+    let per_phase: u64 = report
+        .spend
+        .iter()
+        .filter(|s| s.phase != "total")
+        .map(|s| s.interrupted)
+        .sum();
+    assert_eq!(per_phase, total.interrupted);
+
+    // They ran again, and the run retraced the uninterrupted search: the same rollouts and
+    // winner, its spend that of the uninterrupted run plus the interrupted attempts'.
+    assert_eq!(report.rollouts, reference.rollouts);
+    assert_eq!(report.winner_address, reference.winner_address);
+    assert_eq!(resumed.seen().len(), report.rollouts as usize - journaled);
+    let base = reference.total().expect("total");
+    assert_eq!(total.usage.calls, base.usage.calls + charged.calls);
+    assert_eq!(
+        total.usage.input_tokens,
+        base.usage.input_tokens + charged.input_tokens
+    );
+    assert_eq!(
+        total.usage.output_tokens,
+        base.usage.output_tokens + charged.output_tokens
+    );
+    assert!(!report.unknown_spend);
+}
+
+/// A non-idempotent tool that, once armed, stops on its `kill_at`-th call (it never returns)
+/// and says so.
+struct Lookup {
+    calls: Mutex<usize>,
+    kill_at: Option<usize>,
+    killed: Mutex<Option<futures::channel::oneshot::Sender<()>>>,
+}
+
+#[async_trait]
+impl agentrt_core_loop::Tool for Lookup {
+    fn name(&self) -> &str {
+        "lookup"
+    }
+    fn description(&self) -> &str {
+        "Looks the item up."
+    }
+    fn parameters(&self) -> serde_json::Value {
+        serde_json::json!({ "type": "object" })
+    }
+    async fn call(
+        &self,
+        _arguments: serde_json::Value,
+    ) -> Result<String, agentrt_core_loop::ToolCallError> {
+        let n = {
+            let mut calls = self.calls.lock().expect("lock");
+            *calls += 1;
+            *calls
+        };
+        if Some(n) == self.kill_at {
+            if let Some(tx) = self.killed.lock().expect("lock").take() {
+                let _ = tx.send(());
+            }
+            futures::future::pending::<()>().await;
+        }
+        Ok("nothing found".into())
+    }
+}
+
+/// Runs the agent with the lookup tool and grades its answer as [`ExpectedAnswer`] does.
+struct WithLookup(Arc<Lookup>);
+
+#[async_trait]
+impl Evaluator for WithLookup {
+    type Scenario = TaskScenario;
+    fn grader(&self) -> DeciderId {
+        ExpectedAnswer.grader()
+    }
+    async fn evaluate(
+        &self,
+        profile: &AgentProfile,
+        scenario: &TaskScenario,
+        ctx: &RolloutContext,
+    ) -> Result<Evaluation, ImproveError> {
+        let tools = agentrt_core_loop::ToolRegistry::new().with_tool(self.0.clone());
+        let outcome = ctx
+            .tool_loop(profile)?
+            .tools(tools)
+            .user(&scenario.task)
+            .run()
+            .await?;
+        let hit = outcome
+            .answer
+            .as_deref()
+            .is_some_and(|a| Some(a) == scenario.expected.as_deref());
+        Ok(Evaluation::from_outcome(
+            &outcome,
+            if hit { 1.0 } else { 0.0 },
+            if hit { "correct" } else { "wrong" },
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_killed_midway_is_charged_what_its_session_recorded() {
+    let (task, ..) = task();
+    // The agent looks the item up first (its tool call makes the session durable, with the
+    // model response and its usage), then answers.
+    let agent: Arc<dyn ChatModel> = Arc::new(ScriptedModel::from_fn(|request| {
+        let looked_up = request
+            .messages
+            .iter()
+            .any(|m| matches!(m, agentrt_core_loop::model::Message::Tool { .. }));
+        if looked_up {
+            ScriptedTurn::text("I do not know.").with_usage(7, 3)
+        } else {
+            ScriptedTurn::tool_call("c1", "lookup", "{}").with_usage(5, 1)
+        }
+    }));
+    let models = task.models_with(agent, task.reflector());
+    let lookup = |kill_at: Option<usize>| {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let tool = Arc::new(Lookup {
+            calls: Mutex::new(0),
+            kill_at,
+            killed: Mutex::new(Some(tx)),
+        });
+        (Arc::new(WithLookup(tool)), rx)
+    };
+    let opts = |evaluator: Arc<WithLookup>, store: Arc<dyn SessionStore>| {
+        options(&task, evaluator, store, models.clone()).max_proposals(1)
+    };
+    let (_dir2, other) = sqlite().await;
+    let reference = improve(
+        &task.profile().expect("profile"),
+        opts(lookup(None).0, other),
+    )
+    .await
+    .expect("reference run");
+
+    // Killed while its 3rd rollout runs its tool (the baseline's selection run).
+    let (_dir, store) = sqlite().await;
+    let run = agentrt_session_store::SessionId::new();
+    let (evaluator, killed) = lookup(Some(3));
+    let profile = task.profile().expect("profile");
+    let running = improve(&profile, opts(evaluator, store.clone()).run(run));
+    tokio::select! {
+        biased;
+        _ = killed => {}
+        ended = running => panic!("the run ended before the kill: {ended:?}"),
+    }
+
+    settle(&store).await;
+    let report = improve(&profile, opts(lookup(None).0, store.clone()).run(run))
+        .await
+        .expect("resumed run");
+    let midway: Vec<_> = report.interrupted.iter().filter(|i| !i.completed).collect();
+    assert!(!midway.is_empty(), "{:#?}", report.interrupted);
+    assert!(midway.iter().all(|i| i.phase == "baseline"));
+    // What is charged is what the sessions recorded: for one stopped in its tool, the first
+    // model response.
+    let mut charged = agentrt_core_loop::SessionUsage::default();
+    for attempt in &report.interrupted {
+        for session in &attempt.sessions {
+            let events: Vec<_> = store
+                .replay(session, 0)
+                .try_collect()
+                .await
+                .expect("replay");
+            for event in &events {
+                if let Some(agentrt_core_loop::RecordedEvent {
+                    event: agentrt_core_loop::RuntimeEvent::ModelResponse { usage, .. },
+                    ..
+                }) = agentrt_core_loop::RecordedEvent::from_store(event)
+                {
+                    charged.add(&usage, None);
+                }
+            }
+        }
+        assert_eq!(
+            attempt.usage.calls,
+            attempt.sessions.len() as u32 * 2 - u32::from(!attempt.completed)
+        );
+    }
+    for attempt in &midway {
+        assert_eq!(
+            (attempt.usage.input_tokens, attempt.usage.output_tokens),
+            (5, 1)
+        );
+    }
+    let baseline = report
+        .spend
+        .iter()
+        .find(|s| s.phase == "baseline")
+        .expect("phase");
+    assert!(baseline.interrupted as usize >= midway.len());
+    let (total, base) = (
+        report.total().expect("total"),
+        reference.total().expect("total"),
+    );
+    assert_eq!(report.rollouts, reference.rollouts);
+    assert_eq!(total.usage.calls, base.usage.calls + charged.calls);
+    assert_eq!(
+        total.usage.input_tokens,
+        base.usage.input_tokens + charged.input_tokens
     );
 }
