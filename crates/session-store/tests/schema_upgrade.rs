@@ -183,3 +183,18 @@ async fn a_postgres_schema_at_version_2_opens_and_is_upgraded() {
     drop(store);
     common::drop_schema(&common::pg_url(), &schema).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_an_old_sqlite_file_at_once_all_upgrade_it() {
+    // Processes started together (a script's commands, a test table) open one file at once:
+    // each may try the same migration; every one opens, and the file is upgraded once.
+    for _ in 0..5 {
+        let (_dir, path) = sqlite_copy("sqlite-v2.sqlite3");
+        let opens = (0..4).map(|_| SqliteStore::open(path.clone()));
+        for store in futures::future::join_all(opens).await {
+            store.unwrap();
+        }
+        let versions: Vec<i64> = sqlite_versions(&path).await.iter().map(|v| v.0).collect();
+        assert_eq!(versions, [1, 2, 3]);
+    }
+}
