@@ -132,6 +132,16 @@ fn table(profile: &str, missing: &str) -> Vec<(Vec<String>, i32, &'static str)> 
         ),
         row(&["top", "--once", "--store", UNREACHABLE], 1, "store"),
         row(
+            &["sessions", "steer", SESSION, "go", "--store", UNREACHABLE],
+            1,
+            "store",
+        ),
+        row(
+            &["sessions", "cancel", SESSION, "--store", UNREACHABLE],
+            1,
+            "store",
+        ),
+        row(
             &[
                 "run",
                 profile,
@@ -146,6 +156,8 @@ fn table(profile: &str, missing: &str) -> Vec<(Vec<String>, i32, &'static str)> 
         ),
         // Bad values the commands check themselves.
         row(&["sessions", "show", "not-an-id"], 1, "not-an-id"),
+        row(&["sessions", "steer", "not-an-id", "go"], 1, "not-an-id"),
+        row(&["sessions", "steer", SESSION], 2, "<MESSAGE>"),
     ]
 }
 

@@ -170,10 +170,11 @@ fn a_durable_supervise_killed_mid_run_resumes_to_the_uninterrupted_outcome() {
             SessionStatus::Completed
         );
         // The supervisor's own loop continued in its session, not a new one.
-        assert_eq!(
-            store.get(&brain_session(&run)).await.unwrap().status,
-            SessionStatus::Completed
-        );
+        let brain = store.get(&brain_session(&run)).await.unwrap();
+        assert_eq!(brain.status, SessionStatus::Completed);
+        // It names its run as its parent: `agentrt top` shows it under the run.
+        assert_eq!(brain.metadata["parent_session"], json!(run.to_string()));
+        assert_eq!(brain.metadata["agent"], json!("supervisor"));
 
         let again = supervise(&profile(), "get it written", options(&store, run))
             .await

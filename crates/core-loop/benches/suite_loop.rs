@@ -10,7 +10,8 @@
 //!   awaited, to a fresh SQLite file at full durability — measured just before and just after
 //!   the runs (the mean of both); `runs_vs_disk_limit` = runs/s ÷ (appends/s ÷ 2), the share of
 //!   what the disk allows a run that needs two durable points. `--sequential-only` stops after
-//!   these (benches/peers/run.sh uses it).
+//!   these (benches/peers/run.sh uses it). `--turns-only` runs only `turns_per_s` and the
+//!   OpenTelemetry figures below (a quick before/after of a change to the loop).
 //! - `turns_per_s`: scripted model with zero latency, one tool call per turn, every event
 //!   persisted to a SQLite store (default durability: fsync per group commit).
 //! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
@@ -28,7 +29,10 @@
 //!   with the model in a `ModelStack` (as the front doors run it, so every turn has its `chat`,
 //!   `execute_tool` and the run its `invoke_agent` span), without a subscriber and with the
 //!   OpenTelemetry pipeline `agentrt --otlp` installs (tracing-opentelemetry, batch OTLP/HTTP
-//!   export to `AGENTRT_PHOENIX_URL`), alternated in rounds in the same run; goal >= 0.95.
+//!   export to `AGENTRT_PHOENIX_URL`, a real trace backend; without it, to an OTLP/HTTP
+//!   collector the bench runs in process, which reads every export request whole, answers it
+//!   and counts it — the count is printed, so a pipeline that exports nothing shows),
+//!   alternated in rounds in the same run; goal >= 0.95.
 //! - `overhead_real_model_pct`: time outside the model call as a share of wall time, against
 //!   the OpenAI-compatible server at `AGENTRT_LLM_BASE_URL` (skipped with a note if none
 //!   answers).
@@ -550,8 +554,16 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let turns_only = args.iter().any(|a| a == "--turns-only");
     runtime.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
+        if turns_only {
+            let turns = if quick { 300 } else { 2_000 };
+            let tps = turns_per_s(dir.path(), turns).await;
+            println!("BENCH loop.turns_per_s {tps:.1} turns/s");
+            otel_overhead(dir.path(), turns).await;
+            return;
+        }
         let appends = if quick { 300 } else { 1_000 };
         sequential_figures(dir.path(), runs, appends).await;
         if sequential_only {
@@ -621,11 +633,23 @@ fn main() {
 /// both see the same machine; prints both and their ratio.
 async fn otel_overhead(dir: &std::path::Path, total_turns: usize) {
     use tracing::instrument::WithSubscriber;
-    let endpoint = std::env::var("AGENTRT_PHOENIX_URL")
+    let phoenix = std::env::var("AGENTRT_PHOENIX_URL")
         .ok()
-        .filter(|url| !url.is_empty())
-        .unwrap_or_else(|| "http://127.0.0.1:4318".to_owned());
-    println!("# otel: OTLP/HTTP export to {endpoint}");
+        .filter(|url| !url.is_empty());
+    let collector = phoenix.is_none().then(Collector::start);
+    let endpoint = match (&phoenix, &collector) {
+        (Some(url), _) => url.clone(),
+        (None, Some(c)) => c.url(),
+        (None, None) => unreachable!("a collector runs when no backend is named"),
+    };
+    println!(
+        "# otel: OTLP/HTTP export to {endpoint} ({})",
+        if phoenix.is_some() {
+            "Phoenix"
+        } else {
+            "the bench's in-process collector"
+        }
+    );
     let (provider, subscriber) = otel_subscriber(&endpoint);
     let dispatch = tracing::Dispatch::new(subscriber);
     let store: Arc<dyn SessionStore> =
@@ -644,10 +668,19 @@ async fn otel_overhead(dir: &std::path::Path, total_turns: usize) {
         turns_on += turns;
         on += took;
     }
-    std::thread::spawn(move || provider.shutdown())
+    let shutdown = std::thread::spawn(move || provider.shutdown())
         .join()
-        .unwrap()
-        .ok();
+        .unwrap();
+    if let Err(e) = shutdown {
+        println!("# otel: the exporter's shutdown failed: {e}");
+    }
+    if let Some(c) = &collector {
+        println!(
+            "# otel: the collector received {} export requests, {} bytes",
+            c.requests.load(Ordering::Relaxed),
+            c.bytes.load(Ordering::Relaxed)
+        );
+    }
     let off = turns_off as f64 / off.as_secs_f64();
     let on = turns_on as f64 / on.as_secs_f64();
     println!("BENCH loop.turns_per_s_otel_off {off:.1} turns/s");
@@ -708,4 +741,76 @@ async fn stacked_turns(store: Arc<dyn SessionStore>, total_turns: usize) -> (u64
         turns += u64::from(outcome.turns);
     }
     (turns, started.elapsed())
+}
+
+/// An OTLP/HTTP collector in process: accepts export requests on a local port, reads each body
+/// whole and answers `200 OK` (an empty protobuf response), counting what it received. The
+/// exporter does all its work — encoding, HTTP over a real socket — and only a backend's own
+/// storage is left out.
+struct Collector {
+    port: u16,
+    requests: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Collector {
+    fn start() -> Collector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (r, b) = (requests.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let (r, b) = (r.clone(), b.clone());
+                std::thread::spawn(move || serve_otlp(stream, &r, &b));
+            }
+        });
+        Collector {
+            port,
+            requests,
+            bytes,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Answers the HTTP/1.1 requests of one connection until the client closes it.
+fn serve_otlp(stream: std::net::TcpStream, requests: &AtomicU64, bytes: &AtomicU64) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        requests.fetch_add(1, Ordering::Relaxed);
+        bytes.fetch_add(length as u64, Ordering::Relaxed);
+        let answer =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
 }

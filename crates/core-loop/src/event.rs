@@ -125,6 +125,17 @@ pub enum RuntimeEvent {
         /// The message (given to the model as a user message).
         content: String,
     },
+    /// A cancel with a reason reached the loop — through its
+    /// [`SteeringHandle`](crate::SteeringHandle), or as a [`LoopControl`](crate::LoopControl)
+    /// posted to the session from another process — and stopped it: recorded just before the
+    /// final (cancelled) event.
+    CancelReceived {
+        /// Turns taken when it stopped.
+        turn: u32,
+        /// Why, as the canceller said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// The budget after a model call was accounted.
     BudgetUpdate {
         /// The turn.
@@ -171,6 +182,7 @@ impl RuntimeEvent {
             RuntimeEvent::ToolCall { .. } => "tool.call",
             RuntimeEvent::ToolResult { .. } => "tool.result",
             RuntimeEvent::SteerReceived { .. } => "steer.received",
+            RuntimeEvent::CancelReceived { .. } => "cancel.received",
             RuntimeEvent::BudgetUpdate { .. } => "budget.update",
             RuntimeEvent::CleanupFailed { .. } => "cleanup.failed",
             RuntimeEvent::Final { .. } => "session.final",

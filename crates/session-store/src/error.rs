@@ -23,8 +23,9 @@ pub enum StoreError {
     /// No session with this id exists.
     #[error("session {0} not found")]
     NotFound(SessionId),
-    /// The session has already finished; it takes no more events until it is reopened.
-    #[error("session {session} is {status}: finished sessions take no more events")]
+    /// The session has already finished; it takes no more events (nor controls) until it is
+    /// reopened.
+    #[error("session {session} is {status}: finished sessions take no more events or controls")]
     Finished {
         /// The session written to.
         session: SessionId,

@@ -50,6 +50,13 @@ pub enum StoreWrite<'a> {
     PutBlob(&'a [u8]),
     /// [`SessionStore::prune`].
     Prune(&'a Retention),
+    /// [`SessionStore::post_control`].
+    Control {
+        /// The session.
+        session: &'a SessionId,
+        /// The control.
+        control: &'a NewEvent,
+    },
 }
 
 impl StoreWrite<'_> {
@@ -209,6 +216,24 @@ impl<H: WriteHook + 'static> SessionStore for HookedStore<H> {
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError> {
         let ticket = self.hook.before(&StoreWrite::Prune(&retention)).await?;
         self.answer(ticket, self.inner.prune(retention)).await
+    }
+
+    async fn post_control(
+        &self,
+        session: &SessionId,
+        control: NewEvent,
+    ) -> Result<Event, StoreError> {
+        let write = StoreWrite::Control {
+            session,
+            control: &control,
+        };
+        let ticket = self.hook.before(&write).await?;
+        self.answer(ticket, self.inner.post_control(session, control))
+            .await
+    }
+
+    async fn controls(&self, session: &SessionId, from_seq: u64) -> Result<Vec<Event>, StoreError> {
+        self.inner.controls(session, from_seq).await
     }
 }
 

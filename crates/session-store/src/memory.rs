@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::config::{PreparedEvent, StoreConfig, now_ms};
 use crate::error::StoreError;
-use crate::rules::{check_writable, fork_child, page, reopen_event, reopened, verify_blob};
+use crate::rules::{
+    check_controllable, check_writable, fork_child, page, reopen_event, reopened, verify_blob,
+};
 use crate::store::{EventStream, SessionStore};
 use crate::types::{
     BlobAddress, Event, Finish, NewEvent, NewSession, Page, Pruned, ResumePoint, Retention,
@@ -33,6 +35,8 @@ struct Inner {
 struct Entry {
     session: Session,
     events: Vec<Event>,
+    /// The controls posted to the session (see [`SessionStore::post_control`]).
+    controls: Vec<Event>,
 }
 
 impl MemoryStore {
@@ -105,6 +109,7 @@ impl SessionStore for MemoryStore {
         let mut entry = Entry {
             session: prepared.session,
             events: Vec::new(),
+            controls: Vec::new(),
         };
         let now = now_ms();
         for e in prepared.events {
@@ -242,6 +247,7 @@ impl SessionStore for MemoryStore {
             Entry {
                 session: child.clone(),
                 events,
+                controls: Vec::new(),
             },
         );
         Ok(child)
@@ -278,6 +284,41 @@ impl SessionStore for MemoryStore {
             }
         }
         Ok(pruned)
+    }
+
+    async fn post_control(
+        &self,
+        session: &SessionId,
+        control: NewEvent,
+    ) -> Result<Event, StoreError> {
+        let prepared = self.config.prepare_event(0, control)?;
+        let mut inner = self.lock();
+        let entry = inner
+            .sessions
+            .get_mut(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        check_controllable(session, entry.session.status)?;
+        let event = Event {
+            session_id: *session,
+            seq: entry.controls.len() as u64,
+            at_ms: now_ms(),
+            kind: prepared.kind,
+            payload: crate::types::Payload::from_checked(&prepared.json),
+        };
+        entry.controls.push(event.clone());
+        Ok(event)
+    }
+
+    async fn controls(&self, session: &SessionId, from_seq: u64) -> Result<Vec<Event>, StoreError> {
+        let inner = self.lock();
+        let entry = inner
+            .sessions
+            .get(session)
+            .ok_or(StoreError::NotFound(*session))?;
+        let start = usize::try_from(from_seq)
+            .unwrap_or(usize::MAX)
+            .min(entry.controls.len());
+        Ok(entry.controls[start..].to_vec())
     }
 
     async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {

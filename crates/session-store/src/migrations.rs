@@ -57,8 +57,21 @@ pub(crate) async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), St
             .await?;
         check(found, &SQLITE)?;
     }
-    SQLITE.run(conn).await?;
-    Ok(())
+    // sqlx takes no lock on SQLite: two processes opening the same file at an older schema
+    // both apply the next migration, and the one that commits second fails on what the first
+    // created. Each migration commits with its record, so running again skips what the other
+    // applied; a failure of its own fails every try.
+    let mut tries = 0;
+    loop {
+        match SQLITE.run(&mut *conn).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries >= 3 => return Err(e.into()),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+            }
+        }
+    }
 }
 
 /// Refuses a Postgres schema that is newer than this build (before touching it), then brings it

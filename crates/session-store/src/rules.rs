@@ -31,6 +31,17 @@ pub(crate) fn check_writable(
     }
 }
 
+/// Whether a session in `status` takes controls: only a running one (a loop may read them).
+pub(crate) fn check_controllable(id: &SessionId, status: SessionStatus) -> Result<(), StoreError> {
+    if status.is_final() {
+        return Err(StoreError::Finished {
+            session: *id,
+            status,
+        });
+    }
+    Ok(())
+}
+
 /// Checks bytes against their address.
 pub(crate) fn verify_blob(address: &BlobAddress, bytes: Vec<u8>) -> Result<Vec<u8>, StoreError> {
     let actual = BlobAddress::of(&bytes);

@@ -115,6 +115,26 @@ pub trait SessionStore: Send + Sync {
     /// Errors: [`StoreError::InvalidInput`] for a `Running` status or a zero limit.
     async fn prune(&self, retention: Retention) -> Result<Pruned, StoreError>;
 
+    /// Posts a control to the loop running `session`: a request — steer it, cancel it — that
+    /// any process holding the store can make and that the loop picks up on its own (core-loop
+    /// reads the kinds it knows). A control is kept beside the session's events, not among them:
+    /// the events' seqs belong to the loop that writes them. The session's controls are numbered
+    /// from 0 in the order they are posted; the committed control comes back as an [`Event`]
+    /// whose `seq` is that number. Its payload passes through the redactor like an event's.
+    ///
+    /// Errors (nothing written in each case): [`StoreError::NotFound`], [`StoreError::Finished`]
+    /// if the session is not running (no loop would read it), [`StoreError::InvalidInput`] for
+    /// an empty kind, [`StoreError::PayloadTooLarge`].
+    async fn post_control(
+        &self,
+        session: &SessionId,
+        control: NewEvent,
+    ) -> Result<Event, StoreError>;
+
+    /// The controls posted to `session` with `seq >= from_seq`, in order (one read; a loop polls
+    /// it with the number after the last control it took). Errors: [`StoreError::NotFound`].
+    async fn controls(&self, session: &SessionId, from_seq: u64) -> Result<Vec<Event>, StoreError>;
+
     /// Stores bytes under their sha256 content address (idempotent).
     /// Errors: [`StoreError::PayloadTooLarge`].
     async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError>;

@@ -263,7 +263,7 @@ impl Payload {
 
     /// A payload from stored text the caller owns (no copy when the string has no spare
     /// capacity); text that does not parse is reported as corruption.
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_stored_string(json: String) -> Result<Self, StoreError> {
         check_json(&json)?;
         Ok(Payload {

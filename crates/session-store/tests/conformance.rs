@@ -960,6 +960,101 @@ mod cases {
             .await;
         assert!(matches!(bad, Err(StoreError::InvalidInput(_))), "{bad:?}");
     }
+
+    pub async fn controls_are_numbered_per_session_beside_its_events(b: &Backend) {
+        let s = &*b.store;
+        let id = new_session(s).await;
+        let other = new_session(s).await;
+        s.append(&id, 0, vec![ev("step", 0)]).await.unwrap();
+        assert!(s.controls(&id, 0).await.unwrap().is_empty(), "[{}]", b.name);
+        let steer = s
+            .post_control(&id, NewEvent::new("steer", json!({"message": "go left"})))
+            .await
+            .unwrap();
+        let cancel = s
+            .post_control(
+                &id,
+                NewEvent::new("cancel", json!({"reason": format!("pw={TEST_SECRET}")})),
+            )
+            .await
+            .unwrap();
+        s.post_control(&other, ev("steer", 9)).await.unwrap();
+        assert_eq!((steer.seq, cancel.seq), (0, 1), "[{}]", b.name);
+        let all = s.controls(&id, 0).await.unwrap();
+        assert_eq!(all, vec![steer.clone(), cancel.clone()], "[{}]", b.name);
+        assert_eq!(all[0].payload["message"], json!("go left"));
+        // Redacted like an event, before it is written.
+        assert_eq!(
+            all[1].payload["reason"],
+            json!("pw=[REDACTED]"),
+            "[{}]",
+            b.name
+        );
+        // Read from a number on; the events are untouched and the loop still appends at its seq.
+        assert_eq!(
+            s.controls(&id, 1).await.unwrap(),
+            vec![cancel],
+            "[{}]",
+            b.name
+        );
+        assert!(s.controls(&id, 5).await.unwrap().is_empty());
+        assert_eq!(seqs(&replay_all(s, &id, 0).await), [0]);
+        assert_eq!(s.append(&id, 1, vec![ev("step", 1)]).await.unwrap(), 2);
+    }
+
+    pub async fn controls_go_only_to_running_sessions_and_leave_with_a_pruned_one(b: &Backend) {
+        let s = &*b.store;
+        let unknown = SessionId::new();
+        let posted = s.post_control(&unknown, ev("steer", 0)).await;
+        assert!(
+            matches!(posted, Err(StoreError::NotFound(x)) if x == unknown),
+            "[{}] {posted:?}",
+            b.name
+        );
+        let read = s.controls(&unknown, 0).await;
+        assert!(
+            matches!(read, Err(StoreError::NotFound(x)) if x == unknown),
+            "[{}] {read:?}",
+            b.name
+        );
+        let id = new_session(s).await;
+        let empty_kind = s.post_control(&id, NewEvent::new("", json!(null))).await;
+        assert!(
+            matches!(empty_kind, Err(StoreError::InvalidInput(_))),
+            "{empty_kind:?}"
+        );
+        let big = NewEvent::new("steer", json!("x".repeat(TEST_PAYLOAD_LIMIT + 1)));
+        let too_big = s.post_control(&id, big).await;
+        assert!(
+            matches!(too_big, Err(StoreError::PayloadTooLarge { .. })),
+            "{too_big:?}"
+        );
+        s.post_control(&id, ev("steer", 0)).await.unwrap();
+        s.finish(&id, 0, completed(ev("end", 0))).await.unwrap();
+        let late = s.post_control(&id, ev("steer", 1)).await;
+        assert!(
+            matches!(
+                late,
+                Err(StoreError::Finished {
+                    status: SessionStatus::Completed,
+                    ..
+                })
+            ),
+            "[{}] {late:?}",
+            b.name
+        );
+        assert_eq!(
+            s.controls(&id, 0).await.unwrap().len(),
+            1,
+            "nothing of the refused ones"
+        );
+        // A pruned session goes with its controls; its id can be used afresh.
+        let cutoff = cutoff_now(s, &id).await;
+        let pruned = s.prune(Retention::ended_before(cutoff)).await.unwrap();
+        assert_eq!(pruned.sessions, vec![id], "[{}]", b.name);
+        s.create(NewSession::new().with_id(id)).await.unwrap();
+        assert!(s.controls(&id, 0).await.unwrap().is_empty(), "[{}]", b.name);
+    }
 }
 
 macro_rules! conformance {
@@ -1001,6 +1096,8 @@ macro_rules! conformance {
             case!(a_session_is_created_with_its_first_events_in_one_write);
             case!(a_finish_commits_its_events_before_the_final_event);
             case!(a_session_can_be_created_already_finished);
+            case!(controls_are_numbered_per_session_beside_its_events);
+            case!(controls_go_only_to_running_sessions_and_leave_with_a_pruned_one);
         }
     };
 }

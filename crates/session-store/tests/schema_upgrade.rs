@@ -148,19 +148,22 @@ async fn a_sqlite_file_at_schema_1_is_upgraded_on_open_with_its_data() {
     check_v1_data_and_new_writes(&store, 2).await;
     drop(store);
     let versions: Vec<i64> = sqlite_versions(&path).await.iter().map(|v| v.0).collect();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 #[tokio::test]
-async fn a_sqlite_file_at_schema_2_opens_as_it_is() {
+async fn a_sqlite_file_at_schema_2_keeps_its_migration_records_and_is_upgraded() {
     let (_dir, path) = sqlite_copy("sqlite-v2.sqlite3");
     let before = sqlite_versions(&path).await;
     let store = SqliteStore::open(&path).await.unwrap();
     check_v2_data_and_new_writes(&store).await;
     drop(store);
-    // Recognised, not re-applied: the migration records are the ones the old release wrote.
-    assert_eq!(sqlite_versions(&path).await, before);
+    // Recognised, not re-applied: the migration records are the ones the old release wrote,
+    // followed by the controls table of schema 3.
+    let after = sqlite_versions(&path).await;
     assert_eq!(before.len(), 2);
+    assert_eq!(after[..2], before[..]);
+    assert_eq!(after.iter().map(|v| v.0).collect::<Vec<_>>(), [1, 2, 3]);
 }
 
 #[tokio::test]
@@ -173,10 +176,25 @@ async fn a_postgres_schema_at_version_1_is_upgraded_on_connect_with_its_data() {
 }
 
 #[tokio::test]
-async fn a_postgres_schema_at_version_2_opens_as_it_is() {
+async fn a_postgres_schema_at_version_2_opens_and_is_upgraded() {
     let schema = postgres_copy("postgres-v2.sql", "agentrt_fixture_v2").await;
     let store = postgres_store(&schema).await;
     check_v2_data_and_new_writes(&store).await;
     drop(store);
     common::drop_schema(&common::pg_url(), &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stores_opening_an_old_sqlite_file_at_once_all_upgrade_it() {
+    // Processes started together (a script's commands, a test table) open one file at once:
+    // each may try the same migration; every one opens, and the file is upgraded once.
+    for _ in 0..5 {
+        let (_dir, path) = sqlite_copy("sqlite-v2.sqlite3");
+        let opens = (0..4).map(|_| SqliteStore::open(path.clone()));
+        for store in futures::future::join_all(opens).await {
+            store.unwrap();
+        }
+        let versions: Vec<i64> = sqlite_versions(&path).await.iter().map(|v| v.0).collect();
+        assert_eq!(versions, [1, 2, 3]);
+    }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use agentrt::core_loop::LoopControl;
 use agentrt::profiles::{AgentProfile, ProfileError};
 use agentrt::session_store::{
     Event, Retention, Session, SessionFilter, SessionId, SessionStatus, SessionStore,
@@ -24,6 +25,7 @@ mod serve;
 mod supervise;
 mod telemetry;
 mod top;
+mod top_tui;
 mod transfer;
 mod workers;
 
@@ -102,9 +104,16 @@ enum Command {
     /// `--resume RUN` continues a killed batch without re-running finished trials. `--offline
     /// SCRIPT` runs scripted models instead of providers.
     Eval(eval::EvalArgs),
-    /// A live view of the running sessions in a store: events, event rate, idle time and the
-    /// last event of each, the most recently active first; refreshed until Ctrl-C.
-    #[command(after_help = "Example:\n  agentrt top --store runs.db --interval 500ms")]
+    /// A live view of the running sessions in a store — status, profile, turns, tokens,
+    /// dollars, budget left, event rate, idle time, last event — a supervised run as a tree.
+    ///
+    /// On a terminal it is interactive: ↑/↓ select, Enter opens a session's live event stream,
+    /// `s` steers it (type a message; the loop gets it at its next turn boundary), `c` cancels
+    /// it, `q` quits. Steering and cancelling go through the store, so they reach a run started
+    /// by any process. Piped, or with --once, it prints plain text frames.
+    #[command(
+        after_help = "Examples:\n  agentrt top --store runs.db --interval 500ms\n  agentrt top --store runs.db --once"
+    )]
     Top(top::TopArgs),
     /// Search for a better version of a profile's texts (system prompt, instructions, skills,
     /// tool descriptions) and ship it only when it wins on held-out scenarios.
@@ -241,6 +250,37 @@ enum SessionsCommand {
     /// when it diverged.
     #[command(after_help = "Example:\n  agentrt sessions rerun SESSION_ID --store runs.db")]
     Rerun(rerun::RerunArgs),
+    /// Send a message to a running session's loop, from any process that can open its store:
+    /// the loop delivers it at its next turn boundary as a user message (a `steer.received`
+    /// event).
+    ///
+    /// The message is posted to the store as a control; the loop (any profile's run, a
+    /// supervisor's brain and workers) picks it up within half a second. A run that ends before
+    /// its next turn boundary does not take it.
+    #[command(after_help = "Example:
+  agentrt sessions steer SESSION_ID \"Stop exploring; write the fix now\" --store runs.db")]
+    Steer {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+        /// The message.
+        message: String,
+    },
+    /// Cancel a running session's loop from any process that can open its store: it stops
+    /// (mid model call or tool too), records a `cancel.received` event with the reason and ends
+    /// `cancelled`.
+    #[command(after_help = "Example:
+  agentrt sessions cancel SESSION_ID --reason \"over budget\" --store runs.db")]
+    Cancel {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The session id.
+        id: String,
+        /// Why, as the `cancel.received` event records it.
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Start a new session whose history is the given session's events before a seq.
     #[command(after_help = "Example:\n  agentrt sessions fork SESSION_ID --at 12")]
     Fork {
@@ -461,12 +501,48 @@ async fn sessions(command: SessionsCommand) -> Result<ExitCode> {
             let fork = store.fork(&parse_id(&id)?, at).await?;
             writeln!(out, "{}", fork.id)?;
         }
+        SessionsCommand::Steer { store, id, message } => {
+            let id = parse_id(&id)?;
+            let store = open_store(&store.store).await?;
+            let control = LoopControl::Steer { message };
+            let number = post_control(&store, &id, &control).await?;
+            eprintln!(
+                "steer posted to session {id} (control #{number}): delivered at its next turn boundary"
+            );
+        }
+        SessionsCommand::Cancel { store, id, reason } => {
+            let id = parse_id(&id)?;
+            let store = open_store(&store.store).await?;
+            let number = post_control(&store, &id, &LoopControl::Cancel { reason }).await?;
+            eprintln!("cancel posted to session {id} (control #{number})");
+        }
         SessionsCommand::Rerun(args) => {
             drop(out);
             return rerun::rerun(args).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Posts a control, saying in words why a session cannot take it.
+async fn post_control(
+    store: &Arc<dyn SessionStore>,
+    id: &SessionId,
+    control: &LoopControl,
+) -> Result<u64> {
+    use agentrt::core_loop::LoopError;
+    use agentrt::session_store::StoreError;
+    match control.post(store.as_ref(), id).await {
+        Ok(number) => Ok(number),
+        Err(LoopError::Store(StoreError::NotFound(_))) => anyhow::bail!(
+            "session {id} is not in the store (a run appears there at its first durable point: \
+             its first tool call or its end)"
+        ),
+        Err(LoopError::Store(StoreError::Finished { status, .. })) => {
+            anyhow::bail!("session {id} is not running (it is {status}): no loop would take it")
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn session_line(

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use agentrt_core_loop::model::ChatModel;
 use agentrt_core_loop::{BudgetLimits, BudgetSnapshot, RuntimeEvent};
 use agentrt_core_loop::{
-    StopReason, Tool, ToolCallError, ToolError, ToolLoop, ToolRegistry, run_tool_loop,
+    DEFAULT_CONTROL_POLL, StopReason, Tool, ToolCallError, ToolError, ToolLoop, ToolRegistry,
+    run_tool_loop,
 };
 use agentrt_profiles::{AgentProfile, Harness};
 use agentrt_session_store::{
@@ -248,8 +249,10 @@ async fn brain_loop(
     let loop_error = |e: agentrt_core_loop::LoopError| {
         CoordinationError::Worker(format!("supervisor loop: {e}"))
     };
+    // The brain can be steered and cancelled from another process like any profile's run,
+    // and names its durable run as its parent (the supervised tree of `agentrt top`).
     let fresh = || {
-        ToolLoop::new(
+        let config = ToolLoop::new(
             options.model.clone(),
             model_id.clone(),
             options.store.clone(),
@@ -259,6 +262,14 @@ async fn brain_loop(
         .tools(tools.clone())
         .budget(budget.clone())
         .max_turns(options.max_turns)
+        .control_poll(Some(DEFAULT_CONTROL_POLL));
+        match &options.run {
+            Some(run) => config.metadata(serde_json::json!({
+                "parent_session": run.to_string(),
+                "agent": "supervisor",
+            })),
+            None => config,
+        }
     };
     let fresh = || sampled(fresh(), profile);
     let Some(run) = &options.run else {
@@ -288,7 +299,8 @@ async fn brain_loop(
             )
             .tools(tools.clone())
             .budget(budget.clone())
-            .max_turns(options.max_turns);
+            .max_turns(options.max_turns)
+            .control_poll(Some(DEFAULT_CONTROL_POLL));
             sampled(resumed, profile).resume(brain).run().await
         }
     };

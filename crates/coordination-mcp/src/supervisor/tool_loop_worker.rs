@@ -228,6 +228,13 @@ impl WorkerFactory for ToolLoopWorkerFactory {
             .max_turns(max_turns)
             .steering(steering.clone())
             .cancellation(ctx.cancelled());
+        let config = match ctx.run_id() {
+            Some(run) => config.metadata(serde_json::json!({
+                "parent_session": run.to_string(),
+                "agent": ctx.agent_id().to_string(),
+            })),
+            None => config,
+        };
 
         let forward_ctx = ctx.clone();
         let forwarder = tokio::spawn(async move {

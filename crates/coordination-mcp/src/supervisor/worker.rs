@@ -368,6 +368,13 @@ impl WorkerContext {
     pub fn depth(&self) -> u32 {
         self.depth
     }
+
+    /// The durable run (journal session) of this agent's supervisor, if it has one: a worker
+    /// that records sessions of its own names it as their `parent_session` metadata, so a view
+    /// of the store (`agentrt top`) shows the supervised tree.
+    pub fn run_id(&self) -> Option<SessionId> {
+        self.journal.as_ref().map(|j| *j.run())
+    }
 }
 
 /// The run a durable sub-supervisor of agent `agent` under the run `parent` journals to: the same

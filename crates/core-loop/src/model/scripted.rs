@@ -200,6 +200,8 @@ struct TurnFile {
     usage: Usage,
     #[serde(default)]
     model: Option<String>,
+    #[serde(default)]
+    latency_ms: Option<u64>,
 }
 
 type Responder = dyn Fn(&ChatRequest) -> ScriptedTurn + Send + Sync;
@@ -272,8 +274,8 @@ impl ScriptedModel {
     /// per model call, in order. Each object may have `text` (the answer, or text beside tool
     /// calls), `tool_calls` (`[{"id", "name", "arguments"}]`, `arguments` a JSON string),
     /// `usage` (`{"input_tokens", "output_tokens", "cached_tokens"}`, each optional: left out
-    /// means unreported) and `model` (the model id to report). `agentrt run --scripted FILE`
-    /// reads it.
+    /// means unreported), `model` (the model id to report) and `latency_ms` (how long the call
+    /// takes before it answers: a slow model, offline). `agentrt run --scripted FILE` reads it.
     ///
     /// ```
     /// use agentrt_core_loop::model::ScriptedModel;
@@ -301,6 +303,9 @@ impl ScriptedModel {
             scripted.usage = turn.usage;
             if let Some(model) = turn.model {
                 scripted.reported_model = Some(Some(model));
+            }
+            if let Some(ms) = turn.latency_ms {
+                scripted.latency = Duration::from_millis(ms);
             }
             Ok(scripted)
         });

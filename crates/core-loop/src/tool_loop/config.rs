@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentrt_profiles::AgentProfile;
@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::LoopOutcome;
+use super::control::{DEFAULT_CONTROL_POLL, SteeringHandle};
 use super::engine::drive;
 use super::stream::{LoopStream, Sink};
 use crate::LoopError;
@@ -52,54 +53,6 @@ impl Default for TextDeltaMode {
     }
 }
 
-#[derive(Debug, Default)]
-pub(super) struct SteerState {
-    pub(super) queue: VecDeque<String>,
-    pub(super) closed: bool,
-}
-
-/// Injects user messages into a running loop. A message is delivered at the next turn boundary
-/// (before the next model call), recorded as a [`RuntimeEvent::SteerReceived`](crate::RuntimeEvent::SteerReceived) event, and given
-/// to the model as a user message. Clones share the queue.
-#[derive(Debug, Clone, Default)]
-pub struct SteeringHandle {
-    inner: Arc<Mutex<SteerState>>,
-}
-
-impl SteeringHandle {
-    /// A handle to pass to [`ToolLoop::steering`].
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, SteerState> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a message. Returns `false` (and drops the message) if the loop has ended.
-    pub fn steer(&self, message: impl Into<String>) -> bool {
-        let mut st = self.lock();
-        if st.closed {
-            return false;
-        }
-        st.queue.push_back(message.into());
-        true
-    }
-
-    /// Messages queued and not yet delivered.
-    pub fn pending(&self) -> usize {
-        self.lock().queue.len()
-    }
-
-    pub(super) fn drain(&self) -> Vec<String> {
-        self.lock().queue.drain(..).collect()
-    }
-
-    pub(super) fn close(&self) {
-        self.lock().closed = true;
-    }
-}
-
 /// Configuration of one tool-loop run, built step by step.
 ///
 /// ```no_run
@@ -128,6 +81,8 @@ pub struct ToolLoop {
     pub(super) max_turns: Option<u32>,
     pub(super) cancel: CancellationToken,
     pub(super) steering: Option<SteeringHandle>,
+    /// How often the run reads its session's controls (`None`: never).
+    pub(super) control_poll: Option<Duration>,
     pub(super) cost: Option<CostFn>,
     pub(super) text_deltas: TextDeltaMode,
     pub(super) tool_timeout: Option<Duration>,
@@ -179,6 +134,7 @@ impl ToolLoop {
             max_turns: None,
             cancel: CancellationToken::new(),
             steering: None,
+            control_poll: None,
             cost: None,
             text_deltas: TextDeltaMode::default(),
             tool_timeout: None,
@@ -197,7 +153,10 @@ impl ToolLoop {
 
     /// A loop configured from a profile: its default model, system prompt (with its
     /// instructions appended), temperature and max tokens, and its budget defaults (tokens,
-    /// dollars, wall time, turns — turns also become the turn limit). The session records the
+    /// dollars, wall time, turns — turns also become the turn limit). It reads the controls
+    /// posted to its session every [`DEFAULT_CONTROL_POLL`](crate::DEFAULT_CONTROL_POLL) (see
+    /// [`ToolLoop::control_poll`]), so every front door's run can be steered and cancelled
+    /// from another process. The session records the
     /// profile's content address, the store keeps the profile as a blob under it, and the
     /// profile's allowed-models guard is applied to the model id when the loop starts (also
     /// after [`ToolLoop::model_id`]).
@@ -217,6 +176,7 @@ impl ToolLoop {
         this.budget = Budget::new(BudgetLimits::from_profile(&profile.budget))?;
         this.max_turns = profile.budget.turns;
         this.profile = Some(Arc::new(profile.clone()));
+        this.control_poll = Some(DEFAULT_CONTROL_POLL);
         Ok(this)
     }
 
@@ -275,6 +235,18 @@ impl ToolLoop {
     /// Deliver messages queued on this handle at turn boundaries.
     pub fn steering(mut self, handle: SteeringHandle) -> Self {
         self.steering = Some(handle);
+        self
+    }
+
+    /// How often the running loop reads the controls posted to its session through the store
+    /// ([`LoopControl`](crate::LoopControl): steer or cancel it from another process), feeding
+    /// them into its [`SteeringHandle`]; `None` turns it off. Default: off for [`ToolLoop::new`],
+    /// [`DEFAULT_CONTROL_POLL`](crate::DEFAULT_CONTROL_POLL) for [`ToolLoop::from_profile`]. The
+    /// reads run beside the loop, never in a turn's path (a turn costs the same either way), and
+    /// a run shorter than one interval makes none; they cost one store read per interval per
+    /// running loop, which is why many short hand-built loops (a benchmark's) need not pay it.
+    pub fn control_poll(mut self, every: Option<Duration>) -> Self {
+        self.control_poll = every;
         self
     }
 

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::LoopOutcome;
-use super::config::{CleanupFn, CostFn, SteeringHandle, TextDeltaMode, ToolLoop};
+use super::config::{CleanupFn, CostFn, TextDeltaMode, ToolLoop};
+use super::control::{SteeringHandle, control_cursor, poll_controls};
 use super::history::{History, Reconcile};
 use super::stream::Sink;
 use crate::LoopError;
@@ -35,8 +36,14 @@ pub(super) struct Run {
     pub(super) specs: Vec<crate::model::ToolSpec>,
     pub(super) budget: Budget,
     pub(super) max_turns: Option<u32>,
+    /// The run's own cancellation: a child of the caller's token, also fired by a cancel
+    /// through the steering handle (so that never cancels the caller's other work).
     pub(super) cancel: CancellationToken,
-    pub(super) steering: Option<SteeringHandle>,
+    /// The caller's handle, or the run's own: store controls are fed into it.
+    pub(super) steering: SteeringHandle,
+    pub(super) control_poll: Option<Duration>,
+    /// The number of the first store control this run takes.
+    pub(super) control_cursor: u64,
     pub(super) cost: Option<CostFn>,
     pub(super) text_deltas: TextDeltaMode,
     pub(super) tool_timeout: Option<Duration>,
@@ -91,7 +98,33 @@ async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome,
         None => run.start(cfg).await?,
         Some(id) => run.reopen(id, cfg).await?,
     }
-    let (stop, error) = match run.body().await {
+    let body = match run.control_poll {
+        // Controls are read beside the turns, never in their path: a turn costs the same
+        // whether or not anyone steers.
+        Some(every) => {
+            let poll = poll_controls(
+                run.store.clone(),
+                run.session,
+                run.control_cursor,
+                run.steering.clone(),
+                every,
+            );
+            tokio::select! {
+                r = run.body() => r,
+                never = poll => match never {},
+            }
+        }
+        None => run.body().await,
+    };
+    if matches!(body, Ok(StopReason::Cancelled))
+        && let Some(reason) = run.steering.cancel_requested()
+    {
+        run.emit(RuntimeEvent::CancelReceived {
+            turn: run.turns,
+            reason,
+        });
+    }
+    let (stop, error) = match body {
         Ok(stop) => (stop, None),
         Err(e) => (
             StopReason::Failed {
@@ -117,6 +150,9 @@ pub(super) fn event_value(event: &RuntimeEvent) -> Value {
 
 impl Run {
     pub(super) fn new(cfg: &mut ToolLoop, sink: Option<Sink>) -> Self {
+        let cancel = cfg.cancel.child_token();
+        let steering = cfg.steering.take().unwrap_or_default();
+        steering.attach(cancel.clone());
         Run {
             model: cfg.model.clone(),
             model_id: cfg.model_id.clone(),
@@ -126,8 +162,10 @@ impl Run {
             tools: std::mem::take(&mut cfg.tools),
             budget: cfg.budget.clone(),
             max_turns: cfg.max_turns,
-            cancel: cfg.cancel.clone(),
-            steering: cfg.steering.take(),
+            cancel,
+            steering,
+            control_poll: cfg.control_poll,
+            control_cursor: 0,
             cost: cfg.cost.take(),
             text_deltas: cfg.text_deltas,
             tool_timeout: cfg.tool_timeout,
@@ -287,16 +325,14 @@ impl Run {
             turns_before: self.turns,
             previous_status: previous_status.to_string(),
         });
-        if let Some(steering) = &self.steering {
+        {
+            let mut steering = self.steering.lock();
             for m in extra.into_iter().rev() {
-                steering.lock().queue.push_front(m);
+                steering.queue.push_front(m);
             }
-        } else if !extra.is_empty() {
-            let handle = SteeringHandle::new();
-            for m in extra {
-                handle.steer(m);
-            }
-            self.steering = Some(handle);
+        }
+        if self.control_poll.is_some() {
+            self.control_cursor = control_cursor(self.store.as_ref(), &id).await?;
         }
         Ok(())
     }
@@ -404,16 +440,14 @@ impl Run {
             if self.cancel.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
-            if let Some(steering) = &self.steering {
-                for content in steering.drain() {
-                    self.messages.push(Message::User {
-                        content: content.clone(),
-                    });
-                    self.pending.push(RuntimeEvent::SteerReceived {
-                        turn: self.turns + 1,
-                        content,
-                    });
-                }
+            for content in self.steering.drain() {
+                self.messages.push(Message::User {
+                    content: content.clone(),
+                });
+                self.pending.push(RuntimeEvent::SteerReceived {
+                    turn: self.turns + 1,
+                    content,
+                });
             }
             if let Some(max) = self.max_turns
                 && self.turns >= max

@@ -34,6 +34,7 @@
 //! - Invalid tool arguments, tool errors, panics and timeouts become tool results.
 
 mod config;
+mod control;
 mod engine;
 mod history;
 mod persist;
@@ -48,7 +49,8 @@ use crate::event::{SessionUsage, StopReason};
 use crate::model::Message;
 
 pub(crate) use config::profile_system;
-pub use config::{CostFn, SteeringHandle, TextDeltaMode, ToolLoop};
+pub use config::{CostFn, TextDeltaMode, ToolLoop};
+pub use control::{DEFAULT_CONTROL_POLL, LoopControl, SteeringHandle};
 pub use stream::LoopStream;
 
 /// How a loop ended.

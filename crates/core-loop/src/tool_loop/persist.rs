@@ -159,9 +159,7 @@ impl Run {
             });
             cleanup_error = Some(message);
         }
-        if let Some(steering) = &self.steering {
-            steering.close();
-        }
+        self.steering.close();
         let mut batch = std::mem::take(&mut self.pending);
         let (mut final_event, finish) =
             self.end(&stop, error.as_ref(), cleanup_error.as_ref(), &batch);

@@ -242,7 +242,7 @@ pub(crate) async fn prunable<C: SqlConn>(
     rows.into_iter().map(|(id,)| parse_id(&id)).collect()
 }
 
-/// Deletes a session and its events; returns how many events went.
+/// Deletes a session with its events and controls; returns how many events went.
 pub(crate) async fn delete_session<C: SqlConn>(
     c: &mut C,
     id: &SessionId,
@@ -251,7 +251,36 @@ pub(crate) async fn delete_session<C: SqlConn>(
     let events = c
         .execute(C::STATEMENTS.delete_events, &[Arg::Text(&sid)])
         .await?;
+    c.execute(C::STATEMENTS.delete_controls, &[Arg::Text(&sid)])
+        .await?;
     c.execute(C::STATEMENTS.delete_session, &[Arg::Text(&sid)])
         .await?;
     Ok(events)
+}
+
+/// Appends a control to a session (checked to exist and be running first, under the write
+/// lock); returns its number.
+pub(crate) async fn insert_control<C: SqlConn>(
+    c: &mut C,
+    id: &SessionId,
+    at_ms: i64,
+    control: &PreparedEvent,
+) -> Result<u64, StoreError> {
+    let (status, _) = session_state(c, id)
+        .await?
+        .ok_or(StoreError::NotFound(*id))?;
+    crate::rules::check_controllable(id, status)?;
+    let sid = id.to_string();
+    let args = [
+        Arg::Text(&sid),
+        Arg::Int(at_ms),
+        Arg::Text(&control.kind),
+        Arg::Text(&control.json),
+    ];
+    let rows: Vec<(i64,)> = c.fetch(C::STATEMENTS.insert_control, &args).await?;
+    let (seq,) = rows
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Database("a control insert returned no number".into()))?;
+    crate::config::to_seq(seq)
 }

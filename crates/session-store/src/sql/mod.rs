@@ -54,7 +54,9 @@ macro_rules! sql_session_store {
         const _: () = {
             use $crate::error::StoreError;
             use $crate::rules::{page, verify_blob};
-            use $crate::sql::rows::{SessionRow, session_from_row, state_from_row};
+            use $crate::sql::rows::{
+                ControlRow, SessionRow, controls_from_rows, session_from_row, state_from_row,
+            };
             use $crate::sql::{send, writer::Cmd};
             use $crate::store::{EventStream, SessionStore};
             use $crate::types::{
@@ -176,6 +178,33 @@ macro_rules! sql_session_store {
                         reply,
                     })
                     .await
+                }
+
+                async fn post_control(
+                    &self,
+                    session: &SessionId,
+                    control: NewEvent,
+                ) -> Result<Event, StoreError> {
+                    let control = self.inner.config.prepare_event(0, control)?;
+                    send(&self.inner.writer, |reply| Cmd::Control {
+                        id: *session,
+                        control,
+                        reply,
+                    })
+                    .await
+                }
+
+                async fn controls(
+                    &self,
+                    session: &SessionId,
+                    from_seq: u64,
+                ) -> Result<Vec<Event>, StoreError> {
+                    let rows: Vec<ControlRow> = sqlx::query_as(STATEMENTS.select_controls)
+                        .bind(session.to_string())
+                        .bind($crate::config::from_seq(from_seq)?)
+                        .fetch_all(&self.inner.read)
+                        .await?;
+                    controls_from_rows(*session, rows)
                 }
 
                 async fn put_blob(&self, bytes: &[u8]) -> Result<BlobAddress, StoreError> {

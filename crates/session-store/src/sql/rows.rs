@@ -4,7 +4,6 @@ use serde_json::Value;
 
 use crate::config::to_seq;
 use crate::error::StoreError;
-#[cfg(feature = "postgres")]
 use crate::types::{Event, Payload};
 use crate::types::{Session, SessionId, SessionStatus};
 
@@ -84,4 +83,31 @@ pub(crate) fn event_from_row(session_id: SessionId, row: EventRow) -> Result<Eve
         kind,
         payload: Payload::from_stored_string(payload)?,
     })
+}
+
+/// A row of the controls read: `seq, at_ms, kind, payload`, all `NULL` for a session without
+/// controls (see [`super::statements::Statements::select_controls`]).
+pub(crate) type ControlRow = (Option<i64>, Option<i64>, Option<String>, Option<String>);
+
+/// The controls of `session` from its rows; no row at all means the session does not exist.
+pub(crate) fn controls_from_rows(
+    session: SessionId,
+    rows: Vec<ControlRow>,
+) -> Result<Vec<Event>, StoreError> {
+    if rows.is_empty() {
+        return Err(StoreError::NotFound(session));
+    }
+    let mut controls = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let (Some(seq), Some(at_ms), Some(kind), Some(payload)) = row {
+            controls.push(Event {
+                session_id: session,
+                seq: to_seq(seq)?,
+                at_ms,
+                kind,
+                payload: Payload::from_stored_string(payload)?,
+            });
+        }
+    }
+    Ok(controls)
 }

@@ -41,6 +41,14 @@ pub(crate) struct Statements {
     pub prunable: &'static str,
     /// Deletes session `$1`'s events.
     pub delete_events: &'static str,
+    /// Deletes session `$1`'s controls.
+    pub delete_controls: &'static str,
+    /// Session `$1`'s next control (numbered after its last) at time `$2`, kind `$3`, payload
+    /// `$4`; returns its number.
+    pub insert_control: &'static str,
+    /// Session `$1`'s controls numbered from `$2`, in order, each as `seq, at_ms, kind,
+    /// payload`; one row of `NULL`s when the session exists without any, none when it does not.
+    pub select_controls: &'static str,
     /// Deletes session `$1`.
     pub delete_session: &'static str,
 }
@@ -111,6 +119,13 @@ macro_rules! statements {
                 $lock
             ),
             delete_events: "DELETE FROM events WHERE session_id = $1",
+            delete_controls: "DELETE FROM controls WHERE session_id = $1",
+            insert_control: "INSERT INTO controls (session_id, seq, at_ms, kind, payload) \
+                 SELECT $1, COALESCE(MAX(seq) + 1, 0), $2, $3, $4 FROM controls \
+                 WHERE session_id = $1 RETURNING seq",
+            select_controls: "SELECT c.seq, c.at_ms, c.kind, c.payload FROM sessions s \
+                 LEFT JOIN controls c ON c.session_id = s.id AND c.seq >= $2 \
+                 WHERE s.id = $1 ORDER BY c.seq",
             delete_session: "DELETE FROM sessions WHERE id = $1",
         }
     };

@@ -81,6 +81,11 @@ pub(crate) enum Cmd {
         limit: u32,
         reply: oneshot::Sender<Result<Pruned, StoreError>>,
     },
+    Control {
+        id: SessionId,
+        control: PreparedEvent,
+        reply: oneshot::Sender<Result<Event, StoreError>>,
+    },
 }
 
 impl Cmd {
@@ -294,7 +299,9 @@ fn pending_of(cmd: Cmd) -> Pending {
             Pending::Session(reply, Err(StoreError::Closed))
         }
         Cmd::Append { reply, .. } => Pending::Seq(reply, Err(StoreError::Closed)),
-        Cmd::Finish { reply, .. } => Pending::Event(reply, Err(StoreError::Closed)),
+        Cmd::Finish { reply, .. } | Cmd::Control { reply, .. } => {
+            Pending::Event(reply, Err(StoreError::Closed))
+        }
         Cmd::PutBlob { reply, .. } => Pending::Blob(reply, Err(StoreError::Closed)),
         Cmd::Prune { reply, .. } => Pending::Pruned(reply, Err(StoreError::Closed)),
     }
@@ -332,6 +339,19 @@ async fn apply_one<C: SqlConn>(conn: &mut C, config: &StoreConfig, cmd: Cmd) -> 
             limit,
             reply,
         } => Pending::Pruned(reply, prune(conn, &retention, limit).await),
+        Cmd::Control { id, control, reply } => {
+            let at_ms = now_ms();
+            let r = db::insert_control(conn, &id, at_ms, &control)
+                .await
+                .map(|seq| Event {
+                    session_id: id,
+                    seq,
+                    at_ms,
+                    kind: control.kind.clone(),
+                    payload: Payload::from_parts(&control.json, control.payload),
+                });
+            Pending::Event(reply, r)
+        }
     }
 }
 
