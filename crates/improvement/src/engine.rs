@@ -319,7 +319,6 @@ async fn open_run<E: Evaluator>(
     if let Some(id) = options.run {
         new = new.with_id(id);
     }
-    let session = store.create(new).await?;
     let started = NewEvent::new(
         STARTED,
         json!({
@@ -334,8 +333,9 @@ async fn open_run<E: Evaluator>(
             "budget": &options.budget,
         }),
     );
-    let next = store.append(&session.id, 0, vec![started]).await?;
-    Ok((session.id, next, Journal::default()))
+    // The run and its start event in one commit: a run a kill cut short still says what ran.
+    let session = store.create(new.with_events(vec![started])).await?;
+    Ok((session.id, session.next_seq, Journal::default()))
 }
 
 async fn resume_run(
