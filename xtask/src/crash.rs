@@ -1,11 +1,12 @@
 //! `cargo xtask crash --trials N`: SIGKILL/resume trials of each kind of durable run, with a
 //! report of trials passed and what was checked.
 //!
-//! The trials are the `crash_resume` test of `agentrt-coordination-mcp` (one machinery: a test
-//! binary that re-executes itself as the child it kills); this command runs it with
-//! `AGENTRT_CRASH_TRIALS=N` and summarizes the `CRASH` lines it prints. Kinds: `supervisor` (a
-//! durable supervisor), `loop` (a tool loop), `tree` (a supervised tree with sub-supervisors).
-//! Improve runs and eval batches are not kinds yet.
+//! The trials are test binaries that re-execute themselves as the child they kill: the
+//! `crash_resume` test of `agentrt-coordination-mcp` (kinds `supervisor`, a durable supervisor;
+//! `loop`, a tool loop; `tree`, a supervised tree with sub-supervisors) and the `crash_runs` test
+//! of `agentrt-conversation-eval` (kinds `improve`, an improve run; `eval`, an eval batch). This
+//! command runs each with `AGENTRT_CRASH_TRIALS=N` and the kinds asked for, and summarizes the
+//! `CRASH` lines they print.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -15,47 +16,67 @@ use anyhow::{Context, Result};
 
 use crate::workspace::cargo;
 
+/// The test binaries of the trials: (package, test, the kinds it runs).
+pub const BINARIES: &[(&str, &str, &[&str])] = &[
+    (
+        "agentrt-coordination-mcp",
+        "crash_resume",
+        &["supervisor", "loop", "tree"],
+    ),
+    (
+        "agentrt-conversation-eval",
+        "crash_runs",
+        &["improve", "eval"],
+    ),
+];
+
 /// The kinds of run the trials cover.
-pub const KINDS: &[&str] = &["supervisor", "loop", "tree"];
+pub const KINDS: &[&str] = &["supervisor", "loop", "tree", "improve", "eval"];
 
 /// Runs `trials` trials of each kind in `kinds` (all when empty); returns true when every trial
 /// of every kind passed.
 pub fn run_crash(root: &Path, trials: usize, kinds: &[String]) -> Result<bool> {
-    let kinds = if kinds.is_empty() {
-        KINDS.join(",")
-    } else {
-        kinds.join(",")
-    };
-    let mut child = Command::new(cargo())
-        .args([
-            "test",
-            "--package",
-            "agentrt-coordination-mcp",
-            "--test",
-            "crash_resume",
-        ])
-        .env("AGENTRT_CRASH_TRIALS", trials.to_string())
-        .env("AGENTRT_CRASH_KINDS", &kinds)
-        .current_dir(root)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start `cargo test --test crash_resume`")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut report = Vec::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if line.starts_with("CRASH ") {
-            report.push(line);
+    for kind in kinds {
+        if !KINDS.contains(&kind.as_str()) {
+            anyhow::bail!("no crash kind `{kind}` (kinds: {})", KINDS.join(", "));
         }
     }
-    let status = child.wait()?;
+    let mut report = Vec::new();
+    let mut success = true;
+    for (package, test, covers) in BINARIES {
+        let mine: Vec<&str> = covers
+            .iter()
+            .copied()
+            .filter(|k| kinds.is_empty() || kinds.iter().any(|w| w == k))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut child = Command::new(cargo())
+            .args(["test", "--package", package, "--test", test])
+            .env("AGENTRT_CRASH_TRIALS", trials.to_string())
+            .env("AGENTRT_CRASH_KINDS", mine.join(","))
+            .current_dir(root)
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start `cargo test --test {test}`"))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let before = report.len();
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if line.starts_with("CRASH ") {
+                report.push(line);
+            }
+        }
+        success &= child.wait()?.success() && report.len() > before;
+    }
     println!();
     println!("crash summary ({trials} trials a kind):");
     for line in summarize(&report) {
         println!("  {line}");
     }
-    Ok(status.success() && !report.is_empty())
+    Ok(success)
 }
 
 /// The report's lines: `<kind>: passed P/N (K killed mid-run) — checked: …`.

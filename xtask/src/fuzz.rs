@@ -31,6 +31,9 @@ pub const TARGETS: &[&str] = &[
     "profile_json",
     "stored_session",
     "mcp_stdio",
+    "scenario",
+    "improve_config",
+    "journal_records",
 ];
 
 /// One input running longer than this is a hang (libFuzzer's `-timeout`).

@@ -57,7 +57,7 @@ enum Command {
         /// Trials of each kind.
         #[arg(long, default_value_t = 50)]
         trials: usize,
-        /// Run only this kind (repeatable: supervisor, loop, tree; default: all).
+        /// Run only this kind (repeatable: supervisor, loop, tree, improve, eval; default: all).
         #[arg(long = "kind")]
         kinds: Vec<String>,
     },

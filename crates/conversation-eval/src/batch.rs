@@ -222,15 +222,20 @@ pub async fn eval_batch(
     });
     let (journal, mut done) = match options.run {
         None => {
+            // The run and its start event in one commit: a run a kill cut short always says
+            // which batch it is.
             let session = store
-                .create(NewSession::new().with_metadata(json!({"eval_batch": shape})))
+                .create(
+                    NewSession::new()
+                        .with_metadata(json!({"eval_batch": shape}))
+                        .with_events(vec![NewEvent::new(STARTED, shape.clone())]),
+                )
                 .await?;
             let journal = Journal {
                 store: store.clone(),
                 run: session.id,
                 next_seq: tokio::sync::Mutex::new(session.next_seq),
             };
-            journal.append(STARTED, shape.clone()).await?;
             (journal, Vec::new())
         }
         Some(run) => reopen(&store, run, &shape).await?,

@@ -23,6 +23,8 @@ mod batch;
 mod environment;
 mod error;
 mod evaluator;
+#[doc(hidden)]
+pub mod fuzzing;
 mod judge;
 mod report;
 mod scenario;

@@ -83,3 +83,99 @@ pub fn stdio_frames(data: &[u8]) {
         );
     }
 }
+
+/// The root budget of the runs [`journal_records`] resumes (a journal started with another
+/// budget is refused, with a typed error, before anything of it is read further).
+pub const JOURNAL_ROOT: BudgetLimits = BudgetLimits {
+    tokens: Some(10_000),
+    dollars: None,
+    wall_time: None,
+    turns: Some(100),
+    unknown_usage: None,
+};
+
+/// Reads `data` as a supervision journal read back from the store — one entry a line,
+/// `kind<TAB>payload` — and resumes a durable supervisor from it (scripted workers, root budget
+/// [`JOURNAL_ROOT`]), then awaits every agent it restored or started again (bounded). Events
+/// that are not JSON are refused by the store, as a database would; the rest must give the
+/// resume a typed outcome (never a panic), and every committed entry must read back unchanged
+/// afterwards.
+pub fn journal_records(data: &[u8]) {
+    use agentrt_session_store::{MemoryStore, NewEvent, NewSession, SessionId, SessionStore};
+    use futures::TryStreamExt;
+
+    use crate::{AwaitAgent, AwaitMode, Coordinator};
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let events: Vec<NewEvent> = text
+        .lines()
+        .filter_map(|line| {
+            let (kind, payload) = line.split_once('\t')?;
+            let payload = serde_json::from_str(payload).ok()?;
+            Some(NewEvent::new(kind, payload))
+        })
+        .collect();
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async move {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+        let run = SessionId::new();
+        let created = store
+            .create(NewSession::new().with_id(run).with_events(events))
+            .await;
+        if created.is_err() {
+            // A payload over the store's limits: refused as a database would refuse it.
+            return;
+        }
+        let read = |store: Arc<dyn SessionStore>| async move {
+            let events: Vec<_> = store
+                .replay(&run, 0)
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            events
+                .into_iter()
+                .map(|e| (e.seq, e.kind, e.payload.json().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let before = read(store.clone()).await;
+        let opened = Supervisor::open(
+            Arc::new(
+                ScriptedWorkerFactory::new()
+                    .turns(2)
+                    .delay(Duration::from_millis(1)),
+            ),
+            Arc::new(DefaultChecker::new()),
+            SupervisorOptions::with_root_budget(JOURNAL_ROOT)
+                .detached_poll(Duration::from_millis(5)),
+            store.clone(),
+            run,
+        )
+        .await;
+        if let Ok(supervisor) = opened {
+            let ids = supervisor.agents();
+            if !ids.is_empty() {
+                let awaited = supervisor
+                    .await_agent(AwaitAgent {
+                        ids,
+                        timeout_ms: 1_000,
+                        mode: AwaitMode::All,
+                    })
+                    .await;
+                drop(awaited);
+            }
+        }
+        let after = read(store).await;
+        assert!(after.len() >= before.len(), "resume lost committed entries");
+        assert!(
+            after[..before.len()] == before[..],
+            "resume rewrote a committed entry"
+        );
+    });
+}

@@ -750,6 +750,134 @@ fn a_durable_sub_supervisor_resumes_with_its_parent_reusing_its_settled_work() {
     });
 }
 
+/// Holds forever the write that would start a sub-supervisor's journal (any write committing a
+/// `coord.run` entry to a run other than the root's), so the test can kill the coordinator at
+/// exactly that point.
+struct HoldSubRunStart {
+    root: SessionId,
+    reached: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl WriteHook for HoldSubRunStart {
+    type Ticket = ();
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        let session = match write {
+            StoreWrite::Create(new) => new.id,
+            StoreWrite::Append { session, .. } => Some(**session),
+            _ => None,
+        };
+        if write.appends_kind("coord.run") && session != Some(self.root) {
+            self.reached
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            futures::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+/// The crash-trial failure (a lead killed within its sub-supervisor's first milliseconds ended
+/// `failed` on resume) at its exact point: the lead's spawn is journaled, its sub-supervisor's
+/// journal is not started yet — either no session at all, or (as earlier versions left it, by
+/// creating the session and writing its first entry in two commits) an empty one. Either way
+/// the resumed lead starts its sub-supervisor afresh and settles both leaves.
+#[test]
+fn a_lead_killed_before_its_sub_supervisor_journal_started_resumes_it_from_scratch() {
+    for empty_session_left in [false, true] {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+        let run = SessionId::new();
+        let hold = Arc::new(HookedStore::new(
+            store.clone(),
+            HoldSubRunStart {
+                root: run,
+                reached: false.into(),
+            },
+        ));
+        let leaves = Arc::new(Counting::default());
+        leaves
+            .released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let lead = Arc::new(Lead {
+            leaves: leaves.clone(),
+            runs: 0.into(),
+        });
+        let open_on = |store: Arc<dyn SessionStore>| {
+            Supervisor::open(
+                lead.clone(),
+                Arc::new(DefaultChecker::new()),
+                options(),
+                store,
+                run,
+            )
+        };
+        let held: Arc<dyn SessionStore> = hold.clone();
+        let id = crash_after(|| async {
+            let s = open_on(held.clone()).await.unwrap();
+            let mut request = spawn("lead", Some("L"));
+            request.budget = Some(SpawnBudget {
+                tokens: Some(200),
+                turns: Some(20),
+                ..SpawnBudget::default()
+            });
+            let a = s.spawn_agent(request).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !hold
+                .hook()
+                .reached
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lead never started its sub-supervisor"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            a.id
+        });
+        let sub_run = sub_supervisor_run(&run, &id);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            assert_eq!(
+                kinds(&store, &run).await,
+                ["coord.run", "coord.spawn"],
+                "killed right after the lead's spawn record"
+            );
+            if empty_session_left {
+                store
+                    .create(
+                        NewSession::new()
+                            .with_id(sub_run)
+                            .with_metadata(json!({"kind": "coordination-journal"})),
+                    )
+                    .await
+                    .unwrap();
+            }
+            let s = open_on(store.clone()).await.unwrap();
+            let r = settle(&s, &id).await;
+            assert_eq!(
+                r.output.matches("delivered: ").count(),
+                2,
+                "empty session left: {empty_session_left}: {r:?}"
+            );
+            assert_eq!(lead.runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+            assert_eq!(leaves.runs("leaf quick #ms=8"), 1);
+            assert_eq!(leaves.runs("leaf slow #hold"), 1);
+            let sub = kinds(&store, &sub_run).await;
+            assert_eq!(
+                sub.first().map(String::as_str),
+                Some("coord.run"),
+                "{sub:?}"
+            );
+            assert_eq!(
+                sub.iter().filter(|k| *k == "coord.settle").count(),
+                2,
+                "{sub:?}"
+            );
+        });
+    }
+}
+
 #[test]
 fn a_resumed_run_counts_its_wall_time_from_when_it_first_started() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());

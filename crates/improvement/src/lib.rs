@@ -23,6 +23,8 @@ mod engine;
 mod error;
 mod evaluator;
 mod findings;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod html;
 mod journal;

@@ -204,15 +204,26 @@ impl SqlConn for PgWriter {
     const STATEMENTS: &'static statements::Statements = &POSTGRES;
 
     async fn begin(&mut self) -> Result<(), StoreError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
-        }
-        if let Err(e) = sqlx::query("BEGIN").execute(&mut **self.conn()?).await {
-            // Probably a broken connection: drop it so the next batch reconnects.
-            if let Some(c) = self.conn.take() {
-                let _closed = c.close().await;
+        loop {
+            let fresh = self.conn.is_none();
+            if fresh {
+                self.conn = Some(self.pool.acquire().await?);
             }
-            return Err(e.into());
+            match sqlx::query("BEGIN").execute(&mut **self.conn()?).await {
+                Ok(_) => break,
+                Err(e) => {
+                    // Probably a connection the server closed (a restart): drop it. Nothing of
+                    // the batch reached the server yet, so a kept connection's failure is
+                    // retried once on a fresh one (the pool waits, up to its acquire timeout,
+                    // for a restarting server); a fresh one's failure is the batch's error.
+                    if let Some(c) = self.conn.take() {
+                        let _closed = c.close().await;
+                    }
+                    if fresh {
+                        return Err(e.into());
+                    }
+                }
+            }
         }
         self.in_tx = true;
         Ok(())

@@ -131,7 +131,26 @@ impl Journal {
         run: SessionId,
         root: BudgetLimits,
     ) -> Result<(Journal, Vec<Entry>), CoordinationError> {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok());
+        let first = Entry::Run { root, started_ms };
         let (next_seq, entries) = match store.resume_point(&run).await {
+            // A journal's session with no event at all: its coordinator died between creating
+            // the session and committing the first entry (earlier versions did those in two
+            // commits). Nothing of it was committed, so it starts in place.
+            Ok(point)
+                if point.next_seq == 0
+                    && !point.status.is_final()
+                    && is_journal_session(store.as_ref(), &run).await =>
+            {
+                let next = store
+                    .append(&run, 0, vec![first.to_event()?])
+                    .await
+                    .map_err(|e| store_error("cannot start the run", e))?;
+                (next, vec![first])
+            }
             Ok(point) => {
                 if point.status.is_final() {
                     return Err(CoordinationError::Journal(format!(
@@ -164,24 +183,17 @@ impl Journal {
                 (point.next_seq, entries)
             }
             Err(StoreError::NotFound(_)) => {
-                store
+                // The session and its first entry in one commit: a run never exists without it.
+                let created = store
                     .create(
                         agentrt_session_store::NewSession::new()
                             .with_id(run)
-                            .with_metadata(serde_json::json!({ "kind": "coordination-journal" })),
+                            .with_metadata(journal_metadata())
+                            .with_events(vec![first.to_event()?]),
                     )
                     .await
                     .map_err(|e| store_error("cannot create the run", e))?;
-                let started_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .and_then(|d| u64::try_from(d.as_millis()).ok());
-                let first = Entry::Run { root, started_ms };
-                let next = store
-                    .append(&run, 0, vec![first.to_event()?])
-                    .await
-                    .map_err(|e| store_error("cannot start the run", e))?;
-                (next, vec![first])
+                (created.next_seq, vec![first])
             }
             Err(e) => return Err(store_error("cannot read the run", e)),
         };
@@ -213,6 +225,25 @@ impl Journal {
         done.await
             .map_err(|_| CoordinationError::Journal("the journal writer has stopped".into()))?
     }
+}
+
+/// The metadata a journal's session is created with.
+fn journal_metadata() -> serde_json::Value {
+    serde_json::json!({ "kind": JOURNAL_KIND })
+}
+
+/// The `kind` of a journal session's metadata.
+const JOURNAL_KIND: &str = "coordination-journal";
+
+/// Whether `run` was created as a coordination journal (its metadata says so).
+async fn is_journal_session(store: &dyn SessionStore, run: &SessionId) -> bool {
+    store.get(run).await.is_ok_and(|session| {
+        session
+            .metadata
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            == Some(JOURNAL_KIND)
+    })
 }
 
 /// Every entry of `run`, in order. Events of other kinds are skipped.

@@ -71,11 +71,11 @@ impl OwnPostgres {
             port,
             _dir: dir,
         };
-        pg.ctl(&["start"]);
+        pg.start_again();
         pg
     }
 
-    fn ctl(&self, action: &[&str]) {
+    fn ctl(&self, mode: &str, action: &[&str]) {
         let options = format!(
             "-p {} -h 127.0.0.1 -k {} -c max_connections=200",
             self.port,
@@ -91,7 +91,7 @@ impl OwnPostgres {
             &options,
             "-w",
             "-m",
-            "fast",
+            mode,
         ];
         args.extend_from_slice(action);
         as_postgres(&self.bin.join("pg_ctl"), &args);
@@ -100,7 +100,18 @@ impl OwnPostgres {
     /// Restarts the server with a fast shutdown (open connections are cut, transactions in
     /// flight rolled back); returns once it accepts connections again.
     pub fn restart(&self) {
-        self.ctl(&["restart"]);
+        self.ctl("fast", &["restart"]);
+    }
+
+    /// Stops the server the way a crash does (`-m immediate`: every server process quits at
+    /// once, no checkpoint; the next start recovers from the WAL); returns once it is down.
+    pub fn stop_immediately(&self) {
+        self.ctl("immediate", &["stop"]);
+    }
+
+    /// Starts the stopped server; returns once it accepts connections (`pg_ctl -w`).
+    pub fn start_again(&self) {
+        self.ctl("fast", &["start"]);
     }
 
     /// The URL of its `postgres` database.
