@@ -620,19 +620,20 @@ fn main() {
         let tps = turns_per_s(dir.path(), turns).await;
         println!("BENCH loop.turns_per_s {tps:.1} turns/s");
 
-        otel_overhead(dir.path(), turns).await;
-
         match real_model_overhead(dir.path()).await {
             Ok(pct) => println!("BENCH loop.overhead_real_model_pct {pct:.2} %"),
             Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
         }
+
+        // Last: it installs the process's global subscriber, which no later phase should carry.
+        otel_overhead(dir.path(), turns).await;
     });
 }
 
-/// `turns_per_s` through a model stack, exporter off against on, alternated in rounds so that
-/// both see the same machine; prints both and their ratio.
+/// `turns_per_s` through a model stack, exporter off (four rounds) then on (four rounds, the
+/// pipeline installed as the global subscriber); prints both, their ratio and what the
+/// collector received. Installs the process's global subscriber: call it last.
 async fn otel_overhead(dir: &std::path::Path, total_turns: usize) {
-    use tracing::instrument::WithSubscriber;
     let phoenix = std::env::var("AGENTRT_PHOENIX_URL")
         .ok()
         .filter(|url| !url.is_empty());
@@ -650,21 +651,26 @@ async fn otel_overhead(dir: &std::path::Path, total_turns: usize) {
             "the bench's in-process collector"
         }
     );
-    let (provider, subscriber) = otel_subscriber(&endpoint);
-    let dispatch = tracing::Dispatch::new(subscriber);
     let store: Arc<dyn SessionStore> =
         Arc::new(SqliteStore::open(dir.join("otel.db")).await.unwrap());
     const ROUNDS: usize = 4;
     let per_round = total_turns.div_ceil(ROUNDS);
     let (mut off, mut on) = (Duration::ZERO, Duration::ZERO);
     let (mut turns_off, mut turns_on) = (0u64, 0u64);
+    // Off first, then on: the pipeline is the process's global subscriber, as `agentrt --otlp`
+    // installs it, and a global subscriber cannot be taken back. (A scoped one — tracing's
+    // `with_subscriber` — sees only spans created while the bench's own future is polled: the
+    // loop's spans were not exported at all, 0 requests at the collector.)
     for _ in 0..ROUNDS {
         let (turns, took) = stacked_turns(store.clone(), per_round).await;
         turns_off += turns;
         off += took;
-        let (turns, took) = stacked_turns(store.clone(), per_round)
-            .with_subscriber(dispatch.clone())
-            .await;
+    }
+    let (provider, subscriber) = otel_subscriber(&endpoint);
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("the otel phase installs the bench's only global subscriber");
+    for _ in 0..ROUNDS {
+        let (turns, took) = stacked_turns(store.clone(), per_round).await;
         turns_on += turns;
         on += took;
     }
