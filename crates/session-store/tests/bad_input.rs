@@ -309,7 +309,10 @@ async fn a_sqlite_schema_from_a_newer_version_is_refused_untouched() {
     match SqliteStore::open(&path).await {
         Err(StoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 3, "the newest migration this build has: 0003_controls");
+            assert_eq!(
+                supported, 3,
+                "the newest migration this build has: 0003_controls"
+            );
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
