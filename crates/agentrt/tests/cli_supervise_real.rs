@@ -61,9 +61,7 @@ async fn supervise_with_a_structured_real_model_brain_spawns_and_awaits_real_wor
             "Start the writer. Your first reply is exactly: {\"tool\": \"spawn_agent\", \
              \"tool_arguments\": {\"subagent\": \"writer\", \"task\": \"Say hello.\", \
              \"budget\": {\"tokens\": 4000, \"turns\": 1}}} \
-             When its result gives you the writer's id, your next reply is exactly: \
-             {\"tool\": \"await_agent\", \"tool_arguments\": {\"ids\": [\"<the id>\"], \
-             \"timeout_ms\": 60000}} with the id filled in. Then answer with what it wrote.",
+             Then wait for it with await_agent and its id, then answer.",
         )
         .args(["--store", db.to_str().unwrap()])
         .args(["--tokens", "40000", "--turns", "4"])
