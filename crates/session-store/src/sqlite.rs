@@ -107,13 +107,22 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let options = connect_options(&path, &config);
-        let write_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .connect_with(options.clone())
-            .await?;
-        let mut conn = write_pool.acquire().await?;
-        migrations::migrate_sqlite(&mut conn).await?;
+        // Processes opening a new file at once contend for it before the busy handler applies
+        // (switching a fresh file to WAL, creating the migrations table): SQLite answers
+        // SQLITE_BUSY at once. Each try either completes or leaves what another committed, so
+        // the open is tried again, with a growing pause, until the busy timeout has passed.
+        let deadline = std::time::Instant::now() + config.busy_timeout;
+        let mut pause = Duration::from_millis(5);
+        let (write_pool, conn) = loop {
+            match open_writer(&options).await {
+                Ok(opened) => break opened,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let read = SqlitePoolOptions::new()
             .max_connections(config.read_connections.max(1))
             .connect_with(options)
@@ -154,6 +163,26 @@ impl SqliteStore {
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.stats.snapshot()
     }
+}
+
+/// The writer's pool and connection, with the schema brought up to date.
+async fn open_writer(
+    options: &SqliteConnectOptions,
+) -> Result<(SqlitePool, PoolConnection<Sqlite>), StoreError> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .connect_with(options.clone())
+        .await?;
+    let mut conn = pool.acquire().await?;
+    migrations::migrate_sqlite(&mut conn).await?;
+    Ok((pool, conn))
+}
+
+/// Whether `error` is SQLite's "database is locked" (SQLITE_BUSY, code 5).
+fn is_busy(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(message)
+        if message.contains("(code: 5)") || message.contains("database is locked"))
 }
 
 pub(crate) fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConnectOptions {

@@ -198,3 +198,20 @@ async fn stores_opening_an_old_sqlite_file_at_once_all_upgrade_it() {
         assert_eq!(versions, [1, 2, 3]);
     }
 }
+
+#[tokio::test]
+async fn stores_creating_a_new_sqlite_file_at_once_all_open_it() {
+    // A script's commands run at once against a store file that does not exist yet: each
+    // creates it, switches it to WAL and migrates it; SQLite answers some of them "database
+    // is locked" before its busy handler applies, and every one must still open it.
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        let opens = (0..8).map(|_| SqliteStore::open(path.clone()));
+        for store in futures::future::join_all(opens).await {
+            store.unwrap();
+        }
+        let versions: Vec<i64> = sqlite_versions(&path).await.iter().map(|v| v.0).collect();
+        assert_eq!(versions, [1, 2, 3]);
+    }
+}
