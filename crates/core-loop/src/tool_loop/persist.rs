@@ -119,26 +119,36 @@ impl Run {
         (final_event, finish)
     }
 
-    /// Commits `finish` (the pending events, then the final event with the status) in one
-    /// write — creating the session with it if it is not in the store yet; returns the final
-    /// event's seq.
-    async fn commit_end(&mut self, finish: Finish) -> Result<u64, StoreError> {
+    /// Commits the end (the `batch` of pending events, then the final event with the status) in
+    /// one write — creating the session with it if it is not in the store yet; returns the final
+    /// event and its seq.
+    async fn commit_end(
+        &mut self,
+        stop: &StopReason,
+        error: Option<&LoopError>,
+        cleanup_error: Option<&String>,
+        batch: &[RuntimeEvent],
+    ) -> (RuntimeEvent, Result<u64, StoreError>) {
+        let (final_event, finish) = self.end(stop, error, cleanup_error, batch);
         if let Some(new) = &self.unborn {
-            let session = self.store.create(new.clone().with_finish(finish)).await?;
-            return Ok(session.next_seq.saturating_sub(1));
+            let created = self.store.create(new.clone().with_finish(finish)).await;
+            return (final_event, created.map(|s| s.next_seq.saturating_sub(1)));
         }
-        match self
+        let finished = match self
             .store
-            .finish(&self.session, self.next_seq, finish.clone())
+            .finish(&self.session, self.next_seq, finish)
             .await
         {
             Err(StoreError::Conflict { actual, .. }) => {
                 // A failed append may have committed after all: finish after what is there.
-                self.store.finish(&self.session, actual, finish).await
+                // The end is built again rather than kept as a copy through the first write:
+                // at 10,000 live sessions a copy of every session's last events is ~100 MB.
+                let (_, again) = self.end(stop, error, cleanup_error, batch);
+                self.store.finish(&self.session, actual, again).await
             }
             other => other,
-        }
-        .map(|event| event.seq)
+        };
+        (final_event, finished.map(|event| event.seq))
     }
 
     /// Persists the end: cleanup, then the pending events and the final event with the status
@@ -161,9 +171,9 @@ impl Run {
         }
         self.steering.close();
         let mut batch = std::mem::take(&mut self.pending);
-        let (mut final_event, finish) =
-            self.end(&stop, error.as_ref(), cleanup_error.as_ref(), &batch);
-        let mut committed = self.commit_end(finish).await;
+        let (mut final_event, mut committed) = self
+            .commit_end(&stop, error.as_ref(), cleanup_error.as_ref(), &batch)
+            .await;
         // How the run ended, reported by `FinalNotPersisted` if nothing can be committed.
         let ended = stop.clone();
         if let Err(e) = &committed
@@ -183,9 +193,9 @@ impl Run {
                 };
                 error = Some(e);
             }
-            let (alone, finish) = self.end(&stop, error.as_ref(), cleanup_error.as_ref(), &[]);
-            final_event = alone;
-            committed = self.commit_end(finish).await;
+            (final_event, committed) = self
+                .commit_end(&stop, error.as_ref(), cleanup_error.as_ref(), &[])
+                .await;
         }
         if let Ok(seq) = &committed {
             // The events committed with the end go to the caller before it.
