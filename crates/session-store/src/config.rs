@@ -76,11 +76,10 @@ impl StoreConfig {
         let mut payload = event.payload;
         self.redactor.redact_in_place(&mut payload);
         let json = self.encode(&payload, || format!("event {index} payload"))?;
-        Ok(PreparedEvent {
-            kind,
-            payload,
-            json,
-        })
+        // Only the text is kept: a value tree costs several times its text, and a write may
+        // wait in the writer's queue behind thousands of others (10,000 live sessions each
+        // holding one). An event handed back parses its text on first use.
+        Ok(PreparedEvent { kind, json })
     }
 
     /// Redacts and checks a new session: its record (not yet counting its events), metadata
@@ -193,9 +192,7 @@ impl StoreConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct PreparedEvent {
     pub kind: String,
-    /// The redacted value, handed back with a finished session's final event by the SQL writer.
-    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub payload: Value,
+    /// The redacted payload as JSON text.
     pub json: String,
 }
 

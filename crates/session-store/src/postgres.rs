@@ -372,7 +372,7 @@ impl SqlConn for PgWriter {
         id: &SessionId,
         first_seq: u64,
         at_ms: i64,
-        events: &[PreparedEvent],
+        events: &[&PreparedEvent],
     ) -> Result<(), StoreError> {
         let first = from_seq(first_seq)?;
         let seqs: Vec<i64> = (0..events.len() as i64).map(|i| first + i).collect();

@@ -123,6 +123,10 @@ impl SqliteStore {
                 Err(e) => return Err(e),
             }
         };
+        // Migrated: from here on the writer writes through its own connection.
+        drop(conn);
+        write_pool.close().await;
+        let writer = SqliteWriter::open(&path, &config)?;
         let read = SqlitePoolOptions::new()
             .max_connections(config.read_connections.max(1))
             .connect_with(options)
@@ -130,18 +134,13 @@ impl SqliteStore {
         let store_config = Arc::new(config.store.clone());
         let stats = Arc::new(StatsCell::default());
         let (tx, rx) = mpsc::channel(config.max_batch.max(1) * 4);
-        let writer = SqliteWriter {
-            pool: write_pool,
-            conn: Some(conn),
-            in_tx: false,
-        };
-        tokio::spawn(run_writer(
+        spawn_writer(run_writer(
             writer,
             rx,
             store_config.clone(),
             config.max_batch.max(1),
             stats.clone(),
-        ));
+        ))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 replay: Arc::new(Reader::new(&path, &config)),
@@ -179,6 +178,22 @@ async fn open_writer(
     Ok((pool, conn))
 }
 
+/// Runs the writer on a thread of its own: it steps SQLite itself, blocking (fsync included),
+/// and must never hold up the caller's runtime. The thread ends with the writer, when the last
+/// store handle is dropped.
+fn spawn_writer(
+    writer: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StoreError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| StoreError::Database(format!("starting the SQLite writer: {e}")))?;
+    std::thread::Builder::new()
+        .name("agentrt-sqlite-writer".into())
+        .spawn(move || runtime.block_on(writer))
+        .map_err(|e| StoreError::Database(format!("starting the SQLite writer thread: {e}")))?;
+    Ok(())
+}
+
 /// Whether `error` is SQLite's "database is locked" (SQLITE_BUSY, code 5).
 fn is_busy(error: &StoreError) -> bool {
     matches!(error, StoreError::Database(message)
@@ -198,33 +213,113 @@ pub(crate) fn connect_options(path: &Path, config: &SqliteConfig) -> SqliteConne
         .busy_timeout(config.busy_timeout)
 }
 
+/// The writer's own connection: a plain SQLite connection, driven on the writer's thread.
+///
+/// Through sqlx every statement is a round trip to the connection's worker thread (a channel
+/// send, a thread wake-up, and a wake-up back), and a commit runs four to six statements; on
+/// this project's machines those hops cost more than the statements (~20 context switches per
+/// commit). The writer task runs on a thread of its own (see `spawn_writer`) and
+/// steps every statement itself, so a commit costs one wake-up each way.
 struct SqliteWriter {
-    pool: SqlitePool,
-    conn: Option<PoolConnection<Sqlite>>,
+    path: PathBuf,
+    durability: Durability,
+    busy_timeout: Duration,
+    /// `None` after a rollback: the next batch opens a fresh connection.
+    conn: Option<rusqlite::Connection>,
     in_tx: bool,
 }
 
 impl SqliteWriter {
-    fn conn(&mut self) -> Result<&mut PoolConnection<Sqlite>, StoreError> {
-        self.conn.as_mut().ok_or(StoreError::Closed)
+    fn open(path: &Path, config: &SqliteConfig) -> Result<Self, StoreError> {
+        let mut writer = SqliteWriter {
+            path: path.to_path_buf(),
+            durability: config.durability,
+            busy_timeout: config.busy_timeout,
+            conn: None,
+            in_tx: false,
+        };
+        writer.conn = Some(writer.connect()?);
+        Ok(writer)
+    }
+
+    /// A write connection with the store's settings (the schema is already migrated, and WAL
+    /// mode is a property of the file).
+    fn connect(&self) -> Result<rusqlite::Connection, StoreError> {
+        use rusqlite::OpenFlags;
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(from_rusqlite)?;
+        conn.busy_timeout(self.busy_timeout)
+            .map_err(from_rusqlite)?;
+        let synchronous = match self.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(from_rusqlite)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(from_rusqlite)?;
+        // Every statement the writer runs stays prepared (the shared ones and the multi-row
+        // insert sizes).
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    }
+
+    fn conn(&mut self) -> Result<&rusqlite::Connection, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
+        }
+        self.conn.as_ref().ok_or(StoreError::Closed)
     }
 }
 
-/// Binds `args` to a SQLite statement, in order.
-fn bind<'q>(
-    mut q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
-    args: &[Arg<'_>],
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
-    for arg in args {
-        q = match *arg {
-            Arg::Int(v) => q.bind(v),
-            Arg::OptInt(v) => q.bind(v),
-            Arg::Text(v) => q.bind(v),
-            Arg::OptText(v) => q.bind(v),
-            Arg::Bytes(v) => q.bind(v),
+/// Binds `args` to a prepared statement: `$N` parameters by their number, `?` ones in order.
+fn bind(stmt: &mut rusqlite::CachedStatement<'_>, args: &[Arg<'_>]) -> Result<(), StoreError> {
+    for i in 1..=stmt.parameter_count() {
+        let n = stmt
+            .parameter_name(i)
+            .and_then(|name| name.strip_prefix('$'))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(i);
+        let arg = *args.get(n.wrapping_sub(1)).ok_or_else(|| {
+            StoreError::Database(format!("statement parameter {n} has no argument"))
+        })?;
+        let bound = match arg {
+            Arg::Int(v) => stmt.raw_bind_parameter(i, v),
+            Arg::OptInt(v) => stmt.raw_bind_parameter(i, v),
+            Arg::Text(v) => stmt.raw_bind_parameter(i, v),
+            Arg::OptText(v) => stmt.raw_bind_parameter(i, v),
+            Arg::Bytes(v) => stmt.raw_bind_parameter(i, v),
         };
+        bound.map_err(from_rusqlite)?;
     }
-    q
+    Ok(())
+}
+
+/// Runs `sql` with `args` on `conn`; returns how many rows it changed.
+fn execute(conn: &rusqlite::Connection, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(from_rusqlite)?;
+    bind(&mut stmt, args)?;
+    let changed = stmt.raw_execute().map_err(from_rusqlite)?;
+    Ok(changed as u64)
+}
+
+/// Runs query `sql` with `args` on `conn`; returns its rows.
+fn fetch<R: Row>(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    args: &[Arg<'_>],
+) -> Result<Vec<R>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(from_rusqlite)?;
+    bind(&mut stmt, args)?;
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(from_rusqlite)? {
+        out.push(R::try_from(row).map_err(from_rusqlite)?);
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -232,20 +327,19 @@ impl SqlConn for SqliteWriter {
     const STATEMENTS: &'static statements::Statements = &SQLITE;
 
     async fn begin(&mut self) -> Result<(), StoreError> {
-        if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
-        }
         // IMMEDIATE takes the write lock now, so the seq checks below see the latest commit of
         // any other process and nobody can commit in between.
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut **self.conn()?)
-            .await?;
+        self.conn()?
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(from_rusqlite)?;
         self.in_tx = true;
         Ok(())
     }
 
     async fn commit(&mut self) -> Result<(), StoreError> {
-        sqlx::query("COMMIT").execute(&mut **self.conn()?).await?;
+        self.conn()?
+            .execute_batch("COMMIT")
+            .map_err(from_rusqlite)?;
         self.in_tx = false;
         Ok(())
     }
@@ -255,23 +349,19 @@ impl SqlConn for SqliteWriter {
             return;
         }
         self.in_tx = false;
-        let ok = match self.conn.as_mut() {
-            Some(c) => sqlx::query("ROLLBACK").execute(&mut **c).await.is_ok(),
-            None => true,
-        };
-        if !ok {
-            // A connection in an unknown state is not reused.
-            if let Some(c) = self.conn.take() {
-                let _closed = c.close().await;
-            }
+        // A batch rolls back only when the database failed it (a refused request fails alone),
+        // so the connection is not reused: the next batch opens a fresh one, which sees the
+        // file as it is now (a filesystem turned read-only answers SQLITE_READONLY to a new
+        // connection, where the old one only repeats its I/O error).
+        if let Some(c) = self.conn.take()
+            && !c.is_autocommit()
+        {
+            let _rolled_back = c.execute_batch("ROLLBACK");
         }
     }
 
     async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
-        let done = bind(sqlx::query(sql), args)
-            .execute(&mut **self.conn()?)
-            .await?;
-        Ok(done.rows_affected())
+        execute(self.conn()?, sql, args)
     }
 
     async fn fetch<R: Row>(
@@ -279,12 +369,7 @@ impl SqlConn for SqliteWriter {
         sql: &'static str,
         args: &[Arg<'_>],
     ) -> Result<Vec<R>, StoreError> {
-        let rows = bind(sqlx::query(sql), args)
-            .fetch_all(&mut **self.conn()?)
-            .await?;
-        rows.iter()
-            .map(|r| R::from_row(r).map_err(StoreError::from))
-            .collect()
+        fetch(self.conn()?, sql, args)
     }
 
     async fn append_run(
@@ -299,29 +384,11 @@ impl SqlConn for SqliteWriter {
         ids.dedup();
         let ids_json = serde_json::to_string(&ids)
             .map_err(|e| StoreError::Database(format!("encoding session ids: {e}")))?;
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(RUN_STATE)
-            .bind(ids_json)
-            .fetch_all(&mut **conn)
-            .await?;
+        let rows: Vec<(String, String, i64)> = fetch(conn, RUN_STATE, &[Arg::Text(&ids_json)])?;
         // 2. Each request checked in order against the state the requests before it left.
         let plan = plan_append_run(items, rows)?;
         // 3. All events of the accepted requests, in multi-row inserts.
-        let mut rest = plan.writes.as_slice();
-        while !rest.is_empty() {
-            let (rows, sql) = insert_chunk(rest.len());
-            let (chunk, tail) = rest.split_at(rows);
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (id, seq, e) in chunk {
-                q = q
-                    .bind(id.to_string())
-                    .bind(from_seq(*seq)?)
-                    .bind(at_ms)
-                    .bind(e.kind.as_str())
-                    .bind(e.json.as_str());
-            }
-            q.execute(&mut **conn).await?;
-            rest = tail;
-        }
+        insert_rows(conn, &plan.writes, at_ms)?;
         // 4. Every advanced session's next seq, in one statement.
         let advanced: Vec<(String, i64)> = plan
             .advanced
@@ -331,21 +398,59 @@ impl SqlConn for SqliteWriter {
         if !advanced.is_empty() {
             let json = serde_json::to_string(&advanced)
                 .map_err(|e| StoreError::Database(format!("encoding session seqs: {e}")))?;
-            let done = sqlx::query(RUN_ADVANCE)
-                .bind(json)
-                .bind(at_ms)
-                .execute(&mut **conn)
-                .await?;
-            if done.rows_affected() != advanced.len() as u64 {
+            let done = execute(conn, RUN_ADVANCE, &[Arg::Text(&json), Arg::Int(at_ms)])?;
+            if done != advanced.len() as u64 {
                 return Err(StoreError::Database(format!(
-                    "advanced {} of {} sessions under the write lock",
-                    done.rows_affected(),
+                    "advanced {done} of {} sessions under the write lock",
                     advanced.len()
                 )));
             }
         }
         Ok(Some(plan.results))
     }
+
+    /// One multi-row insert per chunk instead of one statement per event: a run's first and
+    /// last commits each carry half a dozen events.
+    async fn insert_events(
+        &mut self,
+        id: &SessionId,
+        first_seq: u64,
+        at_ms: i64,
+        events: &[&PreparedEvent],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (id, first_seq + i as u64, *e))
+            .collect();
+        insert_rows(self.conn()?, &rows, at_ms)
+    }
+}
+
+/// Inserts event rows `(session, seq, event)`, all committed at `at_ms`, in multi-row inserts.
+fn insert_rows(
+    conn: &rusqlite::Connection,
+    rows: &[(&SessionId, u64, &PreparedEvent)],
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (n, sql) = insert_chunk(rest.len());
+        let (chunk, tail) = rest.split_at(n);
+        let mut stmt = conn.prepare_cached(sql).map_err(from_rusqlite)?;
+        let mut i = 0;
+        for (id, seq, e) in chunk {
+            let (id, seq) = (id.to_string(), from_seq(*seq)?);
+            let values: [&dyn rusqlite::ToSql; 5] = [&id, &seq, &at_ms, &e.kind, &e.json];
+            for v in values {
+                i += 1;
+                stmt.raw_bind_parameter(i, v).map_err(from_rusqlite)?;
+            }
+        }
+        stmt.raw_execute().map_err(from_rusqlite)?;
+        rest = tail;
+    }
+    Ok(())
 }
 
 /// The largest power of two of rows (at most [`MAX_INSERT_ROWS`]) not above `n`, and the
@@ -461,6 +566,12 @@ fn from_rusqlite(e: rusqlite::Error) -> StoreError {
             if matches!(f.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
         {
             StoreError::Corrupt(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull => {
+            StoreError::DiskFull(e.to_string())
+        }
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::ReadOnly => {
+            StoreError::ReadOnly(e.to_string())
         }
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::InvalidColumnType(..)

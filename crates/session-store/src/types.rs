@@ -280,15 +280,6 @@ impl Payload {
         }
     }
 
-    /// A payload from its value and the JSON text serialized from it (nothing to parse later).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn from_parts(json: &str, value: Value) -> Self {
-        Payload {
-            json: json.into(),
-            value: std::sync::OnceLock::from(value),
-        }
-    }
-
     /// The JSON text, as stored.
     pub fn json(&self) -> &str {
         &self.json

@@ -23,10 +23,14 @@ pub(crate) enum Arg<'a> {
 pub(crate) trait Row: FromSqliteRow + FromPgRow + Send + Unpin + 'static {}
 impl<T: FromSqliteRow + FromPgRow + Send + Unpin + 'static> Row for T {}
 
+/// Decoded from a row of the SQLite writer's own connection (see `sqlite::SqliteWriter`).
 #[cfg(feature = "sqlite")]
-pub(crate) trait FromSqliteRow: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> {}
+pub(crate) trait FromSqliteRow:
+    for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>
+{
+}
 #[cfg(feature = "sqlite")]
-impl<T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>> FromSqliteRow for T {}
+impl<T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>> FromSqliteRow for T {}
 #[cfg(not(feature = "sqlite"))]
 pub(crate) trait FromSqliteRow {}
 #[cfg(not(feature = "sqlite"))]
@@ -94,7 +98,7 @@ pub(crate) trait SqlConn: Send + 'static {
         id: &SessionId,
         first_seq: u64,
         at_ms: i64,
-        events: &[PreparedEvent],
+        events: &[&PreparedEvent],
     ) -> Result<(), StoreError> {
         let sid = id.to_string();
         for (i, e) in events.iter().enumerate() {
@@ -195,6 +199,28 @@ pub(crate) async fn set_status<C: SqlConn>(
     ];
     c.execute(C::STATEMENTS.set_status, &args).await?;
     Ok(())
+}
+
+/// Ends session `id` (as [`set_status`]) if it is running at `expected`; returns whether it did.
+pub(crate) async fn end_if_running<C: SqlConn>(
+    c: &mut C,
+    id: &SessionId,
+    expected: u64,
+    next_seq: u64,
+    at_ms: i64,
+    (status, error, cleanup): (SessionStatus, Option<&str>, Option<&str>),
+) -> Result<bool, StoreError> {
+    let sid = id.to_string();
+    let args = [
+        Arg::Int(from_seq(next_seq)?),
+        Arg::Int(at_ms),
+        Arg::Text(status.as_str()),
+        Arg::OptText(error),
+        Arg::OptText(cleanup),
+        Arg::Text(&sid),
+        Arg::Int(from_seq(expected)?),
+    ];
+    Ok(c.execute(C::STATEMENTS.end_running, &args).await? == 1)
 }
 
 /// Copies `from`'s events with `seq < below` into `to`.

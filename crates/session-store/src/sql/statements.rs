@@ -30,6 +30,8 @@ pub(crate) struct Statements {
     pub insert_event: &'static str,
     /// Session `$6` ends (or runs again): next seq, updated time, status, error, cleanup error.
     pub set_status: &'static str,
+    /// [`Statements::set_status`], only if session `$6` is running at next seq `$7`.
+    pub end_running: &'static str,
     /// Copies session `$2`'s events with seq below `$3` into session `$1`.
     pub copy_events: &'static str,
     /// A blob (address, size, bytes), unless present.
@@ -102,6 +104,9 @@ macro_rules! statements {
                  VALUES ($1, $2, $3, $4, $5)",
             set_status: "UPDATE sessions SET next_seq = $1, updated_at_ms = $2, status = $3, \
                  error = $4, cleanup_error = $5 WHERE id = $6",
+            end_running: "UPDATE sessions SET next_seq = $1, updated_at_ms = $2, status = $3, \
+                 error = $4, cleanup_error = $5 \
+                 WHERE id = $6 AND status = 'running' AND next_seq = $7",
             copy_events: "INSERT INTO events (session_id, seq, at_ms, kind, payload) \
                  SELECT $1, seq, at_ms, kind, payload FROM events \
                  WHERE session_id = $2 AND seq < $3",

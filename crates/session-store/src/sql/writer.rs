@@ -348,7 +348,7 @@ async fn apply_one<C: SqlConn>(conn: &mut C, config: &StoreConfig, cmd: Cmd) -> 
                     seq,
                     at_ms,
                     kind: control.kind.clone(),
-                    payload: Payload::from_parts(&control.json, control.payload),
+                    payload: Payload::from_checked(&control.json),
                 });
             Pending::Event(reply, r)
         }
@@ -504,7 +504,8 @@ async fn append<C: SqlConn>(
     // Check and advance in one statement; only a failed check costs a second look (to say why).
     let next = expected + events.len() as u64;
     if db::advance(conn, id, expected, next, now).await? {
-        conn.insert_events(id, expected, now, events).await?;
+        let events: Vec<&PreparedEvent> = events.iter().collect();
+        conn.insert_events(id, expected, now, &events).await?;
         return Ok(next);
     }
     writable(conn, id, expected).await?;
@@ -529,11 +530,13 @@ async fn create<C: SqlConn>(conn: &mut C, new: PreparedSession) -> Result<Sessio
         )));
     }
     if !events.is_empty() {
+        let events: Vec<&PreparedEvent> = events.iter().collect();
         conn.insert_events(&id, 0, session.created_at_ms, &events)
             .await?;
     }
     if let Some(f) = finish {
-        let end = finish_one(conn, &id, session.next_seq, &f).await?;
+        // Created running at `next_seq` by this transaction: nothing to check.
+        let end = write_end(conn, &id, session.next_seq, &f, false).await?;
         session.next_seq = end.seq + 1;
         session.updated_at_ms = end.at_ms;
         session.status = f.status;
@@ -549,23 +552,41 @@ async fn finish_one<C: SqlConn>(
     expected: u64,
     f: &PreparedFinish,
 ) -> Result<Event, StoreError> {
-    writable(conn, id, expected).await?;
+    write_end(conn, id, expected, f, true).await
+}
+
+/// Writes a finish's events, final event and status at `expected`. `check`: end the session
+/// only if it is running at `expected` (else it was just created so by this transaction).
+async fn write_end<C: SqlConn>(
+    conn: &mut C,
+    id: &SessionId,
+    expected: u64,
+    f: &PreparedFinish,
+    check: bool,
+) -> Result<Event, StoreError> {
     let now = now_ms();
-    if !f.events.is_empty() {
-        conn.insert_events(id, expected, now, &f.events).await?;
-    }
     let seq = expected + f.events.len() as u64;
-    conn.insert_events(id, seq, now, std::slice::from_ref(&f.event))
-        .await?;
     let error = f.error.as_ref().map(|(_, j)| j.as_str());
     let cleanup = f.cleanup_error.as_ref().map(|(_, j)| j.as_str());
-    db::set_status(conn, id, seq + 1, now, (f.status, error, cleanup)).await?;
+    let end = (f.status, error, cleanup);
+    if !check {
+        db::set_status(conn, id, seq + 1, now, end).await?;
+    } else if !db::end_if_running(conn, id, expected, seq + 1, now, end).await? {
+        // Check and end in one statement; only a failed check costs a second look (to say why).
+        writable(conn, id, expected).await?;
+        return Err(StoreError::Database(format!(
+            "session {id} changed under the write lock"
+        )));
+    }
+    // The events and the final one in one insert.
+    let events: Vec<&PreparedEvent> = f.events.iter().chain([&f.event]).collect();
+    conn.insert_events(id, expected, now, &events).await?;
     Ok(Event {
         session_id: *id,
         seq,
         at_ms: now,
         kind: f.event.kind.clone(),
-        payload: Payload::from_parts(&f.event.json, f.event.payload.clone()),
+        payload: Payload::from_checked(&f.event.json),
     })
 }
 
@@ -579,8 +600,7 @@ async fn reopen<C: SqlConn>(
         .ok_or(StoreError::NotFound(*id))?;
     let event = config.prepare_event(0, reopen_event(&s)?)?;
     let now = now_ms();
-    conn.insert_events(id, s.next_seq, now, std::slice::from_ref(&event))
-        .await?;
+    conn.insert_events(id, s.next_seq, now, &[&event]).await?;
     s.next_seq += 1;
     let running = (SessionStatus::Running, None, None);
     db::set_status(conn, id, s.next_seq, now, running).await?;
