@@ -262,3 +262,61 @@ async fn a_session_whose_profile_is_not_stored_is_refused_by_name() {
         "{error}"
     );
 }
+
+/// Refuses every blob; everything else goes through.
+struct RefuseBlobs;
+
+#[async_trait]
+impl agentrt_session_store::WriteHook for RefuseBlobs {
+    type Ticket = ();
+    async fn before(
+        &self,
+        write: &agentrt_session_store::StoreWrite<'_>,
+    ) -> Result<(), agentrt_session_store::StoreError> {
+        match write {
+            agentrt_session_store::StoreWrite::PutBlob(_) => Err(
+                agentrt_session_store::StoreError::DiskFull("no room for blobs".into()),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_run_whose_profile_cannot_be_stored_creates_no_session_naming_it() {
+    // The profile blob is stored while the model answers; the session is created only once it
+    // is: a store that refuses it fails the run with its error and holds no session at all.
+    let store: Arc<dyn SessionStore> = Arc::new(agentrt_session_store::HookedStore::new(
+        memory(),
+        RefuseBlobs,
+    ));
+    let model = ScriptedModel::new([
+        ScriptedTurn::tool_call("c1", "add", r#"{"a": 2, "b": 3}"#),
+        ScriptedTurn::text("The sum is 5."),
+    ]);
+    let error = ToolLoop::from_profile(&profile("You add."), Arc::new(model), store.clone())
+        .unwrap()
+        .user("What is 2 + 3?")
+        .tools(ToolRegistry::new().with_typed(Add::default()))
+        .run()
+        .await
+        .expect_err("a run whose profile cannot be stored cannot commit");
+    assert!(
+        matches!(
+            &error,
+            LoopError::FinalNotPersisted {
+                source: agentrt_session_store::StoreError::DiskFull(_),
+                ..
+            }
+        ),
+        "the store's refusal is the failure: {error:?}"
+    );
+    let sessions = store
+        .list(agentrt_session_store::SessionFilter::default())
+        .await
+        .unwrap();
+    assert!(
+        sessions.items.is_empty(),
+        "no session names the profile: {sessions:?}"
+    );
+}

@@ -25,6 +25,16 @@ use crate::model::{
 };
 use crate::tool::{ToolRegistry, ToolResult};
 
+/// Where storing a run's profile blob stands.
+pub(super) enum ProfileBlob {
+    /// Nothing to store, or stored.
+    None,
+    /// Being stored by a task of its own.
+    Storing(tokio::task::JoinHandle<Result<(), StoreError>>),
+    /// It could not be stored.
+    Failed(StoreError),
+}
+
 /// The running engine's state.
 pub(super) struct Run {
     pub(super) model: Arc<dyn ChatModel>,
@@ -56,6 +66,9 @@ pub(super) struct Run {
     /// A new session not yet in the store: it is created by the run's first commit, with the
     /// events before it (see [`Run::flush`]). `None` once the session exists.
     pub(super) unborn: Option<NewSession>,
+    /// The run's profile blob being stored beside its first model call; the session that names
+    /// it is created only once it is stored (see [`Run::profile_stored`]).
+    pub(super) profile_blob: ProfileBlob,
     /// The seq after the last acknowledged write.
     pub(super) next_seq: u64,
     /// Events emitted and not yet committed: they ride in the next durable point's commit.
@@ -178,6 +191,7 @@ impl Run {
             cleanup: cfg.cleanup.take(),
             session: SessionId::new(),
             unborn: None,
+            profile_blob: ProfileBlob::None,
             next_seq: 0,
             pending: Vec::new(),
             sink,
@@ -210,20 +224,46 @@ impl Run {
         }
         if let Some(profile) = &cfg.profile {
             // The profile itself is kept as a blob under its content address, so the session
-            // says exactly what ran and can be re-run (see `Rerun`). Stored first (and only when
-            // the store lacks it: a profile run again costs no commit): a session never names a
-            // profile the store does not hold.
+            // says exactly what ran and can be re-run (see `Rerun`). Stored while the model
+            // answers (and only when the store lacks it: a profile run again costs no commit),
+            // and before the session's first commit: a session never names a profile the store
+            // does not hold.
             let bytes = profile.canonical_json();
-            let address = BlobAddress::of(bytes.as_bytes());
-            if self.store.get_blob(&address).await.is_err() {
-                self.store.put_blob(bytes.as_bytes()).await?;
-            }
+            let store = self.store.clone();
+            self.profile_blob = ProfileBlob::Storing(tokio::spawn(async move {
+                let address = BlobAddress::of(bytes.as_bytes());
+                if store.get_blob(&address).await.is_err() {
+                    store.put_blob(bytes.as_bytes()).await?;
+                }
+                Ok(())
+            }));
             new = new.with_profile(profile.content_address().to_string());
         }
         self.session = new.id.unwrap_or_default();
         self.unborn = Some(new.with_id(self.session));
         self.begin(self.session, 0, cfg.profile_system, cfg.messages);
         Ok(())
+    }
+
+    /// Waits until the run's profile blob is stored (at once when there is none, or it is).
+    /// Its outcome sticks: a run whose profile could not be stored never creates its session.
+    pub(super) async fn profile_stored(&mut self) -> Result<(), StoreError> {
+        if let ProfileBlob::Storing(task) = &mut self.profile_blob {
+            let stored = match task.await {
+                Ok(result) => result,
+                Err(e) => Err(StoreError::Database(format!(
+                    "storing the profile blob did not finish: {e}"
+                ))),
+            };
+            self.profile_blob = match stored {
+                Ok(()) => ProfileBlob::None,
+                Err(e) => ProfileBlob::Failed(e),
+            };
+        }
+        match &self.profile_blob {
+            ProfileBlob::Failed(e) => Err(e.clone()),
+            _ => Ok(()),
+        }
     }
 
     /// The session's opening: its conversation and `session.started` (sent with the first batch).

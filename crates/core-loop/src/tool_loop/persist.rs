@@ -31,13 +31,14 @@ impl Run {
         let batch = std::mem::take(&mut self.pending);
         let seq = self.next_seq;
         let events = to_new(&batch);
-        let result = match &self.unborn {
-            Some(new) => self
+        let result = match (self.profile_stored().await, &self.unborn) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(new)) => self
                 .store
                 .create(new.clone().with_events(events))
                 .await
                 .map(|s| s.next_seq),
-            None => self.store.append(&self.session, seq, events).await,
+            (Ok(()), None) => self.store.append(&self.session, seq, events).await,
         };
         if result.is_ok() {
             self.unborn = None;
@@ -130,6 +131,9 @@ impl Run {
         batch: &[RuntimeEvent],
     ) -> (RuntimeEvent, Result<u64, StoreError>) {
         let (final_event, finish) = self.end(stop, error, cleanup_error, batch);
+        if let Err(e) = self.profile_stored().await {
+            return (final_event, Err(e));
+        }
         if let Some(new) = &self.unborn {
             let created = self.store.create(new.clone().with_finish(finish)).await;
             return (final_event, created.map(|s| s.next_seq.saturating_sub(1)));
