@@ -245,14 +245,7 @@ impl SqliteWriter {
     /// A write connection with the store's settings (the schema is already migrated, and WAL
     /// mode is a property of the file).
     fn connect(&self) -> Result<rusqlite::Connection, StoreError> {
-        use rusqlite::OpenFlags;
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(from_rusqlite)?;
-        conn.busy_timeout(self.busy_timeout)
-            .map_err(from_rusqlite)?;
+        let conn = open_existing(&self.path, self.busy_timeout)?;
         let synchronous = match self.durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -273,6 +266,20 @@ impl SqliteWriter {
         }
         self.conn.as_ref().ok_or(StoreError::Closed)
     }
+}
+
+/// A plain connection to the store's (existing, migrated) file, waiting up to `busy_timeout` for
+/// another process's lock. Read-write without create: a read-only handle cannot open a WAL
+/// database whose -shm file is missing.
+fn open_existing(path: &Path, busy_timeout: Duration) -> Result<rusqlite::Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(from_rusqlite)?;
+    conn.busy_timeout(busy_timeout).map_err(from_rusqlite)?;
+    Ok(conn)
 }
 
 /// Binds `args` to a prepared statement: `$N` parameters by their number, `?` ones in order.
@@ -508,16 +515,8 @@ impl Reader {
     }
 
     fn open(&self) -> Result<rusqlite::Connection, StoreError> {
-        use rusqlite::OpenFlags;
-        // Read-write without create: a read-only handle cannot open a WAL database whose -shm
-        // file is missing; `query_only` keeps this connection from writing anyway.
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(from_rusqlite)?;
-        conn.busy_timeout(self.busy_timeout)
-            .map_err(from_rusqlite)?;
+        // Read-write (see `open_existing`); `query_only` keeps this connection from writing.
+        let conn = open_existing(&self.path, self.busy_timeout)?;
         conn.pragma_update(None, "query_only", true)
             .map_err(from_rusqlite)?;
         Ok(conn)

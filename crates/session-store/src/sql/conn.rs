@@ -186,18 +186,9 @@ pub(crate) async fn set_status<C: SqlConn>(
     id: &SessionId,
     next_seq: u64,
     at_ms: i64,
-    (status, error, cleanup): (SessionStatus, Option<&str>, Option<&str>),
+    end: (SessionStatus, Option<&str>, Option<&str>),
 ) -> Result<(), StoreError> {
-    let sid = id.to_string();
-    let args = [
-        Arg::Int(from_seq(next_seq)?),
-        Arg::Int(at_ms),
-        Arg::Text(status.as_str()),
-        Arg::OptText(error),
-        Arg::OptText(cleanup),
-        Arg::Text(&sid),
-    ];
-    c.execute(C::STATEMENTS.set_status, &args).await?;
+    update_status(c, C::STATEMENTS.set_status, id, None, next_seq, at_ms, end).await?;
     Ok(())
 }
 
@@ -208,19 +199,35 @@ pub(crate) async fn end_if_running<C: SqlConn>(
     expected: u64,
     next_seq: u64,
     at_ms: i64,
-    (status, error, cleanup): (SessionStatus, Option<&str>, Option<&str>),
+    end: (SessionStatus, Option<&str>, Option<&str>),
 ) -> Result<bool, StoreError> {
+    let sql = C::STATEMENTS.end_running;
+    Ok(update_status(c, sql, id, Some(expected), next_seq, at_ms, end).await? == 1)
+}
+
+/// Runs `set_status` or `end_running` (which also binds `expected`); returns rows changed.
+async fn update_status<C: SqlConn>(
+    c: &mut C,
+    sql: &'static str,
+    id: &SessionId,
+    expected: Option<u64>,
+    next_seq: u64,
+    at_ms: i64,
+    (status, error, cleanup): (SessionStatus, Option<&str>, Option<&str>),
+) -> Result<u64, StoreError> {
     let sid = id.to_string();
-    let args = [
+    let mut args = vec![
         Arg::Int(from_seq(next_seq)?),
         Arg::Int(at_ms),
         Arg::Text(status.as_str()),
         Arg::OptText(error),
         Arg::OptText(cleanup),
         Arg::Text(&sid),
-        Arg::Int(from_seq(expected)?),
     ];
-    Ok(c.execute(C::STATEMENTS.end_running, &args).await? == 1)
+    if let Some(expected) = expected {
+        args.push(Arg::Int(from_seq(expected)?));
+    }
+    c.execute(sql, &args).await
 }
 
 /// Copies `from`'s events with `seq < below` into `to`.
