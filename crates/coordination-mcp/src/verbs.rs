@@ -138,7 +138,7 @@ impl BudgetAmount {
 /// A budget in every dimension, each optional: tokens, dollars, wall time, turns.
 ///
 /// In a `spawn_agent` request it is the budget carved for the worker out of what the supervisor
-/// has left: a dimension left out takes the supervisor's default share (capped by what is left),
+/// has left: a dimension left out takes the supervisor's default share (capped by half of what is left),
 /// a dimension given must fit in what is left, or the spawn fails. In an answer (`reserved`) it
 /// is what was carved, and a dimension left out is unlimited (the supervisor's root is too).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -572,8 +572,8 @@ static VERBS: LazyLock<Vec<VerbSpec>> = LazyLock::new(|| {
             false,
             "Start a worker agent on a task and return its id. Give exactly one of `profile` or \
              `subagent`. `budget` carves tokens, dollars, wall_time_ms and turns for it from the \
-             supervisor's root budget (omitted dimensions take a default share; unspent budget \
-             returns when it ends). `completion_check` is the independent check that \
+             supervisor's root budget (omitted dimensions take a default share, at most half of \
+             what is left; unspent budget returns when it ends). `completion_check` is the independent check that \
              decides delivery (kinds: output_contains, output_matches, predicate, command, \
              judge). Retrying with the same `idempotency_key` returns the same agent.",
         ),

@@ -728,3 +728,53 @@ mod conservation {
         }
     }
 }
+
+#[tokio::test]
+async fn a_spawn_that_names_no_budget_leaves_the_supervisor_half_of_what_is_left() {
+    // The default share (100 tokens, 10 turns) is capped by half of what the root has left, so
+    // a brain that leaves the budget out keeps enough to await its worker; a spawn that names
+    // an amount still gets all of it. The workers take seconds, so none returns its budget
+    // while the spawns are carved.
+    let slow = |root: BudgetLimits| {
+        Supervisor::new(
+            Arc::new(
+                ScriptedWorkerFactory::new()
+                    .turns(3)
+                    .delay(Duration::from_secs(5))
+                    .known_names(["coder"]),
+            ),
+            SupervisorOptions::with_root_budget(root)
+                .default_spawn_budget(BudgetLimits::unlimited().tokens(100).turns(10)),
+        )
+    };
+    let s = slow(root(120, 12));
+    let first = s.spawn_agent(spawn("first")).await.unwrap();
+    assert_eq!(
+        first.reserved,
+        SpawnBudget::new(60, 6),
+        "half of 120 and of 12"
+    );
+    let second = s.spawn_agent(spawn("second")).await.unwrap();
+    assert_eq!(
+        second.reserved,
+        SpawnBudget::new(30, 3),
+        "half of what the first left"
+    );
+    let named = s
+        .spawn_agent(SpawnAgent {
+            budget: Some(SpawnBudget::new(30, 3)),
+            ..spawn("named")
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        named.reserved,
+        SpawnBudget::new(30, 3),
+        "a named amount, all that is left"
+    );
+    assert_eq!(s.budget().carved_out, amounts(120, 12));
+    // With one turn left, a default spawn still gets it (half, rounded up).
+    let s = slow(root(10, 1));
+    let last = s.spawn_agent(spawn("last")).await.unwrap();
+    assert_eq!(last.reserved, SpawnBudget::new(5, 1));
+}

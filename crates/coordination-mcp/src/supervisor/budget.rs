@@ -11,7 +11,7 @@ use crate::verbs::{BudgetAmount, SpawnAgent, SpawnBudget};
 
 impl Supervisor {
     /// The limits of the budget carved for `request`: each dimension as asked, or else the
-    /// default share capped by what the root has left (see
+    /// default share capped by half of what the root has left (see
     /// [`SupervisorOptions::default_spawn_budget`]).
     pub(super) fn carve_for(
         &self,
@@ -42,9 +42,13 @@ impl Supervisor {
         let left = |limit: Option<u64>, held: fn(&BudgetSnapshot) -> u64| {
             limit.map(|l| l.saturating_sub(held(&snapshot)))
         };
+        // A spawn that names no amount takes at most half of what is left (rounded up), so the
+        // spawner keeps the rest: a brain that leaves the budget out must not hand its worker
+        // everything and starve itself before it can await the result.
         let share = |default: Option<u64>, left: Option<u64>| match (default, left) {
-            (Some(d), Some(l)) => Some(d.min(l)),
-            (d, l) => d.or(l),
+            (Some(d), Some(l)) => Some(d.min(l.div_ceil(2))),
+            (None, Some(l)) => Some(l.div_ceil(2)),
+            (d, None) => d,
         };
         let tokens_left = left(root.limits().tokens, |s| {
             s.committed.tokens + s.reserved.tokens + s.carved_out.tokens + s.overdraft.tokens

@@ -18,8 +18,9 @@ pub struct SupervisorOptions {
     /// tokens, dollars, wall time and turns, with the policy for spend that cannot be accounted.
     pub root_budget: BudgetLimits,
     /// What a spawn carves in a dimension its request leaves out: the share given here, capped
-    /// by what is left; in a dimension the root limits and this leaves out, all that is left
-    /// (wall time: the root's deadline).
+    /// by half of what is left (rounded up), so the spawner keeps the other half; in a dimension
+    /// the root limits and this leaves out, half of what is left (wall time: the root's
+    /// deadline). A request that names an amount gets it, up to everything left.
     pub default_spawn_budget: BudgetLimits,
     /// The longest a single `await_agent` call waits, whatever timeout it asks for.
     pub max_await: Duration,
