@@ -4,8 +4,9 @@
 //! - `append_single_per_s`: one writer, one event per append (one commit each);
 //! - `append_group_per_s`: 64 concurrent writers (one session each), one event per append,
 //!   group-committed by the store's writer task;
-//! - `raw_batched_insert_per_s`: plain sqlx `INSERT`s of the same events into the same table,
-//!   with the same durability settings, committed in transactions of the batch size the group
+//! - `raw_batched_insert_per_s`: plain `INSERT`s of the same events into the same table,
+//!   through the binding each store writes with (SQLite: rusqlite, one prepared statement;
+//!   Postgres: sqlx), with the same durability settings, committed in transactions of the batch size the group
 //!   writer achieved (the baseline); `group_vs_raw` is the ratio. "The same events" includes
 //!   their keys: as many sessions as the group has writers, interleaved as the writers interleave.
 //!   (Into one session the rows land on one B-tree leaf after another and each commit writes a
@@ -13,7 +14,7 @@
 //! - `replay_per_s`: reading a 1,000,000-event session back (100,000 with `--quick`);
 //! - `prune_sessions_per_s`: `SessionStore::prune` deleting 20,000 finished sessions of 20 events
 //!   in one call (2,000 with `--quick`); its baseline `raw_delete_sessions_per_s` deletes the same
-//!   number of such sessions, by id, with plain sqlx `DELETE`s in one transaction;
+//!   number of such sessions, by id, with plain `DELETE`s in one transaction (same bindings);
 //!   `prune_vs_raw` is the ratio.
 //!
 //! The same figures for Postgres are prefixed `store.pg_`. `--quick` runs reduced sizes.
@@ -213,6 +214,66 @@ macro_rules! raw_delete_rate {
     }};
 }
 
+/// A plain connection to the bench's SQLite file, with the store's settings.
+fn raw_sqlite(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.pragma_update(None, "foreign_keys", true).unwrap();
+    conn
+}
+
+/// The group-commit baseline on SQLite: `rows` inserted with one prepared statement, `batch`
+/// rows a transaction, row k into session k mod sessions (as the group's writers interleave).
+fn raw_insert_sqlite(
+    path: &std::path::Path,
+    sessions: &[String],
+    seqs: &mut [i64],
+    rows: &[String],
+    batch: usize,
+) -> f64 {
+    let mut conn = raw_sqlite(path);
+    let start = Instant::now();
+    for (c, chunk) in rows.chunks(batch).enumerate() {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        {
+            let mut insert = tx.prepare_cached(RAW_INSERT).unwrap();
+            for (i, p) in chunk.iter().enumerate() {
+                let w = (c * batch + i) % sessions.len();
+                insert
+                    .execute(rusqlite::params![sessions[w], seqs[w], 0i64, "e", p])
+                    .unwrap();
+                seqs[w] += 1;
+            }
+        }
+        tx.commit().unwrap();
+    }
+    rate(rows.len(), start.elapsed())
+}
+
+/// The prune baseline on SQLite: the same sessions deleted by id with plain statements in one
+/// transaction.
+fn raw_delete_sqlite(path: &std::path::Path, ids: &[SessionId]) -> f64 {
+    let mut conn = raw_sqlite(path);
+    let start = Instant::now();
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    for id in ids {
+        let id = id.to_string();
+        let events = tx
+            .execute("DELETE FROM events WHERE session_id = $1", [&id])
+            .unwrap();
+        assert_eq!(events as u64, PRUNE_EVENTS);
+        tx.execute("DELETE FROM sessions WHERE id = $1", [&id])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    rate(ids.len(), start.elapsed())
+}
+
 /// Prints the three prune figures, with `prefix` (`""` or `"pg_"`).
 async fn prune_figures(prefix: &str, prune: f64, raw: f64) {
     bench(
@@ -265,15 +326,6 @@ async fn sqlite_suite(s: &Sizes) {
     // Group commit and its baseline run in alternating rounds (best of each is reported), so
     // a burst of load on this shared machine does not land on one side only.
     let raw_sessions = raw_sessions(&*dynstore, s.group_writers).await;
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&path)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10));
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
     let mut seqs = vec![0i64; raw_sessions.len()];
     let (mut group, mut raw, mut batch) = (0f64, 0f64, 1usize);
     for _ in 0..ROUNDS {
@@ -286,30 +338,19 @@ async fn sqlite_suite(s: &Sizes) {
         .await;
         batch = batch_size(before, store.writer_stats());
         group = group.max(g);
-        // Baseline: plain sqlx inserts into the same table, same settings, same batch size.
+        // Baseline: plain inserts into the same table through the binding the store's writer
+        // uses (rusqlite), same settings, same batch size.
         let rows = raw_rows(s.group_writers * (s.group_per_writer / ROUNDS));
-        let start = Instant::now();
-        for (c, chunk) in rows.chunks(batch).enumerate() {
-            let mut tx = conn.begin().await.unwrap();
-            for (i, p) in chunk.iter().enumerate() {
-                // Row k goes to session k mod writers, as the group's writers interleave.
-                let w = (c * batch + i) % raw_sessions.len();
-                sqlx::query(RAW_INSERT)
-                    .bind(raw_sessions[w].as_str())
-                    .bind(seqs[w])
-                    .bind(0i64)
-                    .bind("e")
-                    .bind(p.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .unwrap();
-                seqs[w] += 1;
-            }
-            tx.commit().await.unwrap();
-        }
-        raw = raw.max(rate(rows.len(), start.elapsed()));
+        let (path, sessions) = (path.clone(), raw_sessions.clone());
+        let (r, back) = tokio::task::spawn_blocking(move || {
+            let r = raw_insert_sqlite(&path, &sessions, &mut seqs, &rows, batch);
+            (r, seqs)
+        })
+        .await
+        .unwrap();
+        seqs = back;
+        raw = raw.max(r);
     }
-    conn.close().await.unwrap();
     bench("append_group_per_s", group, "events/s");
     bench("group_batch_events", batch as f64, "events/commit");
     bench("raw_batched_insert_per_s", raw, "events/s");
@@ -323,11 +364,12 @@ async fn sqlite_suite(s: &Sizes) {
     );
 
     let ids = fill_ended(dynstore.clone(), s.prune_sessions).await;
-    let mut conn = sqlx::SqliteConnection::connect_with(&options)
-        .await
-        .unwrap();
-    let raw = raw_delete_rate!(conn, ids);
-    conn.close().await.unwrap();
+    let raw = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || raw_delete_sqlite(&path, &ids))
+            .await
+            .unwrap()
+    };
     let prune = prune_rate(dynstore.clone(), s.prune_sessions).await;
     prune_figures("", prune, raw).await;
 }
