@@ -33,7 +33,7 @@ async fn events(
 }
 
 #[tokio::test]
-async fn supervise_with_a_structured_real_model_brain_spawns_and_awaits_real_workers() {
+async fn supervise_with_a_structured_real_model_brain_spawns_real_workers() {
     let dir = tempfile::tempdir().unwrap();
     let boss = dir.path().join("boss.json");
     std::fs::write(
