@@ -151,11 +151,15 @@ async fn drive(config: ToolLoop, events: bool, cancel: &CancellationToken) -> Re
     let mut announced = false;
     // The model id the server says answered (exact execution: shown as reported).
     let mut reported: Option<String> = None;
+    // One listener for the whole run (a listener sees only signals after it first listens: one
+    // per event would miss a Ctrl-C landing while an event is printed).
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
             // Ctrl-C cancels the loop; its final (cancelled) event is still persisted.
-            _ = tokio::signal::ctrl_c(), if !cancel.is_cancelled() => {
+            _ = &mut interrupted, if !cancel.is_cancelled() => {
                 cancel.cancel();
                 continue;
             }

@@ -446,6 +446,11 @@ pub async fn top(args: TopArgs) -> Result<ExitCode> {
     if tty && !args.once {
         return super::top_tui::run(tracker, args.interval, args.limit).await;
     }
+    // One listener for the whole run, not one per frame: a listener sees only the signals that
+    // arrive after it first listens, so a Ctrl-C landing while a frame was being read (between
+    // two per-frame listeners) was lost and top ran on.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let snapshot = tracker.refresh(args.limit).await?;
         {
@@ -458,7 +463,7 @@ pub async fn top(args: TopArgs) -> Result<ExitCode> {
         }
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
         }
     }
 }
