@@ -23,6 +23,8 @@ mod crash_loop;
 mod crash_tree;
 #[path = "support/crash_trials.rs"]
 mod crash_trials;
+#[path = "support/tree_lead.rs"]
+mod tree_lead;
 
 /// What each kind's trials check, as the report states it.
 const CHECKED: [(&str, &str); 3] = [

@@ -15,16 +15,16 @@
 
 #[path = "../../session-store/tests/support/own_postgres.rs"]
 mod own_postgres;
+#[path = "support/tree_lead.rs"]
+mod tree_lead;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentId, AgentResult, AgentTarget, AwaitAgent, AwaitMode, CoordinationError,
-    Coordinator, DefaultChecker, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor,
-    SupervisorOptions, WorkerContext, WorkerFactory, sub_supervisor_run,
+    AgentId, AgentResult, AwaitAgent, AwaitMode, Coordinator, DefaultChecker, Supervisor,
+    SupervisorOptions, sub_supervisor_run,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{
@@ -35,69 +35,7 @@ use futures::TryStreamExt;
 use own_postgres::OwnPostgres;
 use serde_json::Value;
 
-fn spawn(task: &str, key: &str, tokens: u64, turns: u64) -> SpawnAgent {
-    SpawnAgent {
-        profile: Some("scripted".into()),
-        task: task.into(),
-        budget: Some(SpawnBudget {
-            tokens: Some(tokens),
-            turns: Some(turns),
-            ..SpawnBudget::default()
-        }),
-        idempotency_key: Some(key.into()),
-        ..SpawnAgent::default()
-    }
-}
-
-/// A lead: a sub-supervisor over two keyed scripted leaves, awaited; its output says how each
-/// ended.
-struct Lead;
-
-#[async_trait]
-impl WorkerFactory for Lead {
-    fn model_for(&self, _target: &AgentTarget) -> Option<String> {
-        None
-    }
-
-    async fn run(
-        &self,
-        spec: AgentAssignment,
-        ctx: WorkerContext,
-    ) -> Result<(), CoordinationError> {
-        let leaves = Arc::new(
-            ScriptedWorkerFactory::new()
-                .turns(3)
-                .delay(Duration::from_millis(20)),
-        );
-        let sub = ctx
-            .sub_supervisor(
-                leaves,
-                Arc::new(DefaultChecker::new()),
-                BudgetLimits::unlimited().tokens(4_000).turns(40),
-            )
-            .await?;
-        let mut ids = Vec::new();
-        for leaf in ["a", "b"] {
-            let task = format!("{} leaf {leaf}", spec.task);
-            ids.push(sub.spawn_agent(spawn(&task, leaf, 1_000, 10)).await?.id);
-        }
-        let awaited = sub
-            .await_agent(AwaitAgent {
-                ids,
-                timeout_ms: 60_000,
-                mode: AwaitMode::All,
-            })
-            .await?;
-        let mut lines: Vec<String> = awaited
-            .settled
-            .iter()
-            .map(|r| format!("{}: {}", r.status.state_name(), r.output.lines().count()))
-            .collect();
-        lines.sort();
-        ctx.append_output(&lines.join("\n"));
-        Ok(())
-    }
-}
+use tree_lead::{Lead, spawn};
 
 /// Stops the server just before the `at`-th journal write of the tree reaches it, and starts it
 /// again on another thread while the write waits for a connection.

@@ -16,79 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentrt_coordination_mcp::{
-    AgentAssignment, AgentId, AgentTarget, AwaitAgent, AwaitMode, CoordinationError, Coordinator,
-    DefaultChecker, ScriptedWorkerFactory, SpawnAgent, SpawnBudget, Supervisor, SupervisorOptions,
-    WorkerContext, WorkerFactory, sub_supervisor_run,
+    AgentId, AwaitAgent, AwaitMode, Coordinator, DefaultChecker, Supervisor, SupervisorOptions,
+    sub_supervisor_run,
 };
 use agentrt_core_loop::BudgetLimits;
 use agentrt_session_store::{SessionId, SessionStore, SqliteStore};
-use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::crash_trials::{Rng, TrialStats, journal, outcome, panic_text, run_child_of};
-
-fn spawn(task: &str, key: &str, tokens: u64, turns: u64) -> SpawnAgent {
-    SpawnAgent {
-        profile: Some("scripted".into()),
-        task: task.into(),
-        budget: Some(SpawnBudget {
-            tokens: Some(tokens),
-            turns: Some(turns),
-            ..SpawnBudget::default()
-        }),
-        idempotency_key: Some(key.into()),
-        ..SpawnAgent::default()
-    }
-}
-
-/// A lead: a sub-supervisor over scripted leaves, two keyed spawns, awaited.
-struct Lead;
-
-#[async_trait]
-impl WorkerFactory for Lead {
-    fn model_for(&self, _target: &AgentTarget) -> Option<String> {
-        None
-    }
-
-    async fn run(
-        &self,
-        spec: AgentAssignment,
-        ctx: WorkerContext,
-    ) -> Result<(), CoordinationError> {
-        let leaves = Arc::new(
-            ScriptedWorkerFactory::new()
-                .turns(3)
-                .delay(Duration::from_millis(20)),
-        );
-        let sub = ctx
-            .sub_supervisor(
-                leaves,
-                Arc::new(DefaultChecker::new()),
-                BudgetLimits::unlimited().tokens(4_000).turns(40),
-            )
-            .await?;
-        let mut ids = Vec::new();
-        for leaf in ["a", "b"] {
-            let task = format!("{} leaf {leaf}", spec.task);
-            ids.push(sub.spawn_agent(spawn(&task, leaf, 1_000, 10)).await?.id);
-        }
-        let awaited = sub
-            .await_agent(AwaitAgent {
-                ids,
-                timeout_ms: 60_000,
-                mode: AwaitMode::All,
-            })
-            .await?;
-        let mut lines: Vec<String> = awaited
-            .settled
-            .iter()
-            .map(|r| format!("{}: {}", r.status.state_name(), r.output.lines().count()))
-            .collect();
-        lines.sort();
-        ctx.append_output(&lines.join("\n"));
-        Ok(())
-    }
-}
+use super::tree_lead::{Lead, spawn};
 
 /// The child: drive the tree on the journal at `db`, run `run`, and print the outcome.
 pub async fn child(db: &str, run: &str) {
