@@ -101,22 +101,14 @@ pub const JOURNAL_ROOT: BudgetLimits = BudgetLimits {
 /// resume a typed outcome (never a panic), and every committed entry must read back unchanged
 /// afterwards.
 pub fn journal_records(data: &[u8]) {
-    use agentrt_session_store::{MemoryStore, NewEvent, NewSession, SessionId, SessionStore};
+    use agentrt_session_store::{MemoryStore, NewSession, SessionId, SessionStore};
     use futures::TryStreamExt;
 
     use crate::{AwaitAgent, AwaitMode, Coordinator};
 
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some(events) = agentrt_core_loop::fuzzing::stored_events(data) else {
         return;
     };
-    let events: Vec<NewEvent> = text
-        .lines()
-        .filter_map(|line| {
-            let (kind, payload) = line.split_once('\t')?;
-            let payload = serde_json::from_str(payload).ok()?;
-            Some(NewEvent::new(kind, payload))
-        })
-        .collect();
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

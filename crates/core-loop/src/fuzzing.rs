@@ -141,23 +141,31 @@ fn check_response(
     }
 }
 
+/// The events of a fuzz input read as a stored session: one a line, `kind<TAB>payload`, lines
+/// whose payload is not JSON left out (a store refuses them); `None` when `data` is not UTF-8.
+/// The stored-session targets of every crate read their input with it.
+pub fn stored_events(data: &[u8]) -> Option<Vec<NewEvent>> {
+    let text = std::str::from_utf8(data).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|line| {
+                let (kind, payload) = line.split_once('\t')?;
+                let payload: serde_json::Value = serde_json::from_str(payload).ok()?;
+                Some(NewEvent::new(kind, payload))
+            })
+            .collect(),
+    )
+}
+
 /// Reads `data` as a stored session — one event a line, `kind<TAB>payload` — appends it to a
 /// session, reads every event back as a runtime event, and resumes the session's tool loop on a
 /// scripted model. Events that are not JSON are refused by the store, as a database would; the
 /// rest must give the resume a typed outcome (never a panic), and every committed event must
 /// read back unchanged afterwards.
 pub fn stored_session(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some(events) = stored_events(data) else {
         return;
     };
-    let events: Vec<NewEvent> = text
-        .lines()
-        .filter_map(|line| {
-            let (kind, payload) = line.split_once('\t')?;
-            let payload = serde_json::from_str(payload).ok()?;
-            Some(NewEvent::new(kind, payload))
-        })
-        .collect();
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

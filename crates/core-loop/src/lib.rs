@@ -28,6 +28,6 @@ pub use rounds::{
 };
 pub use tool::{Tool, ToolCallError, ToolError, ToolRegistry, ToolResult, ToolStatus, TypedTool};
 pub use tool_loop::{
-    CostFn, DEFAULT_CONTROL_POLL, LoopControl, LoopOutcome, LoopStream, SteeringHandle,
-    TextDeltaMode, ToolLoop, resume_tool_loop, run_tool_loop, stream_tool_loop,
+    CostFn, DEFAULT_CONTROL_POLL, FinalCommit, LoopControl, LoopOutcome, LoopStream,
+    SteeringHandle, TextDeltaMode, ToolLoop, resume_tool_loop, run_tool_loop, stream_tool_loop,
 };

@@ -64,7 +64,7 @@ pub(crate) fn agent_span(agent: Option<&str>, provider: &str, model: &str) -> Sp
 }
 
 /// Records how a run ended on its `invoke_agent` span.
-pub(crate) fn record_run(span: &Span, outcome: &Result<LoopOutcome, LoopError>) {
+pub(crate) fn record_run(span: &Span, outcome: Result<&LoopOutcome, &LoopError>) {
     match outcome {
         Ok(outcome) => {
             let conversation = outcome.session_id.to_string();

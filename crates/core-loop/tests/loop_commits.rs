@@ -269,3 +269,97 @@ async fn a_commit_that_fails_fails_the_run_and_the_failure_is_persisted() {
         SessionStatus::Failed
     );
 }
+
+/// Holds back every write that ends a session until let go.
+#[derive(Default)]
+struct HoldEnds {
+    go: tokio::sync::Notify,
+}
+
+#[async_trait]
+impl WriteHook for HoldEnds {
+    type Ticket = ();
+
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        if write.appends_kind("session.final") {
+            self.go.notified().await;
+        }
+        Ok(())
+    }
+}
+
+/// A run that answers "42" at once, through `run_committing`.
+async fn answer_committing(
+    store: &Arc<dyn SessionStore>,
+) -> (
+    agentrt_core_loop::LoopOutcome,
+    agentrt_core_loop::FinalCommit,
+) {
+    let model = ScriptedModel::new([ScriptedTurn::text("42")]);
+    ToolLoop::new(Arc::new(model), "m", store.clone())
+        .user("the answer?")
+        .run_committing()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn run_committing_hands_the_outcome_back_beside_its_final_commit() {
+    let held = Arc::new(HookedStore::new(memory(), HoldEnds::default()));
+    let store: Arc<dyn SessionStore> = held.clone();
+    let (outcome, commit) = answer_committing(&store).await;
+    // Back while the final commit waits: the outcome is the one `run` would give, and the
+    // store does not hold the session yet.
+    assert_eq!(outcome.stop, StopReason::Answered);
+    assert_eq!(outcome.answer.as_deref(), Some("42"));
+    assert!(store.get(&outcome.session_id).await.is_err());
+    held.hook().go.notify_one();
+    let final_seq = commit.await.unwrap();
+    assert_eq!(final_seq, outcome.final_seq);
+    let session = store.get(&outcome.session_id).await.unwrap();
+    assert_eq!(session.status, SessionStatus::Completed);
+    assert_eq!(
+        kinds(&store, &outcome.session_id).await.last().copied(),
+        Some("session.final")
+    );
+    assert_eq!(session.next_seq, final_seq + 1);
+}
+
+#[tokio::test]
+async fn a_final_commit_that_fails_voids_the_outcome_handed_back() {
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_appends_with_kind("model.response");
+    let store: Arc<dyn SessionStore> = flaky.clone();
+    let (outcome, commit) = answer_committing(&store).await;
+    assert_eq!(outcome.answer.as_deref(), Some("42"));
+    // The commit says the session does not hold that outcome: it ended failed, with the
+    // store's error, and without the answer.
+    let error = commit.await.unwrap_err();
+    assert!(error.to_string().contains("session store"), "{error}");
+    assert_eq!(
+        store.get(&outcome.session_id).await.unwrap().status,
+        SessionStatus::Failed
+    );
+    assert_eq!(kinds(&store, &outcome.session_id).await, ["session.final"]);
+}
+
+#[tokio::test]
+async fn a_run_that_fails_is_committed_before_run_committing_returns() {
+    let flaky = flaky_store(memory());
+    flaky.hook().fail_appends_with_kind("model.request");
+    let store: Arc<dyn SessionStore> = flaky.clone();
+    let model = ScriptedModel::new([ScriptedTurn::tool_call("c1", "add", r#"{"a": 1, "b": 1}"#)]);
+    let (outcome, commit) = ToolLoop::new(Arc::new(model), "m", store.clone())
+        .user("add")
+        .tools(ToolRegistry::new().with_typed(Add::default()))
+        .run_committing()
+        .await
+        .unwrap();
+    assert!(matches!(outcome.stop, StopReason::Failed { .. }));
+    assert_eq!(
+        store.get(&outcome.session_id).await.unwrap().status,
+        SessionStatus::Failed,
+        "already durable when handed back"
+    );
+    assert_eq!(commit.await.unwrap(), outcome.final_seq);
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::error::StoreError;
 use crate::redact::Redactor;
-use crate::types::{Finish, NewEvent, NewSession, Session, SessionStatus};
+use crate::types::{Finish, Held, NewEvent, NewSession, Session, SessionStatus};
 
 /// Longest accepted event kind, in bytes.
 pub(crate) const MAX_KIND_BYTES: usize = 256;
@@ -73,12 +73,16 @@ impl StoreConfig {
             )));
         }
         let kind = self.redactor.redact_str(&event.kind).into_owned();
-        let mut payload = event.payload;
-        self.redactor.redact_in_place(&mut payload);
-        let json = self.encode(&payload, || format!("event {index} payload"))?;
-        // Only the text is kept: a value tree costs several times its text, and a write may
-        // wait in the writer's queue behind thousands of others (10,000 live sessions each
-        // holding one). An event handed back parses its text on first use.
+        // Written redacted in one pass, from the value or the text the payload holds: no tree
+        // is built for a payload given as text. Only the text is kept: a value tree costs
+        // several times its text, and a write may wait in the writer's queue behind thousands
+        // of others (10,000 live sessions each holding one). An event handed back parses its
+        // text on first use.
+        let json = match event.payload.held() {
+            Held::Value(value) => self.redactor.to_json(value),
+            Held::Text(json) => self.redactor.json_to_json(json),
+        };
+        let json = self.checked_size(json, || format!("event {index} payload"))?;
         Ok(PreparedEvent { kind, json })
     }
 
@@ -132,9 +136,14 @@ impl StoreConfig {
         value: Value,
         what: &str,
     ) -> Result<(Value, String), StoreError> {
-        let mut value = value;
-        self.redactor.redact_in_place(&mut value);
-        let json = self.encode(&value, || what.to_owned())?;
+        let json = self.checked_size(self.redactor.to_json(&value), || what.to_owned())?;
+        // The value handed back is the one written: read back from the redacted text.
+        let value = if self.redactor.is_enabled() {
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::InvalidInput(format!("{what}: {e}")))?
+        } else {
+            value
+        };
         Ok((value, json))
     }
 
@@ -174,9 +183,14 @@ impl StoreConfig {
         Ok(())
     }
 
-    fn encode(&self, value: &Value, what: impl Fn() -> String) -> Result<String, StoreError> {
-        let json = serde_json::to_string(value)
-            .map_err(|e| StoreError::InvalidInput(format!("{}: {e}", what())))?;
+    /// `json` (the written text, or why it could not be written) checked against the payload
+    /// size limit.
+    fn checked_size(
+        &self,
+        json: Result<String, serde_json::Error>,
+        what: impl Fn() -> String,
+    ) -> Result<String, StoreError> {
+        let json = json.map_err(|e| StoreError::InvalidInput(format!("{}: {e}", what())))?;
         if json.len() > self.max_payload_bytes {
             return Err(StoreError::PayloadTooLarge {
                 what: what(),

@@ -2,8 +2,11 @@
 
 use std::borrow::Cow;
 
+use std::io;
+
 use regex::Regex;
 use serde_json::Value;
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 
 /// The text that replaces a redacted secret.
 pub const REDACTED: &str = "[REDACTED]";
@@ -182,37 +185,293 @@ impl Redactor {
         if !self.is_enabled() {
             return;
         }
-        match value {
-            Value::String(s) => {
-                if let Cow::Owned(new) = self.redact_str(s) {
-                    *s = new;
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(|v| self.redact_in_place(v)),
-            Value::Object(map) => {
-                let needs_key_rewrite = map
-                    .keys()
-                    .any(|k| matches!(self.redact_str(k), Cow::Owned(_)));
-                if needs_key_rewrite {
-                    let old = std::mem::take(map);
-                    for (k, v) in old {
-                        map.insert(self.redact_str(&k).into_owned(), v);
-                    }
-                }
-                for (k, v) in map.iter_mut() {
-                    if self
-                        .sensitive_keys
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(k))
-                    {
-                        *v = Value::String(REDACTED.to_owned());
-                    } else {
-                        self.redact_in_place(v);
-                    }
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        // One implementation of redaction, the writer's: the value is written redacted and read
+        // back. (A value's own serialization and parse cannot fail: its keys are strings and its
+        // numbers finite.)
+        if let Ok(text) = self.to_json(value)
+            && let Ok(redacted) = serde_json::from_str(&text)
+        {
+            *value = redacted;
         }
+    }
+
+    /// `value` as redacted JSON text, written in one pass: no JSON tree is built, each string
+    /// is redacted as it is written, and a sensitive key's value is skipped as it is written.
+    pub(crate) fn to_json<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<String, serde_json::Error> {
+        if !self.is_enabled() {
+            return serde_json::to_string(value);
+        }
+        let mut out = Vec::with_capacity(128);
+        value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            RedactingFormatter::new(self),
+        ))?;
+        into_string(out)
+    }
+
+    /// JSON text `json` redacted, as text: parsed and written again as it is read, so no JSON
+    /// tree is built. Fails when `json` is not JSON.
+    pub(crate) fn json_to_json(&self, json: &str) -> Result<String, serde_json::Error> {
+        let mut out = Vec::with_capacity(json.len());
+        let mut from = serde_json::Deserializer::from_str(json);
+        if self.is_enabled() {
+            let mut to =
+                serde_json::Serializer::with_formatter(&mut out, RedactingFormatter::new(self));
+            serde_transcode::transcode(&mut from, &mut to)?;
+        } else {
+            serde_transcode::transcode(&mut from, &mut serde_json::Serializer::new(&mut out))?;
+        }
+        from.end()?;
+        into_string(out)
+    }
+}
+
+/// The serializer's output, which is UTF-8 by construction (it writes `str` pieces and ASCII).
+fn into_string(out: Vec<u8>) -> Result<String, serde_json::Error> {
+    String::from_utf8(out)
+        .map_err(|e| serde_json::Error::io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// A compact JSON formatter that redacts as it writes: each string (object keys included) is
+/// gathered, passed through [`Redactor::redact_str`] and written escaped; the value of a member
+/// whose (redacted) key is sensitive is written as `"[REDACTED]"` and everything the serializer
+/// writes for the real value is dropped.
+struct RedactingFormatter<'r> {
+    redactor: &'r Redactor,
+    /// Arrays and objects open around the writer.
+    depth: usize,
+    /// While set, the value of a sensitive member of an object at this depth is being dropped.
+    skipping: Option<usize>,
+    /// Inside a string: its unescaped text so far (`string` holds it; the buffer is reused).
+    in_string: bool,
+    string: Vec<u8>,
+    in_key: bool,
+    /// The last key written was sensitive: its value is to be replaced.
+    sensitive: bool,
+}
+
+impl<'r> RedactingFormatter<'r> {
+    fn new(redactor: &'r Redactor) -> Self {
+        RedactingFormatter {
+            redactor,
+            depth: 0,
+            skipping: None,
+            in_string: false,
+            string: Vec::new(),
+            in_key: false,
+            sensitive: false,
+        }
+    }
+
+    /// Where a scalar goes: nowhere while skipping, into the open string (a number or bool
+    /// used as a key), else the writer.
+    fn scalar<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if self.skipping.is_some() {
+            Ok(())
+        } else if self.in_string {
+            write(&mut self.string)
+        } else {
+            write(&mut WriterRef(writer))
+        }
+    }
+
+    fn punct<W: ?Sized + io::Write>(&mut self, writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+        if self.skipping.is_some() {
+            return Ok(());
+        }
+        writer.write_all(bytes)
+    }
+}
+
+/// `&mut W` for an unsized `W`, as a `dyn io::Write`.
+struct WriterRef<'a, W: ?Sized>(&'a mut W);
+
+impl<W: ?Sized + io::Write> io::Write for WriterRef<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+macro_rules! scalar_writers {
+    ($($method:ident: $ty:ty),* $(,)?) => {$(
+        fn $method<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: $ty) -> io::Result<()> {
+            self.scalar(writer, |w| CompactFormatter.$method(w, value))
+        }
+    )*};
+}
+
+impl Formatter for RedactingFormatter<'_> {
+    scalar_writers!(
+        write_bool: bool,
+        write_i8: i8,
+        write_i16: i16,
+        write_i32: i32,
+        write_i64: i64,
+        write_i128: i128,
+        write_u8: u8,
+        write_u16: u16,
+        write_u32: u32,
+        write_u64: u64,
+        write_u128: u128,
+        write_f32: f32,
+        write_f64: f64,
+        write_number_str: &str,
+    );
+
+    fn write_null<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.scalar(writer, |w| CompactFormatter.write_null(w))
+    }
+
+    fn begin_string<W: ?Sized + io::Write>(&mut self, _writer: &mut W) -> io::Result<()> {
+        if self.skipping.is_none() {
+            self.in_string = true;
+            self.string.clear();
+        }
+        Ok(())
+    }
+
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        _writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        if self.in_string {
+            self.string.extend_from_slice(fragment.as_bytes());
+        }
+        Ok(())
+    }
+
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        _writer: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
+        if self.in_string {
+            self.string.push(match escape {
+                CharEscape::Quote => b'"',
+                CharEscape::ReverseSolidus => b'\\',
+                CharEscape::Solidus => b'/',
+                CharEscape::Backspace => 0x08,
+                CharEscape::FormFeed => 0x0c,
+                CharEscape::LineFeed => b'\n',
+                CharEscape::CarriageReturn => b'\r',
+                CharEscape::Tab => b'\t',
+                CharEscape::AsciiControl(byte) => byte,
+            });
+        }
+        Ok(())
+    }
+
+    fn end_string<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        if !std::mem::take(&mut self.in_string) {
+            return Ok(());
+        }
+        let text = std::str::from_utf8(&self.string)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let text = self.redactor.redact_str(text);
+        if self.in_key {
+            self.sensitive = self
+                .redactor
+                .sensitive_keys
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&text));
+        }
+        serde_json::to_writer(WriterRef(writer), &*text).map_err(io::Error::from)
+    }
+
+    fn begin_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.punct(writer, b"[")
+    }
+
+    fn end_array<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        self.punct(writer, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            self.punct(writer, b",")
+        }
+    }
+
+    fn begin_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth += 1;
+        self.punct(writer, b"{")
+    }
+
+    fn end_object<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        self.depth -= 1;
+        self.punct(writer, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        self.in_key = true;
+        if first {
+            Ok(())
+        } else {
+            self.punct(writer, b",")
+        }
+    }
+
+    fn end_object_key<W: ?Sized + io::Write>(&mut self, _writer: &mut W) -> io::Result<()> {
+        self.in_key = false;
+        Ok(())
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        if self.skipping.is_some() {
+            return Ok(());
+        }
+        writer.write_all(b":")?;
+        if std::mem::take(&mut self.sensitive) {
+            serde_json::to_writer(WriterRef(writer), REDACTED).map_err(io::Error::from)?;
+            self.skipping = Some(self.depth);
+        }
+        Ok(())
+    }
+
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _writer: &mut W) -> io::Result<()> {
+        if self.skipping == Some(self.depth) {
+            self.skipping = None;
+        }
+        Ok(())
+    }
+
+    fn write_raw_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        // Raw JSON gets no pass of its own: it is redacted as it is copied.
+        if self.skipping.is_some() {
+            return Ok(());
+        }
+        let redacted = self
+            .redactor
+            .json_to_json(fragment)
+            .map_err(io::Error::from)?;
+        writer.write_all(redacted.as_bytes())
     }
 }
 
@@ -299,6 +558,124 @@ mod tests {
         let r = Redactor::default();
         let v = json!({"msg": "task-1234 is a skeleton", "n": 3, "ok": true});
         assert_eq!(r.redact(&v), v);
+    }
+
+    /// The specification the writer is held to: walk the tree, redact each string and key,
+    /// replace the value of each member whose redacted key is sensitive.
+    fn reference(r: &Redactor, value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(r.redact_str(s).into_owned()),
+            Value::Array(items) => Value::Array(items.iter().map(|v| reference(r, v)).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        let k = r.redact_str(k).into_owned();
+                        let sensitive = r.sensitive_keys.iter().any(|s| s.eq_ignore_ascii_case(&k));
+                        let v = if sensitive {
+                            Value::String(REDACTED.to_owned())
+                        } else {
+                            reference(r, v)
+                        };
+                        (k, v)
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    fn tricky() -> Redactor {
+        Redactor::default()
+            .with_secret("pa\"ss\\wo\nrd")
+            .with_secret("hunter2")
+            .with_sensitive_key("Authorization")
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = prop_oneof![
+            Just("hunter2".to_owned()),
+            Just("pa\"ss\\wo\nrd".to_owned()),
+            Just("authorization".to_owned()),
+            Just("Bearer abcdefghijkl".to_owned()),
+            Just("sk-abcdefghijklmnopqrstuvwx".to_owned()),
+            "[a-z \"\\\n\u{1}é]{0,12}",
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-1e9f64..1e9).prop_map(Value::from),
+            text.clone().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                proptest::collection::vec((text.clone(), inner), 0..5)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_writer_redacts_a_value_and_its_text_as_the_tree_walk_would(v in json_value()) {
+            let r = tricky();
+            let expected = reference(&r, &v);
+            let from_value: Value = serde_json::from_str(&r.to_json(&v).unwrap()).unwrap();
+            let from_text: Value =
+                serde_json::from_str(&r.json_to_json(&v.to_string()).unwrap()).unwrap();
+            proptest::prop_assert_eq!(&from_value, &expected);
+            proptest::prop_assert_eq!(&from_text, &expected);
+            proptest::prop_assert_eq!(r.redact(&v), expected);
+        }
+    }
+
+    #[test]
+    fn a_secret_that_json_escapes_is_redacted_in_text_too() {
+        let r = tricky();
+        let v = json!({"out": "x pa\"ss\\wo\nrd y", "pa\"ss\\wo\nrd": 1});
+        let text = r.json_to_json(&v.to_string()).unwrap();
+        assert_eq!(text, r#"{"out":"x [REDACTED] y","[REDACTED]":1}"#);
+    }
+
+    #[test]
+    fn a_sensitive_members_whole_value_is_dropped_and_its_siblings_kept() {
+        let r = tricky();
+        let text = r
+            .json_to_json(
+                r#"{"a":1,"AUTHORIZATION":{"x":[1,{"authorization":"k"}],"y":"z"},"b":[true,null]}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            text,
+            r#"{"a":1,"AUTHORIZATION":"[REDACTED]","b":[true,null]}"#
+        );
+    }
+
+    #[test]
+    fn a_typed_value_is_written_redacted_with_its_map_keys_as_strings() {
+        #[derive(serde::Serialize)]
+        struct Call {
+            name: &'static str,
+            by_turn: std::collections::BTreeMap<u32, &'static str>,
+        }
+        let mut by_turn = std::collections::BTreeMap::new();
+        by_turn.insert(7, "key hunter2");
+        let text = tricky()
+            .to_json(&Call {
+                name: "echo",
+                by_turn,
+            })
+            .unwrap();
+        assert_eq!(text, r#"{"name":"echo","by_turn":{"7":"key [REDACTED]"}}"#);
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_an_error() {
+        assert!(tricky().json_to_json("{\"a\": ").is_err());
+        assert!(tricky().json_to_json("{} trailing").is_err());
+        assert!(Redactor::disabled().json_to_json("[1,").is_err());
     }
 
     #[test]

@@ -204,16 +204,17 @@ impl NewSession {
 pub struct NewEvent {
     /// What happened, e.g. `"model.request"` (non-empty).
     pub kind: String,
-    /// The event body.
-    pub payload: Value,
+    /// The event body: a [`Value`], or JSON text written straight from a typed event
+    /// ([`Payload::to_json`]), which the store redacts as it copies it without building a tree.
+    pub payload: Payload,
 }
 
 impl NewEvent {
     /// Builds an event.
-    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+    pub fn new(kind: impl Into<String>, payload: impl Into<Payload>) -> Self {
         NewEvent {
             kind: kind.into(),
-            payload,
+            payload: payload.into(),
         }
     }
 }
@@ -233,20 +234,26 @@ pub struct Event {
     pub payload: Payload,
 }
 
-/// A committed event's JSON body: the JSON text the store holds, parsed into a [`Value`] only
-/// when it is first looked at.
+/// An event's JSON body: JSON text, or a [`Value`] tree, each made from the other only when
+/// first asked for.
 ///
-/// Replay hands out events without building a JSON tree for each one, so a consumer that
-/// forwards events (a log viewer, an HTTP stream: [`Payload::json`]) never pays for parsing, one
-/// that wants its own type parses straight into it ([`Payload::parse`]), and one that reads fields
-/// (`event.payload["type"]`, through `Deref<Target = Value>`) pays once per event. The text is
-/// checked to be JSON when the event is read from the store — a corrupted row is a
-/// [`StoreError::Corrupt`] at replay, as before — so the parse on first use cannot fail.
+/// A committed event's payload is the text the store holds. Replay hands out events without
+/// building a JSON tree for each one, so a consumer that forwards events (a log viewer, an HTTP
+/// stream: [`Payload::json`]) never pays for parsing, one that wants its own type parses straight
+/// into it ([`Payload::parse`]), and one that reads fields (`event.payload["type"]`, through
+/// `Deref<Target = Value>`) pays once per event. The text is checked to be JSON when the event is
+/// read from the store — a corrupted row is a [`StoreError::Corrupt`] at replay, as before — so
+/// the parse on first use cannot fail.
+///
+/// A [`NewEvent`]'s payload is a value (`Payload::from(value)`) or text written from any
+/// serializable type ([`Payload::to_json`]): a typed event then goes to the store as text
+/// without a tree ever being built for it.
 ///
 /// Two payloads are equal when their JSON values are equal (key order and spacing aside).
 #[derive(Clone)]
 pub struct Payload {
-    json: Box<str>,
+    /// At least one of the two is set.
+    json: std::sync::OnceLock<Box<str>>,
     value: std::sync::OnceLock<Value>,
 }
 
@@ -255,10 +262,22 @@ impl Payload {
     pub fn from_json(json: impl Into<Box<str>>) -> Result<Self, serde_json::Error> {
         let json = json.into();
         serde_json::from_str::<serde::de::IgnoredAny>(&json)?;
-        Ok(Payload {
-            json,
+        Ok(Payload::from_checked_text(json))
+    }
+
+    /// `value` written as JSON text (no [`Value`] is built); fails when it cannot be written
+    /// as JSON (a map with non-string keys, a serializer's own error).
+    pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(Payload::from_checked_text(
+            serde_json::to_string(value)?.into(),
+        ))
+    }
+
+    fn from_checked_text(json: Box<str>) -> Self {
+        Payload {
+            json: std::sync::OnceLock::from(json),
             value: std::sync::OnceLock::new(),
-        })
+        }
     }
 
     /// A payload from stored text the caller owns (no copy when the string has no spare
@@ -266,38 +285,55 @@ impl Payload {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn from_stored_string(json: String) -> Result<Self, StoreError> {
         check_json(&json)?;
-        Ok(Payload {
-            json: json.into_boxed_str(),
-            value: std::sync::OnceLock::new(),
-        })
+        Ok(Payload::from_checked_text(json.into_boxed_str()))
     }
 
     /// A payload from text already checked to be JSON (by [`check_json`]).
     pub(crate) fn from_checked(json: &str) -> Self {
-        Payload {
-            json: json.into(),
-            value: std::sync::OnceLock::new(),
-        }
+        Payload::from_checked_text(json.into())
     }
 
-    /// The JSON text, as stored.
+    /// The JSON text, as stored (written from the value on first use when the payload was
+    /// made from one).
     pub fn json(&self) -> &str {
-        &self.json
+        self.json.get_or_init(|| match self.value.get() {
+            Some(value) => value.to_string().into(),
+            None => "null".into(),
+        })
+    }
+
+    /// What the payload holds already, without converting: its value if it has one, else its
+    /// text. The store writes from whichever it is given.
+    pub(crate) fn held(&self) -> Held<'_> {
+        match (self.value.get(), self.json.get()) {
+            (Some(value), _) => Held::Value(value),
+            (None, Some(json)) => Held::Text(json),
+            (None, None) => Held::Value(&Value::Null),
+        }
     }
 
     /// Parses the JSON into `T` directly (without building a [`Value`] first).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        match self.value.get() {
-            Some(v) => T::deserialize(v),
-            None => serde_json::from_str(&self.json),
+        match self.held() {
+            Held::Value(v) => T::deserialize(v),
+            Held::Text(json) => serde_json::from_str(json),
         }
     }
 
     /// The JSON value, taken out of the payload.
     pub fn into_value(self) -> Value {
         let Payload { json, value } = self;
-        value.into_inner().unwrap_or_else(|| parse_checked(&json))
+        value
+            .into_inner()
+            .unwrap_or_else(|| json.get().map_or(Value::Null, |json| parse_checked(json)))
     }
+}
+
+/// What a [`Payload`] holds already.
+pub(crate) enum Held<'a> {
+    Value(&'a Value),
+    /// JSON text (checked or written by a serializer).
+    Text(&'a str),
 }
 
 /// Checks that stored text is JSON without building anything (no allocation): done where rows
@@ -320,14 +356,18 @@ impl std::ops::Deref for Payload {
     type Target = Value;
 
     fn deref(&self) -> &Value {
-        self.value.get_or_init(|| parse_checked(&self.json))
+        self.value.get_or_init(|| {
+            self.json
+                .get()
+                .map_or(Value::Null, |json| parse_checked(json))
+        })
     }
 }
 
 impl From<Value> for Payload {
     fn from(value: Value) -> Self {
         Payload {
-            json: value.to_string().into(),
+            json: std::sync::OnceLock::new(),
             value: std::sync::OnceLock::from(value),
         }
     }
@@ -335,7 +375,10 @@ impl From<Value> for Payload {
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        self.json == other.json || **self == **other
+        match (self.json.get(), other.json.get()) {
+            (Some(a), Some(b)) if a == b => true,
+            _ => **self == **other,
+        }
     }
 }
 
@@ -347,13 +390,13 @@ impl PartialEq<Value> for Payload {
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.json)
+        f.write_str(self.json())
     }
 }
 
 impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.json)
+        f.write_str(self.json())
     }
 }
 

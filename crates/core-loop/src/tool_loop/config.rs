@@ -12,10 +12,10 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::LoopOutcome;
 use super::control::{DEFAULT_CONTROL_POLL, SteeringHandle};
-use super::engine::drive;
+use super::engine::{drive, drive_committing};
 use super::stream::{LoopStream, Sink};
+use super::{FinalCommit, LoopOutcome};
 use crate::LoopError;
 use crate::budget::{Budget, BudgetLimits};
 use crate::model::{ChatModel, Message, Usage};
@@ -355,6 +355,22 @@ impl ToolLoop {
     /// Runs the loop to its end. See [`run_tool_loop`](crate::run_tool_loop).
     pub async fn run(self) -> Result<LoopOutcome, LoopError> {
         drive(self, None).await
+    }
+
+    /// Runs the loop to its end like [`ToolLoop::run`], but hands the outcome back while the
+    /// final commit may still be in flight, with that commit: a caller with work of its own to
+    /// do next (the next rollout's model call) does it beside the commit instead of after it.
+    ///
+    /// The outcome is the one [`ToolLoop::run`] returns when the final commit succeeds. It is
+    /// not durable until the [`FinalCommit`] resolves to `Ok`; the caller must await it before
+    /// it makes anything durable that depends on the outcome (a journal entry naming the
+    /// session, a report), and must treat the outcome as void when it resolves to `Err` (the
+    /// commit failed: the session then ends failed with the store's error, or stays `running`
+    /// and can be resumed). A crash before it resolves loses the run's last events as any crash
+    /// before a durable point does. A run that failed, has a cleanup step, or stopped with an
+    /// error commits before this returns (its commit is handed back done).
+    pub async fn run_committing(self) -> Result<(LoopOutcome, FinalCommit), LoopError> {
+        drive_committing(self).await
     }
 
     /// Runs the loop as a stream of persisted events. See [`stream_tool_loop`](crate::stream_tool_loop).

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agentrt_session_store::{
-    BlobAddress, NewEvent, NewSession, SessionId, SessionStatus, SessionStore, StoreError,
+    BlobAddress, NewEvent, NewSession, Payload, SessionId, SessionStatus, SessionStore, StoreError,
 };
 use futures::{StreamExt, TryStreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::LoopOutcome;
 use super::config::{CleanupFn, CostFn, TextDeltaMode, ToolLoop};
 use super::control::{SteeringHandle, control_cursor, poll_controls};
 use super::history::{History, Reconcile};
 use super::stream::Sink;
+use super::{FinalCommit, LoopOutcome};
 use crate::LoopError;
 use crate::budget::{Amounts, Budget, BudgetDimension, Reservation, Spend};
 use crate::event::{FailureInfo, RuntimeEvent, SessionUsage, StopReason};
@@ -92,11 +92,39 @@ pub(super) async fn drive(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutco
     let agent = cfg.profile.as_ref().map(|p| p.name.clone());
     let span = crate::telemetry::agent_span(agent.as_deref(), cfg.model.provider(), &cfg.model_id);
     let outcome = tracing::Instrument::instrument(drive_run(cfg, sink), span.clone()).await;
-    crate::telemetry::record_run(&span, &outcome);
+    crate::telemetry::record_run(&span, outcome.as_ref());
     outcome
 }
 
-async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, LoopError> {
+async fn drive_run(cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome, LoopError> {
+    let (run, stop, error) = drive_to_end(cfg, sink).await?;
+    run.finish(stop, error).await
+}
+
+/// The run, in its `invoke_agent` span, up to its final commit, which is handed back still in
+/// flight when it can be (see [`ToolLoop::run_committing`]).
+pub(super) async fn drive_committing(
+    cfg: ToolLoop,
+) -> Result<(LoopOutcome, FinalCommit), LoopError> {
+    let agent = cfg.profile.as_ref().map(|p| p.name.clone());
+    let span = crate::telemetry::agent_span(agent.as_deref(), cfg.model.provider(), &cfg.model_id);
+    let ended = tracing::Instrument::instrument(
+        async move {
+            let (run, stop, error) = drive_to_end(cfg, None).await?;
+            run.finish_committing(stop, error).await
+        },
+        span.clone(),
+    )
+    .await;
+    crate::telemetry::record_run(&span, ended.as_ref().map(|(outcome, _)| outcome));
+    ended
+}
+
+/// The run up to its end: started or reopened, its turns taken; how it stopped.
+async fn drive_to_end(
+    mut cfg: ToolLoop,
+    sink: Option<Sink>,
+) -> Result<(Run, StopReason, Option<LoopError>), LoopError> {
     if let Some(profile) = &cfg.profile {
         profile.ensure_model_allowed(&cfg.model_id)?;
     }
@@ -137,28 +165,29 @@ async fn drive_run(mut cfg: ToolLoop, sink: Option<Sink>) -> Result<LoopOutcome,
             reason,
         });
     }
-    let (stop, error) = match body {
-        Ok(stop) => (stop, None),
+    Ok(match body {
+        Ok(stop) => (run, stop, None),
         Err(e) => (
+            run,
             StopReason::Failed {
                 error: FailureInfo::from_error(&e),
             },
             Some(e),
         ),
-    };
-    run.finish(stop, error).await
+    })
 }
 
 pub(super) fn to_new(batch: &[RuntimeEvent]) -> Vec<NewEvent> {
-    batch
-        .iter()
-        .map(|e| NewEvent::new(e.kind(), event_value(e)))
-        .collect()
+    batch.iter().map(to_event).collect()
 }
 
-pub(super) fn event_value(event: &RuntimeEvent) -> Value {
-    serde_json::to_value(event)
-        .unwrap_or_else(|e| json!({"type": event.kind(), "serialization_error": e.to_string()}))
+/// The event as the store takes it: written straight to JSON text (no value tree is built; the
+/// store redacts the text as it copies it).
+pub(super) fn to_event(event: &RuntimeEvent) -> NewEvent {
+    let payload = Payload::to_json(event).unwrap_or_else(|e| {
+        Payload::from(json!({"type": event.kind(), "serialization_error": e.to_string()}))
+    });
+    NewEvent::new(event.kind(), payload)
 }
 
 impl Run {

@@ -80,6 +80,69 @@ pub struct LoopOutcome {
     pub messages: Vec<Message>,
 }
 
+/// The final commit of a run whose outcome was handed out while that commit was in flight
+/// ([`ToolLoop::run_committing`]): resolves to the seq of the durable final event, or to the
+/// error that kept the session from holding the outcome handed out.
+#[derive(Debug)]
+#[must_use = "the outcome is not durable until its final commit resolves"]
+pub struct FinalCommit(CommitState);
+
+#[derive(Debug)]
+enum CommitState {
+    Done(u64),
+    InFlight {
+        task: tokio::task::JoinHandle<Result<u64, LoopError>>,
+        session: SessionId,
+        stop: StopReason,
+    },
+}
+
+impl FinalCommit {
+    pub(crate) fn done(final_seq: u64) -> Self {
+        FinalCommit(CommitState::Done(final_seq))
+    }
+
+    pub(crate) fn in_flight(
+        task: tokio::task::JoinHandle<Result<u64, LoopError>>,
+        session: SessionId,
+        stop: StopReason,
+    ) -> Self {
+        FinalCommit(CommitState::InFlight {
+            task,
+            session,
+            stop,
+        })
+    }
+}
+
+impl std::future::Future for FinalCommit {
+    type Output = Result<u64, LoopError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().0 {
+            CommitState::Done(seq) => std::task::Poll::Ready(Ok(*seq)),
+            CommitState::InFlight {
+                task,
+                session,
+                stop,
+            } => std::pin::Pin::new(task).poll(cx).map(|joined| {
+                // The commit's task ends only by finishing, unless the runtime shut down
+                // under it (or it panicked): then nothing says the final was committed.
+                joined.unwrap_or_else(|_| {
+                    Err(LoopError::FinalNotPersisted {
+                        session: session.to_string(),
+                        stop: Box::new(stop.clone()),
+                        source: agentrt_session_store::StoreError::Closed,
+                    })
+                })
+            }),
+        }
+    }
+}
+
 /// Runs a tool loop to its end and returns the outcome.
 ///
 /// `Ok` whenever the final event was persisted — whatever the stop reason, including

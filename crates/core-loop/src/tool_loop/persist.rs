@@ -12,8 +12,8 @@
 use agentrt_session_store::{Finish, StoreError};
 use serde_json::json;
 
-use super::LoopOutcome;
-use super::engine::{Run, event_value, to_new};
+use super::engine::{Run, to_event, to_new};
+use super::{FinalCommit, LoopOutcome};
 use crate::LoopError;
 use crate::event::{FailureInfo, RecordedEvent, RuntimeEvent, StopReason};
 
@@ -106,10 +106,7 @@ impl Run {
         };
         let finish = Finish {
             status: stop.status(),
-            final_event: agentrt_session_store::NewEvent::new(
-                final_event.kind(),
-                event_value(&final_event),
-            ),
+            final_event: to_event(&final_event),
             error: error.map(|e| {
                 let info = FailureInfo::from_error(e);
                 json!({"kind": info.kind, "message": info.message})
@@ -153,6 +150,52 @@ impl Run {
             other => other,
         };
         (final_event, finished.map(|event| event.seq))
+    }
+
+    /// [`Run::finish`] with the final commit left in flight when the run ended cleanly (no
+    /// error, no cleanup step, no stream waiting for its events): the outcome handed back is
+    /// the one `finish` returns when that commit succeeds, and the commit resolves to `Err`
+    /// when it did not. Any other end is committed here.
+    pub(super) async fn finish_committing(
+        mut self,
+        stop: StopReason,
+        error: Option<LoopError>,
+    ) -> Result<(LoopOutcome, FinalCommit), LoopError> {
+        if error.is_some() || self.cleanup.is_some() || self.sink.is_some() {
+            let outcome = self.finish(stop, error).await?;
+            let seq = outcome.final_seq;
+            return Ok((outcome, FinalCommit::done(seq)));
+        }
+        let outcome = LoopOutcome {
+            session_id: self.session,
+            stop: stop.clone(),
+            answer: self.answer.clone(),
+            turns: self.turns,
+            usage: self.usage,
+            run_usage: self.run_usage,
+            error: None,
+            cleanup_error: None,
+            // Unless a conflict moves it; the commit resolves to where it is.
+            final_seq: self.next_seq + self.pending.len() as u64,
+            messages: std::mem::take(&mut self.messages),
+        };
+        let (session, expected, answer) = (self.session, stop.clone(), self.answer.clone());
+        let handed_out = stop.clone();
+        let task = tokio::spawn(async move {
+            let ended = self.finish(stop, None).await?;
+            if ended.stop == expected && ended.answer == answer {
+                Ok(ended.final_seq)
+            } else {
+                // The end was committed alone, failed with the store's error: the session
+                // does not hold the outcome handed out.
+                Err(ended.error.unwrap_or(LoopError::FinalNotPersisted {
+                    session: ended.session_id.to_string(),
+                    stop: Box::new(ended.stop),
+                    source: StoreError::Closed,
+                }))
+            }
+        });
+        Ok((outcome, FinalCommit::in_flight(task, session, handed_out)))
     }
 
     /// Persists the end: cleanup, then the pending events and the final event with the status
