@@ -6,6 +6,11 @@ use clap::Parser;
 
 mod cli;
 
+/// See the `mimalloc` feature in Cargo.toml for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();

@@ -1,5 +1,5 @@
 //! `cargo bench -p agentrt-core-loop --bench suite_loop [-- --quick] [--sequential-only]
-//! [--runs N]` (or `cargo xtask bench loop`).
+//! [--sessions-only] [--turns-only] [--runs N]` (or `cargo xtask bench loop`).
 //!
 //! Prints one line per figure, `BENCH loop.<figure> <value> <unit>`:
 //!
@@ -11,7 +11,8 @@
 //!   the runs (the mean of both); `runs_vs_disk_limit` = runs/s ÷ (appends/s ÷ 2), the share of
 //!   what the disk allows a run that needs two durable points. `--sequential-only` stops after
 //!   these (benches/peers/run.sh uses it). `--turns-only` runs only `turns_per_s` and the
-//!   OpenTelemetry figures below (a quick before/after of a change to the loop).
+//!   OpenTelemetry figures below (a quick before/after of a change to the loop);
+//!   `--sessions-only` only the 10k sessions against their ideal (below).
 //! - `turns_per_s`: scripted model with zero latency, one tool call per turn, every event
 //!   persisted to a SQLite store (default durability: fsync per group commit).
 //! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
@@ -62,6 +63,9 @@ use futures::{StreamExt, TryStreamExt};
 use own_postgres::OwnPostgres;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Deserialize, JsonSchema)]
 struct EchoArgs {
@@ -251,10 +255,8 @@ async fn commits_of(
     let mut commits = Vec::new();
     let mut current = Vec::new();
     for e in &events {
-        current.push(NewEvent::new(
-            e.kind.clone(),
-            e.payload.clone().into_value(),
-        ));
+        // As the loop hands them to the store: JSON text, not a value tree.
+        current.push(NewEvent::new(e.kind.clone(), e.payload.clone()));
         if e.kind == "tool.call" {
             commits.push(std::mem::take(&mut current));
         }
@@ -582,8 +584,12 @@ fn main() {
             otel_overhead(dir.path(), turns).await;
             return;
         }
+        // `--sessions-only`: the 10k sessions against their ideal, nothing else (for profiling).
+        let sessions_only = args.iter().any(|a| a == "--sessions-only");
         let appends = if quick { 300 } else { 1_000 };
-        sequential_figures(dir.path(), runs, appends).await;
+        if !sessions_only {
+            sequential_figures(dir.path(), runs, appends).await;
+        }
         if sequential_only {
             return;
         }
@@ -616,6 +622,9 @@ fn main() {
         println!("# store-only group-commit append of the same events: {store_wall:.3} s; latency bound {latency_bound:.3} s");
         println!("BENCH loop.ideal_wall_s {ideal:.3} s");
         println!("BENCH loop.sessions_10k_vs_ideal {:.2} ratio", wall / ideal);
+        if sessions_only {
+            return;
+        }
 
         // The same sessions against Postgres: a server of the bench's own (never the shared
         // one), so 10,000 sessions of rows neither load nor outlive other users' databases.
