@@ -16,6 +16,11 @@
 //!   recorded in a SQLite store, each scripted call taking 50 ms. The run's own work only: the
 //!   store is opened before the clock starts. The note line beside it splits that time into
 //!   store writes and the rest.
+//! - `improve.sessions_floor_pct`: the run's model calls replayed as plain tool-loop sessions,
+//!   step by step, each step waiting for its sessions' final commits — a run that waits for
+//!   every commit before its next step cannot do better. `improve.engine_overhead_pct`: the
+//!   run's wall time over the floor's; negative since the engine overlaps its rollouts' final
+//!   commits with the next step's model calls (`ToolLoop::run_committing`).
 //! - `improve.overhead_real_model_pct`: the same for a small GEPA run (2 train, 2 selection, 2
 //!   test scenarios, one proposal) on the real server at `AGENTRT_LLM_BASE_URL` (skipped with a
 //!   note if none answers).

@@ -12,6 +12,7 @@
 //! committed beside the next step's model calls.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentrt_core_loop::rounds::DeciderId;
@@ -86,11 +87,12 @@ pub async fn improve<E: Evaluator>(
             .priced(options.prices.clone()),
         pool,
         run,
-        journal: JournalLane::new(options.store.clone(), run, next_seq),
+        journal: Arc::new(JournalLane::new(options.store.clone(), run, next_seq)),
         rollouts: journal.rollouts,
         reflections: journal.reflections,
         interrupted: journal.interrupted,
         touched: HashSet::new(),
+        findings: HashMap::new(),
         rollouts_used: 0,
         reflection_calls: 0,
         spend: HashMap::new(),
@@ -104,7 +106,10 @@ pub async fn improve<E: Evaluator>(
     engine.charge_interrupted();
     let outcome = engine.run(baseline).await;
     // What is still queued (candidate nodes) is committed with the final event.
-    let (pending, next_seq) = engine.journal.take_pending().await;
+    // A report built on a rollout whose session did not become durable is not shipped: the
+    // run fails with that error (on resume the rollout runs again).
+    let (pending, next_seq, durable) = engine.journal.take_pending().await;
+    let outcome = outcome.and_then(|report| durable.map(|()| report));
     match outcome {
         Ok(report) => {
             let final_event = NewEvent::new(FINISHED, json!({ "report": &report }));
@@ -271,11 +276,13 @@ struct Engine<'o, E: Evaluator> {
     ctx: RolloutContext,
     pool: Budget,
     run: SessionId,
-    journal: JournalLane,
+    journal: Arc<JournalLane>,
     rollouts: HashMap<String, RolloutEntry>,
     reflections: HashMap<String, ReflectionEntry>,
     interrupted: Vec<InterruptedRollout>,
     touched: HashSet<String>,
+    /// What each ended session read back so far showed (an ended session never changes).
+    findings: HashMap<SessionId, Vec<String>>,
     rollouts_used: u64,
     reflection_calls: u64,
     spend: HashMap<Phase, PhaseSpend>,
@@ -633,6 +640,9 @@ impl<E: Evaluator> Engine<'_, E> {
                     })?;
                     let ctx = ctx.linked(run, &key, ask.phase.as_str(), trial);
                     let evaluated = options.evaluator.evaluate(profile, scenario, &ctx).await;
+                    // Sessions whose final commit may still be in flight: the entry waits
+                    // for them, the next rollout does not.
+                    let in_flight = ctx.take_in_flight();
                     let others = remaining.fetch_sub(1, Ordering::SeqCst) - 1;
                     let evaluation = evaluated?;
                     evaluation.check(scenario.id())?;
@@ -642,11 +652,14 @@ impl<E: Evaluator> Engine<'_, E> {
                         evaluation,
                     };
                     let event = serde_json::to_value(&entry).unwrap_or(Value::Null);
-                    let ticket = journal.push(NewEvent::new(ROLLOUT, event));
+                    let ticket =
+                        journal.push_after(NewEvent::new(ROLLOUT, event), in_flight.commits);
                     if others > 0 {
-                        journal.commit_through(ticket).await?;
+                        // Committed while the others run, off this slot's path: the next
+                        // rollout takes the slot at once.
+                        journal.commit_in_background(ticket);
                     }
-                    Ok::<_, ImproveError>((a, trial, entry))
+                    Ok::<_, ImproveError>((a, trial, entry, in_flight.without_findings))
                 },
             );
             // What the last step left queued is committed while this one's rollouts run.
@@ -655,7 +668,9 @@ impl<E: Evaluator> Engine<'_, E> {
             let mut first_error = None;
             for result in done.results.into_iter().flatten() {
                 match result {
-                    Ok((a, trial, entry)) => {
+                    Ok((a, trial, entry, without_findings)) => {
+                        self.findings
+                            .extend(without_findings.into_iter().map(|s| (s, Vec::new())));
                         self.count(entry.phase, &entry.evaluation.usage, true);
                         out[a][trial as usize] = Some(entry.evaluation.clone());
                         self.rollouts.insert(entry.key.clone(), entry);
@@ -1046,12 +1061,30 @@ impl<E: Evaluator> Search for Engine<'_, E> {
             )));
         }
         let evals = self.run_minibatch(&texts, &address, minibatch).await?;
+        // The findings are read back from the sessions not read before (a minibatch is often
+        // the parent's, run and read already), side by side: they must be in the store first.
+        let unread: Vec<SessionId> = evals
+            .iter()
+            .flat_map(|(_, e)| e.sessions.iter().copied())
+            .filter(|s| !self.findings.contains_key(s))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !unread.is_empty() {
+            self.journal.settle().await?;
+            let store = self.options.store.as_ref();
+            let read =
+                futures::future::try_join_all(unread.iter().map(|s| session_findings(store, s)))
+                    .await?;
+            self.findings.extend(unread.into_iter().zip(read));
+        }
         let mut records = Vec::with_capacity(evals.len());
         for (i, e) in evals {
-            let mut findings = Vec::new();
-            for session in &e.sessions {
-                findings.extend(session_findings(self.options.store.as_ref(), session).await?);
-            }
+            let findings: Vec<String> = e
+                .sessions
+                .iter()
+                .flat_map(|s| self.findings.get(s).cloned().unwrap_or_default())
+                .collect();
             let scenario = &self.options.train[i];
             records.push(TrainRecord {
                 scenario: scenario.id().to_owned(),
@@ -1088,9 +1121,10 @@ impl<E: Evaluator> Search for Engine<'_, E> {
         if let Some(prices) = &self.options.prices {
             tool_loop = tool_loop.price_table(prices.clone());
         }
-        // What the last step left queued is committed while the reflection model runs.
-        let (flushed, outcome) = futures::join!(self.journal.flush(), tool_loop.run());
-        let outcome = outcome?;
+        // What the last step left queued is committed while the reflection model runs; the
+        // reflection's own final commit goes on beside the next step (its entry waits for it).
+        let (flushed, ran) = futures::join!(self.journal.flush(), tool_loop.run_committing());
+        let (outcome, commit) = ran?;
         flushed?;
         let answer = match outcome.stop {
             StopReason::Answered => outcome.answer.clone(),
@@ -1104,10 +1138,13 @@ impl<E: Evaluator> Search for Engine<'_, E> {
             session: outcome.session_id,
         };
         // Committed beside the next step's model calls (nothing is spent on it before).
-        self.journal.push(NewEvent::new(
-            REFLECTION,
-            serde_json::to_value(&entry).unwrap_or(Value::Null),
-        ));
+        self.journal.push_after(
+            NewEvent::new(
+                REFLECTION,
+                serde_json::to_value(&entry).unwrap_or(Value::Null),
+            ),
+            vec![commit],
+        );
         self.reflections.insert(key, entry);
         Ok(answer)
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use agentrt_core_loop::model::{PriceTable, ProfileModels};
 use agentrt_core_loop::rounds::DeciderId;
-use agentrt_core_loop::{Budget, LoopOutcome, SessionUsage, StopReason, ToolLoop};
+use agentrt_core_loop::{Budget, FinalCommit, LoopOutcome, SessionUsage, StopReason, ToolLoop};
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{SessionId, SessionStore};
 use async_trait::async_trait;
@@ -176,6 +176,9 @@ pub struct RolloutContext {
     link: Value,
     trial: u32,
     prices: Option<PriceTable>,
+    /// What the run needs of the sessions this rollout ran in flight (see
+    /// [`RolloutContext::take_in_flight`]); each linked context has its own.
+    in_flight: Arc<std::sync::Mutex<InFlight>>,
 }
 
 impl fmt::Debug for RolloutContext {
@@ -198,6 +201,7 @@ impl RolloutContext {
             link: Value::Null,
             trial: 0,
             prices: None,
+            in_flight: Arc::default(),
         }
     }
 
@@ -213,6 +217,7 @@ impl RolloutContext {
         RolloutContext {
             link: json!({ "improve_run": run, "rollout": rollout, "phase": phase, "trial": trial }),
             trial,
+            in_flight: Arc::default(),
             ..self.clone()
         }
     }
@@ -276,6 +281,53 @@ impl RolloutContext {
     ) -> Result<LoopOutcome, ImproveError> {
         Ok(self.tool_loop(profile)?.user(task).run().await?)
     }
+
+    /// [`RolloutContext::run_agent`] for an evaluator that does not read the session back: in
+    /// an improve run the outcome comes back as soon as the run ends, its final commit still
+    /// in flight; the run journals the rollout only once that commit resolved (outside a run
+    /// it is awaited here).
+    pub(crate) async fn run_agent_in_flight(
+        &self,
+        profile: &AgentProfile,
+        task: &str,
+    ) -> Result<LoopOutcome, ImproveError> {
+        let (outcome, commit) = self.tool_loop(profile)?.user(task).run_committing().await?;
+        if self.link.is_null() {
+            commit.await?;
+            return Ok(outcome);
+        }
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        in_flight.commits.push(commit);
+        // Nothing to find in the session: the run need not wait to read it back.
+        if crate::findings::outcome_without_findings(&outcome) {
+            in_flight.without_findings.push(outcome.session_id);
+        }
+        drop(in_flight);
+        Ok(outcome)
+    }
+
+    /// What the run needs of the sessions run in flight through this context.
+    pub(crate) fn take_in_flight(&self) -> InFlight {
+        std::mem::take(
+            &mut self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Sessions a rollout ran whose final commits may still be in flight
+/// ([`RolloutContext::run_agent_in_flight`]).
+#[derive(Default)]
+pub(crate) struct InFlight {
+    /// Their final commits.
+    pub commits: Vec<FinalCommit>,
+    /// Those whose outcome shows there is nothing to find in them (answered, no tool called).
+    pub without_findings: Vec<SessionId>,
 }
 
 /// A ready evaluator for [`TaskScenario`]s: runs the agent on the task and scores 1 when its
@@ -304,7 +356,8 @@ impl Evaluator for ExpectedAnswer {
                 scenario.id
             ))
         })?;
-        let outcome = ctx.run_agent(profile, &scenario.task).await?;
+        // It grades the outcome alone: the session is never read back.
+        let outcome = ctx.run_agent_in_flight(profile, &scenario.task).await?;
         let answer = outcome.answer.as_deref().unwrap_or("");
         let hit = answer
             .to_ascii_lowercase()

@@ -2,11 +2,23 @@
 //! budget stops, turn limits — as short sentences the reflection prompt (and
 //! `agentrt improve findings`) reads.
 
-use agentrt_core_loop::{RecordedEvent, RuntimeEvent, StopReason, ToolStatus};
+use agentrt_core_loop::model::Message;
+use agentrt_core_loop::{LoopOutcome, RecordedEvent, RuntimeEvent, StopReason, ToolStatus};
 use agentrt_session_store::{SessionId, SessionStore};
 use futures::TryStreamExt;
 
 use crate::ImproveError;
+
+/// Whether `outcome` shows that [`session_findings`] would find nothing in its session: the run
+/// answered and called no tool (so no tool failed). Kept beside `session_findings`, whose
+/// cases it must cover: a run it passes is not read back for findings.
+pub(crate) fn outcome_without_findings(outcome: &LoopOutcome) -> bool {
+    outcome.stop == StopReason::Answered
+        && !outcome
+            .messages
+            .iter()
+            .any(|m| matches!(m, Message::Tool { .. }))
+}
 
 /// The findings of one recorded session, in the order they happened: each failed tool call,
 /// and how the session stopped when it did not simply answer.
@@ -133,4 +145,53 @@ pub async fn store_findings(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use agentrt_core_loop::ToolLoop;
+    use agentrt_core_loop::model::{ScriptedModel, ScriptedTurn};
+    use agentrt_session_store::MemoryStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outcome_passed_as_without_findings_has_none_in_its_session() {
+        let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+        let runs = [
+            // Answered at once: nothing to find.
+            (vec![ScriptedTurn::text("ok")], 5),
+            // A tool that does not exist fails, then an answer: a finding.
+            (
+                vec![
+                    ScriptedTurn::tool_call("c1", "missing", "{}"),
+                    ScriptedTurn::text("ok"),
+                ],
+                5,
+            ),
+            // Stopped at the turn limit: a finding.
+            (vec![ScriptedTurn::tool_call("c1", "missing", "{}")], 1),
+        ];
+        let mut passed = 0;
+        for (turns, max_turns) in runs {
+            let outcome = ToolLoop::new(Arc::new(ScriptedModel::new(turns)), "m", store.clone())
+                .user("go")
+                .max_turns(max_turns)
+                .run()
+                .await
+                .expect("run");
+            let found = session_findings(store.as_ref(), &outcome.session_id)
+                .await
+                .expect("findings");
+            if outcome_without_findings(&outcome) {
+                passed += 1;
+                assert!(found.is_empty(), "{:?}: {found:?}", outcome.stop);
+            } else {
+                assert!(!found.is_empty(), "{:?} has findings", outcome.stop);
+            }
+        }
+        assert_eq!(passed, 1, "only the plain answer is passed");
+    }
 }

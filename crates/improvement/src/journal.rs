@@ -15,13 +15,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
-use agentrt_core_loop::{RecordedEvent, RuntimeEvent, SessionUsage};
+use agentrt_core_loop::{FinalCommit, RecordedEvent, RuntimeEvent, SessionUsage};
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{
     NewEvent, NewSession, Session, SessionFilter, SessionId, SessionStatus, SessionStore,
     StoreError,
 };
-use futures::TryStreamExt;
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -327,6 +328,12 @@ pub(crate) fn add_usage(usage: &mut SessionUsage, more: &SessionUsage) {
 /// queued at the end goes with the run's final event. A kill loses at most the entries of the commit in flight, as it would
 /// if the run waited for that commit before going on: their rollouts' sessions are then found
 /// on resume, charged, and run again.
+///
+/// An entry may name a session whose final commit is still in flight (a rollout's outcome is
+/// used as soon as its run ends: [`agentrt_core_loop::ToolLoop::run_committing`]). Such an
+/// entry is queued with that commit, and no append takes it before the commit resolved: the
+/// journal never names a session the store may not hold. A commit that failed fails the lane
+/// (the run stops with its error; on resume the rollout runs again).
 pub(crate) struct JournalLane {
     store: std::sync::Arc<dyn SessionStore>,
     run: SessionId,
@@ -335,9 +342,16 @@ pub(crate) struct JournalLane {
     writer: futures::lock::Mutex<u64>,
 }
 
+/// A session's final commit, which the entry naming it and a reader of the session both await.
+type SharedCommit = Shared<BoxFuture<'static, Result<(), String>>>;
+
 #[derive(Default)]
 struct Queue {
     events: Vec<NewEvent>,
+    /// Final commits of the sessions the queued events name, still to be awaited.
+    commits: Vec<SharedCommit>,
+    /// Every final commit not yet seen resolved (for [`JournalLane::settle`]).
+    unsettled: Vec<SharedCommit>,
     /// Events ever queued, and ever committed (tickets count from 1).
     queued: u64,
     committed: u64,
@@ -361,8 +375,21 @@ impl JournalLane {
 
     /// Queues `event` for the next commit; returns its ticket.
     pub(crate) fn push(&self, event: NewEvent) -> u64 {
+        self.push_after(event, Vec::new())
+    }
+
+    /// Queues `event`, which names sessions whose final `commits` may be in flight: it is
+    /// appended only once they resolved. Returns its ticket.
+    pub(crate) fn push_after(&self, event: NewEvent, commits: Vec<FinalCommit>) -> u64 {
         let mut q = self.lock();
         q.events.push(event);
+        for commit in commits {
+            let shared = async move { commit.await.map(drop).map_err(|e| e.to_string()) }
+                .boxed()
+                .shared();
+            q.unsettled.push(shared.clone());
+            q.commits.push(shared);
+        }
         q.queued += 1;
         q.queued
     }
@@ -373,22 +400,68 @@ impl JournalLane {
         self.commit_through(ticket).await
     }
 
+    /// Commits the entry of `ticket` (and everything queued before it) from a task of its own:
+    /// the caller goes on at once. A failure is kept and returned by the lane's next call.
+    pub(crate) fn commit_in_background(self: &std::sync::Arc<Self>, ticket: u64) {
+        let lane = self.clone();
+        tokio::spawn(async move { lane.commit_through(ticket).await });
+    }
+
+    /// Returns once every session named by an entry so far is durable (whether or not the
+    /// entry is appended yet): for reading those sessions back.
+    pub(crate) async fn settle(&self) -> Result<(), ImproveError> {
+        let unsettled = self.lock().unsettled.clone();
+        self.await_commits(unsettled).await?;
+        self.lock().unsettled.retain(|c| c.peek().is_none());
+        Ok(())
+    }
+
+    /// Awaits `commits`; the first failure fails the lane.
+    async fn await_commits(&self, commits: Vec<SharedCommit>) -> Result<(), ImproveError> {
+        for result in futures::future::join_all(commits).await {
+            if let Err(reason) = result {
+                let reason = format!("a session an entry names was not persisted: {reason}");
+                let mut q = self.lock();
+                q.failed.get_or_insert_with(|| reason.clone());
+                return Err(ImproveError::Journal {
+                    run: self.run.to_string(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&self) -> Result<(), ImproveError> {
+        match &self.lock().failed {
+            Some(reason) => Err(ImproveError::Journal {
+                run: self.run.to_string(),
+                reason: format!("an earlier journal write failed: {reason}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Returns once the event of `ticket` (and every one queued before it) is committed.
     pub(crate) async fn commit_through(&self, ticket: u64) -> Result<(), ImproveError> {
         let mut next = self.writer.lock().await;
-        let (events, through) = {
+        let (events, commits, through) = {
             let mut q = self.lock();
             if q.committed >= ticket {
                 return Ok(());
             }
-            if let Some(reason) = &q.failed {
-                return Err(ImproveError::Journal {
-                    run: self.run.to_string(),
-                    reason: format!("an earlier journal write failed: {reason}"),
-                });
+            if q.failed.is_some() {
+                drop(q);
+                return self.failed();
             }
-            (std::mem::take(&mut q.events), q.queued)
+            (
+                std::mem::take(&mut q.events),
+                std::mem::take(&mut q.commits),
+                q.queued,
+            )
         };
+        self.await_commits(commits).await?;
+        self.lock().unsettled.retain(|c| c.peek().is_none());
         match self.store.append(&self.run, *next, events).await {
             Ok(seq) => {
                 *next = seq;
@@ -402,12 +475,18 @@ impl JournalLane {
         }
     }
 
-    /// The events queued and not committed (they go with the run's final event), and the seq
-    /// the final event takes after them. Call when nothing else writes.
-    pub(crate) async fn take_pending(&self) -> (Vec<NewEvent>, u64) {
-        let next = *self.writer.lock().await;
+    /// The events queued and not committed (they go with the run's final event), the seq the
+    /// final event takes after them, and whether every session they name became durable
+    /// (awaited here). Call when nothing else writes.
+    pub(crate) async fn take_pending(&self) -> (Vec<NewEvent>, u64, Result<(), ImproveError>) {
+        let next = self.writer.lock().await;
+        let commits = std::mem::take(&mut self.lock().commits);
+        let durable = match self.await_commits(commits).await {
+            Ok(()) => self.failed(),
+            Err(e) => Err(e),
+        };
         let mut q = self.lock();
         q.committed = q.queued;
-        (std::mem::take(&mut q.events), next)
+        (std::mem::take(&mut q.events), *next, durable)
     }
 }

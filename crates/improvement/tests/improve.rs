@@ -12,7 +12,7 @@ use agentrt_improvement::{
 };
 use agentrt_profiles::AgentProfile;
 use agentrt_session_store::{
-    HookedStore, SessionStore, SqliteStore, StoreError, StoreWrite, WriteHook,
+    HookedStore, SessionStatus, SessionStore, SqliteStore, StoreError, StoreWrite, WriteHook,
 };
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -663,7 +663,7 @@ async fn rollouts_a_kill_interrupted_are_charged_once_reported_and_run_again() {
     let run = agentrt_session_store::SessionId::new();
     run_until_killed(&task, &store, run, 2).await;
     let first_kill = journaled_rollouts(&store, &run).await;
-    run_until_killed(&task, &store, run, first_kill + 8).await;
+    run_until_killed(&task, &store, run, 3).await;
     let journaled = journaled_rollouts(&store, &run).await;
     assert!(journaled > first_kill);
 
@@ -896,4 +896,114 @@ async fn a_rollout_killed_midway_is_charged_what_its_session_recorded() {
         total.usage.input_tokens,
         base.usage.input_tokens + charged.input_tokens
     );
+}
+
+/// Holds every session's end back a while (so that outcomes come back with their final
+/// commits still in flight) and checks, at every write of journal entries, that each session
+/// an entry names is already ended in the store.
+struct EntriesAfterTheirSessions {
+    inner: Arc<dyn SessionStore>,
+    run: agentrt_session_store::SessionId,
+    entries: Mutex<usize>,
+    violations: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl WriteHook for EntriesAfterTheirSessions {
+    type Ticket = ();
+    async fn before(&self, write: &StoreWrite<'_>) -> Result<(), StoreError> {
+        let (session, events): (_, Vec<&agentrt_session_store::NewEvent>) = match write {
+            StoreWrite::Append {
+                session, events, ..
+            } => (*session, events.iter().collect()),
+            StoreWrite::Finish {
+                session, finish, ..
+            } => (
+                *session,
+                finish
+                    .events
+                    .iter()
+                    .chain(std::iter::once(&finish.final_event))
+                    .collect(),
+            ),
+            StoreWrite::Create(new) if new.finish.is_some() => {
+                // A rollout or reflection session ending: late, as a slow disk would be.
+                tokio::time::sleep(std::time::Duration::from_millis(15)).await;
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        if *session != self.run {
+            return Ok(());
+        }
+        for event in events {
+            let named: Vec<String> = match event.kind.as_str() {
+                "improve.rollout" => event.payload["evaluation"]["sessions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect(),
+                "improve.reflection" => event.payload["session"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .into_iter()
+                    .collect(),
+                _ => continue,
+            };
+            *self.entries.lock().expect("lock") += 1;
+            for id in named {
+                let id: agentrt_session_store::SessionId = id.parse().expect("session id");
+                let ended = self
+                    .inner
+                    .get(&id)
+                    .await
+                    .is_ok_and(|s| s.status != SessionStatus::Running);
+                if !ended {
+                    self.violations.lock().expect("lock").push(format!(
+                        "{} names {id} before it is in the store",
+                        event.kind
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_journal_names_a_session_only_once_the_store_holds_it() {
+    let (task, ..) = task();
+    let (_dir, store) = sqlite().await;
+    let run = agentrt_session_store::SessionId::new();
+    let hooked = Arc::new(HookedStore::new(
+        store.clone(),
+        EntriesAfterTheirSessions {
+            inner: store.clone(),
+            run,
+            entries: Mutex::new(0),
+            violations: Mutex::new(Vec::new()),
+        },
+    ));
+    let report = improve(
+        &task.profile().expect("profile"),
+        options(
+            &task,
+            Arc::new(ExpectedAnswer),
+            hooked.clone(),
+            task.models(),
+        )
+        .run(run),
+    )
+    .await
+    .expect("improve");
+    // Rollout outcomes come back before their sessions are durable (the run goes on beside
+    // those commits), yet no entry was written ahead of the session it names.
+    let hook = hooked.hook();
+    let entries = *hook.entries.lock().expect("lock");
+    assert!(
+        entries as u64 >= report.rollouts + report.reflection_calls,
+        "{entries} entries checked"
+    );
+    assert_eq!(*hook.violations.lock().expect("lock"), Vec::<String>::new());
 }
