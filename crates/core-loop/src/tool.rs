@@ -73,7 +73,10 @@ pub trait Tool: Send + Sync + 'static {
     fn idempotent(&self) -> bool {
         false
     }
-    /// How long one call may take; `None` uses the loop's default.
+    /// How long one call may take; `None` uses the loop's default. The limit is enforced
+    /// where the call waits (an `.await`): a call that blocks its thread (sync I/O, a long
+    /// computation) is not stopped while it blocks, and one that blocks before its first wait
+    /// holds the loop too — run such work with `tokio::task::spawn_blocking`.
     fn timeout(&self) -> Option<Duration> {
         None
     }
@@ -226,6 +229,69 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// How a tool call ended, short of a timeout.
+enum Ended {
+    /// The tool returned.
+    Returned(Result<String, ToolCallError>),
+    /// The tool panicked, with this payload.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// Its task was stopped before it finished (the runtime shutting down).
+    Stopped,
+}
+
+type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<String, ToolCallError>> + Send>>;
+
+/// Runs one call; `None` when it did not finish within `timeout` of `started` (it is then
+/// stopped).
+///
+/// The call's first poll runs right here, on the loop's task: a tool that finishes without
+/// waiting (most do) costs no task hand-off, which on a multi-threaded runtime is two thread
+/// wake-ups per call — about a fifth of a sequential run's time (docs/benchmarks.md). A call
+/// that waits moves to a task of its own, where it runs on while the loop watches for its
+/// timeout and for cancellation, and is aborted when either comes first. A panic is caught on
+/// either path. As anywhere in async code, a tool must not block its thread: one that blocks in
+/// its first poll holds the loop (and its timeout) until it returns.
+async fn run_call(
+    tool: Arc<dyn Tool>,
+    arguments: serde_json::Value,
+    started: Instant,
+    timeout: Option<Duration>,
+) -> Option<Ended> {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::task::Poll;
+
+    let mut call: CallFuture =
+        Box::pin(async move { tool.call(arguments).await }.in_current_span());
+    // Unwind safety: on a panic the call's future is dropped unpolled (never observed again),
+    // as a panicking spawned task's is.
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(cx))))
+    })
+    .await;
+    match first {
+        Ok(Poll::Ready(returned)) => return Some(Ended::Returned(returned)),
+        Err(payload) => return Some(Ended::Panicked(payload)),
+        Ok(Poll::Pending) => {}
+    }
+    // Moving the box moves no pinned future; the spawned task polls it again at once, so the
+    // waker it registered is replaced by the task's own.
+    let mut handle = AbortOnDrop(tokio::spawn(call));
+    let joined = match timeout {
+        Some(limit) => {
+            match tokio::time::timeout_at((started + limit).into(), &mut handle.0).await {
+                Ok(joined) => joined,
+                Err(_) => return None,
+            }
+        }
+        None => (&mut handle.0).await,
+    };
+    Some(match joined {
+        Ok(returned) => Ended::Returned(returned),
+        Err(join) if join.is_panic() => Ended::Panicked(join.into_panic()),
+        Err(_) => Ended::Stopped,
+    })
+}
+
 /// The tools a loop offers, by name.
 #[derive(Clone, Default)]
 pub struct ToolRegistry {
@@ -302,7 +368,7 @@ impl ToolRegistry {
             .collect()
     }
 
-    /// Executes one call on its own task and turns every way it can end into a
+    /// Executes one call (see `run_call` on where it runs) and turns every way it can end into a
     /// [`ToolResult`]: unknown tool, invalid JSON or schema mismatch, tool error, panic, or
     /// timeout (`default_timeout` applies when the tool declares none; the task is aborted).
     ///
@@ -365,30 +431,22 @@ impl ToolRegistry {
             }
         };
         let timeout = tool.timeout().or(default_timeout);
-        let task_tool = tool.clone();
-        // Aborted when this future is dropped (cancellation) or the call times out.
-        let mut handle = AbortOnDrop(tokio::spawn(
-            async move { task_tool.call(arguments).await }.in_current_span(),
-        ));
-        let joined = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, &mut handle.0).await {
-                Ok(joined) => joined,
-                Err(_) => {
-                    handle.0.abort();
-                    return finish(
-                        ToolStatus::TimedOut,
-                        format!(
-                            "error: tool `{}` did not finish within {limit:?} and was stopped",
-                            call.name
-                        ),
-                    );
-                }
-            },
-            None => (&mut handle.0).await,
+        let ended = match run_call(tool, arguments, started, timeout).await {
+            Some(ended) => ended,
+            None => {
+                let limit = timeout.unwrap_or_default();
+                return finish(
+                    ToolStatus::TimedOut,
+                    format!(
+                        "error: tool `{}` did not finish within {limit:?} and was stopped",
+                        call.name
+                    ),
+                );
+            }
         };
-        match joined {
-            Ok(Ok(output)) => finish(ToolStatus::Ok, output),
-            Ok(Err(ToolCallError::InvalidArguments(msg))) => finish(
+        match ended {
+            Ended::Returned(Ok(output)) => finish(ToolStatus::Ok, output),
+            Ended::Returned(Err(ToolCallError::InvalidArguments(msg))) => finish(
                 ToolStatus::InvalidArguments,
                 format!(
                     "error: invalid arguments for tool `{}`: {msg}; send a JSON object matching \
@@ -396,12 +454,11 @@ impl ToolRegistry {
                     call.name
                 ),
             ),
-            Ok(Err(ToolCallError::Failed(e))) => finish(
+            Ended::Returned(Err(ToolCallError::Failed(e))) => finish(
                 ToolStatus::Error,
                 format!("error: tool `{}` failed: {e}", call.name),
             ),
-            Err(join) if join.is_panic() => {
-                let payload = join.into_panic();
+            Ended::Panicked(payload) => {
                 let msg = payload
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -412,7 +469,7 @@ impl ToolRegistry {
                     format!("error: tool `{}` crashed: {msg}", call.name),
                 )
             }
-            Err(_) => finish(
+            Ended::Stopped => finish(
                 ToolStatus::Interrupted,
                 format!(
                     "interrupted: tool `{}` was stopped before it finished; verify its side \

@@ -457,6 +457,86 @@ async fn tool_failures_become_results_the_model_sees() {
     assert_eq!(tool_messages[6], "2");
 }
 
+/// Names the thread its call ran on; waits first (one yield to the runtime) when `waits`.
+struct WhereAmI {
+    name: &'static str,
+    waits: bool,
+    panics: bool,
+}
+
+#[async_trait::async_trait]
+impl agentrt_core_loop::TypedTool for WhereAmI {
+    type Args = loop_support::NoArgs;
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn description(&self) -> &str {
+        "Says which thread it ran on."
+    }
+    async fn call(&self, _: loop_support::NoArgs) -> Result<String, agentrt_core_loop::ToolError> {
+        if self.waits {
+            tokio::task::yield_now().await;
+        }
+        assert!(!self.panics, "exploded after waiting");
+        Ok(format!("{:?}", std::thread::current().id()))
+    }
+}
+
+/// A tool that finishes without waiting runs on the loop's own thread (no hand-off to another
+/// task); one that waits runs on as a task of its own, and a panic after its wait is still a
+/// `Panicked` result, not a failed loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_finishes_at_once_runs_on_the_loops_thread_and_one_that_waits_on_its_own_task()
+{
+    let store = memory();
+    let model = ScriptedModel::new([
+        ScriptedTurn::tool_call("at-once", "at_once", "{}")
+            .and_tool_call("waits", "waits", "{}")
+            .and_tool_call("late-boom", "late_boom", "{}"),
+        ScriptedTurn::text("done"),
+    ]);
+    let tools = ToolRegistry::new()
+        .with_typed(WhereAmI {
+            name: "at_once",
+            waits: false,
+            panics: false,
+        })
+        .with_typed(WhereAmI {
+            name: "waits",
+            waits: true,
+            panics: false,
+        })
+        .with_typed(WhereAmI {
+            name: "late_boom",
+            waits: true,
+            panics: true,
+        });
+    // The test body runs on the runtime's `block_on` thread, which never runs spawned tasks.
+    let here = format!("{:?}", std::thread::current().id());
+    let outcome = run_tool_loop(
+        ToolLoop::new(Arc::new(model), "m", store.clone())
+            .user("where do tools run?")
+            .tools(tools),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome.stop, StopReason::Answered);
+    let results = tool_results(&store, &outcome.session_id).await;
+    let by_id: Vec<_> = results
+        .iter()
+        .map(|(r, _)| (r.tool_call_id.as_str(), r.status, r.content.as_str()))
+        .collect();
+    assert_eq!(by_id[0], ("at-once", ToolStatus::Ok, here.as_str()));
+    assert_eq!(by_id[1].1, ToolStatus::Ok);
+    assert_ne!(by_id[1].2, here, "a tool that waits continues on a worker");
+    assert_eq!(by_id[2].1, ToolStatus::Panicked);
+    assert!(
+        by_id[2].2.contains("exploded after waiting"),
+        "{}",
+        by_id[2].2
+    );
+}
+
 #[tokio::test]
 async fn steering_is_delivered_at_the_next_turn_boundary_and_recorded() {
     let store = memory();

@@ -506,6 +506,11 @@ impl Run {
             return Ok(stop);
         }
         loop {
+            // A turn whose model, tools and store all answer without waiting (scripted models,
+            // the memory store) never hands the runtime back on its own; this yields once the
+            // task's cooperative budget is spent, so the control poll beside the turns and
+            // other tasks on the thread still run. Free otherwise.
+            tokio::task::consume_budget().await;
             if self.cancel.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
