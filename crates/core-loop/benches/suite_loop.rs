@@ -1,5 +1,6 @@
 //! `cargo bench -p agentrt-core-loop --bench suite_loop [-- --quick] [--sequential-only]
-//! [--sessions-only] [--turns-only] [--runs N]` (or `cargo xtask bench loop`).
+//! [--sessions-only] [--turns-only] [--real-model-only]
+//! [--runs N]` (or `cargo xtask bench loop`).
 //!
 //! Prints one line per figure, `BENCH loop.<figure> <value> <unit>`:
 //!
@@ -12,7 +13,8 @@
 //!   what the disk allows a run that needs two durable points. `--sequential-only` stops after
 //!   these (benches/peers/run.sh uses it). `--turns-only` runs only `turns_per_s` and the
 //!   OpenTelemetry figures below (a quick before/after of a change to the loop);
-//!   `--sessions-only` only the 10k sessions against their ideal (below).
+//!   `--sessions-only` only the 10k sessions against their ideal (below); `--real-model-only`
+//!   only `overhead_real_model_pct` and its floor.
 //! - `turns_per_s`: scripted model with zero latency, one tool call per turn, every event
 //!   persisted to a SQLite store (default durability: fsync per group commit).
 //! - `sessions_10k_wall_s`, `sessions_10k_peak_rss_mb`: 10,000 concurrent sessions (1,000 with
@@ -37,7 +39,12 @@
 //! - `overhead_real_model_pct`: time outside the model call as a share of wall time, 5
 //!   single-turn sessions one after another against the OpenAI-compatible server at
 //!   `AGENTRT_LLM_BASE_URL` (skipped with a note if none answers), after one warm-up session
-//!   outside the clock (as `runs_per_s_sequential` has).
+//!   outside the clock (as `runs_per_s_sequential` has). Beside it, its floor:
+//!   `store.commit_after_pause_ms`, the same write as a run's one durable point, committed to
+//!   the same store after a pause as long as the mean model call (a disk idle that long
+//!   commits several times slower than one committing back to back);
+//!   `overhead_real_model_floor_pct`, that commit per run as a share of the runs' wall time;
+//!   and `overhead_real_model_vs_floor`, the figure over its floor.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "../../session-store/tests/support/own_postgres.rs"]
@@ -464,7 +471,37 @@ impl WriteHook for WriteTimer {
 /// Sessions run against the real model.
 const SESSIONS: usize = 5;
 
-async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
+/// The real-model overhead and the floor it cannot go below on this disk.
+struct RealModelOverhead {
+    /// Time outside the model call as a share of wall time.
+    pct: f64,
+    /// The mean of single commits of a timed run's whole write (its session created ended,
+    /// with all its events), each to the same warm store after a pause as long as the runs'
+    /// mean model call: what the run's one durable point costs once the disk has been idle.
+    floor_commit_ms: f64,
+    /// That commit per run as a share of the runs' wall time: the overhead of a loop that did
+    /// nothing but its one necessary commit.
+    floor_pct: f64,
+}
+
+/// A timed run's write again, ready to commit: `id`'s events, its final event as the end.
+async fn run_write(
+    store: &dyn SessionStore,
+    id: &agentrt_session_store::SessionId,
+) -> Result<NewSession, String> {
+    let mut events: Vec<NewEvent> = store
+        .replay(id, 0)
+        .map_ok(|e| NewEvent::new(e.kind.clone(), e.payload.clone()))
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let last = events.pop().ok_or("the timed run stored no events")?;
+    let mut finish = Finish::completed(last);
+    finish.events = events;
+    Ok(NewSession::new().with_finish(finish))
+}
+
+async fn real_model_overhead(dir: &std::path::Path) -> Result<RealModelOverhead, String> {
     let base = std::env::var("AGENTRT_LLM_BASE_URL")
         .map_err(|_| "AGENTRT_LLM_BASE_URL is not set".to_owned())?;
     let client = reqwest::Client::builder()
@@ -532,6 +569,7 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
     nanos.store(0, Ordering::Relaxed);
     println!("# real model: warm-up session's store write {warm_up_write_ms:.2} ms (not timed)");
     let started = Instant::now();
+    let mut last = None;
     for i in 0..SESSIONS {
         let outcome = run_tool_loop(
             ToolLoop::new(model.clone(), model_id.clone(), store.clone())
@@ -545,6 +583,7 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
         if let Some(e) = outcome.error {
             return Err(format!("the real model failed: {e}"));
         }
+        last = Some(outcome.session_id);
     }
     let wall = started.elapsed().as_secs_f64();
     let in_model = nanos.load(Ordering::Relaxed) as f64 / 1e9;
@@ -557,7 +596,32 @@ async fn real_model_overhead(dir: &std::path::Path) -> Result<f64, String> {
         in_model * 1e3,
         (wall - in_model) * 1e3,
     );
-    Ok(100.0 * (wall - in_model).max(0.0) / wall)
+    // The floor, measured right after in the same store: the same write, after the same
+    // quiet time. A disk that has been idle for a model call's length takes several times
+    // longer to commit than one committing back to back (docs/benchmarks.md).
+    let last = last.ok_or("no timed run")?;
+    let pause = Duration::from_secs_f64(in_model / SESSIONS as f64);
+    let mut floor = Duration::ZERO;
+    let write = run_write(store.as_ref(), &last).await?;
+    for _ in 0..SESSIONS {
+        let again = write
+            .clone()
+            .with_id(agentrt_session_store::SessionId::new());
+        tokio::time::sleep(pause).await;
+        let started = Instant::now();
+        store.create(again).await.map_err(|e| e.to_string())?;
+        floor += started.elapsed();
+    }
+    let floor_commit_ms = floor.as_secs_f64() * 1e3 / SESSIONS as f64;
+    println!(
+        "# real model: floor = one commit of a run's write after a {:.0} ms pause, {SESSIONS} times",
+        pause.as_secs_f64() * 1e3
+    );
+    Ok(RealModelOverhead {
+        pct: 100.0 * (wall - in_model).max(0.0) / wall,
+        floor_commit_ms,
+        floor_pct: 100.0 * floor.as_secs_f64() / wall,
+    })
 }
 
 fn main() {
@@ -582,6 +646,10 @@ fn main() {
             let tps = turns_per_s(dir.path(), turns).await;
             println!("BENCH loop.turns_per_s {tps:.1} turns/s");
             otel_overhead(dir.path(), turns).await;
+            return;
+        }
+        if args.iter().any(|a| a == "--real-model-only") {
+            real_model_figures(dir.path()).await;
             return;
         }
         // `--sessions-only`: the 10k sessions against their ideal, nothing else (for profiling).
@@ -647,14 +715,33 @@ fn main() {
         let tps = turns_per_s(dir.path(), turns).await;
         println!("BENCH loop.turns_per_s {tps:.1} turns/s");
 
-        match real_model_overhead(dir.path()).await {
-            Ok(pct) => println!("BENCH loop.overhead_real_model_pct {pct:.2} %"),
-            Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
-        }
+        real_model_figures(dir.path()).await;
 
         // Last: it installs the process's global subscriber, which no later phase should carry.
         otel_overhead(dir.path(), turns).await;
     });
+}
+
+/// Prints `overhead_real_model_pct` and its floor (or why they were skipped).
+async fn real_model_figures(dir: &std::path::Path) {
+    match real_model_overhead(dir).await {
+        Ok(real) => {
+            println!("BENCH loop.overhead_real_model_pct {:.2} %", real.pct);
+            println!(
+                "BENCH store.commit_after_pause_ms {:.3} ms",
+                real.floor_commit_ms
+            );
+            println!(
+                "BENCH loop.overhead_real_model_floor_pct {:.2} %",
+                real.floor_pct
+            );
+            println!(
+                "BENCH loop.overhead_real_model_vs_floor {:.2} ratio",
+                real.pct / real.floor_pct
+            );
+        }
+        Err(why) => println!("# overhead_real_model_pct skipped: {why}"),
+    }
 }
 
 /// `turns_per_s` through a model stack, exporter off (four rounds) then on (four rounds, the
