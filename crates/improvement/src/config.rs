@@ -48,7 +48,7 @@
 //! This crate sits below the persona evals, so it only reads and checks the table
 //! ([`ScenariosConfig`]); the `agentrt` facade turns it into an evaluator.
 //!
-//! A `[synthetic]` table (`facts`, `scenarios`, `seed`, `train`, `selection`) runs the offline
+//! A `[synthetic]` table (`facts`, `scenarios`, `seed`, `train`, `selection`, `latency_ms`) runs the offline
 //! [`SyntheticTask`](crate::SyntheticTask) instead: its scripted models, and — when not given —
 //! its profile, reflection profile and scenarios. Every problem is an [`ImproveError::InvalidConfig`]
 //! naming the field.
@@ -218,6 +218,10 @@ struct SyntheticConfig {
     /// Selection scenarios (the next ones); default a third. The rest are test.
     #[serde(default)]
     selection: Option<usize>,
+    /// How long each scripted model call takes, in milliseconds (default 0): a run slow
+    /// enough to watch, or to stop and resume.
+    #[serde(default)]
+    latency_ms: u64,
 }
 
 /// `[strategy]`, as written.
@@ -594,10 +598,10 @@ impl RawConfig {
     fn resolve(self, dir: &Path) -> Result<ImproveConfig, ImproveError> {
         let invalid = |s: String| ImproveError::InvalidConfig(s);
         let generator = self.generator()?;
-        let synthetic = self
-            .synthetic
-            .as_ref()
-            .map(|s| SyntheticTask::new(s.facts, s.scenarios.unwrap_or(3 * s.facts), s.seed));
+        let synthetic = self.synthetic.as_ref().map(|s| SyntheticTask {
+            latency: std::time::Duration::from_millis(s.latency_ms),
+            ..SyntheticTask::new(s.facts, s.scenarios.unwrap_or(3 * s.facts), s.seed)
+        });
         let (profile, strategy) = self.profile_and_strategy(dir, synthetic.as_ref())?;
         let reflection = load_profile(
             dir,

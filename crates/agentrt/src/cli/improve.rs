@@ -15,7 +15,7 @@ use agentrt::improvement::{
     Evaluator, ImproveConfig, ImproveError, ImproveOptions, ImprovementReport, RolloutContext,
     ScenariosConfig, compress_prompt, improve, run_strategy_evolution, store_findings,
 };
-use agentrt::session_store::SessionStore;
+use agentrt::session_store::{SessionId, SessionStore};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -202,9 +202,14 @@ fn with_progress<E: Evaluator>(
     args: &ImproveArgs,
     mut options: ImproveOptions<E>,
 ) -> Result<(ProgressBar, ImproveOptions<E>)> {
-    if let Some(run) = &args.run {
-        options = options.run(parse_id(run)?);
-    }
+    // The run's id is chosen here, not by `improve`, so it is printed before anything runs:
+    // a run stopped midway (Ctrl-C, a crash, a killed machine) is resumed with it.
+    let run = match &args.run {
+        Some(run) => parse_id(run)?,
+        None => SessionId::new(),
+    };
+    eprintln!("run {run} (if it stops, resume it with --run {run})");
+    options = options.run(run);
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -241,7 +246,10 @@ fn conclude(
 ) -> Result<ExitCode> {
     let (json, html) = report_paths(config_path, args.report_dir.as_deref());
     write_reports(report, &json, &html)?;
-    eprintln!("run {} (resume it with --run {})", report.run, report.run);
+    eprintln!(
+        "run {} finished (its rollouts: agentrt improve findings <store> --run {})",
+        report.run, report.run
+    );
     eprintln!("reports: {} and {}", json.display(), html.display());
     for reason in &report.reasons {
         eprintln!("- {reason}");
