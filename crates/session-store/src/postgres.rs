@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -37,6 +38,11 @@ pub struct PostgresConfig {
     pub max_batch: usize,
     /// Connections used for reads. Default 4.
     pub read_connections: u32,
+    /// How long a read or a write waits for a connection when it has none — the server
+    /// down, restarting or unreachable — before it fails with [`StoreError::Database`]. A
+    /// restart shorter than this is ridden out (the writer reconnects and the write
+    /// commits); a caller that would rather fail fast sets it lower. Default 30 s.
+    pub acquire_timeout: Duration,
 }
 
 impl PostgresConfig {
@@ -48,7 +54,15 @@ impl PostgresConfig {
             store: StoreConfig::default(),
             max_batch: 512,
             read_connections: 4,
+            acquire_timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Sets how long a read or a write waits for a connection (see
+    /// [`PostgresConfig::acquire_timeout`]).
+    pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
     }
 
     /// Keeps the tables in `schema`.
@@ -131,12 +145,14 @@ impl PostgresStore {
         let write_pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(options.clone())
             .await?;
         let mut conn = write_pool.acquire().await?;
         migrations::migrate_postgres(&mut conn).await?;
         let read = PgPoolOptions::new()
             .max_connections(config.read_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
         let store_config = Arc::new(config.store.clone());

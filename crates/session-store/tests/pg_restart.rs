@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use agentrt_session_store::{NewEvent, NewSession, PostgresStore, SessionStore, StoreError};
+use agentrt_session_store::{
+    NewEvent, NewSession, PostgresConfig, PostgresStore, SessionStore, StoreError,
+};
 use futures::TryStreamExt;
 use own_postgres::OwnPostgres;
 use serde_json::json;
@@ -141,4 +143,50 @@ async fn a_restart_mid_group_commit_loses_and_duplicates_nothing() {
             );
         }
     }
+}
+
+/// A server that stays down: with a short acquire timeout, a write and a read each fail with a
+/// typed error instead of waiting out the 30 s default, nothing committed before is lost, and
+/// the same store works again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stays_down_fails_reads_and_writes_within_the_acquire_timeout() {
+    let pg = OwnPostgres::start();
+    let store = PostgresStore::connect_with(
+        PostgresConfig::new(pg.url()).with_acquire_timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let id = store.create(NewSession::new()).await.unwrap().id;
+    let next = store
+        .append(&id, 0, vec![NewEvent::new("before", json!({"n": 1}))])
+        .await
+        .unwrap();
+
+    pg.stop_immediately();
+    let down = std::time::Instant::now();
+    let write = store
+        .append(&id, next, vec![NewEvent::new("during", json!({"n": 2}))])
+        .await;
+    assert!(matches!(write, Err(StoreError::Database(_))), "{write:?}");
+    let read = store.get(&id).await;
+    assert!(matches!(read, Err(StoreError::Database(_))), "{read:?}");
+    // Generous for a loaded machine, and still well short of the 30 s default.
+    assert!(
+        down.elapsed() < Duration::from_secs(15),
+        "the store waited {:?} with a 300 ms acquire timeout",
+        down.elapsed()
+    );
+
+    pg.start_again();
+    let events: Vec<_> = store.replay(&id, 0).try_collect().await.unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["before"],
+        "what committed before is there; the failed write is not"
+    );
+    store
+        .append(&id, next, vec![NewEvent::new("after", json!({"n": 3}))])
+        .await
+        .unwrap();
 }
