@@ -241,8 +241,8 @@ enum Ended {
 
 type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<String, ToolCallError>> + Send>>;
 
-/// Runs one call; `None` when it did not finish within `timeout` of `started` (it is then
-/// stopped).
+/// Runs one call; `None` when it did not finish within `timeout` (it is then stopped). The
+/// limit runs on tokio's clock, as `tokio::time::timeout` does (a paused test clock included).
 ///
 /// The call's first poll runs right here, on the loop's task: a tool that finishes without
 /// waiting (most do) costs no task hand-off, which on a multi-threaded runtime is two thread
@@ -254,11 +254,12 @@ type CallFuture = std::pin::Pin<Box<dyn Future<Output = Result<String, ToolCallE
 async fn run_call(
     tool: Arc<dyn Tool>,
     arguments: serde_json::Value,
-    started: Instant,
     timeout: Option<Duration>,
 ) -> Option<Ended> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::task::Poll;
+
+    let started = tokio::time::Instant::now();
 
     let mut call: CallFuture =
         Box::pin(async move { tool.call(arguments).await }.in_current_span());
@@ -277,12 +278,10 @@ async fn run_call(
     // waker it registered is replaced by the task's own.
     let mut handle = AbortOnDrop(tokio::spawn(call));
     let joined = match timeout {
-        Some(limit) => {
-            match tokio::time::timeout_at((started + limit).into(), &mut handle.0).await {
-                Ok(joined) => joined,
-                Err(_) => return None,
-            }
-        }
+        Some(limit) => match tokio::time::timeout_at(started + limit, &mut handle.0).await {
+            Ok(joined) => joined,
+            Err(_) => return None,
+        },
         None => (&mut handle.0).await,
     };
     Some(match joined {
@@ -431,7 +430,7 @@ impl ToolRegistry {
             }
         };
         let timeout = tool.timeout().or(default_timeout);
-        let ended = match run_call(tool, arguments, started, timeout).await {
+        let ended = match run_call(tool, arguments, timeout).await {
             Some(ended) => ended,
             None => {
                 let limit = timeout.unwrap_or_default();

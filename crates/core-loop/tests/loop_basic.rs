@@ -457,6 +457,33 @@ async fn tool_failures_become_results_the_model_sees() {
     assert_eq!(tool_messages[6], "2");
 }
 
+/// A tool's timeout runs on tokio's clock, as `tokio::time::timeout` does: with the clock paused
+/// and already far ahead of the system's, a call well inside its limit still succeeds, and one
+/// past it times out (at once, the paused clock auto-advancing).
+#[tokio::test(start_paused = true)]
+async fn a_tool_timeout_follows_tokios_clock() {
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    for (sleep, expected) in [(1, ToolStatus::Ok), (60, ToolStatus::TimedOut)] {
+        let store = memory();
+        let model = ScriptedModel::new([
+            ScriptedTurn::tool_call("c1", "sleeps", "{}"),
+            ScriptedTurn::text("done"),
+        ]);
+        let outcome = run_tool_loop(
+            ToolLoop::new(Arc::new(model), "m", store.clone())
+                .user("sleep")
+                .tool_timeout(Duration::from_secs(10))
+                .tools(
+                    ToolRegistry::new().with_typed(Sleeps::new(Duration::from_secs(sleep), false)),
+                ),
+        )
+        .await
+        .unwrap();
+        let results = tool_results(&store, &outcome.session_id).await;
+        assert_eq!(results[0].0.status, expected, "a {sleep} s call");
+    }
+}
+
 /// Names the thread its call ran on; waits first (one yield to the runtime) when `waits`.
 struct WhereAmI {
     name: &'static str,
