@@ -330,6 +330,38 @@ pub(crate) struct InFlight {
     pub without_findings: Vec<SessionId>,
 }
 
+/// The rule `rule:contains-expected`, which grades [`ExpectedAnswer`] and strategy evolution:
+/// whether `answer` contains `expected`, ignoring ASCII case and the whitespace around
+/// `expected`.
+pub(crate) struct ContainsExpected;
+
+impl ContainsExpected {
+    /// The rule's identity, as a grader.
+    pub(crate) fn grader() -> DeciderId {
+        DeciderId::new("rule:contains-expected")
+    }
+
+    /// The scenario's expected answer; `who` names the grading evaluator in the error.
+    pub(crate) fn expected<'s>(
+        scenario: &'s TaskScenario,
+        who: &str,
+    ) -> Result<&'s str, ImproveError> {
+        scenario.expected.as_deref().ok_or_else(|| {
+            ImproveError::InvalidConfig(format!(
+                "scenario `{}`: `expected` is missing ({who} grades against it)",
+                scenario.id
+            ))
+        })
+    }
+
+    /// Whether `answer` passes.
+    pub(crate) fn hit(answer: &str, expected: &str) -> bool {
+        answer
+            .to_ascii_lowercase()
+            .contains(&expected.trim().to_ascii_lowercase())
+    }
+}
+
 /// A ready evaluator for [`TaskScenario`]s: runs the agent on the task and scores 1 when its
 /// answer contains the expected answer (ignoring ASCII case and surrounding whitespace), else
 /// 0. Its grader is the rule `rule:contains-expected`.
@@ -341,7 +373,7 @@ impl Evaluator for ExpectedAnswer {
     type Scenario = TaskScenario;
 
     fn grader(&self) -> DeciderId {
-        DeciderId::new("rule:contains-expected")
+        ContainsExpected::grader()
     }
 
     async fn evaluate(
@@ -350,18 +382,11 @@ impl Evaluator for ExpectedAnswer {
         scenario: &TaskScenario,
         ctx: &RolloutContext,
     ) -> Result<Evaluation, ImproveError> {
-        let expected = scenario.expected.as_deref().ok_or_else(|| {
-            ImproveError::InvalidConfig(format!(
-                "scenario `{}`: `expected` is missing (ExpectedAnswer grades against it)",
-                scenario.id
-            ))
-        })?;
+        let expected = ContainsExpected::expected(scenario, "ExpectedAnswer")?;
         // It grades the outcome alone: the session is never read back.
         let outcome = ctx.run_agent_in_flight(profile, &scenario.task).await?;
         let answer = outcome.answer.as_deref().unwrap_or("");
-        let hit = answer
-            .to_ascii_lowercase()
-            .contains(&expected.trim().to_ascii_lowercase());
+        let hit = ContainsExpected::hit(answer, expected);
         let feedback = if hit {
             format!("correct: the answer contains `{expected}`")
         } else if answer.is_empty() {

@@ -30,7 +30,9 @@ use serde_json::Value;
 
 use crate::ImproveError;
 use crate::engine::improve;
-use crate::evaluator::{Evaluation, Evaluator, RolloutContext, TaskScenario, truncate};
+use crate::evaluator::{
+    ContainsExpected, Evaluation, Evaluator, RolloutContext, TaskScenario, truncate,
+};
 use crate::options::ImproveOptions;
 use crate::report::ImprovementReport;
 use crate::surface::{Component, STRATEGY_KEY, Surface};
@@ -275,7 +277,7 @@ impl Evaluator for StrategyEvaluator {
     type Scenario = TaskScenario;
 
     fn grader(&self) -> DeciderId {
-        DeciderId::new("rule:contains-expected")
+        ContainsExpected::grader()
     }
 
     async fn evaluate(
@@ -284,12 +286,7 @@ impl Evaluator for StrategyEvaluator {
         scenario: &TaskScenario,
         ctx: &RolloutContext,
     ) -> Result<Evaluation, ImproveError> {
-        let expected = scenario.expected.as_deref().ok_or_else(|| {
-            ImproveError::InvalidConfig(format!(
-                "scenario `{}`: `expected` is missing (strategies are graded against it)",
-                scenario.id
-            ))
-        })?;
+        let expected = ContainsExpected::expected(scenario, "strategy evolution")?;
         let params = StrategyParams::from_profile(profile)?;
         let share = match self.share(params) {
             Ok(share) => share,
@@ -350,9 +347,7 @@ impl Evaluator for StrategyEvaluator {
         );
         let output = outcome.outcome.winner().map(|w| w.output.clone());
         let answer = output.as_deref().unwrap_or("");
-        let hit = answer
-            .to_ascii_lowercase()
-            .contains(&expected.trim().to_ascii_lowercase());
+        let hit = ContainsExpected::hit(answer, expected);
         let verdict = if hit {
             format!("correct: the kept output contains `{expected}`")
         } else if output.is_none() {
